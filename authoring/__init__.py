@@ -1,0 +1,47 @@
+"""onnxmeta authoring: discover Hugging Face metadata and embed it into ONNX files.
+
+    from authoring import embed_metadata, read_metadata
+    embed_metadata("model.onnx", "bert-base-uncased", include_vocab=True)
+"""
+
+from onnxmeta_runtime import (
+    FORMAT_VERSION,
+    MetadataEmbeddingError,
+    MetadataError,
+    MetadataExtractionError,
+    MetadataReadError,
+    MetadataValidationError,
+    ProcessorReconstructionError,
+    TaskDetectionError,
+    UnsupportedVersionError,
+    read_metadata,
+)
+
+from .discovery import EMBEDDING_LEVELS, EmbeddingLevel, MetadataDiscovery, discover
+from .embedder import EmbedReport, embed, embed_metadata, write_props
+from .inspection import describe, validate
+from .tasks import detect_task
+
+__all__ = (
+    "FORMAT_VERSION",
+    "EMBEDDING_LEVELS",
+    "EmbeddingLevel",
+    "EmbedReport",
+    "MetadataDiscovery",
+    "MetadataEmbeddingError",
+    "MetadataError",
+    "MetadataExtractionError",
+    "MetadataReadError",
+    "MetadataValidationError",
+    "ProcessorReconstructionError",
+    "TaskDetectionError",
+    "UnsupportedVersionError",
+    "describe",
+    "detect_task",
+    "discover",
+    "embed",
+    "embed_metadata",
+    "read_metadata",
+    "validate",
+    "write_props",
+)

@@ -1,0 +1,132 @@
+"""Command line: python -m authoring {embed,inspect,validate,demo}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+import onnxmeta_runtime as rt
+from onnxmeta_runtime import MetadataError
+
+from .discovery import EMBEDDING_LEVELS, MetadataDiscovery
+from .embedder import compress_threshold, embed
+from .inspection import checks_as_dicts, describe, validate
+
+
+def _safe(value: Any) -> str:
+    """Text for a terminal: control characters escaped, so file contents cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m authoring", description="Make ONNX models self-contained.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
+    p.add_argument("onnx", help="the ONNX file")
+    p.add_argument("model", help="a local model folder or a hub id (bert-base-uncased)")
+    p.add_argument("--output", "-o", help="write here instead of replacing the input")
+    p.add_argument("--include-vocab", action="store_true", help="embed tokenizer.json with its vocabulary (level full)")
+    p.add_argument("--level", choices=list(EMBEDDING_LEVELS), help="how much to embed (default: essential)")
+    p.add_argument("--no-compress", action="store_true", help="store every value as plain text")
+    p.add_argument("--compress-threshold", type=float, metavar="KB",
+                   help="compress values larger than this (default: the level's, 10 for full)")
+    p.add_argument("--task", help="pipeline task to embed instead of the detected one")
+
+    for name, aliases in (("inspect", ["analyze"]),):
+        p = sub.add_parser(name, aliases=aliases, help="show what a file carries")
+        p.add_argument("onnx")
+        p.add_argument("--show-metadata", action="store_true", help="print every embedded value")
+        p.add_argument("--show-task", action="store_true", help="print the task only")
+        p.add_argument("--show-processor", action="store_true", help="print the processor configuration")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("validate", help="check integrity, task and processor; exit 1 on failure")
+    p.add_argument("onnx")
+    p.add_argument("--check-metadata", action="store_true")
+    p.add_argument("--check-task", action="store_true")
+    p.add_argument("--check-processor", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("demo", help="build a tiny sentiment model offline, embed, run it")
+    p.add_argument("--output-dir", default="onnxmeta-demo", help="where to write the demo model")
+    return parser
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    level = "full" if args.include_vocab else (args.level or "essential")
+    if args.include_vocab and args.level not in (None, "full"):
+        raise rt.MetadataExtractionError(f"--include-vocab means --level full, not {args.level}")
+    metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task)
+    threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
+    report = embed(args.onnx, metadata, args.output, compress_threshold=threshold)
+    print(f"embedded {len(report.entries)} entries ({report.total_bytes / 1024:.1f} KB) into {report.output_path}")
+    print(f"  task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}, level: {metadata[rt.KEY_EMBEDDING_LEVEL]}")
+    for e in report.entries:
+        note = f"  (gzip of {e.text_bytes:,} B)" if e.compressed else ""
+        print(f"  {e.key:<32} {e.stored_bytes:>10,} B{note}")
+    if report.preserved_keys:
+        print(f"  kept {len(report.preserved_keys)} other metadata_props: {', '.join(map(_safe, report.preserved_keys))}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    info = describe(args.onnx)
+    if args.show_metadata or args.show_processor:
+        metadata = rt.read_metadata(args.onnx, verify=False)
+        keys = [rt.KEY_TOKENIZER_CONFIG, rt.KEY_IMAGE_PROCESSOR_CONFIG, rt.KEY_FEATURE_EXTRACTOR_CONFIG, rt.KEY_FEATURE_ENGINEERING]
+        shown = metadata if args.show_metadata else {k: metadata[k] for k in keys if k in metadata}
+        info["metadata" if args.show_metadata else "processor"] = {
+            k: (f"<tokenizer.json, {len(v):,} characters>" if k == rt.KEY_TOKENIZER_JSON else v) for k, v in shown.items()
+        }
+    if args.show_task and not (args.show_metadata or args.show_processor):
+        info = {"task": info["task"]}
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=True))
+        return 0
+    for key, value in info.items():
+        if key == "entries":
+            print("entries:")
+            for e in value:
+                print(f"  {_safe(e['key']):<32} {e['stored_bytes']:>10,} B{'  gzip' if e['compressed'] else ''}")
+        elif isinstance(value, (dict, list)):
+            print(f"{key}: {_safe(json.dumps(value, ensure_ascii=False, sort_keys=True))}")
+        else:
+            print(f"{key}: {_safe(value)}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    chosen = (args.check_metadata, args.check_task, args.check_processor)
+    every = not any(chosen)
+    checks = validate(args.onnx, check_metadata=every or args.check_metadata, check_task=every or args.check_task,
+                      check_processor=every or args.check_processor)
+    if args.json:
+        print(json.dumps({"ok": all(c.ok for c in checks), "checks": checks_as_dicts(checks)}, indent=2, sort_keys=True))
+    else:
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {_safe(c.message)}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    commands = {"embed": _cmd_embed, "inspect": _cmd_inspect, "analyze": _cmd_inspect, "validate": _cmd_validate,
+                "demo": _cmd_demo}
+    try:
+        return commands[args.command](args)
+    except MetadataError as exc:
+        print(f"error: {_safe(exc)}", file=sys.stderr)
+        return 1

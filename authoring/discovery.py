@@ -1,0 +1,257 @@
+"""Discover Hugging Face metadata from a local folder, a hub id, or in-memory objects."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import onnxmeta_runtime as rt
+from onnxmeta_runtime import MetadataExtractionError
+
+from .tasks import detect_task, resolve_task
+
+logger = logging.getLogger("onnxmeta")
+
+
+@dataclass(frozen=True)
+class EmbeddingLevel:
+    """How much of a model's metadata to embed."""
+
+    name: str
+    max_size_kb: int
+    include_model_config: bool
+    include_processor_config: bool
+    include_vocabulary: bool
+    include_task_params: bool
+    compress_threshold_kb: int
+
+
+EMBEDDING_LEVELS = {
+    "minimal": EmbeddingLevel("minimal", 2, False, False, False, False, 1),
+    "essential": EmbeddingLevel("essential", 10, True, True, False, True, 5),
+    "full": EmbeddingLevel("full", 500, True, True, True, True, 10),
+}
+
+# The config fields the minimal level keeps: enough to name the task and its labels.
+MINIMAL_CONFIG_FIELDS = (
+    "architectures", "model_type", "id2label", "label2id", "num_labels", "problem_type",
+    "vocab_size", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id",
+)
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+)
+# What a hub download fetches: configs and tokenizer files, never weights.
+HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken")
+# Written by transformers about how a tokenizer was loaded, not about the tokenizer.
+_LOADING_KEYS = ("is_local", "local_files_only", "name_or_path")
+
+
+def embedding_level(name: str) -> EmbeddingLevel:
+    """The EmbeddingLevel called name."""
+    try:
+        return EMBEDDING_LEVELS[name]
+    except KeyError:
+        raise MetadataExtractionError(
+            f"unknown embedding level {name!r}; choose one of {', '.join(EMBEDDING_LEVELS)}"
+        ) from None
+
+
+def export_timestamp() -> str:
+    """UTC time in ISO 8601; SOURCE_DATE_EPOCH makes it reproducible."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (
+        datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+        if epoch and epoch.isdigit()
+        else datetime.datetime.now(datetime.timezone.utc)
+    )
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MetadataExtractionError(f"cannot read {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise MetadataExtractionError(f"{path} is not a JSON object")
+    return value
+
+
+def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
+    """A local folder holding the model's config and processor files (hub ids go through the cache)."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MetadataExtractionError(
+            f"{path} is a file; pass the model's folder (with config.json) or a hub id such as bert-base-uncased"
+        )
+    name = os.fspath(model_name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
+        raise MetadataExtractionError(f"no such folder: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS)))
+    except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
+        raise MetadataExtractionError(
+            f"cannot get {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "if you are offline, download it first (huggingface-cli download) or pass a local model folder"
+        ) from None
+
+
+def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
+    """hf_tokenizer_config, and with include_vocab the tokenizer.json text, as transformers saves them."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder), trust_remote_code=False)
+    except Exception as exc:  # transformers raises ValueError, OSError, KeyError... for unknown classes
+        raise MetadataExtractionError(f"the tokenizer in {folder} cannot be loaded: {exc}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        config = _read_json(Path(tmp, "tokenizer_config.json")) or {}
+        tokenizer_json = Path(tmp, "tokenizer.json")
+        text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
+    for key in _LOADING_KEYS:
+        config.pop(key, None)
+    out: dict[str, Any] = {rt.KEY_TOKENIZER_CONFIG: config}
+    if include_vocab:
+        if text is None:
+            raise MetadataExtractionError(
+                f"{type(tokenizer).__name__} has no tokenizer.json (fast tokenizer), so its vocabulary cannot be embedded"
+            )
+        import tokenizers
+
+        out[rt.KEY_TOKENIZER_JSON] = rt.canonical_json(json.loads(text))
+        out[rt.KEY_TOKENIZERS_VERSION] = tokenizers.__version__
+    return out
+
+
+def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
+    config = _read_json(folder / "preprocessor_config.json")
+    if config is None:
+        return {}
+    kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
+    audio = "sampling_rate" in config or "feature_size" in config
+    if "ImageProcessor" in kind or (not audio and any(k in config for k in ("image_mean", "do_resize", "size"))):
+        return {rt.KEY_IMAGE_PROCESSOR_CONFIG: config}
+    return {rt.KEY_FEATURE_EXTRACTOR_CONFIG: config}
+
+
+def _feature_engineering(processors: Mapping[str, Any]) -> dict[str, Any]:
+    kinds = [
+        kind for key, kind in (
+            (rt.KEY_TOKENIZER_CONFIG, "tokenizer"),
+            (rt.KEY_IMAGE_PROCESSOR_CONFIG, "image_processor"),
+            (rt.KEY_FEATURE_EXTRACTOR_CONFIG, "feature_extractor"),
+        ) if key in processors
+    ]
+    tokenizer_config = processors.get(rt.KEY_TOKENIZER_CONFIG) or {}
+    return {
+        "type": kinds[0] if len(kinds) == 1 else "processor",
+        "config": {
+            "components": kinds,
+            "tokenizer_class": tokenizer_config.get("tokenizer_class"),
+            "vocabulary": rt.KEY_TOKENIZER_JSON if rt.KEY_TOKENIZER_JSON in processors else None,
+        },
+    }
+
+
+class MetadataDiscovery:
+    """Discovers and aggregates the metadata of a Hugging Face model and its processor."""
+
+    def discover(
+        self, model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None
+    ) -> dict[str, Any]:
+        """Metadata for a local model folder or a hub id, at an embedding level."""
+        folder = resolve_model_folder(model_name_or_path)
+        return self.discover_folder(folder, level=level, task=task)
+
+    def discover_from_hf(
+        self, model: Any, processor: Any = None, *, level: str = "essential", task: str | None = None
+    ) -> dict[str, Any]:
+        """Metadata for an in-memory transformers model (or config) and processor."""
+        config = getattr(model, "config", model)
+        with tempfile.TemporaryDirectory() as tmp:
+            config.save_pretrained(tmp)
+            if processor is not None:
+                processor.save_pretrained(tmp)
+            return self.discover_folder(Path(tmp), level=level, task=task)
+
+    def discover_folder(self, folder: Path, *, level: str = "essential", task: str | None = None) -> dict[str, Any]:
+        """Metadata from the files of a model folder."""
+        wanted = embedding_level(level)
+        config = _read_json(folder / "config.json")
+        if config is None:
+            raise MetadataExtractionError(f"{folder} has no config.json; is it a Hugging Face model folder?")
+        chosen_task = resolve_task(config, task)
+        if chosen_task is None:
+            logger.warning("no pipeline task found for %s; pass --task to set one", folder.name)
+
+        processors: dict[str, Any] = {}
+        if wanted.include_processor_config:
+            try:
+                processors = self._processors(folder, wanted.include_vocabulary)
+            except MetadataExtractionError as exc:
+                logger.warning("%s; falling back to the minimal level", exc)
+                wanted = EMBEDDING_LEVELS["minimal"]
+
+        import transformers
+
+        metadata: dict[str, Any] = {
+            rt.KEY_VERSION: rt.FORMAT_VERSION,
+            rt.KEY_TIMESTAMP: export_timestamp(),
+            rt.KEY_TRANSFORMERS_VERSION: transformers.__version__,
+            rt.KEY_EMBEDDING_LEVEL: wanted.name,
+        }
+        if wanted.include_model_config:
+            metadata[rt.KEY_MODEL_CONFIG] = config
+        else:
+            metadata[rt.KEY_MODEL_CONFIG] = {k: config[k] for k in MINIMAL_CONFIG_FIELDS if k in config}
+        if chosen_task is not None:
+            metadata[rt.KEY_PIPELINE_TASK] = chosen_task
+        if wanted.include_task_params:
+            metadata[rt.KEY_PIPELINE_CONFIG] = self._pipeline_config(config, chosen_task, task)
+            generation = _read_json(folder / "generation_config.json")
+            if generation is not None:
+                metadata[rt.KEY_GENERATION_CONFIG] = generation
+        if processors:
+            metadata.update(processors)
+            metadata[rt.KEY_FEATURE_ENGINEERING] = _feature_engineering(processors)
+        return metadata
+
+    @staticmethod
+    def _processors(folder: Path, include_vocab: bool) -> dict[str, Any]:
+        processors = _preprocessor_metadata(folder)
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            processors.update(_tokenizer_metadata(folder, include_vocab))
+        if not processors:
+            raise MetadataExtractionError(f"{folder.name} has no tokenizer or preprocessor files")
+        return processors
+
+    @staticmethod
+    def _pipeline_config(config: Mapping[str, Any], task: str | None, override: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"detected_task": detect_task(config), "task_source": "override" if override else "detected"}
+        params = config.get("task_specific_params")
+        if task and isinstance(params, dict):
+            family = task.split("-")[0]
+            matching = {k: v for k, v in params.items() if str(k).startswith(family)}
+            if matching:
+                out["task_specific_params"] = matching
+        return out
+
+
+def discover(model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None) -> dict[str, Any]:
+    """Metadata for a local model folder or a hub id."""
+    return MetadataDiscovery().discover(model_name_or_path, level=level, task=task)

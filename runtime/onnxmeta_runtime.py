@@ -1,0 +1,950 @@
+"""onnxmeta runtime: run a self-contained ONNX model with nothing but this file.
+
+A self-contained ONNX model carries its Hugging Face config, tokenizer (with its vocabulary) and
+pipeline task in the ONNX ``metadata_props``. This module reads that metadata with a tiny
+pure-Python protobuf scanner (the graph is never loaded into memory), rebuilds the tokenizer,
+runs onnxruntime and post-processes exactly like the transformers pipeline::
+
+    >>> from onnxmeta_runtime import Runtime
+    >>> Runtime("model.onnx")("I love this!")
+    [{'label': 'POSITIVE', 'score': 0.9998}]
+
+It is also the specification of the metadata format (key names, version, value encoding); see
+docs/FORMAT.md. Dependencies: the standard library to read metadata; numpy and onnxruntime to run a
+model; tokenizers for text tasks. Never transformers, torch or onnx.
+
+Copy this file to vendor it. Command line: ``python onnxmeta_runtime.py model.onnx "some text"``.
+"""
+# SPDX-License-Identifier: Apache-2.0
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import sys
+import warnings
+import zlib
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "FORMAT_VERSION",
+    "KEYS",
+    "MetadataError",
+    "MetadataExtractionError",
+    "MetadataEmbeddingError",
+    "MetadataReadError",
+    "MetadataValidationError",
+    "UnsupportedVersionError",
+    "ProcessorReconstructionError",
+    "TaskDetectionError",
+    "InvalidInputError",
+    "read_metadata",
+    "encode_metadata",
+    "decode_metadata",
+    "scan_model",
+    "model_info",
+    "TokenizerProxy",
+    "TextTokenizer",
+    "TASKS",
+    "Runtime",
+    "pipeline",
+    "ONNXAutoModel",
+    "ONNXAutoProcessor",
+)
+
+
+########################################################################################################
+# Format constants
+########################################################################################################
+
+FORMAT_VERSION = "2.0"
+"""Version written into ``hf_metadata_version``. Minor bumps add keys; major bumps change meaning."""
+
+KEY_VERSION = "hf_metadata_version"
+KEY_TIMESTAMP = "hf_export_timestamp"
+KEY_TRANSFORMERS_VERSION = "hf_transformers_version"
+KEY_MODEL_CONFIG = "hf_model_config"
+KEY_TOKENIZER_CONFIG = "hf_tokenizer_config"
+KEY_TOKENIZER_JSON = "hf_tokenizer_json"
+KEY_TOKENIZERS_VERSION = "hf_tokenizers_version"
+KEY_IMAGE_PROCESSOR_CONFIG = "hf_image_processor_config"
+KEY_FEATURE_EXTRACTOR_CONFIG = "hf_feature_extractor_config"
+KEY_GENERATION_CONFIG = "hf_generation_config"
+KEY_FEATURE_ENGINEERING = "feature_engineering"
+KEY_PIPELINE_TASK = "hf_pipeline_task"
+KEY_PIPELINE_CONFIG = "hf_pipeline_config"
+KEY_EXPORT_CONFIG = "export_config"
+KEY_EMBEDDING_LEVEL = "hf_embedding_level"
+KEY_DIGEST = "hf_metadata_sha256"
+
+# Values stored as plain text. hf_tokenizer_json is the tokenizer.json document as text: it goes
+# straight to tokenizers.Tokenizer.from_str, so it is never parsed here.
+STRING_KEYS = frozenset({
+    KEY_VERSION, KEY_TIMESTAMP, KEY_TRANSFORMERS_VERSION, KEY_TOKENIZER_JSON, KEY_TOKENIZERS_VERSION,
+    KEY_PIPELINE_TASK, KEY_EMBEDDING_LEVEL, KEY_DIGEST,
+})
+# Values stored as canonical JSON objects.
+JSON_KEYS = frozenset({
+    KEY_MODEL_CONFIG, KEY_TOKENIZER_CONFIG, KEY_IMAGE_PROCESSOR_CONFIG, KEY_FEATURE_EXTRACTOR_CONFIG,
+    KEY_GENERATION_CONFIG, KEY_FEATURE_ENGINEERING, KEY_PIPELINE_CONFIG, KEY_EXPORT_CONFIG,
+})
+KEYS = STRING_KEYS | JSON_KEYS
+# The two keys the original design named without the hf_ prefix. Every other key of the format,
+# present and future, starts with hf_; that is what makes a key "ours" (replaced on re-embed,
+# covered by the digest), so that a newer writer's extra keys stay covered for older readers.
+_UNPREFIXED_KEYS = frozenset({KEY_FEATURE_ENGINEERING, KEY_EXPORT_CONFIG})
+
+COMPRESSED_SUFFIX = ":compressed"
+DEFAULT_COMPRESS_THRESHOLD = 10 * 1024
+"""Values whose UTF-8 text is longer than this many bytes are stored gzip + base64."""
+COMPRESSION_LEVEL = 6
+MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
+"""Cap on one decompressed value, against decompression bombs."""
+
+_VERY_LARGE_MAX_LENGTH = 10**6  # transformers writes int(1e30) when a tokenizer has no limit
+
+
+def is_format_key(key: str) -> bool:
+    """Whether a metadata_props key (without its :compressed suffix) belongs to this format."""
+    return key.startswith("hf_") or key in _UNPREFIXED_KEYS
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of a value: sorted keys, compact separators, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+########################################################################################################
+# Errors
+########################################################################################################
+
+
+class MetadataError(Exception):
+    """Base class of every error onnxmeta raises."""
+
+
+class MetadataExtractionError(MetadataError):
+    """Metadata could not be discovered from a Hugging Face model."""
+
+
+class MetadataEmbeddingError(MetadataError):
+    """Metadata could not be written into an ONNX file."""
+
+
+class MetadataReadError(MetadataError):
+    """The file or one of its metadata values could not be read."""
+
+
+class UnsupportedVersionError(MetadataReadError):
+    """The metadata was written by a newer, incompatible major version of the format."""
+
+
+class MetadataValidationError(MetadataError):
+    """The metadata is readable but wrong: missing keys, bad digest, disagreement with the graph."""
+
+
+class ProcessorReconstructionError(MetadataError):
+    """The tokenizer or processor could not be rebuilt from the metadata."""
+
+
+class TaskDetectionError(MetadataError):
+    """No pipeline task is known for the model, or the task is not supported."""
+
+
+class InvalidInputError(MetadataError, ValueError):
+    """The caller passed inputs or arguments the task cannot use."""
+
+
+########################################################################################################
+# Protobuf scanner
+########################################################################################################
+# An ONNX file is a serialized ModelProto. We only walk its top-level fields: each is a tag varint
+# (field_number << 3 | wire_type) followed by its payload. Length-delimited payloads (the graph, which
+# holds the weights) are skipped by seeking, so a 400 MB model costs a handful of small reads.
+# Only field 14, metadata_props (StringStringEntryProto: key = 1, value = 2), is read.
+
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+FIELD_GRAPH = 7
+FIELD_METADATA_PROPS = 14
+_HEAD_BYTES = 20  # a tag varint and a length varint are at most 10 bytes each
+
+
+class _Malformed(Exception):
+    """Internal: a scanner failure; converted once into MetadataReadError with the offset."""
+
+
+class Field(NamedTuple):
+    """One top-level field of a ModelProto: bytes [start, end) of the file, payload from data_start."""
+
+    number: int
+    wire_type: int
+    start: int
+    data_start: int
+    end: int
+
+
+class Entry(NamedTuple):
+    """One metadata_props entry and the top-level field that holds it."""
+
+    key: str
+    value: str
+    field: Field
+
+
+class ModelScan(NamedTuple):
+    """The top-level layout of an ONNX file: its fields in file order and its metadata entries."""
+
+    size: int
+    fields: list[Field]
+    entries: list[Entry]
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Decode a base-128 varint at pos; return (value, position after it)."""
+    result = 0
+    for i in range(10):
+        if pos + i >= len(buf):
+            raise _Malformed("varint runs past the end of the data")
+        byte = buf[pos + i]
+        result |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return result, pos + i + 1
+    raise _Malformed("varint longer than 10 bytes")
+
+
+def _field_head(buf: bytes, pos: int, limit: int) -> tuple[int, int, int, int]:
+    """Decode the field at buf[pos:], which may extend to limit; return (number, wire, data_start, end).
+
+    Positions are relative to buf; limit is where the enclosing message ends (may exceed len(buf)).
+    """
+    tag, p = _varint(buf, pos)
+    number, wire = tag >> 3, tag & 7
+    if number == 0:
+        raise _Malformed("field number 0")
+    if wire == _WIRE_VARINT:
+        _, end = _varint(buf, p)
+        return number, wire, p, end
+    if wire == _WIRE_I64:
+        end = p + 8
+    elif wire == _WIRE_I32:
+        end = p + 4
+    elif wire == _WIRE_LEN:
+        length, p = _varint(buf, p)
+        end = p + length
+    else:
+        raise _Malformed(f"unsupported wire type {wire} in field {number}")
+    if end > limit:
+        raise _Malformed(f"field {number} declares {end - p} bytes but only {limit - p} remain")
+    return number, wire, p, end
+
+
+def _parse_entry(body: bytes) -> tuple[str, str]:
+    """Decode a StringStringEntryProto into (key, value)."""
+    key = value = ""
+    pos = 0
+    while pos < len(body):
+        number, wire, start, end = _field_head(body, pos, len(body))
+        if number in (1, 2):
+            if wire != _WIRE_LEN:
+                raise _Malformed(f"metadata_props field {number} has wire type {wire}, expected 2")
+            try:
+                text = body[start:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Malformed("metadata_props entry is not valid UTF-8") from None
+            if number == 1:
+                key = text
+            else:
+                value = text
+        pos = end
+    return key, value
+
+
+def _iter_fields(f: IO[bytes], size: int) -> Iterator[Field]:
+    pos = 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(_HEAD_BYTES)
+        try:
+            number, wire, data_start, end = _field_head(head, 0, size - pos)
+        except _Malformed as exc:
+            raise _Malformed(f"{exc} (at byte {pos})") from None
+        yield Field(number, wire, pos, pos + data_start, pos + end)
+        pos += end
+
+
+def scan_model(path: str | os.PathLike[str]) -> ModelScan:
+    """Walk the top-level fields of an ONNX file without reading the graph; collect metadata_props."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise MetadataReadError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise MetadataReadError(f"{path} is a directory; pass the .onnx file inside it") from None
+    except OSError as exc:
+        raise MetadataReadError(f"cannot open {path}: {exc.strerror}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        fields: list[Field] = []
+        entries: list[Entry] = []
+        try:
+            for field in _iter_fields(f, size):
+                fields.append(field)
+                if field.number != FIELD_METADATA_PROPS:
+                    continue
+                if field.wire_type != _WIRE_LEN:
+                    raise _Malformed(f"metadata_props has wire type {field.wire_type} (at byte {field.start})")
+                f.seek(field.data_start)
+                body = f.read(field.end - field.data_start)
+                try:
+                    key, value = _parse_entry(body)
+                except _Malformed as exc:
+                    raise _Malformed(f"{exc} (in the metadata_props entry at byte {field.start})") from None
+                entries.append(Entry(key, value, field))
+        except _Malformed as exc:
+            raise MetadataReadError(f"{name} is not a readable ONNX model: {exc}") from None
+    if not any(fl.number == FIELD_GRAPH and fl.wire_type == _WIRE_LEN for fl in fields):
+        raise MetadataReadError(f"{name} is not an ONNX model: it has no graph (field {FIELD_GRAPH})")
+    return ModelScan(size, fields, entries)
+
+
+_INFO_FIELDS = {1: "ir_version", 2: "producer_name", 3: "producer_version", 4: "domain", 5: "model_version", 8: "opset_import"}
+
+
+def model_info(path: str | os.PathLike[str], scan: ModelScan | None = None) -> dict[str, Any]:
+    """The small top-level facts of a model: ir_version, producer, domain, opset imports."""
+    scan = scan or scan_model(path)
+    info: dict[str, Any] = {"opset_import": {}}
+    with open(path, "rb") as f:
+        for field in scan.fields:
+            name = _INFO_FIELDS.get(field.number)
+            if name is None:
+                continue
+            f.seek(field.start)
+            raw = f.read(field.end - field.start)
+            data = raw[field.data_start - field.start:]
+            try:
+                if field.wire_type == _WIRE_VARINT:
+                    info[name] = _varint(data, 0)[0]
+                elif field.wire_type != _WIRE_LEN:
+                    continue
+                elif name == "opset_import":
+                    domain, version, pos = "", 0, 0
+                    while pos < len(data):
+                        number, wire, start, end = _field_head(data, pos, len(data))
+                        if number == 1 and wire == _WIRE_LEN:
+                            domain = data[start:end].decode("utf-8")
+                        elif number == 2 and wire == _WIRE_VARINT:
+                            version = _varint(data, start)[0]
+                        pos = end
+                    info["opset_import"][domain or "ai.onnx"] = version
+                else:
+                    info[name] = data.decode("utf-8")
+            except (_Malformed, UnicodeDecodeError):
+                raise MetadataReadError(f"malformed field {field.number} (at byte {field.start})") from None
+    return info
+
+
+########################################################################################################
+# Metadata encoding and decoding
+########################################################################################################
+
+
+def value_text(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if key in STRING_KEYS:
+        raise MetadataEmbeddingError(f"metadata value {key!r} must be a string, got {type(value).__name__}")
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise MetadataEmbeddingError(f"metadata value {key!r} is not JSON-serializable: {exc}") from None
+
+
+def metadata_digest(texts: Mapping[str, str]) -> str:
+    """SHA-256 over the format's values as text (decompressed), in key order, digest key excluded."""
+    h = hashlib.sha256()
+    for key in sorted(texts):
+        if is_format_key(key) and key != KEY_DIGEST:
+            h.update(key.encode("utf-8") + b"\0" + texts[key].encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def _compress(text: str) -> str:
+    # mtime=0 keeps the output deterministic: same metadata, same bytes.
+    compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, 31)
+    data = compressor.compress(text.encode("utf-8")) + compressor.flush()
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_metadata(
+    metadata: Mapping[str, Any], *, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
+) -> list[tuple[str, str]]:
+    """Turn metadata into sorted metadata_props (key, value) pairs, adding the digest.
+
+    Values whose text exceeds compress_threshold bytes are stored gzip + base64 under
+    ``key + ":compressed"``; ``None`` disables compression.
+    """
+    texts = {key: value_text(key, value) for key, value in metadata.items() if key != KEY_DIGEST}
+    texts[KEY_DIGEST] = metadata_digest(texts)
+    props = []
+    for key in sorted(texts):
+        text = texts[key]
+        if compress_threshold is not None and len(text.encode("utf-8")) > compress_threshold:
+            props.append((key + COMPRESSED_SUFFIX, _compress(text)))
+        else:
+            props.append((key, text))
+    return props
+
+
+def _decompress(key: str, value: str, limit: int) -> str:
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MetadataReadError(f"compressed value {key!r} is not valid base64") from None
+    decompressor = zlib.decompressobj(31)
+    try:
+        out = decompressor.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise MetadataReadError(f"compressed value {key!r} is not valid gzip: {exc}") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise MetadataReadError(
+            f"compressed value {key!r} expands past the {limit}-byte limit; if the file is trusted, "
+            "raise max_decompressed_size"
+        )
+    if not decompressor.eof:
+        raise MetadataReadError(f"compressed value {key!r} is truncated gzip data")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MetadataReadError(f"compressed value {key!r} is not UTF-8 text") from None
+
+
+def _check_version(version: str) -> None:
+    major_s, _, minor_s = version.partition(".")
+    if not (major_s.isdigit() and minor_s.isdigit()):
+        raise MetadataValidationError(f"{KEY_VERSION} is {version!r}; expected MAJOR.MINOR such as {FORMAT_VERSION!r}")
+    major, minor = int(major_s), int(minor_s)
+    ours_major, ours_minor = (int(p) for p in FORMAT_VERSION.split("."))
+    if major > ours_major:
+        raise UnsupportedVersionError(
+            f"metadata format {version} is newer than this runtime understands ({FORMAT_VERSION}); "
+            "upgrade onnxmeta_runtime.py"
+        )
+    if major == ours_major and minor > ours_minor:
+        warnings.warn(
+            f"metadata format {version} is newer than this runtime ({FORMAT_VERSION}); "
+            "keys it does not know are ignored",
+            stacklevel=3,
+        )
+
+
+def decode_metadata(
+    props: Iterable[tuple[str, str]],
+    *,
+    verify: bool = True,
+    max_decompressed_size: int = MAX_DECOMPRESSED_SIZE,
+) -> dict[str, Any]:
+    """Turn metadata_props pairs back into metadata: decompress, parse JSON, check version and digest.
+
+    Keys that are not part of the format are returned unchanged as strings.
+    """
+    texts: dict[str, str] = {}
+    for raw_key, value in props:
+        key = raw_key
+        if raw_key.endswith(COMPRESSED_SUFFIX):
+            key = raw_key[: -len(COMPRESSED_SUFFIX)]
+            value = _decompress(key, value, max_decompressed_size)
+        if key in texts and is_format_key(key):
+            raise MetadataReadError(f"metadata key {key!r} appears more than once; the file is ambiguous")
+        texts[key] = value
+    metadata: dict[str, Any] = {}
+    for key, text in texts.items():
+        if key in JSON_KEYS:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise MetadataReadError(f"metadata value {key!r} is not valid JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise MetadataValidationError(f"metadata value {key!r} must be a JSON object, got {type(value).__name__}")
+            metadata[key] = value
+        else:
+            metadata[key] = text
+    if KEY_VERSION in texts:
+        _check_version(texts[KEY_VERSION])
+    if verify and KEY_DIGEST in texts:
+        expected = metadata_digest(texts)
+        if texts[KEY_DIGEST] != expected:
+            raise MetadataValidationError(
+                "metadata digest mismatch: the embedded values were changed after embedding "
+                f"(stored {texts[KEY_DIGEST][:12]}..., computed {expected[:12]}...); re-embed the metadata"
+            )
+    return metadata
+
+
+def read_metadata(
+    path: str | os.PathLike[str], *, verify: bool = True, max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
+) -> dict[str, Any]:
+    """Read the metadata of an ONNX file without loading its graph.
+
+    Returns every metadata_props entry: the format's keys decoded (JSON objects as dicts), others as
+    strings. Raises MetadataReadError for unreadable files, UnsupportedVersionError for a newer major
+    format, MetadataValidationError when the digest does not match (unless verify=False).
+    """
+    scan = scan_model(path)
+    try:
+        return decode_metadata(
+            ((e.key, e.value) for e in scan.entries), verify=verify, max_decompressed_size=max_decompressed_size
+        )
+    except MetadataError as exc:
+        raise type(exc)(f"{os.path.basename(os.fspath(path))}: {exc}") from None
+
+
+########################################################################################################
+# Tokenizer
+########################################################################################################
+
+
+def _token_content(token: Any) -> str | None:
+    """A special token from a tokenizer_config: a string or an AddedToken dict."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) else None
+
+
+class TokenizerProxy:
+    """The tokenizer's configuration when no vocabulary is embedded; tokenizing raises a clear error."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+
+    def _no_vocab(self, *args: Any, **kwargs: Any) -> Any:
+        raise ProcessorReconstructionError(
+            "no vocabulary embedded, so this model cannot tokenize text; re-embed with --include-vocab "
+            "(python -m authoring embed model.onnx <model> --include-vocab)"
+        )
+
+    __call__ = encode = encode_batch = decode = _no_vocab
+
+    def __repr__(self) -> str:
+        return f"TokenizerProxy({self.config.get('tokenizer_class', 'tokenizer')}, no vocabulary)"
+
+
+class TextTokenizer:
+    """A tokenizers.Tokenizer configured like the transformers tokenizer it was saved from."""
+
+    def __init__(self, tokenizer_json: str, config: Mapping[str, Any], model_config: Mapping[str, Any]) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ProcessorReconstructionError(
+                "text models need the 'tokenizers' package; pip install tokenizers"
+            ) from None
+        try:
+            tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # tokenizers raises plain Exception for bad JSON
+            raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
+        self.config = dict(config)
+        self.max_length = self._max_length(config, model_config)
+        # transformers pads and truncates per call, ignoring what tokenizer.json says; so do we.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(
+            self.max_length, strategy="longest_first", direction=config.get("truncation_side", "right")
+        )
+        self._tokenizer = tokenizer
+        pad = _token_content(config.get("pad_token"))
+        pad_id = tokenizer.token_to_id(pad) if pad is not None else None
+        self.pad_token_id = 0 if pad_id is None else pad_id
+        self.pad_token_type_id = int(config.get("pad_token_type_id", 0))
+        self.padding_side = config.get("padding_side", "right")
+        if self.padding_side not in ("right", "left"):
+            raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
+
+    @staticmethod
+    def _max_length(config: Mapping[str, Any], model_config: Mapping[str, Any]) -> int:
+        limits = [
+            int(v) for v in (config.get("model_max_length"), model_config.get("max_position_embeddings"))
+            if isinstance(v, (int, float)) and 0 < v < _VERY_LARGE_MAX_LENGTH
+        ]
+        if not limits:
+            raise ProcessorReconstructionError(
+                "no maximum sequence length in the tokenizer config (model_max_length) or model config "
+                "(max_position_embeddings); re-embed from a model that declares one"
+            )
+        return min(limits)
+
+    @property
+    def backend(self) -> Any:
+        """The underlying tokenizers.Tokenizer."""
+        return self._tokenizer
+
+    def encode(self, inputs: Sequence[str | tuple[str, str]]) -> list[Any]:
+        """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to max_length."""
+        return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+
+    def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest into arrays named like the model inputs in dtypes."""
+        import numpy as np
+
+        width = max(len(e.ids) for e in encodings)
+        arrays = {}
+        for name, attr, fill in (
+            ("input_ids", "ids", self.pad_token_id),
+            ("attention_mask", "attention_mask", 0),
+            ("token_type_ids", "type_ids", self.pad_token_type_id),
+        ):
+            if name not in dtypes:
+                continue
+            out = np.full((len(encodings), width), fill, dtype=dtypes[name])
+            for row, enc in enumerate(encodings):
+                values = getattr(enc, attr)
+                if self.padding_side == "right":
+                    out[row, : len(values)] = values
+                else:
+                    out[row, width - len(values):] = values
+            arrays[name] = out
+        return arrays
+
+    def __call__(self, inputs: Sequence[str | tuple[str, str]], dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Tokenize and pad in one step."""
+        return self.pad(self.encode(inputs), dtypes)
+
+
+def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProxy | None:
+    """The tokenizer of a model: full when the vocabulary is embedded, a proxy when only its config is."""
+    config = metadata.get(KEY_TOKENIZER_CONFIG)
+    tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
+    if tokenizer_json is not None:
+        return TextTokenizer(tokenizer_json, config or {}, metadata.get(KEY_MODEL_CONFIG) or {})
+    if config is not None:
+        return TokenizerProxy(config)
+    return None
+
+
+########################################################################################################
+# Tasks
+########################################################################################################
+
+_ORT_INT_TYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
+_UNSET: Any = object()
+
+
+class _Context:
+    """What a task needs, built once per Runtime: session, configs, tokenizer, input dtypes."""
+
+    def __init__(self, session: Any, metadata: Mapping[str, Any], tokenizer: Any, batch_size: int) -> None:
+        self.session = session
+        self.metadata = metadata
+        self.config: Mapping[str, Any] = metadata.get(KEY_MODEL_CONFIG) or {}
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.input_types = {i.name: i.type for i in session.get_inputs()}
+
+    def text_tokenizer(self, task: str) -> TextTokenizer:
+        if isinstance(self.tokenizer, TextTokenizer):
+            return self.tokenizer
+        if isinstance(self.tokenizer, TokenizerProxy):
+            self.tokenizer()  # raises the --include-vocab error
+        raise ProcessorReconstructionError(
+            f"{task} needs a tokenizer but none is embedded; re-embed with --include-vocab"
+        )
+
+    def text_input_dtypes(self) -> dict[str, str]:
+        """dtype of each graph input a tokenizer fills; other graph inputs are an error."""
+        known = ("input_ids", "attention_mask", "token_type_ids")
+        unknown = [n for n in self.input_names if n not in known]
+        if unknown or "input_ids" not in self.input_names:
+            raise MetadataValidationError(
+                f"graph inputs {self.input_names} do not match a text model (expected input_ids, optional "
+                "attention_mask and token_type_ids); was the model exported with past key values?"
+            )
+        dtypes = {}
+        for name in self.input_names:
+            dtype = _ORT_INT_TYPES.get(self.input_types[name])
+            if dtype is None:
+                raise MetadataValidationError(f"graph input {name!r} has type {self.input_types[name]}; expected int64 or int32")
+            dtypes[name] = dtype
+        return dtypes
+
+    def output_name(self, preferred: str) -> str:
+        return preferred if preferred in self.output_names else self.output_names[0]
+
+    def labels(self, width: int) -> list[str]:
+        id2label = self.config.get("id2label") or {}
+        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(width)]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+_FUNCTIONS: dict[str, Callable[[Any], Any]] = {"softmax": _softmax, "sigmoid": _sigmoid, "none": lambda x: x}
+
+
+class _Task:
+    """A pipeline task: preprocess a batch, run the session, postprocess one item at a time."""
+
+    name = ""
+    arguments: tuple[str, ...] = ()
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def check_arguments(self, kwargs: Mapping[str, Any]) -> None:
+        unknown = sorted(set(kwargs) - set(self.arguments))
+        if unknown:
+            raise InvalidInputError(
+                f"{self.name} does not take {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(self.arguments) or 'no arguments'}"
+            )
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class _TextClassification(_Task):
+    """text-classification (sentiment-analysis), as transformers.TextClassificationPipeline."""
+
+    name = "text-classification"
+    arguments = ("top_k", "function_to_apply")
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.tokenizer = ctx.text_tokenizer(self.name)
+        self.dtypes = ctx.text_input_dtypes()
+        self.output = ctx.output_name("logits")
+        self.default_function = self._default_function(ctx.config)
+
+    @staticmethod
+    def _default_function(config: Mapping[str, Any]) -> str:
+        # Same order of rules as TextClassificationPipeline.postprocess.
+        problem_type = config.get("problem_type")
+        id2label = config.get("id2label")
+        num_labels = len(id2label) if isinstance(id2label, dict) else int(config.get("num_labels", 2))
+        if problem_type == "regression":
+            return "none"
+        if problem_type == "multi_label_classification" or num_labels == 1:
+            return "sigmoid"
+        if problem_type == "single_label_classification" or num_labels > 1:
+            return "softmax"
+        function = config.get("function_to_apply")
+        return function.lower() if isinstance(function, str) and function.lower() in _FUNCTIONS else "none"
+
+    @staticmethod
+    def _item(item: Any) -> str | tuple[str, str]:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, dict) and set(item) <= {"text", "text_pair"} and "text" in item:
+            text, pair = item["text"], item.get("text_pair")
+            if isinstance(text, str) and (pair is None or isinstance(pair, str)):
+                return text if pair is None else (text, pair)
+        raise InvalidInputError(
+            f"text-classification takes a string, a {{'text': ..., 'text_pair': ...}} dict, or a list of "
+            f"those; got {type(item).__name__}"
+        )
+
+    def logits(self, items: Sequence[str | tuple[str, str]]) -> np.ndarray:
+        """Model outputs for each item in caller order, batched in length-sorted buckets."""
+        import numpy as np
+
+        encodings = self.tokenizer.encode(items)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        rows: list[Any] = [None] * len(encodings)
+        for start in range(0, len(order), self.ctx.batch_size):
+            chunk = order[start: start + self.ctx.batch_size]
+            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
+            (out,) = self.ctx.session.run([self.output], feed)
+            for i, row in zip(chunk, out):
+                rows[i] = row
+        return np.stack(rows).astype(np.float32)
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        self.check_arguments(kwargs)
+        top_k = kwargs.get("top_k", _UNSET)
+        legacy = top_k is _UNSET
+        if not legacy and top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise InvalidInputError(f"top_k must be a positive integer or None, got {top_k!r}")
+        function = kwargs.get("function_to_apply") or self.default_function
+        if not isinstance(function, str) or function.lower() not in _FUNCTIONS:
+            raise InvalidInputError(f"function_to_apply must be one of softmax, sigmoid, none; got {function!r}")
+        apply = _FUNCTIONS[function.lower()]
+        single = not isinstance(inputs, list)
+        items = [self._item(x) for x in ([inputs] if single else inputs)]
+        if not items:
+            return []
+        results = []
+        for logits in self.logits(items):
+            scores = apply(logits)
+            labels = self.ctx.labels(len(scores))
+            if legacy:
+                best = int(scores.argmax())
+                results.append({"label": labels[best], "score": float(scores[best])})
+                continue
+            ranked = sorted(
+                ({"label": labels[i], "score": float(s)} for i, s in enumerate(scores)),
+                key=lambda d: d["score"], reverse=True,
+            )
+            results.append(ranked if top_k is None else ranked[:top_k])
+        if single:
+            # transformers wraps the best label of a single string in a list, but not of a single pair.
+            return results if legacy and isinstance(inputs, str) else results[0]
+        return results
+
+
+TASKS: dict[str, type[_Task]] = {
+    "text-classification": _TextClassification,
+}
+TASK_ALIASES = {"sentiment-analysis": "text-classification"}
+
+
+########################################################################################################
+# Runtime
+########################################################################################################
+
+
+class Runtime:
+    """A self-contained ONNX model ready to call: ``Runtime("model.onnx")("text")``.
+
+    Everything is built and checked here (metadata, tokenizer, session, task), so a call can only
+    fail on its inputs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        task: str | None = None,
+        providers: Sequence[Any] | None = None,
+        session_options: Any = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.metadata = read_metadata(self.path)
+        if KEY_VERSION not in self.metadata:
+            raise MetadataValidationError(
+                f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
+                f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
+            )
+        self.task = self._task_name(task)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.config: Mapping[str, Any] = self.metadata.get(KEY_MODEL_CONFIG) or {}
+        self.tokenizer = load_tokenizer(self.metadata)
+        self.session = _session(self.path, providers, session_options)
+        self._task = TASKS[self.task](_Context(self.session, self.metadata, self.tokenizer, batch_size))
+
+    def _task_name(self, task: str | None) -> str:
+        name = task or self.metadata.get(KEY_PIPELINE_TASK)
+        if not name:
+            raise TaskDetectionError(
+                f"{os.path.basename(self.path)} names no pipeline task; pass task=... or re-embed with --task"
+            )
+        name = TASK_ALIASES.get(name, name)
+        if name not in TASKS:
+            raise TaskDetectionError(f"task {name!r} is not supported by this runtime; supported: {', '.join(sorted(TASKS))}")
+        return name
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """Run the task on one input or a list, returning what the transformers pipeline returns."""
+        return self._task(inputs, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
+
+
+def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    try:
+        return ort.InferenceSession(path, sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:  # onnxruntime raises its own non-exported exception types
+        raise MetadataReadError(f"onnxruntime cannot load {os.path.basename(path)}: {exc}") from None
+
+
+def pipeline(
+    model: str | os.PathLike[str],
+    task: str | None = None,
+    *,
+    providers: Sequence[Any] | None = None,
+    session_options: Any = None,
+    batch_size: int = 32,
+) -> Runtime:
+    """The design's name for Runtime: ``pipeline(model="model.onnx")``."""
+    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size)
+
+
+class ONNXAutoModel:
+    """The design's model loader: an onnxruntime session for a self-contained file."""
+
+    @staticmethod
+    def from_model(model_path: str | os.PathLike[str], providers: Sequence[Any] | None = None, session_options: Any = None) -> Any:
+        """An onnxruntime.InferenceSession for the file."""
+        return _session(os.fspath(model_path), providers, session_options)
+
+
+class ONNXAutoProcessor:
+    """The design's processor loader."""
+
+    @staticmethod
+    def from_model(model_path: str | os.PathLike[str], processor_type: str | None = None) -> Any:
+        """The embedded tokenizer (TextTokenizer, or TokenizerProxy without vocabulary)."""
+        if processor_type not in (None, "tokenizer"):
+            raise ProcessorReconstructionError(f"processor type {processor_type!r} is not supported yet; use 'tokenizer'")
+        processor = load_tokenizer(read_metadata(model_path))
+        if processor is None:
+            raise ProcessorReconstructionError(f"{os.path.basename(os.fspath(model_path))} has no embedded tokenizer")
+        return processor
+
+
+########################################################################################################
+# Command line
+########################################################################################################
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="onnxmeta_runtime", description="Run a self-contained ONNX model.")
+    parser.add_argument("model", help="a self-contained .onnx file")
+    parser.add_argument("inputs", nargs="*", help="texts to run the model on")
+    parser.add_argument("--metadata", action="store_true", help="print the embedded metadata as JSON and exit")
+    args = parser.parse_args(argv)
+    try:
+        if args.metadata or not args.inputs:
+            metadata = read_metadata(args.model)
+            summary = {k: (f"<{len(v)} characters>" if k == KEY_TOKENIZER_JSON else v) for k, v in metadata.items()}
+            print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
+            return 0
+        runtime = Runtime(args.model)
+        result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    except MetadataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
