@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import export_onnx, tiny_classifier  # noqa: E402
+
+
+class Built:
+    """A model folder, its torch model, and its plain ONNX export."""
+
+    def __init__(self, folder: Path, model, onnx_path: Path, input_names: list[str]) -> None:
+        self.folder, self.model, self.onnx, self.input_names = folder, model, onnx_path, input_names
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(tmp_path_factory) -> Built:
+    """Tiny BERT text classifier (3 labels, bert-base-uncased WordPiece tokenizer), plain ONNX export."""
+    root = tmp_path_factory.mktemp("bert")
+    model = tiny_classifier(root / "hf")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return Built(root / "hf", model, export_onnx(model, root / "model.onnx", names), names)
+
+
+@pytest.fixture(scope="session")
+def bert_embedded(bert_classifier, tmp_path_factory) -> Path:
+    """bert_classifier with full metadata embedded (vocabulary included)."""
+    from authoring import embed_metadata
+
+    out = tmp_path_factory.mktemp("bert_embedded") / "model.onnx"
+    embed_metadata(bert_classifier.onnx, bert_classifier.folder, out, include_vocab=True)
+    return out

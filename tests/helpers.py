@@ -1,0 +1,111 @@
+"""Builders for tiny offline models: Hugging Face folders with random weights, exported to ONNX."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ONNXMETA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(name: str) -> Path:
+    """A folder of real Hugging Face files from ../shared/data; skips the test when it is absent."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real Hugging Face files live in ../shared/data beside the repository)")
+    return path
+
+
+def trained_wordpiece(folder: Path) -> None:
+    """A small uncased WordPiece tokenizer trained here, saved like transformers saves BertTokenizer."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import WordPiece
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = [
+        "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
+        "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
+    ] * 20
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece()
+    BertTokenizerFast(tokenizer_object=tok, model_max_length=512).save_pretrained(folder)
+
+
+def bert_tokenizer_folder(folder: Path) -> None:
+    """The real bert-base-uncased tokenizer when ../shared is present, else a trained WordPiece one."""
+    from transformers import AutoTokenizer
+
+    source = SHARED / "bert-base-uncased"
+    if source.exists():
+        AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    else:
+        trained_wordpiece(folder)
+
+
+def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: bool = False, output: str = "logits") -> Path:
+    """torch.onnx.export with dynamic batch and sequence axes; model left in eval mode."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: Any) -> Any:
+            return getattr(self.model(**dict(zip(input_names, tensors))), output)
+
+    model.eval()
+    dummy = tuple(torch.ones((2, 7), dtype=torch.long) if n != "token_type_ids" else torch.zeros((2, 7), dtype=torch.long)
+                  for n in input_names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    if dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", min=2, max=512)
+        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=[output], dynamo=True,
+                          dynamic_shapes=(tuple({0: batch, 1: seq} for _ in input_names),), external_data=False)
+    else:
+        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=[output],
+                          dynamic_axes={**axes, output: {0: "batch"}}, opset_version=17, dynamo=False)
+    model.eval()  # export restores training mode; the oracle must not run dropout
+    return path
+
+
+def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_folder, *, model_type: str = "bert",
+                    num_labels: int = 3, problem_type: str | None = None, seed: int = 0) -> Any:
+    """A random-weight *ForSequenceClassification in folder (config, weights, tokenizer); returns the model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer_folder_fn(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    labels = {i: name for i, name in enumerate(["NEGATIVE", "NEUTRAL", "POSITIVE", "OTHER"][:num_labels])} if num_labels > 1 \
+        else {0: "SCORE"}
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128 if model_type == "bert" else 130, initializer_range=0.5,
+        id2label=labels, label2id={v: k for k, v in labels.items()}, problem_type=problem_type,
+        pad_token_id=tokenizer.pad_token_id, type_vocab_size=2 if model_type == "bert" else 1,
+    )
+    config.architectures = [f"{type(AutoModelForSequenceClassification.from_config(config)).__name__}"]
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def copy_folder(src: Path, dst: Path, *, skip: Sequence[str] = ()) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip))
+    return dst

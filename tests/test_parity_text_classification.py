@@ -1,0 +1,136 @@
+"""text-classification parity: the runtime on ONNX vs transformers.pipeline on the same PyTorch weights.
+
+Tolerance: labels identical, scores within 1e-4 (float32 ONNX vs PyTorch kernels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from helpers import export_onnx, tiny_classifier
+from runtime_under_test import rt
+
+TEXTS = [
+    "I love this movie!",
+    "This was a terrible waste of time, and the ending made it worse.",
+    "hello world, this is a test.",
+    "",
+    "Ünïcödé façade — naïve café 東京",
+    "a " * 40 + "very long repeated sentence that needs padding in a batch",
+]
+PAIRS = [
+    {"text": "A man is playing a guitar.", "text_pair": "Someone plays an instrument."},
+    {"text": "The cat sleeps.", "text_pair": "A completely unrelated and much longer second sentence about finance."},
+]
+TOL = 1e-4
+
+
+def assert_same(actual: Any, expected: Any) -> None:
+    """Same structure, same labels, scores within TOL."""
+    if isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (actual, expected)
+        for a, e in zip(actual, expected):
+            assert_same(a, e)
+        return
+    assert isinstance(actual, dict) and set(actual) == set(expected), (actual, expected)
+    assert actual["label"] == expected["label"], (actual, expected)
+    assert isinstance(actual["score"], float)
+    assert actual["score"] == pytest.approx(expected["score"], abs=TOL), (actual, expected)
+
+
+@pytest.fixture(scope="module")
+def oracle(bert_classifier):
+    from transformers import AutoTokenizer, pipeline
+
+    return pipeline("text-classification", model=bert_classifier.model,
+                    tokenizer=AutoTokenizer.from_pretrained(bert_classifier.folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def runtime(bert_embedded):
+    return rt.Runtime(bert_embedded)
+
+
+def test_outputs_are_not_degenerate(runtime):
+    scores = [r["score"] for r in runtime(TEXTS)]
+    assert len({round(s, 4) for s in scores}) >= 4, scores
+    ranked = runtime(TEXTS[:2], top_k=None)
+    assert ranked[0] != ranked[1]
+
+
+def test_single_text(runtime, oracle):
+    for text in TEXTS:
+        expected = oracle(text)
+        assert isinstance(expected, list) and len(expected) == 1
+        assert_same(runtime(text), expected)
+
+
+def test_batch_keeps_order_across_length_buckets(bert_embedded, oracle):
+    runtime = rt.Runtime(bert_embedded, batch_size=2)
+    assert_same(runtime(TEXTS), oracle(TEXTS))
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 2, 5])
+def test_top_k(runtime, oracle, top_k):
+    assert_same(runtime(TEXTS[0], top_k=top_k), oracle(TEXTS[0], top_k=top_k))
+    assert_same(runtime(TEXTS[:3], top_k=top_k), oracle(TEXTS[:3], top_k=top_k))
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "softmax", "none", "SIGMOID"])
+def test_function_to_apply(runtime, oracle, function):
+    assert_same(runtime(TEXTS[:3], function_to_apply=function, top_k=None),
+                oracle(TEXTS[:3], function_to_apply=function, top_k=None))
+
+
+def test_text_pairs(runtime, oracle):
+    for pair in PAIRS:
+        assert_same(runtime(pair), oracle(pair))
+    assert_same(runtime(PAIRS), oracle(PAIRS))
+    assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+    swapped = {"text": PAIRS[0]["text_pair"], "text_pair": PAIRS[0]["text"]}
+    assert runtime(swapped, top_k=None) != runtime(PAIRS[0], top_k=None)
+
+
+@pytest.mark.parametrize("num_labels, problem_type, expected_function", [
+    (1, None, "sigmoid"),
+    (2, "multi_label_classification", "sigmoid"),
+    (2, "regression", "none"),
+])
+def test_default_function_from_config(tmp_path, num_labels, problem_type, expected_function):
+    from authoring import embed_metadata
+    from transformers import AutoTokenizer, pipeline
+
+    model = tiny_classifier(tmp_path / "hf", num_labels=num_labels, problem_type=problem_type, seed=1)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    plain = export_onnx(model, tmp_path / "plain.onnx", names)
+    embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
+    runtime = rt.Runtime(tmp_path / "model.onnx")
+    oracle = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    assert_same(runtime(TEXTS), oracle(TEXTS))
+    assert_same(runtime(TEXTS[:2], top_k=None), oracle(TEXTS[:2], top_k=None))
+    explicit = runtime(TEXTS[:2], top_k=None, function_to_apply=expected_function)
+    assert_same(runtime(TEXTS[:2], top_k=None), explicit)
+    if expected_function == "none":
+        assert any(d["score"] < 0 or d["score"] > 1 for r in explicit for d in r)
+
+
+def test_dynamo_export(bert_classifier, oracle, tmp_path):
+    from authoring import embed_metadata
+
+    plain = export_onnx(bert_classifier.model, tmp_path / "dynamo.onnx", bert_classifier.input_names, dynamo=True)
+    embed_metadata(plain, bert_classifier.folder, tmp_path / "model.onnx", include_vocab=True)
+    assert_same(rt.Runtime(tmp_path / "model.onnx")(TEXTS, top_k=None), oracle(TEXTS, top_k=None))
+
+
+def test_model_without_token_type_ids_input(bert_classifier, oracle, tmp_path):
+    """Graph inputs come from the session: a graph without token_type_ids gets none."""
+    from authoring import embed_metadata
+
+    names = ["input_ids", "attention_mask"]
+    plain = export_onnx(bert_classifier.model, tmp_path / "two_inputs.onnx", names)
+    embed_metadata(plain, bert_classifier.folder, tmp_path / "model.onnx", include_vocab=True)
+    runtime = rt.Runtime(tmp_path / "model.onnx")
+    assert [i.name for i in runtime.session.get_inputs()] == names
+    assert_same(runtime(TEXTS[:3]), oracle(TEXTS[:3]))
