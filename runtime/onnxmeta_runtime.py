@@ -216,6 +216,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         byte = buf[pos + i]
         result |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
+            if result >> 64:
+                raise _Malformed("varint overflows 64 bits")
             return result, pos + i + 1
     raise _Malformed("varint longer than 10 bytes")
 
