@@ -109,3 +109,59 @@ def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_fold
 def copy_folder(src: Path, dst: Path, *, skip: Sequence[str] = ()) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip))
     return dst
+
+
+OPTIMUM_VENV = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum"))
+
+
+def optimum_python() -> Path:
+    """Python of a separate environment with Optimum (it pins transformers<4.58), created on first use.
+
+    The venv sees the system site-packages for torch; its own transformers 4.57 shadows transformers 5.
+    """
+    import subprocess
+    import sys
+
+    python = OPTIMUM_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import optimum.exporters.onnx, transformers; assert transformers.__version__ < '4.58'"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(OPTIMUM_VENV)], check=True)
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "optimum-onnx[onnxruntime]", "torch==2.13.0"],
+                             capture_output=True, text=True)
+    if install.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.fail(f"could not create the Optimum environment in {OPTIMUM_VENV}:\n{install.stderr[-2000:]}")
+    return python
+
+
+def optimum_export(model_folder: Path, output: Path, task: str) -> Path:
+    """Export a local model folder with Optimum's exporter (no hub); returns the output folder."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(optimum_python()), "-m", "optimum.exporters.onnx", "--model", str(model_folder), "--task", task, str(output)],
+        capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
+    )
+    if result.returncode != 0:
+        pytest.fail(f"optimum export failed:\n{result.stderr[-3000:]}")
+    return output
+
+
+def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
+    """A tokenizer_folder_fn that saves a real ../shared tokenizer (tokenizer_class set, as hub configs have it)."""
+    import json
+
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        source = shared(name)
+        staging = folder.parent / f"{name}-staging"
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        config_path = staging / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        config.setdefault("tokenizer_class", tokenizer_class)
+        config_path.write_text(json.dumps(config))
+        AutoTokenizer.from_pretrained(staging).save_pretrained(folder)
+
+    return build

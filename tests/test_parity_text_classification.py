@@ -134,3 +134,47 @@ def test_model_without_token_type_ids_input(bert_classifier, oracle, tmp_path):
     runtime = rt.Runtime(tmp_path / "model.onnx")
     assert [i.name for i in runtime.session.get_inputs()] == names
     assert_same(runtime(TEXTS[:3]), oracle(TEXTS[:3]))
+
+
+@pytest.mark.optimum
+def test_optimum_export(bert_classifier, oracle, tmp_path):
+    """Optimum's exporter (transformers 4.57, separate venv) on the same weights; metadata from either folder."""
+    from authoring import embed_metadata
+
+    from helpers import optimum_export
+
+    exported = optimum_export(bert_classifier.folder, tmp_path / "optimum", "text-classification")
+    for source in (bert_classifier.folder, exported):  # the original folder, and the files Optimum re-saved
+        out = tmp_path / f"from_{source.name}.onnx"
+        embed_metadata(exported / "model.onnx", source, out, include_vocab=True)
+        runtime = rt.Runtime(out)
+        assert_same(runtime(TEXTS), oracle(TEXTS))
+        assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+
+
+FAMILIES = {
+    # byte-level BPE with leading-space tokens; no token_type_ids
+    "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
+    # SentencePiece Unigram (T5's spiece) in front of a BERT encoder
+    "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_families(family, tmp_path):
+    from authoring import embed_metadata
+    from transformers import AutoTokenizer, pipeline
+
+    from helpers import hub_tokenizer_folder
+
+    name, tokenizer_class, model_type, inputs = FAMILIES[family]
+    model = tiny_classifier(tmp_path / "hf", hub_tokenizer_folder(name, tokenizer_class), model_type=model_type, seed=2)
+    plain = export_onnx(model, tmp_path / "plain.onnx", inputs)
+    embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
+    runtime = rt.Runtime(tmp_path / "model.onnx")
+    oracle = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    texts = [t for t in TEXTS if len(t) < 200]
+    assert_same(runtime(texts), oracle(texts))
+    assert_same(runtime(texts, top_k=None), oracle(texts, top_k=None))
+    assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+    assert len({round(r["score"], 4) for r in runtime(texts)}) >= 3
