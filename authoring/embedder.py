@@ -168,7 +168,12 @@ def embed(
     compress_threshold: int | None = rt.DEFAULT_COMPRESS_THRESHOLD,
     validate: bool = True,
 ) -> EmbedReport:
-    """Embed a metadata dict (as discovered) into an ONNX file; compress_threshold in bytes or None."""
+    """Embed a metadata dict (as discovered) into an ONNX file; compress_threshold in bytes or None.
+
+    export_config, unless given, records how the graph was exported (ir_version, opsets, producer).
+    """
+    if rt.KEY_EXPORT_CONFIG not in metadata:
+        metadata = {**metadata, rt.KEY_EXPORT_CONFIG: rt.model_info(onnx_path)}
     props = rt.encode_metadata(metadata, compress_threshold=compress_threshold)
     preserved = write_props(onnx_path, props, output_path, verify=validate)
     entries = []

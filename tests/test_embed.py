@@ -60,6 +60,10 @@ def test_full_level(bert_classifier, bert_embedded):
         "config": {"components": ["tokenizer"], "tokenizer_class": "BertTokenizer", "vocabulary": rt.KEY_TOKENIZER_JSON},
     }
     assert md[rt.KEY_PIPELINE_CONFIG] == {"detected_task": "text-classification", "task_source": "detected"}
+    import torch
+
+    assert md[rt.KEY_EXPORT_CONFIG] == {"ir_version": 8, "opset_import": {"ai.onnx": 17}, "producer_name": "pytorch",
+                                        "producer_version": torch.__version__.split("+")[0]}
     stored = props_of(bert_embedded)
     assert rt.KEY_TOKENIZER_JSON + rt.COMPRESSED_SUFFIX in stored  # > 10 KB
     assert rt.KEY_MODEL_CONFIG in stored  # < 10 KB
@@ -77,7 +81,7 @@ def test_essential_and_minimal_levels(bert_classifier, tmp_path):
     md = rt.read_metadata(tmp_path / "m.onnx")
     assert md[rt.KEY_EMBEDDING_LEVEL] == "minimal"
     assert set(md) == {rt.KEY_VERSION, rt.KEY_TIMESTAMP, rt.KEY_TRANSFORMERS_VERSION, rt.KEY_EMBEDDING_LEVEL,
-                       rt.KEY_MODEL_CONFIG, rt.KEY_PIPELINE_TASK, rt.KEY_DIGEST}
+                       rt.KEY_MODEL_CONFIG, rt.KEY_PIPELINE_TASK, rt.KEY_EXPORT_CONFIG, rt.KEY_DIGEST}
     config = json.loads((bert_classifier.folder / "config.json").read_text())
     assert md[rt.KEY_MODEL_CONFIG] == {k: config[k] for k in authoring.discovery.MINIMAL_CONFIG_FIELDS if k in config}
     assert {"architectures", "model_type", "id2label", "label2id"} <= set(md[rt.KEY_MODEL_CONFIG])
