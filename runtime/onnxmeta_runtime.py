@@ -879,8 +879,18 @@ def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -
         import onnxruntime as ort
     except ImportError:
         raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    providers = list(providers or ["CPUExecutionProvider"])
+    # onnxruntime quietly falls back to the CPU when a requested provider is missing (a CPU-only wheel
+    # asked for CUDA); a caller who named a provider should know.
+    available = ort.get_available_providers()
+    missing = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
+    if missing:
+        raise InvalidInputError(
+            f"execution provider {', '.join(str(p) for p in missing)} is not available in this onnxruntime "
+            f"(available: {', '.join(available)}); install the matching build, e.g. onnxruntime-gpu for CUDA"
+        )
     try:
-        return ort.InferenceSession(path, sess_options=session_options, providers=list(providers or ["CPUExecutionProvider"]))
+        return ort.InferenceSession(path, sess_options=session_options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own non-exported exception types
         raise MetadataReadError(f"onnxruntime cannot load {os.path.basename(path)}: {exc}") from None
 

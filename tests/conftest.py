@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Test this checkout whatever an editable install elsewhere points at.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(Path(__file__).parent), str(_ROOT / "runtime"), str(_ROOT)]
 
 from helpers import export_onnx, tiny_classifier  # noqa: E402
 

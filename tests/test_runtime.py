@@ -133,3 +133,18 @@ def test_runtime_cli(bert_embedded, capsys):
     assert rt._main([str(bert_embedded), "--metadata"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown[rt.KEY_PIPELINE_TASK] == "text-classification" and shown[rt.KEY_TOKENIZER_JSON].endswith(" characters>")
+
+
+def test_unavailable_execution_provider_is_an_error(bert_embedded):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(rt.InvalidInputError) as info:
+        rt.Runtime(bert_embedded, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert str(info.value).startswith("execution provider CUDAExecutionProvider is not available in this onnxruntime (available: ")
+    assert str(info.value).endswith("install the matching build, e.g. onnxruntime-gpu for CUDA")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    runtime = rt.Runtime(bert_embedded, providers=[("CPUExecutionProvider", {})], session_options=options)
+    assert runtime.session.get_session_options().intra_op_num_threads == 1

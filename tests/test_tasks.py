@@ -1,0 +1,92 @@
+"""Task detection: the design's five steps, in priority order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import onnxmeta_runtime as rt
+from authoring.tasks import architecture_task_map, detect_task, resolve_task
+from helpers import SHARED
+
+
+@pytest.mark.parametrize("architecture, task", [
+    ("BertForSequenceClassification", "text-classification"),
+    ("DistilBertForSequenceClassification", "text-classification"),
+    ("RobertaForTokenClassification", "token-classification"),
+    ("BertForQuestionAnswering", "question-answering"),
+    ("BertForMaskedLM", "fill-mask"),
+    ("T5ForConditionalGeneration", "text2text-generation"),
+    ("GPT2LMHeadModel", "text-generation"),
+    ("WhisperForConditionalGeneration", "automatic-speech-recognition"),
+    ("Wav2Vec2ForCTC", "automatic-speech-recognition"),
+    ("ViTForImageClassification", "image-classification"),
+    ("CLIPModel", "zero-shot-image-classification"),
+    ("DetrForObjectDetection", "object-detection"),
+    ("BertModel", "feature-extraction"),
+])
+def test_step1_exact_architecture(architecture, task):
+    assert architecture in architecture_task_map()
+    assert detect_task({"architectures": [architecture]}) == task
+
+
+def test_first_architecture_wins():
+    assert detect_task({"architectures": ["BertForMaskedLM", "BertForSequenceClassification"]}) == "fill-mask"
+
+
+@pytest.mark.parametrize("architecture, task", [
+    ("MyCustomForSequenceClassification", "text-classification"),
+    ("AcmeForTokenClassification", "token-classification"),
+    ("FooLMHeadModel", "text-generation"),
+])
+def test_step2_patterns(architecture, task):
+    assert architecture not in architecture_task_map()
+    assert detect_task({"architectures": [architecture]}) == task
+
+
+def test_step3_task_specific_params():
+    assert detect_task({"task_specific_params": {"translation_en_to_de": {}}}) == "translation"
+    assert detect_task({"task_specific_params": {"summarization": {"max_length": 200}}}) == "summarization"
+
+
+def test_step4_model_type():
+    assert detect_task({"model_type": "gpt2"}) == "text-generation"
+    assert detect_task({"model_type": "whisper"}) == "automatic-speech-recognition"
+
+
+def test_step5_labels():
+    labels = {"id2label": {"0": "a", "1": "b"}, "label2id": {"a": 0, "b": 1}}
+    assert detect_task({"model_type": "mystery", **labels}) == "text-classification"
+    assert detect_task({"model_type": "mystery", "image_size": 224, **labels}) == "image-classification"
+
+
+def test_undetermined():
+    assert detect_task({}) is None
+    assert detect_task({"model_type": "mystery", "architectures": ["Mystery"]}) is None
+
+
+def test_override():
+    assert resolve_task({}, "sentiment-analysis") == "text-classification"
+    assert resolve_task({"architectures": ["BertForSequenceClassification"]}, "zero-shot-classification") == "zero-shot-classification"
+    with pytest.raises(rt.TaskDetectionError, match="unknown task 'nope'"):
+        resolve_task({}, "nope")
+
+
+@pytest.mark.parametrize("name, task", [
+    ("bert-base-uncased", "fill-mask"),
+    ("distilbert-base-uncased-finetuned-sst-2-english", "text-classification"),
+    ("dslim__bert-base-NER", "token-classification"),
+    ("distilbert-base-uncased-distilled-squad", "question-answering"),
+    ("deepset__roberta-base-squad2", "question-answering"),
+    ("gpt2", "text-generation"),
+    ("t5-small", "text2text-generation"),
+    ("openai__whisper-large-v3", "automatic-speech-recognition"),
+    ("google__vit-base-patch16-224", "image-classification"),
+    ("sentence-transformers__all-MiniLM-L6-v2", "feature-extraction"),
+])
+def test_real_configs(name, task):
+    path = SHARED / name / "config.json"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real Hugging Face files live in ../shared/data)")
+    assert detect_task(json.loads(path.read_text())) == task
