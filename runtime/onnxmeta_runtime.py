@@ -795,9 +795,9 @@ class _TextClassification(_Task):
         if not items:
             return []
         results = []
-        for logits in self.logits(items):
-            scores = apply(logits)
-            labels = self.ctx.labels(len(scores))
+        logits = self.logits(items)
+        labels = self.ctx.labels(logits.shape[-1])
+        for scores in apply(logits):
             if legacy:
                 best = int(scores.argmax())
                 results.append({"label": labels[best], "score": float(scores[best])})
