@@ -75,15 +75,15 @@ def export_timestamp() -> str:
     return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path, kind: type = dict) -> Any:
     if not path.is_file():
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MetadataExtractionError(f"cannot read {path}: {exc}") from None
-    if not isinstance(value, dict):
-        raise MetadataExtractionError(f"{path} is not a JSON object")
+    if not isinstance(value, kind):
+        raise MetadataExtractionError(f"{path} is not a JSON {'object' if kind is dict else 'array'}")
     return value
 
 
@@ -149,6 +149,32 @@ def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
     return {rt.KEY_FEATURE_EXTRACTOR_CONFIG: config}
 
 
+def _sentence_transformers_metadata(folder: Path) -> dict[str, Any]:
+    """Pooling, normalization, max length and prompts of a sentence-transformers folder (modules.json)."""
+    modules = _read_json(folder / "modules.json", list)
+    if modules is None:
+        return {}
+    types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+    unsupported = [t for t in types if t not in ("Transformer", "Pooling", "Normalize")]
+    if unsupported:
+        logger.warning("sentence-transformers modules %s are not run by the runtime; encode() will refuse", unsupported)
+    pooling_dir = next((m.get("path", "") for m, t in zip(modules, types) if t == "Pooling"), None)
+    pooling = _read_json(folder / pooling_dir / "config.json") if pooling_dir is not None else None
+    bert_config = _read_json(folder / "sentence_bert_config.json") or {}
+    st_config = _read_json(folder / "config_sentence_transformers.json") or {}
+    config = {
+        "modules": modules,
+        "pooling": pooling,
+        "normalize": "Normalize" in types,
+        "max_seq_length": bert_config.get("max_seq_length"),
+        "do_lower_case": bert_config.get("do_lower_case", False),
+        "prompts": st_config.get("prompts") or {},
+        "default_prompt_name": st_config.get("default_prompt_name"),
+        "similarity_fn_name": st_config.get("similarity_fn_name"),
+    }
+    return {rt.KEY_SENTENCE_TRANSFORMERS: {k: v for k, v in config.items() if v is not None}}
+
+
 def _feature_engineering(processors: Mapping[str, Any]) -> dict[str, Any]:
     kinds = [
         kind for key, kind in (
@@ -195,7 +221,8 @@ class MetadataDiscovery:
         config = _read_json(folder / "config.json")
         if config is None:
             raise MetadataExtractionError(f"{folder} has no config.json; is it a Hugging Face model folder?")
-        chosen_task = resolve_task(config, task)
+        is_sentence_transformer = (folder / "modules.json").is_file()
+        chosen_task = resolve_task(config, task) if task or not is_sentence_transformer else "feature-extraction"
         if chosen_task is None:
             logger.warning("no pipeline task found for %s; pass --task to set one", folder.name)
 
@@ -238,6 +265,7 @@ class MetadataDiscovery:
             processors.update(_tokenizer_metadata(folder, include_vocab))
         if not processors:
             raise MetadataExtractionError(f"{folder.name} has no tokenizer or preprocessor files")
+        processors.update(_sentence_transformers_metadata(folder))
         return processors
 
     @staticmethod

@@ -83,6 +83,7 @@ KEY_PIPELINE_TASK = "hf_pipeline_task"
 KEY_PIPELINE_CONFIG = "hf_pipeline_config"
 KEY_EXPORT_CONFIG = "export_config"
 KEY_EMBEDDING_LEVEL = "hf_embedding_level"
+KEY_SENTENCE_TRANSFORMERS = "hf_sentence_transformers_config"
 KEY_DIGEST = "hf_metadata_sha256"
 
 # Values stored as plain text. hf_tokenizer_json is the tokenizer.json document as text: it goes
@@ -94,7 +95,7 @@ STRING_KEYS = frozenset({
 # Values stored as canonical JSON objects.
 JSON_KEYS = frozenset({
     KEY_MODEL_CONFIG, KEY_TOKENIZER_CONFIG, KEY_IMAGE_PROCESSOR_CONFIG, KEY_FEATURE_EXTRACTOR_CONFIG,
-    KEY_GENERATION_CONFIG, KEY_FEATURE_ENGINEERING, KEY_PIPELINE_CONFIG, KEY_EXPORT_CONFIG,
+    KEY_GENERATION_CONFIG, KEY_FEATURE_ENGINEERING, KEY_PIPELINE_CONFIG, KEY_EXPORT_CONFIG, KEY_SENTENCE_TRANSFORMERS,
 })
 KEYS = STRING_KEYS | JSON_KEYS
 # The two keys the original design named without the hf_ prefix. Every other key of the format,
@@ -544,7 +545,7 @@ class TokenizerProxy:
 class TextTokenizer:
     """A tokenizers.Tokenizer configured like the transformers tokenizer it was saved from."""
 
-    def __init__(self, tokenizer_json: str, config: Mapping[str, Any], model_config: Mapping[str, Any]) -> None:
+    def __init__(self, tokenizer_json: str, config: Mapping[str, Any], max_length: int) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -556,7 +557,7 @@ class TextTokenizer:
         except Exception as exc:  # tokenizers raises plain Exception for bad JSON
             raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
         self.config = dict(config)
-        self.max_length = self._max_length(config, model_config)
+        self.max_length = max_length
         # transformers pads and truncates per call, ignoring what tokenizer.json says; so do we.
         tokenizer.no_padding()
         tokenizer.enable_truncation(
@@ -570,19 +571,6 @@ class TextTokenizer:
         self.padding_side = config.get("padding_side", "right")
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
-
-    @staticmethod
-    def _max_length(config: Mapping[str, Any], model_config: Mapping[str, Any]) -> int:
-        limits = [
-            int(v) for v in (config.get("model_max_length"), model_config.get("max_position_embeddings"))
-            if isinstance(v, (int, float)) and 0 < v < _VERY_LARGE_MAX_LENGTH
-        ]
-        if not limits:
-            raise ProcessorReconstructionError(
-                "no maximum sequence length in the tokenizer config (model_max_length) or model config "
-                "(max_position_embeddings); re-embed from a model that declares one"
-            )
-        return min(limits)
 
     @property
     def backend(self) -> Any:
@@ -621,12 +609,28 @@ class TextTokenizer:
         return self.pad(self.encode(inputs), dtypes)
 
 
+def _max_length(metadata: Mapping[str, Any]) -> int:
+    """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
+    candidates = (
+        (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("model_max_length"),
+        (metadata.get(KEY_MODEL_CONFIG) or {}).get("max_position_embeddings"),
+        (metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}).get("max_seq_length"),
+    )
+    limits = [int(v) for v in candidates if isinstance(v, (int, float)) and 0 < v < _VERY_LARGE_MAX_LENGTH]
+    if not limits:
+        raise ProcessorReconstructionError(
+            "no maximum sequence length in the tokenizer config (model_max_length) or model config "
+            "(max_position_embeddings); re-embed from a model that declares one"
+        )
+    return min(limits)
+
+
 def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProxy | None:
     """The tokenizer of a model: full when the vocabulary is embedded, a proxy when only its config is."""
     config = metadata.get(KEY_TOKENIZER_CONFIG)
     tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
     if tokenizer_json is not None:
-        return TextTokenizer(tokenizer_json, config or {}, metadata.get(KEY_MODEL_CONFIG) or {})
+        return TextTokenizer(tokenizer_json, config or {}, _max_length(metadata))
     if config is not None:
         return TokenizerProxy(config)
     return None
@@ -724,7 +728,36 @@ class _Task:
         raise NotImplementedError
 
 
-class _TextClassification(_Task):
+class _TextTask(_Task):
+    """A task on tokenized text: runs lists in length-sorted buckets of batch_size."""
+
+    output = "logits"
+    token_level = False  # whether the output has one row per token (then cut to each text's tokens)
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.tokenizer = ctx.text_tokenizer(self.name)
+        self.dtypes = ctx.text_input_dtypes()
+        self.output = ctx.output_name(self.output)
+
+    def run(self, items: Sequence[str | tuple[str, str]]) -> tuple[list[Any], list[np.ndarray]]:
+        """Encodings and model output rows of each item, in caller order."""
+        encodings = self.tokenizer.encode(items)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        rows: list[Any] = [None] * len(encodings)
+        for start in range(0, len(order), self.ctx.batch_size):
+            chunk = order[start: start + self.ctx.batch_size]
+            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
+            (out,) = self.ctx.session.run([self.output], feed)
+            for i, row in zip(chunk, out):
+                if self.token_level:
+                    n = len(encodings[i].ids)
+                    row = row[:n] if self.tokenizer.padding_side == "right" else row[len(row) - n:]
+                rows[i] = row
+        return encodings, rows
+
+
+class _TextClassification(_TextTask):
     """text-classification (sentiment-analysis), as transformers.TextClassificationPipeline."""
 
     name = "text-classification"
@@ -732,9 +765,6 @@ class _TextClassification(_Task):
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
-        self.tokenizer = ctx.text_tokenizer(self.name)
-        self.dtypes = ctx.text_input_dtypes()
-        self.output = ctx.output_name("logits")
         self.default_function = self._default_function(ctx.config)
 
     @staticmethod
@@ -765,21 +795,6 @@ class _TextClassification(_Task):
             f"those; got {type(item).__name__}"
         )
 
-    def logits(self, items: Sequence[str | tuple[str, str]]) -> np.ndarray:
-        """Model outputs for each item in caller order, batched in length-sorted buckets."""
-        import numpy as np
-
-        encodings = self.tokenizer.encode(items)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        rows: list[Any] = [None] * len(encodings)
-        for start in range(0, len(order), self.ctx.batch_size):
-            chunk = order[start: start + self.ctx.batch_size]
-            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
-            (out,) = self.ctx.session.run([self.output], feed)
-            for i, row in zip(chunk, out):
-                rows[i] = row
-        return np.stack(rows).astype(np.float32)
-
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         self.check_arguments(kwargs)
         top_k = kwargs.get("top_k", _UNSET)
@@ -794,8 +809,10 @@ class _TextClassification(_Task):
         items = [self._item(x) for x in ([inputs] if single else inputs)]
         if not items:
             return []
+        import numpy as np
+
         results = []
-        logits = self.logits(items)
+        logits = np.stack(self.run(items)[1]).astype(np.float32)
         labels = self.ctx.labels(logits.shape[-1])
         for scores in apply(logits):
             if legacy:
@@ -813,8 +830,122 @@ class _TextClassification(_Task):
         return results
 
 
+_POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+# sentence-transformers modules whose work happens here (Transformer is the graph itself).
+_ST_MODULES = {"Transformer", "Pooling", "Normalize"}
+
+
+def _pooling_modes(pooling: Mapping[str, Any]) -> list[str]:
+    """Pooling modes of a sentence-transformers Pooling config, old boolean keys or new pooling_mode."""
+    mode = pooling.get("pooling_mode")
+    if mode is None:
+        modes = [m for m in _POOLING_MODES if pooling.get(f"pooling_mode_{m}") or pooling.get(f"pooling_mode_{m}_token")
+                 or pooling.get(f"pooling_mode_{m}_tokens")]
+    else:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    bad = [m for m in modes if m not in _POOLING_MODES]
+    if bad or not modes:
+        raise ProcessorReconstructionError(f"pooling modes {bad or modes} are not supported; known: {', '.join(_POOLING_MODES)}")
+    return modes
+
+
+def _pool(tokens: np.ndarray, mode: str) -> np.ndarray:
+    """One pooling mode over the token rows of one text (no padding rows), as sentence-transformers."""
+    import numpy as np
+
+    if mode == "cls":
+        return tokens[0]
+    if mode == "lasttoken":
+        return tokens[-1]
+    if mode == "max":
+        return tokens.max(axis=0)
+    if mode == "weightedmean":
+        weights = np.arange(1, len(tokens) + 1, dtype=np.float32)[:, None]
+        return (tokens * weights).sum(axis=0) / max(float(weights.sum()), 1e-9)
+    total = tokens.sum(axis=0)
+    count = max(float(len(tokens)), 1e-9)
+    return total / (count if mode == "mean" else np.sqrt(count))
+
+
+class _FeatureExtraction(_TextTask):
+    """feature-extraction: token embeddings as transformers.FeatureExtractionPipeline, and encode()
+    with the sentence-transformers pooling, normalization and prompts embedded with the model."""
+
+    name = "feature-extraction"
+    arguments = ("return_tensors",)
+    output = "last_hidden_state"
+    token_level = True
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        st = ctx.metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}
+        # A plain transformers model gets what SentenceTransformer gives it: mean pooling.
+        self.modes = _pooling_modes(st.get("pooling") or {"pooling_mode": "mean"})
+        self.include_prompt = bool((st.get("pooling") or {}).get("include_prompt", True))
+        self.normalize = bool(st.get("normalize", False))
+        self.lowercase = bool(st.get("do_lower_case", False))
+        self.prompts: dict[str, str] = dict(st.get("prompts") or {})
+        self.default_prompt_name = st.get("default_prompt_name")
+        self.unsupported = [m.get("type", "?") for m in st.get("modules", [])
+                            if str(m.get("type", "")).rsplit(".", 1)[-1] not in _ST_MODULES]
+
+    @staticmethod
+    def _texts(inputs: Any) -> tuple[list[str], bool]:
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else inputs
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            bad = type(texts).__name__ if not isinstance(texts, list) else next(type(t).__name__ for t in texts if not isinstance(t, str))
+            raise InvalidInputError(f"feature-extraction takes a string or a list of strings; got {bad}")
+        return texts, single
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        self.check_arguments(kwargs)
+        texts, single = self._texts(inputs)
+        rows = self.run(texts)[1] if texts else []
+        if kwargs.get("return_tensors"):
+            results: list[Any] = [row[None] for row in rows]
+        else:
+            results = [[row.tolist()] for row in rows]
+        return results[0] if single else results
+
+    def encode(self, sentences: Any, *, prompt_name: str | None = None, prompt: str | None = None,
+               normalize_embeddings: bool = False) -> np.ndarray:
+        import numpy as np
+
+        if self.unsupported:
+            raise ProcessorReconstructionError(
+                f"sentence-transformers modules {self.unsupported} are not supported by this runtime; "
+                "only Transformer, Pooling and Normalize are"
+            )
+        texts, single = self._texts(sentences)
+        if prompt is None:
+            name = prompt_name if prompt_name is not None else self.default_prompt_name
+            if name is not None and name not in self.prompts:
+                raise InvalidInputError(f"prompt_name {name!r} not found; the model has prompts {sorted(self.prompts)}")
+            prompt = self.prompts.get(name, "") if name is not None else ""
+        skip = 0
+        if prompt and not self.include_prompt:
+            encoded = self.tokenizer.encode([prompt])[0]
+            # as sentence-transformers: the prompt's tokens, less a trailing [SEP] / </s>
+            skip = len(encoded.ids) - (1 if encoded.special_tokens_mask[-1] else 0)
+        texts = [prompt + t for t in texts]
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        if not texts:
+            return np.zeros((0,), dtype=np.float32)
+        vectors = []
+        for tokens in self.run(texts)[1]:
+            tokens = tokens.astype(np.float32)[skip:] if skip else tokens.astype(np.float32)
+            vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
+        out = np.stack(vectors)
+        if self.normalize or normalize_embeddings:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+
 TASKS: dict[str, type[_Task]] = {
     "text-classification": _TextClassification,
+    "feature-extraction": _FeatureExtraction,
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification"}
 
@@ -869,6 +1000,17 @@ class Runtime:
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         """Run the task on one input or a list, returning what the transformers pipeline returns."""
         return self._task(inputs, **kwargs)
+
+    def encode(self, sentences: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
+               normalize_embeddings: bool = False) -> np.ndarray:
+        """Sentence embeddings, as SentenceTransformer(...).encode: a (n, dim) float32 array, (dim,) for one string.
+
+        Pooling, normalization, max_seq_length and prompts come from the embedded sentence-transformers
+        config; a plain transformers model is mean-pooled, as SentenceTransformer does.
+        """
+        if not isinstance(self._task, _FeatureExtraction):
+            raise TaskDetectionError(f"encode() needs a feature-extraction model; this one is {self.task}")
+        return self._task.encode(sentences, prompt_name=prompt_name, prompt=prompt, normalize_embeddings=normalize_embeddings)
 
     def __repr__(self) -> str:
         return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
