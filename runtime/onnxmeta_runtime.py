@@ -545,7 +545,8 @@ class TokenizerProxy:
 class TextTokenizer:
     """A tokenizers.Tokenizer configured like the transformers tokenizer it was saved from."""
 
-    def __init__(self, tokenizer_json: str, config: Mapping[str, Any], max_length: int) -> None:
+    def __init__(self, tokenizer_json: str, config: Mapping[str, Any], max_length: int, *,
+                 truncation: str = "longest_first") -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -561,9 +562,10 @@ class TextTokenizer:
         # transformers pads and truncates per call, ignoring what tokenizer.json says; so do we.
         tokenizer.no_padding()
         tokenizer.enable_truncation(
-            self.max_length, strategy="longest_first", direction=config.get("truncation_side", "right")
+            self.max_length, strategy=truncation, direction=config.get("truncation_side", "right")
         )
         self._tokenizer = tokenizer
+        self._source = tokenizer_json
         pad = _token_content(config.get("pad_token"))
         pad_id = tokenizer.token_to_id(pad) if pad is not None else None
         self.pad_token_id = 0 if pad_id is None else pad_id
@@ -571,6 +573,10 @@ class TextTokenizer:
         self.padding_side = config.get("padding_side", "right")
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
+
+    def with_truncation(self, strategy: str) -> TextTokenizer:
+        """The same tokenizer truncating with another strategy (only_first, only_second, longest_first)."""
+        return TextTokenizer(self._source, self.config, self.max_length, truncation=strategy)
 
     @property
     def backend(self) -> Any:
@@ -712,6 +718,7 @@ class _Task:
 
     name = ""
     arguments: tuple[str, ...] = ()
+    positional = False  # whether options may follow the inputs positionally
 
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
@@ -943,9 +950,63 @@ class _FeatureExtraction(_TextTask):
         return out[0] if single else out
 
 
+class _ZeroShotClassification(_TextTask):
+    """zero-shot-classification with an NLI model, as transformers.ZeroShotClassificationPipeline."""
+
+    name = "zero-shot-classification"
+    arguments = ("candidate_labels", "hypothesis_template", "multi_label")
+    positional = True
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        # transformers truncates only the premise, so that the hypothesis (the label) stays whole
+        self.tokenizer = self.tokenizer.with_truncation("only_first")
+        label2id = ctx.config.get("label2id") or {}
+        self.entailment_id = next((int(i) for label, i in label2id.items() if str(label).lower().startswith("entail")), -1)
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        if args:
+            if len(args) > 1 or "candidate_labels" in kwargs:
+                raise InvalidInputError(f"cannot understand the extra arguments {args!r}; pass candidate_labels=[...]")
+            kwargs["candidate_labels"] = args[0]
+        self.check_arguments(kwargs)
+        labels = kwargs.get("candidate_labels")
+        if isinstance(labels, str):
+            labels = [label.strip() for label in labels.split(",") if label.strip()]
+        if not labels or not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
+            raise InvalidInputError(
+                "zero-shot-classification needs candidate_labels: a list of strings or a comma-separated string, "
+                "e.g. candidate_labels=['sports', 'politics']"
+            )
+        template = kwargs.get("hypothesis_template", "This example is {}.")
+        if not isinstance(template, str) or template.format(labels[0]) == template:
+            raise InvalidInputError(f"hypothesis_template {template!r} has no {{}} where the label should go")
+        single = isinstance(inputs, str)
+        sequences = [inputs] if single else inputs
+        if not isinstance(sequences, list) or not all(isinstance(x, str) for x in sequences):
+            raise InvalidInputError("zero-shot-classification takes a string or a list of strings")
+        pairs = [(seq, template.format(label)) for seq in sequences for label in labels]
+        logits = np.stack(self.run(pairs)[1]).astype(np.float32).reshape(len(sequences), len(labels), -1) if pairs else []
+        results = []
+        for seq, rows in zip(sequences, logits):
+            if kwargs.get("multi_label") or len(labels) == 1:
+                contradiction_id = -1 if self.entailment_id == 0 else 0
+                pair = np.exp(rows[:, [contradiction_id, self.entailment_id]])
+                scores = (pair / pair.sum(-1, keepdims=True))[:, 1]
+            else:
+                entail = np.exp(rows[:, self.entailment_id])
+                scores = entail / entail.sum(-1, keepdims=True)
+            top = list(reversed(scores.argsort()))
+            results.append({"sequence": seq, "labels": [labels[i] for i in top], "scores": scores[top].tolist()})
+        return results[0] if single else results
+
+
 TASKS: dict[str, type[_Task]] = {
     "text-classification": _TextClassification,
     "feature-extraction": _FeatureExtraction,
+    "zero-shot-classification": _ZeroShotClassification,
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification"}
 
@@ -997,9 +1058,11 @@ class Runtime:
             raise TaskDetectionError(f"task {name!r} is not supported by this runtime; supported: {', '.join(sorted(TASKS))}")
         return name
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the task on one input or a list, returning what the transformers pipeline returns."""
-        return self._task(inputs, **kwargs)
+        if args and not self._task.positional:
+            raise InvalidInputError(f"{self.task} takes the inputs as its only positional argument; pass options by name")
+        return self._task(inputs, *args, **kwargs)
 
     def encode(self, sentences: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
                normalize_embeddings: bool = False) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""zero-shot-classification parity with transformers.pipeline on an NLI classifier (random weights)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import export_onnx, tiny_classifier
+from runtime_under_test import rt
+
+SEQUENCES = ["Who are you voting for in 2020?", "The new graphics card renders games at 200 frames per second."]
+LABELS = ["politics", "technology", "cooking", "sports"]
+
+
+@pytest.fixture(scope="module")
+def nli(tmp_path_factory):
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from authoring import embed_metadata
+
+    root = tmp_path_factory.mktemp("nli")
+    tiny_classifier(root / "hf", num_labels=3, seed=4)
+    config = AutoConfig.from_pretrained(root / "hf")
+    config.id2label = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}  # MNLI order, upper case as some hubs
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    model = AutoModelForSequenceClassification.from_pretrained(root / "hf", config=config).eval()
+    model.save_pretrained(root / "hf")
+    plain = export_onnx(model, root / "plain.onnx", ["input_ids", "attention_mask", "token_type_ids"])
+    metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True, task="zero-shot-classification")
+    oracle = pipeline("zero-shot-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(root / "hf"))
+    return rt.Runtime(root / "model.onnx"), oracle, metadata
+
+
+def assert_same(actual, expected):
+    if isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same(a, e)
+        return
+    assert actual["sequence"] == expected["sequence"]
+    assert actual["labels"] == expected["labels"], (actual, expected)
+    assert actual["scores"] == pytest.approx(expected["scores"], abs=1e-4)
+
+
+def test_detected_as_classifier_but_embedded_as_asked(nli):
+    _, _, metadata = nli
+    assert metadata[rt.KEY_PIPELINE_TASK] == "zero-shot-classification"
+    assert metadata[rt.KEY_PIPELINE_CONFIG] == {"detected_task": "text-classification", "task_source": "override"}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"multi_label": True},
+    {"hypothesis_template": "This text is about {}."},
+])
+def test_parity(nli, kwargs):
+    runtime, oracle, _ = nli
+    assert_same(runtime(SEQUENCES[0], candidate_labels=LABELS, **kwargs), oracle(SEQUENCES[0], candidate_labels=LABELS, **kwargs))
+    assert_same(runtime(SEQUENCES, candidate_labels=LABELS, **kwargs), oracle(SEQUENCES, candidate_labels=LABELS, **kwargs))
+
+
+def test_label_forms(nli):
+    runtime, oracle, _ = nli
+    assert_same(runtime(SEQUENCES[0], "politics, technology ,cooking"), oracle(SEQUENCES[0], "politics, technology ,cooking"))
+    assert_same(runtime(SEQUENCES[1], ["technology"]), oracle(SEQUENCES[1], ["technology"]))  # one label: entail vs contradict
+    a, b = runtime(SEQUENCES, candidate_labels=LABELS)
+    assert a["scores"] != b["scores"]
+    assert sum(a["scores"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_errors(nli):
+    runtime, _, _ = nli
+    with pytest.raises(rt.InvalidInputError) as info:
+        runtime(SEQUENCES[0])
+    assert str(info.value) == ("zero-shot-classification needs candidate_labels: a list of strings or a comma-separated "
+                               "string, e.g. candidate_labels=['sports', 'politics']")
+    with pytest.raises(rt.InvalidInputError, match="hypothesis_template 'About it.' has no {} where the label should go"):
+        runtime(SEQUENCES[0], candidate_labels=LABELS, hypothesis_template="About it.")
+    with pytest.raises(rt.InvalidInputError, match="zero-shot-classification takes a string or a list of strings"):
+        runtime([1, 2], candidate_labels=LABELS)
+    with pytest.raises(rt.InvalidInputError, match="text-classification takes the inputs as its only positional argument"):
+        rt.Runtime(runtime.path, task="text-classification")("x", ["a"])
