@@ -111,6 +111,9 @@ MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
 """Cap on one decompressed value, against decompression bombs."""
 
 _VERY_LARGE_MAX_LENGTH = 10**6  # transformers writes int(1e30) when a tokenizer has no limit
+# Families whose position ids start after padding_idx: max_position_embeddings counts pad_token_id + 1 extra.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "ibert",
+                               "roberta-prelayernorm", "xmod"})
 
 
 def is_format_key(key: str) -> bool:
@@ -524,6 +527,14 @@ def _token_content(token: Any) -> str | None:
     return token if isinstance(token, str) else None
 
 
+# transformers' clean_up_tokenization, in its order: spaces that WordPiece decoding puts before punctuation
+# and English contractions.
+_CLEAN_UP = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
 class TokenizerProxy:
     """The tokenizer's configuration when no vocabulary is embedded; tokenizing raises a clear error."""
 
@@ -566,13 +577,22 @@ class TextTokenizer:
         )
         self._tokenizer = tokenizer
         self._source = tokenizer_json
-        pad = _token_content(config.get("pad_token"))
-        pad_id = tokenizer.token_to_id(pad) if pad is not None else None
+        # transformers 5 skips the clean-up for BPE models, where it would eat real spaces, unless told.
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces")) and (
+            type(tokenizer.model).__name__ != "BPE"
+            or bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"))
+        )
+        pad_id = self.token_id("pad_token")
         self.pad_token_id = 0 if pad_id is None else pad_id
         self.pad_token_type_id = int(config.get("pad_token_type_id", 0))
         self.padding_side = config.get("padding_side", "right")
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
+
+    def token_id(self, name: str) -> int | None:
+        """Id of the special token the config names (``mask_token``, ``pad_token``); None if absent or unknown."""
+        token = _token_content(self.config.get(name))
+        return None if token is None else self._tokenizer.token_to_id(token)
 
     def with_truncation(self, strategy: str) -> TextTokenizer:
         """The same tokenizer truncating with another strategy (only_first, only_second, longest_first)."""
@@ -586,6 +606,14 @@ class TextTokenizer:
     def encode(self, inputs: Sequence[str | tuple[str, str]]) -> list[Any]:
         """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to max_length."""
         return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """Token ids to text as transformers decodes them, clean_up_tokenization_spaces included."""
+        text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if self.clean_up_spaces:
+            for old, new in _CLEAN_UP:
+                text = text.replace(old, new)
+        return text
 
     def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Pad encodings to the longest into arrays named like the model inputs in dtypes."""
@@ -617,9 +645,13 @@ class TextTokenizer:
 
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
+    model_config = metadata.get(KEY_MODEL_CONFIG) or {}
+    positions = model_config.get("max_position_embeddings")
+    if isinstance(positions, int) and model_config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= int(model_config.get("pad_token_id") or 0) + 1
     candidates = (
         (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("model_max_length"),
-        (metadata.get(KEY_MODEL_CONFIG) or {}).get("max_position_embeddings"),
+        positions,
         (metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}).get("max_seq_length"),
     )
     limits = [int(v) for v in candidates if isinstance(v, (int, float)) and 0 < v < _VERY_LARGE_MAX_LENGTH]
@@ -739,7 +771,6 @@ class _TextTask(_Task):
     """A task on tokenized text: runs lists in length-sorted buckets of batch_size."""
 
     output = "logits"
-    token_level = False  # whether the output has one row per token (then cut to each text's tokens)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -747,9 +778,11 @@ class _TextTask(_Task):
         self.dtypes = ctx.text_input_dtypes()
         self.output = ctx.output_name(self.output)
 
-    def run(self, items: Sequence[str | tuple[str, str]]) -> tuple[list[Any], list[np.ndarray]]:
-        """Encodings and model output rows of each item, in caller order."""
-        encodings = self.tokenizer.encode(items)
+    def forward(self, encodings: Sequence[Any], *, per_token: bool = False) -> list[np.ndarray]:
+        """The output row of each encoding in caller order, run in length-sorted buckets.
+
+        per_token rows (outputs with a sequence axis) are cut back to the encoding's own tokens.
+        """
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         rows: list[Any] = [None] * len(encodings)
         for start in range(0, len(order), self.ctx.batch_size):
@@ -757,11 +790,11 @@ class _TextTask(_Task):
             feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
             (out,) = self.ctx.session.run([self.output], feed)
             for i, row in zip(chunk, out):
-                if self.token_level:
+                if per_token:
                     n = len(encodings[i].ids)
                     row = row[:n] if self.tokenizer.padding_side == "right" else row[len(row) - n:]
                 rows[i] = row
-        return encodings, rows
+        return rows
 
 
 class _TextClassification(_TextTask):
@@ -819,7 +852,7 @@ class _TextClassification(_TextTask):
         import numpy as np
 
         results = []
-        logits = np.stack(self.run(items)[1]).astype(np.float32)
+        logits = np.stack(self.forward(self.tokenizer.encode(items))).astype(np.float32)
         labels = self.ctx.labels(logits.shape[-1])
         for scores in apply(logits):
             if legacy:
@@ -835,6 +868,107 @@ class _TextClassification(_TextTask):
             # transformers wraps the best label of a single string in a list, but not of a single pair.
             return results if legacy and isinstance(inputs, str) else results[0]
         return results
+
+
+class _FillMask(_TextTask):
+    """fill-mask, as transformers.FillMaskPipeline: the likeliest tokens for each mask token of a text."""
+
+    name = "fill-mask"
+    arguments = ("top_k", "targets")
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.mask_token = _token_content(self.tokenizer.config.get("mask_token"))
+        mask_id = self.tokenizer.token_id("mask_token")
+        if mask_id is None:
+            found = "has no mask_token" if self.mask_token is None else f"names {self.mask_token!r}, not in the vocabulary"
+            raise MetadataValidationError(
+                f"fill-mask needs a mask token but the embedded tokenizer config {found}; "
+                "re-embed from a tokenizer that defines one"
+            )
+        self.mask_id = mask_id
+        self.pad_id = self.tokenizer.token_id("pad_token")
+
+    def target_ids(self, targets: Any) -> np.ndarray:
+        """Token ids of targets as FillMaskPipeline.get_target_ids finds them: a vocabulary entry, else the first token."""
+        import numpy as np
+
+        targets = [targets] if isinstance(targets, str) else targets
+        if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+            raise InvalidInputError(f"targets must be a string or a list of strings, got {targets!r}")
+        backend = self.tokenizer.backend
+        ids: set[int] = set()
+        for target in targets:
+            token_id = backend.token_to_id(target)
+            if token_id is None:
+                pieces = backend.encode(target, add_special_tokens=False).ids
+                if not pieces:
+                    warnings.warn(f"target {target!r} is not in the vocabulary and has no tokens; ignoring it", stacklevel=3)
+                    continue
+                token_id = pieces[0]
+                warnings.warn(
+                    f"target {target!r} is not in the vocabulary; using its first token {backend.id_to_token(token_id)!r}",
+                    stacklevel=3,
+                )
+            ids.add(token_id)
+        if not ids:
+            raise InvalidInputError(f"targets {targets!r} give no token to score; pass words of the vocabulary")
+        return np.array(sorted(ids))
+
+    def postprocess(
+        self, ids: Sequence[int], positions: Sequence[int], logits: np.ndarray, top_k: int, target_ids: np.ndarray | None
+    ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """The top_k proposals for each mask of one text; a single mask's list is not nested."""
+        import numpy as np
+
+        probs = _softmax(logits[list(positions)].astype(np.float32))
+        if target_ids is not None:
+            probs = probs[:, target_ids]
+        # Like transformers: other masks stay visible in a sequence, so special tokens are skipped only
+        # when there is a single mask; padding tokens are dropped either way.
+        single = len(positions) == 1
+        per_mask = []
+        for position, row in zip(positions, probs):
+            proposals = []
+            for best in np.argsort(-row, kind="stable")[:top_k]:
+                token = int(best if target_ids is None else target_ids[best])
+                filled = list(ids)
+                filled[position] = token
+                proposals.append({
+                    "score": float(row[best]),
+                    "token": token,
+                    "token_str": self.tokenizer.decode([token]),
+                    "sequence": self.tokenizer.decode([t for t in filled if t != self.pad_id], skip_special_tokens=single),
+                })
+            per_mask.append(proposals)
+        return per_mask[0] if single else per_mask
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        self.check_arguments(kwargs)
+        top_k = kwargs.get("top_k")
+        if top_k is None:
+            top_k = 5
+        elif not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
+        targets = kwargs.get("targets")
+        target_ids = None if targets is None else self.target_ids(targets)
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError(f"fill-mask takes a string or a list of strings; got {type(inputs).__name__}")
+        encodings = self.tokenizer.encode(texts)
+        masks = []
+        for text, encoding in zip(texts, encodings):
+            masks.append([i for i, token_id in enumerate(encoding.ids) if token_id == self.mask_id])
+            if not masks[-1]:
+                cut = f" within its first {self.tokenizer.max_length} tokens" if encoding.overflowing else ""
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise InvalidInputError(f"fill-mask input has no mask token {self.mask_token}{cut}: {shown!r}")
+        results = [
+            self.postprocess(encoding.ids, positions, logits, top_k, target_ids)
+            for encoding, positions, logits in zip(encodings, masks, self.forward(encodings, per_token=True))
+        ]
+        # transformers unwraps a one-text list too.
+        return results[0] if len(results) == 1 else results
 
 
 _POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -881,7 +1015,6 @@ class _FeatureExtraction(_TextTask):
     name = "feature-extraction"
     arguments = ("return_tensors",)
     output = "last_hidden_state"
-    token_level = True
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -908,7 +1041,7 @@ class _FeatureExtraction(_TextTask):
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         self.check_arguments(kwargs)
         texts, single = self._texts(inputs)
-        rows = self.run(texts)[1] if texts else []
+        rows = self.forward(self.tokenizer.encode(texts), per_token=True) if texts else []
         if kwargs.get("return_tensors"):
             results: list[Any] = [row[None] for row in rows]
         else:
@@ -941,7 +1074,7 @@ class _FeatureExtraction(_TextTask):
         if not texts:
             return np.zeros((0,), dtype=np.float32)
         vectors = []
-        for tokens in self.run(texts)[1]:
+        for tokens in self.forward(self.tokenizer.encode(texts), per_token=True):
             tokens = tokens.astype(np.float32)[skip:] if skip else tokens.astype(np.float32)
             vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
         out = np.stack(vectors)
@@ -988,7 +1121,7 @@ class _ZeroShotClassification(_TextTask):
         if not isinstance(sequences, list) or not all(isinstance(x, str) for x in sequences):
             raise InvalidInputError("zero-shot-classification takes a string or a list of strings")
         pairs = [(seq, template.format(label)) for seq in sequences for label in labels]
-        logits = np.stack(self.run(pairs)[1]).astype(np.float32).reshape(len(sequences), len(labels), -1) if pairs else []
+        logits = np.stack(self.forward(self.tokenizer.encode(pairs))).astype(np.float32).reshape(len(sequences), len(labels), -1) if pairs else []
         results = []
         for seq, rows in zip(sequences, logits):
             if kwargs.get("multi_label") or len(labels) == 1:
@@ -1005,6 +1138,7 @@ class _ZeroShotClassification(_TextTask):
 
 TASKS: dict[str, type[_Task]] = {
     "text-classification": _TextClassification,
+    "fill-mask": _FillMask,
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
 }

@@ -82,28 +82,36 @@ def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: b
     return path
 
 
-def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_folder, *, model_type: str = "bert",
-                    num_labels: int = 3, problem_type: str | None = None, seed: int = 0) -> Any:
-    """A random-weight *ForSequenceClassification in folder (config, weights, tokenizer); returns the model."""
+def tiny_model(folder: Path, auto_class: str, tokenizer_folder_fn: Any = bert_tokenizer_folder, *, model_type: str = "bert",
+               seed: int = 0, **config: Any) -> Any:
+    """A random-weight model of a transformers auto class in folder (config, weights, tokenizer); returns the model."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer_folder_fn(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    labels = {i: name for i, name in enumerate(["NEGATIVE", "NEUTRAL", "POSITIVE", "OTHER"][:num_labels])} if num_labels > 1 \
-        else {0: "SCORE"}
-    config = AutoConfig.for_model(
+    model_config = AutoConfig.for_model(
         model_type, vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128 if model_type == "bert" else 130, initializer_range=0.5,
-        id2label=labels, label2id={v: k for k, v in labels.items()}, problem_type=problem_type,
-        pad_token_id=tokenizer.pad_token_id, type_vocab_size=2 if model_type == "bert" else 1,
+        pad_token_id=tokenizer.pad_token_id, type_vocab_size=2 if model_type == "bert" else 1, **config,
     )
-    config.architectures = [f"{type(AutoModelForSequenceClassification.from_config(config)).__name__}"]
+    auto = getattr(transformers, auto_class)
+    model_config.architectures = [type(auto.from_config(model_config)).__name__]
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config).eval()
+    model = auto.from_config(model_config).eval()
     model.save_pretrained(folder)
     return model
+
+
+def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_folder, *, model_type: str = "bert",
+                    num_labels: int = 3, problem_type: str | None = None, seed: int = 0) -> Any:
+    """A random-weight *ForSequenceClassification in folder (config, weights, tokenizer); returns the model."""
+    labels = {i: name for i, name in enumerate(["NEGATIVE", "NEUTRAL", "POSITIVE", "OTHER"][:num_labels])} if num_labels > 1 \
+        else {0: "SCORE"}
+    return tiny_model(folder, "AutoModelForSequenceClassification", tokenizer_folder_fn, model_type=model_type, seed=seed,
+                      id2label=labels, label2id={v: k for k, v in labels.items()}, problem_type=problem_type)
 
 
 def copy_folder(src: Path, dst: Path, *, skip: Sequence[str] = ()) -> Path:

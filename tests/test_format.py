@@ -27,6 +27,7 @@ SAMPLE = {
     rt.KEY_PIPELINE_CONFIG: {"detected_task": "text-classification", "task_source": "detected"},
     rt.KEY_EXPORT_CONFIG: {"opset": 17},
     rt.KEY_EMBEDDING_LEVEL: "full",
+    rt.KEY_SENTENCE_TRANSFORMERS: {"pooling": {"pooling_mode": "mean"}, "normalize": True, "prompts": {"query": "q: "}},
 }
 
 

@@ -178,3 +178,6 @@ def test_tokenizer_families(family, tmp_path):
     assert_same(runtime(texts, top_k=None), oracle(texts, top_k=None))
     assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
     assert len({round(r["score"], 4) for r in runtime(texts)}) >= 3
+    # longer than the model: truncated to its real limit (RoBERTa positions start after padding_idx)
+    assert runtime.tokenizer.max_length == 128
+    assert runtime("word " * 600)[0]["label"] in {"NEGATIVE", "NEUTRAL", "POSITIVE"}
