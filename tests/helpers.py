@@ -173,3 +173,24 @@ def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
         AutoTokenizer.from_pretrained(staging).save_pretrained(folder)
 
     return build
+
+
+SCORE_KEYS = ("score", "scores")
+
+
+def assert_parity(actual: Any, expected: Any, *, tol: float = 1e-4) -> None:
+    """Same nesting and keys as the transformers pipeline's output; every value equal except scores,
+    which must be floats within tol."""
+    if isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (actual, expected)
+        for a, e in zip(actual, expected):
+            assert_parity(a, e, tol=tol)
+        return
+    assert isinstance(actual, dict) and set(actual) == set(expected), (actual, expected)
+    for key, value in expected.items():
+        if key in SCORE_KEYS:
+            scores = actual[key] if isinstance(actual[key], list) else [actual[key]]
+            assert all(isinstance(s, float) for s in scores), actual
+            assert actual[key] == pytest.approx(value, abs=tol), (key, actual, expected)
+        else:
+            assert actual[key] == value, (key, actual, expected)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from helpers import bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, tiny_model
+from helpers import assert_parity, bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, tiny_model
 from runtime_under_test import rt
 
 TEXTS = [
@@ -21,7 +21,6 @@ TEXTS = [
     "a " * 40 + "long text with a {mask} near the end",
 ]
 MULTI = ["The {mask} sat on the {mask}.", "{mask} {mask} {mask}"]
-TOL = 1e-4
 
 
 def with_clean_up(tokenizer_folder_fn: Any) -> Any:
@@ -72,20 +71,6 @@ def pair(request, tmp_path_factory) -> Pair:
     return Pair(request.param, root / "model.onnx", rt.Runtime(root / "model.onnx"), oracle)
 
 
-def assert_same(actual: Any, expected: Any) -> None:
-    """Same structure, same tokens and strings, scores within TOL."""
-    if isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), (actual, expected)
-        for a, e in zip(actual, expected):
-            assert_same(a, e)
-        return
-    assert isinstance(actual, dict) and set(actual) == {"score", "token", "token_str", "sequence"}, actual
-    assert (actual["token"], actual["token_str"], actual["sequence"]) == \
-        (expected["token"], expected["token_str"], expected["sequence"]), (actual, expected)
-    assert isinstance(actual["score"], float) and isinstance(actual["token"], int)
-    assert actual["score"] == pytest.approx(expected["score"], abs=TOL), (actual, expected)
-
-
 def test_outputs_are_not_degenerate(pair):
     results = pair.runtime(pair.texts(TEXTS))
     assert len({tuple(d["token"] for d in r) for r in results}) >= 4, results
@@ -96,28 +81,28 @@ def test_single_mask(pair):
     for text in pair.texts(TEXTS):
         expected = pair.oracle(text)
         assert isinstance(expected, list) and len(expected) == 5 and isinstance(expected[0], dict)
-        assert_same(pair.runtime(text), expected)
+        assert_parity(pair.runtime(text), expected)
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 12, None])
 def test_top_k(pair, top_k):
     text = pair.texts(TEXTS)[0]
-    assert_same(pair.runtime(text, top_k=top_k), pair.oracle(text, top_k=top_k))
+    assert_parity(pair.runtime(text, top_k=top_k), pair.oracle(text, top_k=top_k))
 
 
 def test_multiple_masks_give_one_list_per_mask(pair):
     for text in pair.texts(MULTI):
         expected = pair.oracle(text, top_k=3)
         assert isinstance(expected[0], list)
-        assert_same(pair.runtime(text, top_k=3), expected)
+        assert_parity(pair.runtime(text, top_k=3), expected)
     assert pair.mask in pair.runtime(pair.texts(MULTI)[0])[0][0]["sequence"]  # the other mask stays
 
 
 def test_lists_keep_order_across_length_buckets(pair):
     texts = pair.texts(TEXTS + MULTI)
     runtime = rt.Runtime(pair.path, batch_size=2)
-    assert_same(runtime(texts), pair.oracle(texts))
-    assert_same(runtime(texts[:1]), pair.oracle(texts[:1]))  # a one-text list is unwrapped, as transformers does
+    assert_parity(runtime(texts), pair.oracle(texts))
+    assert_parity(runtime(texts[:1]), pair.oracle(texts[:1]))  # a one-text list is unwrapped, as transformers does
     assert runtime([]) == []
 
 
@@ -126,13 +111,13 @@ def test_targets(pair):
     vocabulary = pair.oracle.tokenizer.get_vocab()
     words = [w for w in ("the", "Ġthe", "capital", "Ġcapital", "of", "Ġof", "city") if w in vocabulary]
     assert len(words) >= 3
-    assert_same(pair.runtime(text, targets=words), pair.oracle(text, targets=words))
-    assert_same(pair.runtime(text, targets=words[0]), pair.oracle(text, targets=words[0]))
-    assert_same(pair.runtime(text, targets=words, top_k=2), pair.oracle(text, targets=words, top_k=2))
+    assert_parity(pair.runtime(text, targets=words), pair.oracle(text, targets=words))
+    assert_parity(pair.runtime(text, targets=words[0]), pair.oracle(text, targets=words[0]))
+    assert_parity(pair.runtime(text, targets=words, top_k=2), pair.oracle(text, targets=words, top_k=2))
     multi = pair.texts(MULTI)[0]
-    assert_same(pair.runtime(multi, targets=words), pair.oracle(multi, targets=words))
+    assert_parity(pair.runtime(multi, targets=words), pair.oracle(multi, targets=words))
     padded = [pair.oracle.tokenizer.pad_token, words[0]]  # a pad token proposed is dropped from the sequence
-    assert_same(pair.runtime(multi, targets=padded), pair.oracle(multi, targets=padded))
+    assert_parity(pair.runtime(multi, targets=padded), pair.oracle(multi, targets=padded))
 
 
 def test_targets_outside_the_vocabulary(pair):
@@ -142,7 +127,7 @@ def test_targets_outside_the_vocabulary(pair):
     assert targets[0] not in vocabulary
     with pytest.warns(UserWarning, match="target 'Xylophonequartz' is not in the vocabulary; using its first token"):
         actual = pair.runtime(text, targets=targets + ["", "the"])
-    assert_same(actual, pair.oracle(text, targets=targets + ["", "the"]))
+    assert_parity(actual, pair.oracle(text, targets=targets + ["", "the"]))
     assert len(actual) == 2  # top_k capped to the distinct target tokens; "" has none
     with pytest.warns(UserWarning, match="target '' is not in the vocabulary and has no tokens; ignoring it"):
         with pytest.raises(rt.InvalidInputError) as info:

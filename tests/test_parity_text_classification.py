@@ -5,11 +5,10 @@ Tolerance: labels identical, scores within 1e-4 (float32 ONNX vs PyTorch kernels
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 
-from helpers import export_onnx, tiny_classifier
+from helpers import assert_parity, export_onnx, tiny_classifier
 from runtime_under_test import rt
 
 TEXTS = [
@@ -24,20 +23,6 @@ PAIRS = [
     {"text": "A man is playing a guitar.", "text_pair": "Someone plays an instrument."},
     {"text": "The cat sleeps.", "text_pair": "A completely unrelated and much longer second sentence about finance."},
 ]
-TOL = 1e-4
-
-
-def assert_same(actual: Any, expected: Any) -> None:
-    """Same structure, same labels, scores within TOL."""
-    if isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), (actual, expected)
-        for a, e in zip(actual, expected):
-            assert_same(a, e)
-        return
-    assert isinstance(actual, dict) and set(actual) == set(expected), (actual, expected)
-    assert actual["label"] == expected["label"], (actual, expected)
-    assert isinstance(actual["score"], float)
-    assert actual["score"] == pytest.approx(expected["score"], abs=TOL), (actual, expected)
 
 
 @pytest.fixture(scope="module")
@@ -64,31 +49,31 @@ def test_single_text(runtime, oracle):
     for text in TEXTS:
         expected = oracle(text)
         assert isinstance(expected, list) and len(expected) == 1
-        assert_same(runtime(text), expected)
+        assert_parity(runtime(text), expected)
 
 
 def test_batch_keeps_order_across_length_buckets(bert_embedded, oracle):
     runtime = rt.Runtime(bert_embedded, batch_size=2)
-    assert_same(runtime(TEXTS), oracle(TEXTS))
+    assert_parity(runtime(TEXTS), oracle(TEXTS))
 
 
 @pytest.mark.parametrize("top_k", [None, 1, 2, 5])
 def test_top_k(runtime, oracle, top_k):
-    assert_same(runtime(TEXTS[0], top_k=top_k), oracle(TEXTS[0], top_k=top_k))
-    assert_same(runtime(TEXTS[:3], top_k=top_k), oracle(TEXTS[:3], top_k=top_k))
+    assert_parity(runtime(TEXTS[0], top_k=top_k), oracle(TEXTS[0], top_k=top_k))
+    assert_parity(runtime(TEXTS[:3], top_k=top_k), oracle(TEXTS[:3], top_k=top_k))
 
 
 @pytest.mark.parametrize("function", ["sigmoid", "softmax", "none", "SIGMOID"])
 def test_function_to_apply(runtime, oracle, function):
-    assert_same(runtime(TEXTS[:3], function_to_apply=function, top_k=None),
+    assert_parity(runtime(TEXTS[:3], function_to_apply=function, top_k=None),
                 oracle(TEXTS[:3], function_to_apply=function, top_k=None))
 
 
 def test_text_pairs(runtime, oracle):
     for pair in PAIRS:
-        assert_same(runtime(pair), oracle(pair))
-    assert_same(runtime(PAIRS), oracle(PAIRS))
-    assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+        assert_parity(runtime(pair), oracle(pair))
+    assert_parity(runtime(PAIRS), oracle(PAIRS))
+    assert_parity(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
     swapped = {"text": PAIRS[0]["text_pair"], "text_pair": PAIRS[0]["text"]}
     assert runtime(swapped, top_k=None) != runtime(PAIRS[0], top_k=None)
 
@@ -108,10 +93,10 @@ def test_default_function_from_config(tmp_path, num_labels, problem_type, expect
     embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
     runtime = rt.Runtime(tmp_path / "model.onnx")
     oracle = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
-    assert_same(runtime(TEXTS), oracle(TEXTS))
-    assert_same(runtime(TEXTS[:2], top_k=None), oracle(TEXTS[:2], top_k=None))
+    assert_parity(runtime(TEXTS), oracle(TEXTS))
+    assert_parity(runtime(TEXTS[:2], top_k=None), oracle(TEXTS[:2], top_k=None))
     explicit = runtime(TEXTS[:2], top_k=None, function_to_apply=expected_function)
-    assert_same(runtime(TEXTS[:2], top_k=None), explicit)
+    assert_parity(runtime(TEXTS[:2], top_k=None), explicit)
     if expected_function == "none":
         assert any(d["score"] < 0 or d["score"] > 1 for r in explicit for d in r)
 
@@ -121,7 +106,7 @@ def test_dynamo_export(bert_classifier, oracle, tmp_path):
 
     plain = export_onnx(bert_classifier.model, tmp_path / "dynamo.onnx", bert_classifier.input_names, dynamo=True)
     embed_metadata(plain, bert_classifier.folder, tmp_path / "model.onnx", include_vocab=True)
-    assert_same(rt.Runtime(tmp_path / "model.onnx")(TEXTS, top_k=None), oracle(TEXTS, top_k=None))
+    assert_parity(rt.Runtime(tmp_path / "model.onnx")(TEXTS, top_k=None), oracle(TEXTS, top_k=None))
 
 
 def test_model_without_token_type_ids_input(bert_classifier, oracle, tmp_path):
@@ -133,7 +118,7 @@ def test_model_without_token_type_ids_input(bert_classifier, oracle, tmp_path):
     embed_metadata(plain, bert_classifier.folder, tmp_path / "model.onnx", include_vocab=True)
     runtime = rt.Runtime(tmp_path / "model.onnx")
     assert [i.name for i in runtime.session.get_inputs()] == names
-    assert_same(runtime(TEXTS[:3]), oracle(TEXTS[:3]))
+    assert_parity(runtime(TEXTS[:3]), oracle(TEXTS[:3]))
 
 
 @pytest.mark.optimum
@@ -148,8 +133,8 @@ def test_optimum_export(bert_classifier, oracle, tmp_path):
         out = tmp_path / f"from_{source.name}.onnx"
         embed_metadata(exported / "model.onnx", source, out, include_vocab=True)
         runtime = rt.Runtime(out)
-        assert_same(runtime(TEXTS), oracle(TEXTS))
-        assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+        assert_parity(runtime(TEXTS), oracle(TEXTS))
+        assert_parity(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
 
 
 FAMILIES = {
@@ -174,9 +159,9 @@ def test_tokenizer_families(family, tmp_path):
     runtime = rt.Runtime(tmp_path / "model.onnx")
     oracle = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
     texts = [t for t in TEXTS if len(t) < 200]
-    assert_same(runtime(texts), oracle(texts))
-    assert_same(runtime(texts, top_k=None), oracle(texts, top_k=None))
-    assert_same(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
+    assert_parity(runtime(texts), oracle(texts))
+    assert_parity(runtime(texts, top_k=None), oracle(texts, top_k=None))
+    assert_parity(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
     assert len({round(r["score"], 4) for r in runtime(texts)}) >= 3
     # longer than the model: truncated to its real limit (RoBERTa positions start after padding_idx)
     assert runtime.tokenizer.max_length == 128

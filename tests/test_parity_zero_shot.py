@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import export_onnx, tiny_classifier
+from helpers import assert_parity, export_onnx, tiny_classifier
 from runtime_under_test import rt
 
 SEQUENCES = ["Who are you voting for in 2020?", "The new graphics card renders games at 200 frames per second."]
@@ -30,17 +30,6 @@ def nli(tmp_path_factory):
     return rt.Runtime(root / "model.onnx"), oracle, metadata
 
 
-def assert_same(actual, expected):
-    if isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected)
-        for a, e in zip(actual, expected):
-            assert_same(a, e)
-        return
-    assert actual["sequence"] == expected["sequence"]
-    assert actual["labels"] == expected["labels"], (actual, expected)
-    assert actual["scores"] == pytest.approx(expected["scores"], abs=1e-4)
-
-
 def test_detected_as_classifier_but_embedded_as_asked(nli):
     _, _, metadata = nli
     assert metadata[rt.KEY_PIPELINE_TASK] == "zero-shot-classification"
@@ -54,14 +43,14 @@ def test_detected_as_classifier_but_embedded_as_asked(nli):
 ])
 def test_parity(nli, kwargs):
     runtime, oracle, _ = nli
-    assert_same(runtime(SEQUENCES[0], candidate_labels=LABELS, **kwargs), oracle(SEQUENCES[0], candidate_labels=LABELS, **kwargs))
-    assert_same(runtime(SEQUENCES, candidate_labels=LABELS, **kwargs), oracle(SEQUENCES, candidate_labels=LABELS, **kwargs))
+    assert_parity(runtime(SEQUENCES[0], candidate_labels=LABELS, **kwargs), oracle(SEQUENCES[0], candidate_labels=LABELS, **kwargs))
+    assert_parity(runtime(SEQUENCES, candidate_labels=LABELS, **kwargs), oracle(SEQUENCES, candidate_labels=LABELS, **kwargs))
 
 
 def test_label_forms(nli):
     runtime, oracle, _ = nli
-    assert_same(runtime(SEQUENCES[0], "politics, technology ,cooking"), oracle(SEQUENCES[0], "politics, technology ,cooking"))
-    assert_same(runtime(SEQUENCES[1], ["technology"]), oracle(SEQUENCES[1], ["technology"]))  # one label: entail vs contradict
+    assert_parity(runtime(SEQUENCES[0], "politics, technology ,cooking"), oracle(SEQUENCES[0], "politics, technology ,cooking"))
+    assert_parity(runtime(SEQUENCES[1], ["technology"]), oracle(SEQUENCES[1], ["technology"]))  # one label: entail vs contradict
     a, b = runtime(SEQUENCES, candidate_labels=LABELS)
     assert a["scores"] != b["scores"]
     assert sum(a["scores"]) == pytest.approx(1.0, abs=1e-5)
