@@ -154,8 +154,9 @@ def _sentence_transformers_metadata(folder: Path) -> dict[str, Any]:
     modules = _read_json(folder / "modules.json", list)
     if modules is None:
         return {}
-    types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
-    unsupported = [t for t in types if t not in ("Transformer", "Pooling", "Normalize")]
+    modules = [m for m in modules if isinstance(m, dict)]
+    types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    unsupported = [t for t in types if t not in rt.SENTENCE_TRANSFORMERS_MODULES]
     if unsupported:
         logger.warning("sentence-transformers modules %s are not run by the runtime; encode() will refuse", unsupported)
     pooling_dir = next((m.get("path", "") for m, t in zip(modules, types) if t == "Pooling"), None)

@@ -796,6 +796,15 @@ class _TextTask(_Task):
                 rows[i] = row
         return rows
 
+    def texts(self, inputs: Any) -> tuple[list[str], bool]:
+        """The inputs as a list of strings, and whether a single string was given."""
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else inputs
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            bad = texts if not isinstance(texts, list) else next(t for t in texts if not isinstance(t, str))
+            raise InvalidInputError(f"{self.name} takes a string or a list of strings; got {type(bad).__name__}")
+        return texts, single
+
 
 class _TextClassification(_TextTask):
     """text-classification (sentiment-analysis), as transformers.TextClassificationPipeline."""
@@ -952,9 +961,7 @@ class _FillMask(_TextTask):
             raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
         targets = kwargs.get("targets")
         target_ids = None if targets is None else self.target_ids(targets)
-        texts = [inputs] if isinstance(inputs, str) else inputs
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise InvalidInputError(f"fill-mask takes a string or a list of strings; got {type(inputs).__name__}")
+        texts, _ = self.texts(inputs)
         encodings = self.tokenizer.encode(texts)
         masks = []
         for text, encoding in zip(texts, encodings):
@@ -973,7 +980,7 @@ class _FillMask(_TextTask):
 
 _POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # sentence-transformers modules whose work happens here (Transformer is the graph itself).
-_ST_MODULES = {"Transformer", "Pooling", "Normalize"}
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 def _pooling_modes(pooling: Mapping[str, Any]) -> list[str]:
@@ -1027,20 +1034,11 @@ class _FeatureExtraction(_TextTask):
         self.prompts: dict[str, str] = dict(st.get("prompts") or {})
         self.default_prompt_name = st.get("default_prompt_name")
         self.unsupported = [m.get("type", "?") for m in st.get("modules", [])
-                            if str(m.get("type", "")).rsplit(".", 1)[-1] not in _ST_MODULES]
-
-    @staticmethod
-    def _texts(inputs: Any) -> tuple[list[str], bool]:
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else inputs
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            bad = type(texts).__name__ if not isinstance(texts, list) else next(type(t).__name__ for t in texts if not isinstance(t, str))
-            raise InvalidInputError(f"feature-extraction takes a string or a list of strings; got {bad}")
-        return texts, single
+                            if str(m.get("type", "")).rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         self.check_arguments(kwargs)
-        texts, single = self._texts(inputs)
+        texts, single = self.texts(inputs)
         rows = self.forward(self.tokenizer.encode(texts), per_token=True) if texts else []
         if kwargs.get("return_tensors"):
             results: list[Any] = [row[None] for row in rows]
@@ -1057,7 +1055,7 @@ class _FeatureExtraction(_TextTask):
                 f"sentence-transformers modules {self.unsupported} are not supported by this runtime; "
                 "only Transformer, Pooling and Normalize are"
             )
-        texts, single = self._texts(sentences)
+        texts, single = self.texts(sentences)
         if prompt is None:
             name = prompt_name if prompt_name is not None else self.default_prompt_name
             if name is not None and name not in self.prompts:
@@ -1075,7 +1073,7 @@ class _FeatureExtraction(_TextTask):
             return np.zeros((0,), dtype=np.float32)
         vectors = []
         for tokens in self.forward(self.tokenizer.encode(texts), per_token=True):
-            tokens = tokens.astype(np.float32)[skip:] if skip else tokens.astype(np.float32)
+            tokens = tokens.astype(np.float32)[skip:]
             vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
         out = np.stack(vectors)
         if self.normalize or normalize_embeddings:
@@ -1116,12 +1114,12 @@ class _ZeroShotClassification(_TextTask):
         template = kwargs.get("hypothesis_template", "This example is {}.")
         if not isinstance(template, str) or template.format(labels[0]) == template:
             raise InvalidInputError(f"hypothesis_template {template!r} has no {{}} where the label should go")
-        single = isinstance(inputs, str)
-        sequences = [inputs] if single else inputs
-        if not isinstance(sequences, list) or not all(isinstance(x, str) for x in sequences):
-            raise InvalidInputError("zero-shot-classification takes a string or a list of strings")
+        sequences, single = self.texts(inputs)
+        if not sequences:
+            return []
         pairs = [(seq, template.format(label)) for seq in sequences for label in labels]
-        logits = np.stack(self.forward(self.tokenizer.encode(pairs))).astype(np.float32).reshape(len(sequences), len(labels), -1) if pairs else []
+        logits = np.stack(self.forward(self.tokenizer.encode(pairs))).astype(np.float32)
+        logits = logits.reshape(len(sequences), len(labels), -1)
         results = []
         for seq, rows in zip(sequences, logits):
             if kwargs.get("multi_label") or len(labels) == 1:

@@ -114,11 +114,6 @@ def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_fold
                       id2label=labels, label2id={v: k for k, v in labels.items()}, problem_type=problem_type)
 
 
-def copy_folder(src: Path, dst: Path, *, skip: Sequence[str] = ()) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip))
-    return dst
-
-
 OPTIMUM_VENV = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum"))
 
 
