@@ -24,6 +24,8 @@ import binascii
 import hashlib
 import json
 import os
+import re
+import stat
 import sys
 import warnings
 import zlib
@@ -286,19 +288,45 @@ def _iter_fields(f: IO[bytes], size: int) -> Iterator[Field]:
         pos += end
 
 
-def scan_model(path: str | os.PathLike[str]) -> ModelScan:
-    """Walk the top-level fields of an ONNX file without reading the graph; collect metadata_props."""
+def _model_path(path: Any) -> str:
+    """path as a str, or InvalidInputError for what is not a path (None, a number, an open file)."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
-    name = os.path.basename(path)
+    if not isinstance(path, str):
+        raise InvalidInputError(f"a model path must be text, got {type(path).__name__}")
+    if not path:
+        raise InvalidInputError("the model path is empty; pass the path of an .onnx file")
+    return path
+
+
+def _open_regular(path: str) -> IO[bytes]:
+    """Open a regular file for reading; refuse directories, FIFOs and devices before they can block a read."""
+    # O_NONBLOCK: opening a FIFO for reading otherwise waits forever for a writer.
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise MetadataReadError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise MetadataReadError(f"{path} is a directory; pass the .onnx file inside it") from None
     except OSError as exc:
         raise MetadataReadError(f"cannot open {path}: {exc.strerror}") from None
-    with f:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise MetadataReadError(f"{path} is a directory; pass the .onnx file inside it")
+        raise MetadataReadError(f"{path} is not a regular file (a pipe, socket or device); pass an .onnx file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def scan_model(path: str | os.PathLike[str]) -> ModelScan:
+    """Walk the top-level fields of an ONNX file without reading the graph; collect metadata_props."""
+    path = _model_path(path)
+    name = os.path.basename(path)
+    with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         fields: list[Field] = []
         entries: list[Entry] = []
@@ -330,7 +358,7 @@ def model_info(path: str | os.PathLike[str], scan: ModelScan | None = None) -> d
     """The small top-level facts of a model: ir_version, producer, domain, opset imports."""
     scan = scan or scan_model(path)
     info: dict[str, Any] = {"opset_import": {}}
-    with open(path, "rb") as f:
+    with _open_regular(_model_path(path)) as f:
         for field in scan.fields:
             name = _INFO_FIELDS.get(field.number)
             if name is None:
@@ -1164,7 +1192,7 @@ class Runtime:
         session_options: Any = None,
         batch_size: int = 32,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = _model_path(path)
         self.metadata = read_metadata(self.path)
         if KEY_VERSION not in self.metadata:
             raise MetadataValidationError(
