@@ -463,11 +463,17 @@ def _decompress(key: str, value: str, limit: int) -> str:
         raise MetadataReadError(f"compressed value {key!r} is not UTF-8 text") from None
 
 
+# ASCII digits only, and few of them: str.isdigit() accepts "²", which int() refuses, and int() refuses
+# more than 4300 digits.
+_VERSION = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
+
+
 def _check_version(version: str) -> None:
-    major_s, _, minor_s = version.partition(".")
-    if not (major_s.isdigit() and minor_s.isdigit()):
-        raise MetadataValidationError(f"{KEY_VERSION} is {version!r}; expected MAJOR.MINOR such as {FORMAT_VERSION!r}")
-    major, minor = int(major_s), int(minor_s)
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        shown = version if len(version) <= 40 else version[:37] + "..."
+        raise MetadataValidationError(f"{KEY_VERSION} is {shown!r}; expected MAJOR.MINOR such as {FORMAT_VERSION!r}")
+    major, minor = int(match[1]), int(match[2])
     ours_major, ours_minor = (int(p) for p in FORMAT_VERSION.split("."))
     if major > ours_major:
         raise UnsupportedVersionError(

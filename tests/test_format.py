@@ -119,9 +119,22 @@ def test_newer_major_version_is_refused():
                                "upgrade onnxmeta_runtime.py")
 
 
-def test_malformed_version():
-    with pytest.raises(rt.MetadataValidationError, match="expected MAJOR.MINOR"):
-        rt.decode_metadata([(rt.KEY_VERSION, "two")])
+@pytest.mark.parametrize("version, shown", [
+    ("two", "'two'"), ("2", "'2'"), ("2.0.1", "'2.0.1'"), (" 2.0", "' 2.0'"), ("", "''"),
+    ("\u00b2.0", "'\u00b2.0'"),  # str.isdigit() is true for superscript two; int() refuses it
+    ("9" * 5000 + ".0", "'" + "9" * 37 + "...'"),  # int() refuses more than 4300 digits
+])
+def test_malformed_version(version, shown):
+    with pytest.raises(rt.MetadataValidationError) as info:
+        rt.decode_metadata([(rt.KEY_VERSION, version)])
+    assert str(info.value) == f"hf_metadata_version is {shown}; expected MAJOR.MINOR such as '2.0'"
+
+
+def test_older_versions_read_without_warning():
+    for version in ("1.0", "1.9", "0.1", "2.0"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert rt.decode_metadata([(rt.KEY_VERSION, version)]) == {rt.KEY_VERSION: version}
 
 
 @pytest.mark.parametrize("value, message", [
