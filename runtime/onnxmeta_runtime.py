@@ -501,7 +501,8 @@ def decode_metadata(
     texts: dict[str, str] = {}
     for raw_key, value in props:
         key = raw_key
-        if raw_key.endswith(COMPRESSED_SUFFIX):
+        # Only the format's keys are ever compressed; another tool's "notes:compressed" is its own business.
+        if raw_key.endswith(COMPRESSED_SUFFIX) and is_format_key(raw_key[: -len(COMPRESSED_SUFFIX)]):
             key = raw_key[: -len(COMPRESSED_SUFFIX)]
             value = _decompress(key, value, max_decompressed_size)
         if key in texts and is_format_key(key):
@@ -514,6 +515,8 @@ def decode_metadata(
                 value = json.loads(text)
             except ValueError as exc:
                 raise MetadataReadError(f"metadata value {key!r} is not valid JSON: {exc}") from None
+            except RecursionError:  # json recurses once per nesting level: "[[[[..." exhausts the stack
+                raise MetadataReadError(f"metadata value {key!r} nests JSON too deeply to read") from None
             if not isinstance(value, dict):
                 raise MetadataValidationError(f"metadata value {key!r} must be a JSON object, got {type(value).__name__}")
             metadata[key] = value

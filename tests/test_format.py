@@ -166,6 +166,18 @@ def test_invalid_json_and_non_objects():
         rt.decode_metadata([(rt.KEY_MODEL_CONFIG, "[1]")])
 
 
+def test_deeply_nested_json_is_a_read_error():
+    with pytest.raises(rt.MetadataReadError) as info:
+        rt.decode_metadata([(rt.KEY_MODEL_CONFIG, "[" * 200_000)])
+    assert str(info.value) == "metadata value 'hf_model_config' nests JSON too deeply to read"
+    assert rt.decode_metadata([(rt.KEY_MODEL_CONFIG, '{"a":' + "[" * 100 + "]" * 100 + "}")])[rt.KEY_MODEL_CONFIG]["a"]
+
+
+def test_foreign_compressed_suffix_is_left_alone():
+    # another tool's key that happens to end in :compressed is not ours to decode
+    assert rt.decode_metadata([("notes:compressed", "plain text")]) == {"notes:compressed": "plain text"}
+
+
 def test_duplicate_format_keys_are_ambiguous():
     with pytest.raises(rt.MetadataReadError, match="'hf_pipeline_task' appears more than once"):
         rt.decode_metadata([(rt.KEY_PIPELINE_TASK, "a"), (rt.KEY_PIPELINE_TASK, "b")])
