@@ -534,6 +534,70 @@ def decode_metadata(
     return metadata
 
 
+_INT = (int,)
+_NUMBER = (int, float)
+_TOKEN = (str, dict)
+# JSON types of the configuration fields the runtime reads. A file with another type there is refused
+# when a tokenizer or Runtime is built, with the field named, instead of failing deep inside a task.
+# JSON null means "not set" and is always accepted.
+_FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    KEY_MODEL_CONFIG: {
+        "id2label": (dict,), "label2id": (dict,), "num_labels": _INT, "problem_type": (str,), "pad_token_id": _INT,
+        "max_position_embeddings": _INT, "model_type": (str,), "function_to_apply": (str,), "vocab_size": _INT,
+    },
+    KEY_TOKENIZER_CONFIG: {
+        "model_max_length": _NUMBER, "padding_side": (str,), "truncation_side": (str,), "pad_token_type_id": _INT,
+        "pad_token": _TOKEN, "mask_token": _TOKEN, "unk_token": _TOKEN, "cls_token": _TOKEN, "sep_token": _TOKEN,
+        "tokenizer_class": (str,),
+    },
+    KEY_SENTENCE_TRANSFORMERS: {
+        "pooling": (dict,), "prompts": (dict,), "default_prompt_name": (str,), "modules": (list,),
+        "max_seq_length": _INT, "normalize": (bool,), "do_lower_case": (bool,),
+    },
+}
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_value_types(metadata: Mapping[str, Any]) -> None:
+    """Refuse configuration fields the runtime reads when their JSON type is wrong (MetadataValidationError)."""
+
+    def fail(where: str, expected: str, value: Any) -> None:
+        raise MetadataValidationError(
+            f"{where} must be {expected}, got {_json_type(value)}; re-embed from a model whose files have the right types"
+        )
+
+    for key, fields in _FIELD_TYPES.items():
+        section = metadata.get(key)
+        if not isinstance(section, dict):
+            continue
+        for name, types in fields.items():
+            value = section.get(name)
+            # bool is an int in Python but not in JSON: true is no num_labels
+            if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+                fail(f"{key}.{name}", " or ".join(_JSON_NAMES[t] for t in types), value)
+    config = metadata.get(KEY_MODEL_CONFIG) or {}
+    for name, value in (config.get("label2id") or {}).items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail(f"{KEY_MODEL_CONFIG}.label2id[{name!r}]", "an integer", value)
+    side = (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("truncation_side")
+    if side not in (None, "left", "right"):
+        raise MetadataValidationError(f"{KEY_TOKENIZER_CONFIG}.truncation_side is {side!r}; expected 'left' or 'right'")
+    st = metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}
+    for name, value in (st.get("prompts") or {}).items():
+        if not isinstance(value, str):
+            fail(f"{KEY_SENTENCE_TRANSFORMERS}.prompts[{name!r}]", "a string", value)
+    for i, module in enumerate(st.get("modules") or []):
+        if not isinstance(module, dict):
+            fail(f"{KEY_SENTENCE_TRANSFORMERS}.modules[{i}]", "an object", module)
+    mode = (st.get("pooling") or {}).get("pooling_mode")
+    if mode is not None and not (isinstance(mode, str) or (isinstance(mode, list) and all(isinstance(m, str) for m in mode))):
+        fail(f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode", "a string or an array of strings", mode)
+
+
 def read_metadata(
     path: str | os.PathLike[str], *, verify: bool = True, max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
 ) -> dict[str, Any]:
@@ -610,7 +674,7 @@ class TextTokenizer:
         # transformers pads and truncates per call, ignoring what tokenizer.json says; so do we.
         tokenizer.no_padding()
         tokenizer.enable_truncation(
-            self.max_length, strategy=truncation, direction=config.get("truncation_side", "right")
+            self.max_length, strategy=truncation, direction=config.get("truncation_side") or "right"
         )
         self._tokenizer = tokenizer
         self._source = tokenizer_json
@@ -621,8 +685,9 @@ class TextTokenizer:
         )
         pad_id = self.token_id("pad_token")
         self.pad_token_id = 0 if pad_id is None else pad_id
-        self.pad_token_type_id = int(config.get("pad_token_type_id", 0))
-        self.padding_side = config.get("padding_side", "right")
+        # JSON null means "not set", as absent does.
+        self.pad_token_type_id = int(config.get("pad_token_type_id") or 0)
+        self.padding_side = config.get("padding_side") or "right"
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
 
@@ -702,6 +767,7 @@ def _max_length(metadata: Mapping[str, Any]) -> int:
 
 def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProxy | None:
     """The tokenizer of a model: full when the vocabulary is embedded, a proxy when only its config is."""
+    check_value_types(metadata)
     config = metadata.get(KEY_TOKENIZER_CONFIG)
     tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
     if tokenizer_json is not None:
@@ -808,12 +874,19 @@ class _TextTask(_Task):
     """A task on tokenized text: runs lists in length-sorted buckets of batch_size."""
 
     output = "logits"
+    per_token = False  # whether the output has a sequence axis: (batch, sequence, features)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
         self.tokenizer = ctx.text_tokenizer(self.name)
         self.dtypes = ctx.text_input_dtypes()
         self.output = ctx.output_name(self.output)
+        shape = next(o.shape for o in ctx.session.get_outputs() if o.name == self.output)
+        if self.per_token and shape and len(shape) != 3:
+            raise MetadataValidationError(
+                f"{self.name} needs an output with a token axis (batch, sequence, features); output {self.output!r} "
+                f"has shape {shape}; was the graph exported for another task?"
+            )
 
     def forward(self, encodings: Sequence[Any], *, per_token: bool = False) -> list[np.ndarray]:
         """The output row of each encoding in caller order, run in length-sorted buckets.
@@ -921,6 +994,7 @@ class _FillMask(_TextTask):
 
     name = "fill-mask"
     arguments = ("top_k", "targets")
+    per_token = True
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -1059,6 +1133,7 @@ class _FeatureExtraction(_TextTask):
     name = "feature-extraction"
     arguments = ("return_tensors",)
     output = "last_hidden_state"
+    per_token = True
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -1208,6 +1283,7 @@ class Runtime:
                 f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
                 f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
             )
+        check_value_types(self.metadata)
         self.task = self._task_name(task)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -1264,9 +1340,15 @@ def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -
             f"(available: {', '.join(available)}); install the matching build, e.g. onnxruntime-gpu for CUDA"
         )
     try:
-        return ort.InferenceSession(path, sess_options=session_options, providers=providers)
+        session = ort.InferenceSession(path, sess_options=session_options, providers=providers)
+        # onnxruntime decodes names and shapes only when asked: a name that is not UTF-8 fails here.
+        for node in (*session.get_inputs(), *session.get_outputs()):
+            _ = (node.name, node.type, node.shape)
     except Exception as exc:  # onnxruntime raises its own non-exported exception types
         raise MetadataReadError(f"onnxruntime cannot load {os.path.basename(path)}: {exc}") from None
+    if not session.get_outputs():
+        raise MetadataValidationError(f"{os.path.basename(path)} has a graph without outputs; re-export the model")
+    return session
 
 
 def pipeline(
