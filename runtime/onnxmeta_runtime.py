@@ -398,6 +398,9 @@ def value_text(key: str, value: Any) -> str:
         return value
     if key in STRING_KEYS:
         raise MetadataEmbeddingError(f"metadata value {key!r} must be a string, got {type(value).__name__}")
+    if key in JSON_KEYS and not isinstance(value, dict):
+        # readers refuse anything but an object here, so writing it would make the file unreadable
+        raise MetadataEmbeddingError(f"metadata value {key!r} must be a dict (a JSON object), got {type(value).__name__}")
     try:
         return canonical_json(value)
     except (TypeError, ValueError) as exc:
@@ -510,6 +513,10 @@ def decode_metadata(
         texts[key] = value
     metadata: dict[str, Any] = {}
     for key, text in texts.items():
+        if key in JSON_KEYS and text == "None":
+            # The original design's writer stores str(value), so an Optional config that was None reads
+            # "None": the value is absent. It cannot be a JSON object, so nothing else is lost.
+            continue
         if key in JSON_KEYS:
             try:
                 value = json.loads(text)

@@ -187,6 +187,20 @@ def test_duplicate_format_keys_are_ambiguous():
     assert rt.decode_metadata([("author", "a"), ("author", "b")]) == {"author": "b"}
 
 
+def test_original_writers_none_is_an_absent_value():
+    # seed-design's MetadataEmbedder writes str(value): an Optional config that was None is "None"
+    decoded = rt.decode_metadata([(rt.KEY_VERSION, "2.0"), (rt.KEY_IMAGE_PROCESSOR_CONFIG, "None")])
+    assert decoded == {rt.KEY_VERSION: "2.0"}
+
+
+@pytest.mark.parametrize("value", [None, [1], 3])
+def test_json_keys_must_be_objects_when_written(value):
+    # a reader refuses anything but an object there, so the writer must not produce it
+    with pytest.raises(rt.MetadataEmbeddingError) as info:
+        rt.encode_metadata({rt.KEY_PIPELINE_CONFIG: value})
+    assert str(info.value) == f"metadata value 'hf_pipeline_config' must be a dict (a JSON object), got {type(value).__name__}"
+
+
 def test_string_keys_reject_non_strings():
     with pytest.raises(rt.MetadataEmbeddingError, match="'hf_pipeline_task' must be a string, got int"):
         rt.encode_metadata({rt.KEY_PIPELINE_TASK: 3})
