@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from runtime_under_test import rt
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
-import make_corpus as corpus  # noqa: E402
+import make_corpus as corpus
 
 
 def build(tmp_path, *, graph: bytes | None = None, config=None, tokenizer=None, st=None, task="text-classification") -> Path:
