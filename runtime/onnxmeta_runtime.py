@@ -443,20 +443,33 @@ def encode_metadata(
     return props
 
 
+_INFLATE_STEP = 1 << 20
+
+
 def _decompress(key: str, value: str, limit: int) -> str:
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise MetadataReadError(f"compressed value {key!r} is not valid base64") from None
     decompressor = zlib.decompressobj(31)
+    # Inflate in steps into one growing buffer: a bomb costs at most the limit, not a multiple of it
+    # (one call with max_length=limit grows its output by copies and can hold twice the limit).
+    out = bytearray()
+    pending = data
     try:
-        out = decompressor.decompress(data, limit + 1)
+        while not decompressor.eof and len(out) <= limit:
+            chunk = decompressor.decompress(pending, min(_INFLATE_STEP, limit + 1 - len(out)))
+            if not chunk and len(decompressor.unconsumed_tail) == len(pending):
+                break  # no progress: the input ended before the stream did
+            out += chunk
+            pending = decompressor.unconsumed_tail
     except zlib.error as exc:
         raise MetadataReadError(f"compressed value {key!r} is not valid gzip: {exc}") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
+    if len(out) > limit:
         raise MetadataReadError(
-            f"compressed value {key!r} expands past the {limit}-byte limit; if the file is trusted, "
-            "raise max_decompressed_size"
+            f"compressed value {key!r} expands past the {limit}-byte limit (max_decompressed_size), a guard "
+            "against decompression bombs; if the file is trusted, raise it: "
+            "read_metadata(path, max_decompressed_size=...) or Runtime(path, max_decompressed_size=...)"
         )
     if not decompressor.eof:
         raise MetadataReadError(f"compressed value {key!r} is truncated gzip data")
@@ -501,6 +514,8 @@ def decode_metadata(
 
     Keys that are not part of the format are returned unchanged as strings.
     """
+    if not isinstance(max_decompressed_size, int) or isinstance(max_decompressed_size, bool) or max_decompressed_size < 1:
+        raise InvalidInputError(f"max_decompressed_size must be a positive number of bytes, got {max_decompressed_size!r}")
     texts: dict[str, str] = {}
     for raw_key, value in props:
         key = raw_key
@@ -1282,9 +1297,10 @@ class Runtime:
         providers: Sequence[Any] | None = None,
         session_options: Any = None,
         batch_size: int = 32,
+        max_decompressed_size: int = MAX_DECOMPRESSED_SIZE,
     ) -> None:
         self.path = _model_path(path)
-        self.metadata = read_metadata(self.path)
+        self.metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
         if KEY_VERSION not in self.metadata:
             raise MetadataValidationError(
                 f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "

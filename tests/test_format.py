@@ -154,8 +154,10 @@ def test_decompression_bomb_is_capped():
     assert len(bomb) < 20_000
     with pytest.raises(rt.MetadataReadError) as info:
         rt.decode_metadata([(rt.KEY_TOKENIZER_JSON + rt.COMPRESSED_SUFFIX, bomb)], max_decompressed_size=1_000_000)
-    assert str(info.value) == ("compressed value 'hf_tokenizer_json' expands past the 1000000-byte limit; "
-                               "if the file is trusted, raise max_decompressed_size")
+    assert str(info.value) == (
+        "compressed value 'hf_tokenizer_json' expands past the 1000000-byte limit (max_decompressed_size), a guard "
+        "against decompression bombs; if the file is trusted, raise it: read_metadata(path, max_decompressed_size=...) "
+        "or Runtime(path, max_decompressed_size=...)")
     assert len(rt.decode_metadata([(rt.KEY_TOKENIZER_JSON + rt.COMPRESSED_SUFFIX, bomb)])[rt.KEY_TOKENIZER_JSON]) == 5_000_000
 
 
