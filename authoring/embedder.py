@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import tempfile
@@ -74,9 +75,39 @@ def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, end: int) -> None:
         left -= len(chunk)
 
 
+def _remove_stale_temps(dst: Path) -> list[str]:
+    """Delete temp files that embeds killed before they could clean up (SIGKILL, power loss) left beside dst.
+
+    A temp file is named .<dst name>.<pid>.<random>.tmp; it is stale when process pid is gone. A live
+    process's file is never touched, so concurrent embeds into one folder are safe. Returns the names removed.
+    """
+    if os.name != "posix":
+        return []  # os.kill(pid, 0) does not probe a process elsewhere
+    removed = []
+    for path in dst.parent.glob(f".{glob.escape(dst.name)}.*.tmp"):
+        pid_text = path.name[len(dst.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or alive under another user: PermissionError below)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _atomic_write(dst: Path, write: Callable[[IO[bytes], str], None], mode_from: Path) -> None:
     """Write to a temp file in dst's folder, fsync, rename over dst; on any failure leave dst untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    for name in _remove_stale_temps(dst):
+        logger.info("removed %s, left by an embed that was killed", name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.{os.getpid()}.", suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             write(out, tmp)
