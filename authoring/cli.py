@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-metadata", action="store_true")
     p.add_argument("--check-task", action="store_true")
     p.add_argument("--check-processor", action="store_true")
+    p.add_argument("--check-graph", action="store_true", help="metadata against the graph: inputs, vocabulary, labels")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("demo", help="build a tiny sentiment model offline, embed, run it")
@@ -100,10 +101,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    chosen = (args.check_metadata, args.check_task, args.check_processor)
+    chosen = (args.check_metadata, args.check_task, args.check_processor, args.check_graph)
     every = not any(chosen)
     checks = validate(args.onnx, check_metadata=every or args.check_metadata, check_task=every or args.check_task,
-                      check_processor=every or args.check_processor)
+                      check_processor=every or args.check_processor, check_graph=every or args.check_graph)
     if args.json:
         print(json.dumps({"ok": all(c.ok for c in checks), "checks": checks_as_dicts(checks)}, indent=2, sort_keys=True))
     else:

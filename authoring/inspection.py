@@ -115,10 +115,112 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
     return f"tokenizer rebuilt ({vocab} tokens, max length {tokenizer.max_length})"
 
 
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Tasks whose output the runtime reads as one score per label, and per vocabulary entry.
+_LABEL_TASKS = ("text-classification", "zero-shot-classification")
+_VOCAB_TASKS = ("fill-mask",)
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    """The dimensions of a graph input or output: an int, a symbolic name, or None when unknown."""
+    if not value_info.type.HasField("tensor_type") or not value_info.type.tensor_type.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim]
+
+
+def _embedding_rows(graph: Any) -> tuple[str, int] | None:
+    """The token embedding table: an initializer gathered by input_ids, as (name, number of rows)."""
+    tables = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == "input_ids":
+            dims = tables.get(node.input[0])
+            if dims and len(dims) == 2:
+                return node.input[0], dims[0]
+    return None
+
+
+def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
+    """Metadata against the graph: tokenizer outputs vs inputs, vocabulary vs embedding table and logits,
+    labels vs classifier width. A dimension that is symbolic is reported as not checkable."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for files it cannot parse
+        raise rt.MetadataValidationError(f"onnx cannot parse the graph: {exc}") from None
+    graph = model.graph
+    config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
+    task = metadata.get(rt.KEY_PIPELINE_TASK)
+    tokenizer_config = metadata.get(rt.KEY_TOKENIZER_CONFIG) or {}
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    outputs = {o.name: _dims(o) for o in graph.output}
+    failures: list[str] = []
+    checked: list[str] = []
+    unchecked: list[str] = []
+
+    if metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
+        made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
+        extra = [n for n in inputs if n not in made]
+        if extra:
+            failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")
+        elif "input_ids" not in inputs:
+            failures.append(f"graph inputs {inputs} lack input_ids")
+        else:
+            checked.append(f"inputs {', '.join(inputs)} come from the tokenizer")
+
+    vocab_sizes: list[tuple[str, int, str]] = []
+    if metadata.get(rt.KEY_TOKENIZER_JSON) is not None:
+        from tokenizers import Tokenizer
+
+        try:
+            tokens = Tokenizer.from_str(metadata[rt.KEY_TOKENIZER_JSON]).get_vocab_size(with_added_tokens=True)
+            vocab_sizes.append(("tokenizer.json", tokens, f"tokenizer.json has {tokens} tokens"))
+        except Exception as exc:  # tokenizers raises plain Exception; the processor check reports it in full
+            unchecked.append(f"tokenizer vocabulary ({str(exc)[:80]})")
+    if isinstance(config.get("vocab_size"), int):
+        vocab_sizes.append(("config vocab_size", config["vocab_size"], f"config vocab_size is {config['vocab_size']}"))
+    table = _embedding_rows(graph)
+    if table is None and vocab_sizes:
+        unchecked.append("vocabulary (no embedding table gathered by input_ids)")
+    for source, size, what in vocab_sizes if table is not None else ():
+        name, rows = table
+        # a tokenizer may use fewer ids than the table has rows (tables padded to a multiple of 8), never more
+        wrong = size > rows if source == "tokenizer.json" else size != rows
+        if wrong:
+            failures.append(f"{what} but the embedding table {name!r} has {rows} rows")
+        else:
+            checked.append(f"{source} {size} fits the embedding table ({rows} rows)")
+
+    output = "logits" if "logits" in outputs else next(iter(outputs), None)
+    width = outputs[output][-1] if output is not None and outputs[output] else None
+    expectations = []
+    if task in _LABEL_TASKS and isinstance(config.get("id2label"), dict):
+        expectations.append(("labels", f"config id2label has {len(config['id2label'])} labels", len(config["id2label"])))
+    if task in _VOCAB_TASKS and isinstance(config.get("vocab_size"), int):
+        expectations.append(("vocabulary scores", f"config vocab_size is {config['vocab_size']}", config["vocab_size"]))
+    for label, what, expected in expectations:
+        if not isinstance(width, int) or width == 0:
+            unchecked.append(f"{label} (output {output!r} has width {width!r})")
+        elif width != expected:
+            failures.append(f"{what} but output {output!r} has width {width}")
+        else:
+            checked.append(f"{label}: {expected} = width of output {output!r}")
+
+    if failures:
+        raise rt.MetadataValidationError("; ".join(failures))
+    message = "; ".join(checked) or "nothing to compare"
+    return message + (f"; not checkable: {', '.join(unchecked)}" if unchecked else "")
+
+
 def validate(
-    path: str | os.PathLike[str], *, check_metadata: bool = True, check_task: bool = True, check_processor: bool = True
+    path: str | os.PathLike[str], *, check_metadata: bool = True, check_task: bool = True, check_processor: bool = True,
+    check_graph: bool = True,
 ) -> list[Check]:
-    """Run the chosen checks; each Check says what it verified or what is wrong."""
+    """Run the chosen checks; each Check says what it verified or what is wrong.
+
+    Reading the metadata verifies the digest, so a value changed after embedding fails the first check.
+    """
     try:
         metadata = rt.read_metadata(path)
     except MetadataError as exc:
@@ -130,6 +232,8 @@ def validate(
         checks.append(_check("task", lambda: _task_check(metadata)))
     if check_processor:
         checks.append(_check("processor", lambda: _processor_check(path, metadata)))
+    if check_graph:
+        checks.append(_check("graph", lambda: _graph_check(path, metadata)))
     return checks
 
 
