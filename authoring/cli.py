@@ -61,6 +61,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     level = "full" if args.include_vocab else (args.level or "essential")
     if args.include_vocab and args.level not in (None, "full"):
         raise rt.MetadataExtractionError(f"--include-vocab means --level full, not {args.level}")
+    rt.scan_model(args.onnx)  # a bad ONNX path fails before the slow discovery
     metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task)
     threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
     report = embed(args.onnx, metadata, args.output, compress_threshold=threshold)
@@ -130,4 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except MetadataError as exc:
         print(f"error: {_safe(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the file system refused: no space, read-only, a file where a folder should be
+        print(f"error: {_safe(exc.strerror or exc)}: {_safe(exc.filename or '')}", file=sys.stderr)
         return 1

@@ -43,7 +43,9 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         "task": metadata.get(rt.KEY_PIPELINE_TASK),
         "model_type": config.get("model_type"),
         "architectures": config.get("architectures") or [],
-        "labels": [id2label[k] for k in sorted(id2label, key=lambda k: int(k) if str(k).isdigit() else 0)],
+        # a file may carry any JSON here; describe it as it is rather than fail
+        "labels": [id2label[k] for k in sorted(id2label, key=lambda k: int(k) if str(k).isdigit() else 0)]
+        if isinstance(id2label, dict) else [],
         "tokenizer": None if tokenizer_config is None else {
             "class": tokenizer_config.get("tokenizer_class"),
             "has_vocabulary": rt.KEY_TOKENIZER_JSON in metadata,

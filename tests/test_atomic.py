@@ -4,7 +4,6 @@ embed byte for byte."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,12 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from runtime_under_test import rt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
-import make_corpus as corpus  # noqa: E402
+import make_corpus as corpus
 
 WEIGHTS_MB = 96  # large enough that the copy and fsync take a measurable time
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from pathlib import Path
 
 import pytest
 from runtime_under_test import rt
@@ -78,3 +79,83 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
         pytest.fail("read_metadata blocked on a FIFO")
     assert isinstance(outcome[0], rt.MetadataReadError)
     assert str(outcome[0]) == f"{fifo} is not a regular file (a pipe, socket or device); pass an .onnx file"
+
+
+# -- the authoring CLI: "error: ..." on stderr, exit 1, never a traceback ---------------------------
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from authoring.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "text", "png"])
+def test_cli_on_files_that_are_not_onnx(tmp_path, capsys, kind, bert_classifier):
+    path, message = _files(tmp_path)[kind]
+    assert _cli(["inspect", str(path)], capsys) == (1, "", f"error: {message}\n")
+    assert _cli(["validate", str(path)], capsys) == (1, f"FAIL metadata: {message}\n", "")
+    # embed checks the ONNX file before the slow model discovery
+    assert _cli(["embed", str(path), str(bert_classifier.folder)], capsys) == (1, "", f"error: {message}\n")
+
+
+def test_cli_embed_with_bad_model_sources_and_outputs(tmp_path, capsys, bert_classifier):
+    model = str(bert_classifier.onnx)
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert _cli(["embed", model, str(tmp_path / "nomodel")], capsys) == (1, "", f"error: no such folder: {tmp_path / 'nomodel'}\n")
+    assert _cli(["embed", model, str(tmp_path)], capsys) == (
+        1, "", f"error: {tmp_path} has no config.json; is it a Hugging Face model folder?\n")
+    assert _cli(["embed", model, str(a_file)], capsys)[2].startswith(f"error: {a_file} is a file; pass the model's folder")
+    # an output whose folder is a file: the file system's refusal, as one line
+    assert _cli(["embed", model, str(bert_classifier.folder), "-o", str(a_file / "out.onnx")], capsys) == (
+        1, "", f"error: File exists: {a_file}\n")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.onnx")))
+def test_cli_on_every_crafted_file(name, capsys):
+    """inspect (human and JSON) and validate on hostile files: a result or one error line, exit 0 or 1."""
+    for argv in (["inspect", str(CORPUS / name)], ["inspect", "--json", "--show-metadata", str(CORPUS / name)],
+                 ["validate", str(CORPUS / name)]):
+        code, out, err = _cli(argv, capsys)
+        assert code in (0, 1), argv
+        if argv[0] == "inspect" and code == 1:
+            assert out == "" and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert "Traceback" not in out + err
+
+
+# -- Runtime calls: inputs that are not texts, empty and very long texts -----------------------------
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return rt.Runtime(CORPUS / "v2_0.onnx")
+
+
+@pytest.mark.parametrize("bad, got", [(None, "NoneType"), (3, "int"), (b"text", "bytes"), (["ok", None], "NoneType"),
+                                      ([["nested"]], "list"), ({"text": 3}, "dict"), (("a", "b"), "tuple")])
+def test_inputs_that_are_not_texts(runtime, bad, got):
+    with pytest.raises(rt.InvalidInputError) as info:
+        runtime(bad)
+    assert str(info.value) == ("text-classification takes a string, a {'text': ..., 'text_pair': ...} dict, or a list "
+                               f"of those; got {got}")
+
+
+def test_empty_texts_and_lists_have_defined_results(runtime):
+    # an empty text is [CLS] [SEP]: the model still scores it (here both logits are 0: a tie)
+    assert runtime("") == [{"label": "NEGATIVE", "score": 0.5}]
+    assert runtime([]) == []
+    assert runtime(["", "i love this movie"])[1]["label"] == "POSITIVE"
+
+
+def test_very_long_texts_are_truncated_to_the_model_limit(runtime):
+    """The runtime always truncates, as the transformers pipeline does (model_max_length 16 here): a text
+    of 200000 words gives the result of its first 14 words plus the special tokens."""
+    long_text = "hate " * 14 + "love " * 200_000
+    assert runtime(long_text) == runtime("hate " * 14)
+    encoding = runtime.tokenizer.encode([long_text])[0]
+    assert len(encoding.ids) == 16 and encoding.overflowing
