@@ -658,6 +658,17 @@ _CLEAN_UP = (
 )
 
 
+def _reraise_interrupt(exc: BaseException) -> None:
+    """Re-raise exc unless the tokenizers library raised it for a bad tokenizer.json.
+
+    tokenizers raises plain Exception for errors it reports, and pyo3's PanicException, a BaseException,
+    when its Rust code panics (a template naming a special token it does not define); so its calls catch
+    BaseException and pass KeyboardInterrupt and SystemExit on through here.
+    """
+    if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+        raise exc
+
+
 class TokenizerProxy:
     """The tokenizer's configuration when no vocabulary is embedded; tokenizing raises a clear error."""
 
@@ -689,7 +700,8 @@ class TextTokenizer:
             ) from None
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
-        except Exception as exc:  # tokenizers raises plain Exception for bad JSON
+        except BaseException as exc:
+            _reraise_interrupt(exc)
             raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
         self.config = dict(config)
         self.max_length = max_length
@@ -729,11 +741,21 @@ class TextTokenizer:
 
     def encode(self, inputs: Sequence[str | tuple[str, str]]) -> list[Any]:
         """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to max_length."""
-        return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+        try:
+            return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+        except BaseException as exc:
+            _reraise_interrupt(exc)
+            raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to tokenize: {exc}; re-embed a "
+                                               "tokenizer that transformers can load") from None
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """Token ids to text as transformers decodes them, clean_up_tokenization_spaces included."""
-        text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        try:
+            text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        except BaseException as exc:
+            _reraise_interrupt(exc)
+            raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
+                                               "tokenizer that transformers can load") from None
         if self.clean_up_spaces:
             for old, new in _CLEAN_UP:
                 text = text.replace(old, new)

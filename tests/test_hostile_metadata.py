@@ -94,3 +94,28 @@ def test_graph_without_outputs(tmp_path):
     with pytest.raises(rt.MetadataValidationError) as info:
         rt.Runtime(build(tmp_path, graph=model.SerializeToString()))
     assert str(info.value) == "model.onnx has a graph without outputs; re-export the model"
+
+
+def _tokenizer_json(**changes) -> dict:
+    document = {**corpus.TOKENIZER_JSON}
+    for key, value in changes.items():
+        document[key] = {**document[key], **value}
+    return document
+
+
+@pytest.mark.parametrize("changes, message", [
+    # the template names [CLS] and [SEP] but defines neither: tokenizers' Rust code panics (PanicException,
+    # a BaseException) on the first encode
+    ({"post_processor": {"special_tokens": {}}}, "the embedded tokenizer.json fails to tokenize: no entry found for key"),
+    # an unknown word needs an unk_token the vocabulary lacks: a plain Exception, only for some inputs
+    ({"model": {"unk_token": "[NOPE]"}}, "the embedded tokenizer.json fails to tokenize: WordLevel error: Missing [UNK] "
+                                         "token from the vocabulary"),
+])
+def test_a_tokenizer_that_fails_on_input_is_our_error(tmp_path, changes, message):
+    path = tmp_path / "model.onnx"
+    meta = corpus.metadata(**{rt.KEY_TOKENIZER_JSON: rt.canonical_json(_tokenizer_json(**changes))})
+    path.write_bytes(corpus.written(meta))
+    runtime = rt.Runtime(path)
+    with pytest.raises(rt.ProcessorReconstructionError) as info:
+        runtime("i love this unknownword")
+    assert str(info.value) == message + "; re-embed a tokenizer that transformers can load"
