@@ -516,6 +516,12 @@ def decode_metadata(
     """
     if not isinstance(max_decompressed_size, int) or isinstance(max_decompressed_size, bool) or max_decompressed_size < 1:
         raise InvalidInputError(f"max_decompressed_size must be a positive number of bytes, got {max_decompressed_size!r}")
+    props = list(props)
+    # The version first: a newer major format may spell or compress values differently, and must be
+    # refused as such rather than as a bad value.
+    versions = [value for key, value in props if key == KEY_VERSION]
+    if len(versions) == 1:
+        _check_version(versions[0])
     texts: dict[str, str] = {}
     for raw_key, value in props:
         key = raw_key
@@ -544,8 +550,6 @@ def decode_metadata(
             metadata[key] = value
         else:
             metadata[key] = text
-    if KEY_VERSION in texts:
-        _check_version(texts[KEY_VERSION])
     if verify and KEY_DIGEST in texts:
         expected = metadata_digest(texts)
         if texts[KEY_DIGEST] != expected:

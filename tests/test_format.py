@@ -119,6 +119,14 @@ def test_newer_major_version_is_refused():
                                "upgrade onnxmeta_runtime.py")
 
 
+def test_newer_major_version_is_refused_before_its_values_are_read():
+    # a format 3 may spell or compress values differently: what matters is that it is format 3
+    props = [(rt.KEY_MODEL_CONFIG, "v3:binary"), (rt.KEY_TOKENIZER_JSON + rt.COMPRESSED_SUFFIX, "zstd:..."),
+             (rt.KEY_VERSION, "3.0")]
+    with pytest.raises(rt.UnsupportedVersionError, match=r"^metadata format 3\.0 is newer than this runtime"):
+        rt.decode_metadata(props)
+
+
 @pytest.mark.parametrize("version, shown", [
     ("two", "'two'"), ("2", "'2'"), ("2.0.1", "'2.0.1'"), (" 2.0", "' 2.0'"), ("", "''"),
     ("\u00b2.0", "'\u00b2.0'"),  # str.isdigit() is true for superscript two; int() refuses it
