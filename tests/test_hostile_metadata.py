@@ -108,8 +108,8 @@ def _tokenizer_json(**changes) -> dict:
     # a BaseException) on the first encode
     ({"post_processor": {"special_tokens": {}}}, "the embedded tokenizer.json fails to tokenize: no entry found for key"),
     # an unknown word needs an unk_token the vocabulary lacks: a plain Exception, only for some inputs
-    ({"model": {"unk_token": "[NOPE]"}}, "the embedded tokenizer.json fails to tokenize: WordLevel error: Missing [UNK] "
-                                         "token from the vocabulary"),
+    ({"model": {"unk_token": "[NOPE]"}},
+     "the embedded tokenizer.json fails to tokenize: WordLevel error: Missing [UNK] token from the vocabulary"),
 ])
 def test_a_tokenizer_that_fails_on_input_is_our_error(tmp_path, changes, message):
     path = tmp_path / "model.onnx"
