@@ -159,3 +159,11 @@ def test_very_long_texts_are_truncated_to_the_model_limit(runtime):
     assert runtime(long_text) == runtime("hate " * 14)
     encoding = runtime.tokenizer.encode([long_text])[0]
     assert len(encoding.ids) == 16 and encoding.overflowing
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "text", "png"])
+def test_runtime_command_line_on_files_that_are_not_onnx(tmp_path, capsys, kind):
+    path, message = _files(tmp_path)[kind]
+    for argv in ([str(path)], [str(path), "some text"]):
+        assert rt._main(argv) == 1
+        assert capsys.readouterr() == ("", f"error: {message}\n")
