@@ -63,12 +63,23 @@ def workdir(tmp_path_factory) -> Path:
 # -- arbitrary and structured bytes ------------------------------------------------------------------
 
 
+def bounded_read(path: Path) -> None:
+    """outcome() of a read, allocating no more than a few times the file (plus a small constant)."""
+    tracemalloc.start()
+    try:
+        outcome(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 + 8 * path.stat().st_size, peak
+
+
 @FUZZ
 @given(data=st.binary(max_size=512))
 def test_arbitrary_bytes(workdir, data):
     path = workdir / "arbitrary.onnx"
     path.write_bytes(data)
-    outcome(path)
+    bounded_read(path)
 
 
 def _field(number: int, wire: int, payload: bytes, lie: int) -> bytes:
@@ -99,7 +110,7 @@ _FIELD = st.builds(_field, st.sampled_from([0, 1, 7, 8, 14, 20, 25, 2**29 - 1]),
 def test_structured_protobuf(workdir, parts):
     path = workdir / "structured.onnx"
     path.write_bytes(b"".join(parts))
-    outcome(path)
+    bounded_read(path)
 
 
 # -- mutations of a real embedded model ---------------------------------------------------------------
