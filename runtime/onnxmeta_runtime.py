@@ -662,7 +662,7 @@ _CLEAN_UP = (
 )
 
 
-def _reraise_interrupt(exc: BaseException) -> None:
+def _reraise_unless_tokenizer_error(exc: BaseException) -> None:
     """Re-raise exc unless the tokenizers library raised it for a bad tokenizer.json.
 
     tokenizers raises plain Exception for errors it reports, and pyo3's PanicException, a BaseException,
@@ -705,7 +705,7 @@ class TextTokenizer:
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
         except BaseException as exc:
-            _reraise_interrupt(exc)
+            _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
         self.config = dict(config)
         self.max_length = max_length
@@ -748,7 +748,7 @@ class TextTokenizer:
         try:
             return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
         except BaseException as exc:
-            _reraise_interrupt(exc)
+            _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to tokenize: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
 
@@ -757,7 +757,7 @@ class TextTokenizer:
         try:
             text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         except BaseException as exc:
-            _reraise_interrupt(exc)
+            _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
         if self.clean_up_spaces:
