@@ -979,7 +979,7 @@ class _TextClassification(_TextTask):
         # Same order of rules as TextClassificationPipeline.postprocess.
         problem_type = config.get("problem_type")
         id2label = config.get("id2label")
-        num_labels = len(id2label) if isinstance(id2label, dict) else int(config.get("num_labels", 2))
+        num_labels = len(id2label) if isinstance(id2label, dict) else int(config.get("num_labels") or 2)
         if problem_type == "regression":
             return "none"
         if problem_type == "multi_label_classification" or num_labels == 1:
@@ -1193,7 +1193,7 @@ class _FeatureExtraction(_TextTask):
         self.lowercase = bool(st.get("do_lower_case", False))
         self.prompts: dict[str, str] = dict(st.get("prompts") or {})
         self.default_prompt_name = st.get("default_prompt_name")
-        self.unsupported = [m.get("type", "?") for m in st.get("modules", [])
+        self.unsupported = [m.get("type", "?") for m in st.get("modules") or []
                             if str(m.get("type", "")).rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:

@@ -62,6 +62,28 @@ def test_bad_truncation_side(tmp_path):
     assert str(info.value) == "hf_tokenizer_config.truncation_side is ''; expected 'left' or 'right'"
 
 
+@pytest.mark.parametrize("task, changes", [
+    ("text-classification", {"config": {"id2label": None, "num_labels": None}}),
+    ("feature-extraction", {"st": {"modules": None, "pooling": None, "prompts": None}}),
+])
+def test_json_null_in_task_configuration_means_not_set(tmp_path, task, changes):
+    import onnx
+
+    graph = corpus.graph_model()
+    if task == "feature-extraction":  # a token-level output: (batch, sequence, 2) instead of logits
+        model = onnx.load_from_string(graph)
+        model.graph.node[-1].CopyFrom(onnx.helper.make_node("Identity", ["masked"], ["logits"]))
+        del model.graph.output[0].type.tensor_type.shape.dim[:]
+        for dim in ("batch", "sequence", 2):
+            model.graph.output[0].type.tensor_type.shape.dim.add(**({"dim_param": dim} if isinstance(dim, str) else {"dim_value": dim}))
+        graph = model.SerializeToString()
+    runtime = rt.Runtime(build(tmp_path, graph=graph, task=task, **changes))
+    if task == "text-classification":
+        assert runtime("i love this movie") == [{"label": "LABEL_1", "score": pytest.approx(0.98201376)}]
+    else:
+        assert runtime.encode("i love this movie").tolist() == pytest.approx([-2 / 6, 2 / 6])  # mean over 6 tokens
+
+
 def test_json_null_means_not_set(tmp_path):
     path = build(tmp_path, config={"pad_token_id": None, "problem_type": None},
                  tokenizer={"truncation_side": None, "padding_side": None, "pad_token_type_id": None})
