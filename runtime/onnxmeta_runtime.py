@@ -1056,6 +1056,13 @@ class _FillMask(_TextTask):
             )
         self.mask_id = mask_id
         self.pad_id = self.tokenizer.token_id("pad_token")
+        width = next(o.shape for o in ctx.session.get_outputs() if o.name == self.output)[-1]
+        vocab = self.tokenizer.backend.get_vocab_size(with_added_tokens=True)
+        if isinstance(width, int) and width < vocab:
+            raise MetadataValidationError(
+                f"fill-mask output {self.output!r} scores {width} tokens but the embedded tokenizer has {vocab}; "
+                "was the graph exported for another task?"
+            )
 
     def target_ids(self, targets: Any) -> np.ndarray:
         """Token ids of targets as FillMaskPipeline.get_target_ids finds them: a vocabulary entry, else the first token."""

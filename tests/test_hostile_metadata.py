@@ -67,16 +67,7 @@ def test_bad_truncation_side(tmp_path):
     ("feature-extraction", {"st": {"modules": None, "pooling": None, "prompts": None}}),
 ])
 def test_json_null_in_task_configuration_means_not_set(tmp_path, task, changes):
-    import onnx
-
-    graph = corpus.graph_model()
-    if task == "feature-extraction":  # a token-level output: (batch, sequence, 2) instead of logits
-        model = onnx.load_from_string(graph)
-        model.graph.node[-1].CopyFrom(onnx.helper.make_node("Identity", ["masked"], ["logits"]))
-        del model.graph.output[0].type.tensor_type.shape.dim[:]
-        for dim in ("batch", "sequence", 2):
-            model.graph.output[0].type.tensor_type.shape.dim.add(**({"dim_param": dim} if isinstance(dim, str) else {"dim_value": dim}))
-        graph = model.SerializeToString()
+    graph = corpus.token_graph_model() if task == "feature-extraction" else corpus.graph_model()
     runtime = rt.Runtime(build(tmp_path, graph=graph, task=task, **changes))
     if task == "text-classification":
         assert runtime("i love this movie") == [{"label": "LABEL_1", "score": pytest.approx(0.98201376)}]
@@ -141,3 +132,10 @@ def test_a_tokenizer_that_fails_on_input_is_our_error(tmp_path, changes, message
     with pytest.raises(rt.ProcessorReconstructionError) as info:
         runtime("i love this unknownword")
     assert str(info.value) == message + "; re-embed a tokenizer that transformers can load"
+
+
+def test_fill_mask_output_narrower_than_the_vocabulary(tmp_path):
+    with pytest.raises(rt.MetadataValidationError) as info:
+        rt.Runtime(build(tmp_path, graph=corpus.token_graph_model(), task="fill-mask"))
+    assert str(info.value) == ("fill-mask output 'logits' scores 2 tokens but the embedded tokenizer has 10; "
+                               "was the graph exported for another task?")

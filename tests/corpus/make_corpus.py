@@ -27,7 +27,9 @@ import onnxmeta_runtime as rt
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "i": 5, "love": 6, "hate": 7, "this": 8, "movie": 9}
 # tokenizer.json of a WordLevel tokenizer, as tokenizers 0.23 writes it.
 TOKENIZER_JSON = {
-    "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+    "version": "1.0", "truncation": None, "padding": None,
+    "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+                      "special": True} for t, i in (("[PAD]", 0), ("[UNK]", 1), ("[CLS]", 2), ("[SEP]", 3), ("[MASK]", 4))],
     "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
     "post_processor": {
         "type": "TemplateProcessing",
@@ -78,6 +80,29 @@ def graph_model() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
                               producer_name="make_corpus")
+    return model.SerializeToString()
+
+
+def token_graph_model(width: int = 2) -> bytes:
+    """graph_model() without the sum over tokens: a (batch, sequence, width) output, for token-level tasks.
+
+    width 10 scores every token of the vocabulary (the embedding is then 10x10, token i scoring i), as
+    fill-mask needs.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(graph_model())
+    model.graph.node[-1].CopyFrom(helper.make_node("Identity", ["masked"], ["logits"]))
+    if width != 2:
+        table = [[float(i == j) for j in range(width)] for i in range(10)]
+        model.graph.initializer[0].CopyFrom(
+            helper.make_tensor("embedding", TensorProto.FLOAT, [10, width], [v for row in table for v in row]))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    dims.add(dim_param="batch")
+    dims.add(dim_param="sequence")
+    dims.add(dim_value=width)
     return model.SerializeToString()
 
 
