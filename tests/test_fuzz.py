@@ -119,7 +119,7 @@ def test_structured_protobuf(workdir, parts):
 def _mutate(data: bytes, rnd: random.Random) -> bytes:
     out = bytearray(data)
     for _ in range(rnd.randint(1, 4)):
-        at = rnd.randrange(len(out))
+        at = rnd.randrange(len(out) or 1)
         kind = rnd.randrange(6)
         if kind == 0:
             out[at] ^= 1 << rnd.randrange(8)  # bit flip
