@@ -170,6 +170,18 @@ def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
     return build
 
 
+def limited(tokenizer_folder_fn: Any, max_length: int = 128) -> Any:
+    """A tokenizer_folder_fn whose tokenizer says model_max_length=max_length: the tiny models have 128
+    positions, and the pipeline cuts long texts (stride windows, QA spans) at the tokenizer's limit."""
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer_folder_fn(folder)
+        AutoTokenizer.from_pretrained(folder, model_max_length=max_length).save_pretrained(folder)
+
+    return build
+
+
 SCORE_KEYS = ("score", "scores")
 
 
