@@ -592,6 +592,10 @@ class TextTokenizer:
         pad_id = self.token_id("pad_token")
         self.pad_token_id = 0 if pad_id is None else pad_id
         self.pad_token_type_id = int(config.get("pad_token_type_id", 0))
+        # transformers feeds a model what its tokenizer returns: one without token_type_ids (DistilBERT's,
+        # RoBERTa's) leaves a graph that takes them with zeros
+        names = config.get("model_input_names")
+        self.type_ids = not isinstance(names, list) or "token_type_ids" in names
         self.padding_side = config.get("padding_side", "right")
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
@@ -657,6 +661,9 @@ class TextTokenizer:
             if name not in dtypes:
                 continue
             out = np.full((len(encodings), width), fill, dtype=dtypes[name])
+            if name == "token_type_ids" and not self.type_ids:
+                arrays[name] = np.zeros_like(out)
+                continue
             for row, enc in enumerate(encodings):
                 values = getattr(enc, attr)
                 if self.padding_side == "right":
