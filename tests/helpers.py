@@ -164,13 +164,17 @@ def for_transformers_4(folder: Path) -> Path:
 
 
 def optimum_export(model_folder: Path, output: Path, task: str) -> Path:
-    """Export a local model folder with Optimum's exporter (no hub); returns the output folder."""
+    """Export a local model folder with Optimum's exporter (no hub); returns the output folder.
+
+    Always as a transformers model: a sentence-transformers folder would make Optimum import the system's
+    sentence-transformers, which needs transformers 5, from the 4.57 environment.
+    """
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [str(optimum_python()), "-m", "optimum.exporters.onnx", "--model", str(for_transformers_4(model_folder)), "--task", task,
-         str(output)],
+         "--library-name", "transformers", str(output)],
         capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
     )
     if result.returncode != 0:

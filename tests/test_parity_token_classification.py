@@ -155,3 +155,18 @@ def test_bad_options(pair):
         pair.runtime(3)
     with pytest.raises(rt.InvalidInputError, match="token-classification does not take 'top_k'"):
         pair.runtime("x", top_k=3)
+
+
+@pytest.mark.optimum
+@pytest.mark.parametrize("pair", ["bert-wordpiece"], indirect=True)  # one family for the exporter; tokenizers are covered above
+def test_optimum_export(pair, tmp_path):
+    """Optimum's exporter on the same weights gives the same entities."""
+    from authoring import embed_metadata
+
+    from helpers import optimum_export
+
+    exported = optimum_export(pair.path.parent / "hf", tmp_path / "optimum", "token-classification")
+    embed_metadata(exported / "model.onnx", pair.path.parent / "hf", tmp_path / "model.onnx", include_vocab=True)
+    runtime = rt.Runtime(tmp_path / "model.onnx")
+    for strategy in STRATEGIES:
+        assert_parity(runtime(TEXTS, aggregation_strategy=strategy), pair.oracle(TEXTS, aggregation_strategy=strategy))
