@@ -1717,8 +1717,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="onnxmeta_runtime", description="Run a self-contained ONNX model.")
     parser.add_argument("model", help="a self-contained .onnx file")
-    parser.add_argument("inputs", nargs="*", help="texts to run the model on")
+    parser.add_argument("inputs", nargs="*", help="texts to run the model on (question-answering: a question and a context)")
     parser.add_argument("--metadata", action="store_true", help="print the embedded metadata as JSON and exit")
+    parser.add_argument("--task", help="run as this task instead of the embedded one")
+    parser.add_argument("--options", default="{}", metavar="JSON",
+                        help='task options as a JSON object, e.g. \'{"aggregation_strategy": "simple"}\'')
     args = parser.parse_args(argv)
     try:
         if args.metadata or not args.inputs:
@@ -1726,8 +1729,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
             summary = {k: (f"<{len(v)} characters>" if k == KEY_TOKENIZER_JSON else v) for k, v in metadata.items()}
             print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
             return 0
-        runtime = Runtime(args.model)
-        result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"--options is not JSON ({exc}); e.g. --options '{{\"top_k\": 3}}'") from None
+        if not isinstance(options, dict):
+            raise InvalidInputError("--options must be a JSON object, e.g. --options '{\"top_k\": 3}'")
+        runtime = Runtime(args.model, task=args.task)
+        if runtime.task == "question-answering":
+            if len(args.inputs) != 2:
+                raise InvalidInputError("question-answering takes two inputs, a question and a context: "
+                                        "model.onnx 'Where do I live?' 'I live in Berlin.'")
+            result = runtime(question=args.inputs[0], context=args.inputs[1], **options)
+        else:
+            result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0], **options)
         print(json.dumps(result, indent=2, ensure_ascii=False))
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)

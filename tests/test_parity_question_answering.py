@@ -173,3 +173,10 @@ def test_optimum_export(family, tmp_path):
     assert [o.name for o in runtime.session.get_outputs()] == ["start_logits", "end_logits"]
     for index in (0, 4, 10, 15):
         assert_parity(call(runtime, CASES[index]), family.expected[index])
+
+
+def test_runtime_cli(family, capsys):
+    assert rt._main([str(family.path), QUESTIONS[0], CONTEXT, "--options", '{"top_k": 2}']) == 0
+    assert json.loads(capsys.readouterr().out) == family.runtime(question=QUESTIONS[0], context=CONTEXT, top_k=2)
+    assert rt._main([str(family.path), QUESTIONS[0]]) == 1
+    assert "question-answering takes two inputs, a question and a context" in capsys.readouterr().err

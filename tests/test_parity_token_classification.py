@@ -170,3 +170,13 @@ def test_optimum_export(pair, tmp_path):
     runtime = rt.Runtime(tmp_path / "model.onnx")
     for strategy in STRATEGIES:
         assert_parity(runtime(TEXTS, aggregation_strategy=strategy), pair.oracle(TEXTS, aggregation_strategy=strategy))
+
+
+def test_runtime_cli(pair, capsys):
+    options = '{"aggregation_strategy": "simple", "ignore_labels": []}'
+    assert rt._main([str(pair.path), TEXTS[0], "--options", options]) == 0
+    assert json.loads(capsys.readouterr().out) == pair.runtime(TEXTS[0], aggregation_strategy="simple", ignore_labels=[])
+    assert rt._main([str(pair.path), TEXTS[0], "--options", "[1]"]) == 1
+    assert capsys.readouterr().err == "error: --options must be a JSON object, e.g. --options '{\"top_k\": 3}'\n"
+    assert rt._main([str(pair.path), TEXTS[0], "--options", '{"top_k": 2}']) == 1
+    assert "token-classification does not take 'top_k'" in capsys.readouterr().err
