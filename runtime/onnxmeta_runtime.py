@@ -647,10 +647,12 @@ class TextTokenizer:
         decoder = self._tokenizer.decoder
         return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
 
-    def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Pad encodings to the longest into arrays named like the model inputs in dtypes."""
+    def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any], *, side: str | None = None) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest into arrays named like the model inputs in dtypes, on the tokenizer's
+        padding_side unless side says otherwise."""
         import numpy as np
 
+        side = side or self.padding_side
         width = max(len(e.ids) for e in encodings)
         arrays = {}
         for name, attr, fill in (
@@ -666,7 +668,7 @@ class TextTokenizer:
                 continue
             for row, enc in enumerate(encodings):
                 values = getattr(enc, attr)
-                if self.padding_side == "right":
+                if side == "right":
                     out[row, : len(values)] = values
                 else:
                     out[row, width - len(values):] = values
@@ -823,13 +825,16 @@ class _TextTask(_Task):
         rows: list[Any] = [None] * len(encodings)
         for start in range(0, len(order), self.ctx.batch_size):
             chunk = order[start: start + self.ctx.batch_size]
-            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
+            # Padding goes on the right whatever the tokenizer says: with absolute positions, left padding
+            # would shift every token of the shorter texts and make results depend on the batch, while
+            # transformers' pipelines run one text at a time, unpadded.
+            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right")
             results = self.ctx.session.run(list(outputs), feed)
             for position, i in enumerate(chunk):
                 n = len(encodings[i].ids)
                 row = [out[position] for out in results]
                 if per_token:
-                    row = [r[:n] if self.tokenizer.padding_side == "right" else r[len(r) - n:] for r in row]
+                    row = [r[:n] for r in row]
                 rows[i] = row
         return rows
 

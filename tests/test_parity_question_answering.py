@@ -58,7 +58,20 @@ FAMILIES = {
     "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
     # SentencePiece Unigram: no [CLS] at all, words start with "▁"
     "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
+    # padding on the left: transformers puts the context first and truncates it as the first sequence
+    "bert-left-padding": ("distilbert-base-uncased-distilled-squad", "BertTokenizer", "bert",
+                          ["input_ids", "attention_mask", "token_type_ids"]),
 }
+
+
+def left_padding(tokenizer_folder_fn: Any) -> Any:
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer_folder_fn(folder)
+        AutoTokenizer.from_pretrained(folder, padding_side="left").save_pretrained(folder)
+
+    return build
 
 
 def oracle_answers(folder: Path, cases: list[dict[str, Any]]) -> list[Any]:
@@ -87,8 +100,10 @@ def family(request, tmp_path_factory) -> Family:
 
     name, tokenizer_class, model_type, inputs = FAMILIES[request.param]
     root = tmp_path_factory.mktemp(f"qa_{request.param}")
-    model = tiny_model(root / "hf", "AutoModelForQuestionAnswering", limited(hub_tokenizer_folder(name, tokenizer_class)),
-                       model_type=model_type, seed=5)
+    tokenizer_folder_fn = limited(hub_tokenizer_folder(name, tokenizer_class))
+    if request.param == "bert-left-padding":
+        tokenizer_folder_fn = left_padding(tokenizer_folder_fn)
+    model = tiny_model(root / "hf", "AutoModelForQuestionAnswering", tokenizer_folder_fn, model_type=model_type, seed=5)
     plain = export_onnx(model, root / "plain.onnx", inputs, output=("start_logits", "end_logits"))
     metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True)
     assert metadata[rt.KEY_PIPELINE_TASK] == "question-answering"
