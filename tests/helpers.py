@@ -182,6 +182,15 @@ def optimum_export(model_folder: Path, output: Path, task: str) -> Path:
     return output
 
 
+def optimum_embedded(model_folder: Path, tmp_path: Path, export_task: str, **embed_options: Any) -> Path:
+    """Optimum's export of a model folder with the folder's metadata embedded (vocabulary included)."""
+    from authoring import embed_metadata
+
+    exported = optimum_export(model_folder, tmp_path / "optimum", export_task)
+    embed_metadata(exported / "model.onnx", model_folder, tmp_path / "model.onnx", include_vocab=True, **embed_options)
+    return tmp_path / "model.onnx"
+
+
 def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
     """A tokenizer_folder_fn that saves a real ../shared tokenizer (tokenizer_class set, as hub configs have it)."""
     import json

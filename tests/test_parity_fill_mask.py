@@ -210,12 +210,8 @@ def test_tokenizer_without_mask_token(tmp_path):
 @pytest.mark.parametrize("pair", ["bert"], indirect=True)  # one family for the exporter; tokenizers are covered above
 def test_optimum_export(pair, tmp_path):
     """Optimum's exporter on the same weights gives the same proposals."""
-    from authoring import embed_metadata
+    from helpers import optimum_embedded
 
-    from helpers import optimum_export
-
-    exported = optimum_export(pair.path.parent / "hf", tmp_path / "optimum", "fill-mask")
-    embed_metadata(exported / "model.onnx", pair.path.parent / "hf", tmp_path / "model.onnx", include_vocab=True)
-    runtime = rt.Runtime(tmp_path / "model.onnx")
+    runtime = rt.Runtime(optimum_embedded(pair.path.parent / "hf", tmp_path, "fill-mask"))
     texts = pair.texts(TEXTS + MULTI)
     assert_parity(runtime(texts, top_k=3), pair.oracle(texts, top_k=3))

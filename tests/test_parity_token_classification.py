@@ -161,13 +161,9 @@ def test_bad_options(pair):
 @pytest.mark.parametrize("pair", ["bert-wordpiece"], indirect=True)  # one family for the exporter; tokenizers are covered above
 def test_optimum_export(pair, tmp_path):
     """Optimum's exporter on the same weights gives the same entities."""
-    from authoring import embed_metadata
+    from helpers import optimum_embedded
 
-    from helpers import optimum_export
-
-    exported = optimum_export(pair.path.parent / "hf", tmp_path / "optimum", "token-classification")
-    embed_metadata(exported / "model.onnx", pair.path.parent / "hf", tmp_path / "model.onnx", include_vocab=True)
-    runtime = rt.Runtime(tmp_path / "model.onnx")
+    runtime = rt.Runtime(optimum_embedded(pair.path.parent / "hf", tmp_path, "token-classification"))
     for strategy in STRATEGIES:
         assert_parity(runtime(TEXTS, aggregation_strategy=strategy), pair.oracle(TEXTS, aggregation_strategy=strategy))
 

@@ -90,14 +90,10 @@ def test_optimum_export(tmp_path):
     """Optimum's exporter (text-classification head) on the same NLI weights."""
     from transformers import AutoTokenizer, pipeline
 
-    from authoring import embed_metadata
-    from helpers import optimum_export
+    from helpers import optimum_embedded
 
     model = nli_model(tmp_path / "hf")
-    exported = optimum_export(tmp_path / "hf", tmp_path / "optimum", "text-classification")
-    embed_metadata(exported / "model.onnx", tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True,
-                   task="zero-shot-classification")
-    runtime = rt.Runtime(tmp_path / "model.onnx")
+    runtime = rt.Runtime(optimum_embedded(tmp_path / "hf", tmp_path, "text-classification", task="zero-shot-classification"))
     oracle = pipeline("zero-shot-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
     for kwargs in ({}, {"multi_label": True}):
         assert_parity(runtime(SEQUENCES, candidate_labels=LABELS, **kwargs), oracle(SEQUENCES, candidate_labels=LABELS, **kwargs))

@@ -191,15 +191,12 @@ def test_tokenizer_families(family, tmp_path):
 @pytest.mark.optimum
 def test_optimum_export(tmp_path):
     """Optimum's feature-extraction export of a sentence-transformers folder: same sentence embeddings."""
-    from authoring import embed_metadata
     from sentence_transformers import SentenceTransformer
 
-    from helpers import optimum_export
+    from helpers import optimum_embedded
 
     folder = shutil.copytree(shared("sentence-transformers__all-MiniLM-L6-v2"), tmp_path / "hf",
                              ignore=shutil.ignore_patterns("onnx*"))
-    exported = optimum_export(folder, tmp_path / "optimum", "feature-extraction")
-    embed_metadata(exported / "model.onnx", folder, tmp_path / "model.onnx", include_vocab=True)
-    runtime = rt.Runtime(tmp_path / "model.onnx")
+    runtime = rt.Runtime(optimum_embedded(folder, tmp_path, "feature-extraction"))
     expected = SentenceTransformer(str(folder), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(runtime.encode(SENTENCES), expected, atol=1e-5, rtol=0)
