@@ -249,7 +249,7 @@ def write_props(onnx_path: str | os.PathLike[str], props: Sequence[tuple[str, st
     expected_size = scan.size + len(block) - sum(f.end - f.start for f in scan.fields if f.start in dropped)
     tail_fields = [f for f in scan.fields if f.start >= insert_at]
 
-    if (in_place and _CAN_LOCK and scan.size - insert_at <= _MAX_TAIL
+    if (in_place and _CAN_LOCK and os.access(src, os.W_OK) and scan.size - insert_at <= _MAX_TAIL
             and all(f.number == rt.FIELD_METADATA_PROPS for f in tail_fields)):
         with open(src, "rb") as f:
             kept = b""

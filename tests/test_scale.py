@@ -324,3 +324,10 @@ def test_discover_many_reports_each_failure(bert_classifier, tmp_path):
     assert authoring.MetadataDiscovery().discover_many([]) == []
     with pytest.raises(rt.MetadataExtractionError, match="unknown embedding level 'huge'"):
         authoring.MetadataDiscovery().discover_many(models, level="huge")
+
+
+def test_read_only_file_in_a_writable_folder_is_replaced(plain, metadata):
+    os.chmod(plain, 0o444)
+    authoring.embed(plain, metadata)  # the temp-file way: rename needs only the folder
+    assert rt.read_metadata(plain)[rt.KEY_PIPELINE_TASK] == "text-classification"
+    assert os.stat(plain).st_mode & 0o777 == 0o444
