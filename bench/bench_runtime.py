@@ -218,7 +218,7 @@ def run(repeats: int) -> dict[str, Any]:
     print(f"\n{'cold start (new process)':<28}{'median s':>10}")
     for name, r in cold.items():
         print(f"{name:<28}{r['seconds']:>10.2f}")
-    speed, versions = throughput(folder, max(repeats, 5))
+    speed, versions = throughput(folder, max(repeats, 7))
     print(f"\n{'throughput, 256 texts':<28}{'best s':>10}{'median s':>10}{'texts/s':>10}   (one process: "
           f"onnxruntime {versions['onnxruntime']}, tokenizers {versions['tokenizers']})")
     for name, r in speed.items():
