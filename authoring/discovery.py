@@ -126,6 +126,8 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
         text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
     for key in _LOADING_KEYS:
         config.pop(key, None)
+    # what the tokenizer returns, which is what the pipeline feeds the model (no token_type_ids for RoBERTa...)
+    config.setdefault("model_input_names", list(tokenizer.model_input_names))
     out: dict[str, Any] = {rt.KEY_TOKENIZER_CONFIG: config}
     if include_vocab:
         if text is None:
