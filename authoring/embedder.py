@@ -1,4 +1,5 @@
-"""Write metadata into an ONNX file: streaming, byte-for-byte copy of the graph, atomic replace."""
+"""Write metadata into an ONNX file: streaming, the graph copied byte for byte in the kernel, crash-safe
+replacement (a rewritten tail through an undo journal in place, a temp file renamed otherwise)."""
 
 from __future__ import annotations
 
