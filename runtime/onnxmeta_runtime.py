@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import json
 import os
 import sys
 import threading
+import time
 import warnings
 import zlib
+from collections import OrderedDict
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ __all__ = (
     "TaskDetectionError",
     "InvalidInputError",
     "read_metadata",
+    "clear_metadata_cache",
     "encode_metadata",
     "decode_metadata",
     "scan_model",
@@ -498,6 +502,32 @@ def decode_metadata(
     return metadata
 
 
+METADATA_CACHE_SIZE = 32
+"""How many files' decoded metadata read_metadata keeps (least recently used dropped first)."""
+# A file changed twice within the filesystem's timestamp granularity can keep its size and mtime; like
+# git's "racily clean" rule, a file modified this recently is not cached.
+_RACY_NS = 2_000_000_000
+_cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cache_key(path: str, extra: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The identity of a file's current contents: path, inode, size, mtime and ctime; None if uncachable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
+        return None
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *extra)
+
+
+def clear_metadata_cache() -> None:
+    """Forget every cached read_metadata result."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def read_metadata(
     path: str | os.PathLike[str], *, verify: bool = True, max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
 ) -> dict[str, Any]:
@@ -506,14 +536,30 @@ def read_metadata(
     Returns every metadata_props entry: the format's keys decoded (JSON objects as dicts), others as
     strings. Raises MetadataReadError for unreadable files, UnsupportedVersionError for a newer major
     format, MetadataValidationError when the digest does not match (unless verify=False).
+    Results are cached per file contents (path, inode, size, mtime, ctime); each call gets its own copy.
     """
+    path = os.fspath(path)
+    key = _cache_key(path, (verify, max_decompressed_size))
+    with _cache_lock:
+        cached = _cache.get(key) if key is not None else None
+        if cached is not None:
+            _cache.move_to_end(key)
+    if cached is not None:
+        return copy.deepcopy(cached)
     scan = scan_model(path)
     try:
-        return decode_metadata(
+        metadata = decode_metadata(
             ((e.key, e.value) for e in scan.entries), verify=verify, max_decompressed_size=max_decompressed_size
         )
     except MetadataError as exc:
-        raise type(exc)(f"{os.path.basename(os.fspath(path))}: {exc}") from None
+        raise type(exc)(f"{os.path.basename(path)}: {exc}") from None
+    # Cache only when the file did not change while it was read.
+    if key is not None and key == _cache_key(path, (verify, max_decompressed_size)):
+        with _cache_lock:
+            _cache[key] = copy.deepcopy(metadata)
+            while len(_cache) > METADATA_CACHE_SIZE:
+                _cache.popitem(last=False)
+    return metadata
 
 
 ########################################################################################################
@@ -1593,7 +1639,9 @@ class Runtime:
     """A self-contained ONNX model ready to call: ``Runtime("model.onnx")("text")``.
 
     Everything is built and checked here (metadata, tokenizer, session, task), so a call can only
-    fail on its inputs.
+    fail on its inputs. Lists run in length-sorted batches of batch_size. intra_op_num_threads and
+    graph_optimization_level ("disable", "basic", "extended", "all") set the onnxruntime session;
+    for anything else pass an onnxruntime.SessionOptions as session_options.
     """
 
     def __init__(
@@ -1604,6 +1652,8 @@ class Runtime:
         providers: Sequence[Any] | None = None,
         session_options: Any = None,
         batch_size: int = 32,
+        intra_op_num_threads: int | None = None,
+        graph_optimization_level: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.metadata = read_metadata(self.path)
@@ -1617,7 +1667,8 @@ class Runtime:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.config: Mapping[str, Any] = self.metadata.get(KEY_MODEL_CONFIG) or {}
         self.tokenizer = load_tokenizer(self.metadata)
-        self.session = _session(self.path, providers, session_options)
+        options = _session_options(session_options, intra_op_num_threads, graph_optimization_level)
+        self.session = _session(self.path, providers, options)
         self._task = TASKS[self.task](_Context(self.session, self.metadata, self.tokenizer, batch_size))
 
     def _task_name(self, task: str | None) -> str:
@@ -1656,6 +1707,35 @@ class Runtime:
         return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
 
 
+_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                        "all": "ORT_ENABLE_ALL"}
+
+
+def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
+    """session_options, or new SessionOptions with the thread count and optimization level set."""
+    if threads is None and level is None:
+        return session_options
+    if session_options is not None:
+        raise InvalidInputError(
+            "pass either session_options or intra_op_num_threads/graph_optimization_level, not both; "
+            "set them on your SessionOptions instead"
+        )
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise InvalidInputError(f"intra_op_num_threads must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
+    if level is not None and level not in _OPTIMIZATION_LEVELS:
+        raise InvalidInputError(f"graph_optimization_level must be one of {', '.join(_OPTIMIZATION_LEVELS)}, got {level!r}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if level is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
+    return options
+
+
 def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
     try:
         import onnxruntime as ort
@@ -1684,9 +1764,12 @@ def pipeline(
     providers: Sequence[Any] | None = None,
     session_options: Any = None,
     batch_size: int = 32,
+    intra_op_num_threads: int | None = None,
+    graph_optimization_level: str | None = None,
 ) -> Runtime:
     """The design's name for Runtime: ``pipeline(model="model.onnx")``."""
-    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size)
+    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size,
+                   intra_op_num_threads=intra_op_num_threads, graph_optimization_level=graph_optimization_level)
 
 
 class ONNXAutoModel:
