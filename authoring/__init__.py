@@ -17,16 +17,18 @@ from onnxmeta_runtime import (
     read_metadata,
 )
 
-from .discovery import EMBEDDING_LEVELS, EmbeddingLevel, MetadataDiscovery, discover
-from .embedder import EmbedReport, embed, embed_metadata, write_props
+from .discovery import EMBEDDING_LEVELS, DiscoveryResult, EmbeddingLevel, MetadataDiscovery, discover
+from .embedder import EmbedReport, FolderResult, embed, embed_folder, embed_metadata, write_props
 from .inspection import describe, validate
 from .tasks import detect_task
 
 __all__ = (
     "FORMAT_VERSION",
     "EMBEDDING_LEVELS",
+    "DiscoveryResult",
     "EmbeddingLevel",
     "EmbedReport",
+    "FolderResult",
     "MetadataDiscovery",
     "MetadataEmbeddingError",
     "MetadataError",
@@ -40,6 +42,7 @@ __all__ = (
     "detect_task",
     "discover",
     "embed",
+    "embed_folder",
     "embed_metadata",
     "read_metadata",
     "validate",

@@ -6,13 +6,14 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataError
 
 from .discovery import EMBEDDING_LEVELS, MetadataDiscovery
-from .embedder import compress_threshold, embed
+from .embedder import FolderResult, compress_threshold, embed, embed_folder
 from .inspection import checks_as_dicts, describe, validate
 
 
@@ -26,9 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
-    p.add_argument("onnx", help="the ONNX file")
+    p.add_argument("onnx", help="the ONNX file, or a folder of them (an Optimum export): every .onnx file in it")
     p.add_argument("model", help="a local model folder or a hub id (bert-base-uncased)")
-    p.add_argument("--output", "-o", help="write here instead of replacing the input")
+    p.add_argument("--output", "-o", help="write here instead of replacing the input (a folder for a folder)")
+    p.add_argument("--jobs", "-j", type=int, help="files embedded at once for a folder (default: up to 8)")
     p.add_argument("--include-vocab", action="store_true", help="embed tokenizer.json with its vocabulary (level full)")
     p.add_argument("--level", choices=list(EMBEDDING_LEVELS), help="how much to embed (default: essential)")
     p.add_argument("--no-compress", action="store_true", help="store every value as plain text")
@@ -61,17 +63,56 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     level = "full" if args.include_vocab else (args.level or "essential")
     if args.include_vocab and args.level not in (None, "full"):
         raise rt.MetadataExtractionError(f"--include-vocab means --level full, not {args.level}")
-    rt.scan_model(args.onnx)  # a bad ONNX path fails before the slow discovery
+    if not Path(args.onnx).is_dir():
+        rt.scan_model(args.onnx)  # a bad ONNX path fails before the slow discovery
     metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task)
     threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
+    if Path(args.onnx).is_dir():
+        return _embed_folder(args, metadata, threshold)
     report = embed(args.onnx, metadata, args.output, compress_threshold=threshold)
     print(f"embedded {len(report.entries)} entries ({report.total_bytes / 1024:.1f} KB) into {report.output_path}")
     print(f"  task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}, level: {metadata[rt.KEY_EMBEDDING_LEVEL]}")
     for e in report.entries:
         note = f"  (gzip of {e.text_bytes:,} B)" if e.compressed else ""
         print(f"  {e.key:<32} {e.stored_bytes:>10,} B{note}")
+    for name in report.data_files:
+        action = "copied beside the output" if name in report.copied_data_files else "already beside the output"
+        print(f"  external data {_safe(name)}: {action} (its location in the graph is unchanged)")
     if report.preserved_keys:
         print(f"  kept {len(report.preserved_keys)} other metadata_props: {', '.join(map(_safe, report.preserved_keys))}")
+    return 0
+
+
+def _embed_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold: int | None) -> int:
+    """Embed one discovery's metadata into every .onnx file of a folder, one progress line per file done."""
+    if args.jobs is not None and args.jobs < 1:
+        raise rt.MetadataEmbeddingError(f"--jobs must be at least 1, got {args.jobs}")
+
+    def progress(done: int, total: int, result: FolderResult) -> None:
+        name = _safe(Path(result.onnx_path).name)
+        if result.report is None:
+            print(f"[{done}/{total}] {name}: failed: {_safe(result.error)}", file=sys.stderr, flush=True)
+        else:
+            copied = f", copied {', '.join(result.report.copied_data_files)}" if result.report.copied_data_files else ""
+            print(f"[{done}/{total}] {name}: {len(result.report.entries)} entries, "
+                  f"{result.report.total_bytes / 1024:.1f} KB{copied}", file=sys.stderr, flush=True)
+
+    results = embed_folder(args.onnx, metadata, args.output, compress_threshold=threshold, max_workers=args.jobs,
+                           progress=progress)
+    done = [r for r in results if r.report is not None]
+    print(f"embedded level {metadata[rt.KEY_EMBEDDING_LEVEL]} metadata (task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}) "
+          f"into {len(done)} of {len(results)} files of {_safe(args.onnx)}, discovered once:")
+    for r in results:
+        if r.report is not None:
+            print(f"  {_safe(r.report.output_path)}  {len(r.report.entries)} entries, {r.report.total_bytes / 1024:.1f} KB")
+            for name in r.report.copied_data_files:
+                print(f"    external data {_safe(name)} copied beside it")
+    failed = [r for r in results if r.report is None]
+    if failed:
+        raise rt.MetadataEmbeddingError(
+            f"{len(failed)} of {len(results)} files failed: "
+            + "; ".join(f"{Path(r.onnx_path).name}: {r.error}" for r in failed)
+        )
     return 0
 
 

@@ -9,7 +9,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataExtractionError
@@ -125,6 +126,8 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
         text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
     for key in _LOADING_KEYS:
         config.pop(key, None)
+    # what the tokenizer returns, which is what the pipeline feeds the model (no token_type_ids for RoBERTa...)
+    config.setdefault("model_input_names", list(tokenizer.model_input_names))
     out: dict[str, Any] = {rt.KEY_TOKENIZER_CONFIG: config}
     if include_vocab:
         if text is None:
@@ -195,8 +198,40 @@ def _feature_engineering(processors: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class DiscoveryResult:
+    """The outcome of discovering one model of a discover_many batch: its metadata or its error."""
+
+    model: str
+    metadata: dict[str, Any] | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class MetadataDiscovery:
     """Discovers and aggregates the metadata of a Hugging Face model and its processor."""
+
+    def discover_many(
+        self, models: Sequence[str | os.PathLike[str]], *, level: str = "essential", task: str | None = None,
+        max_workers: int | None = None,
+    ) -> list[DiscoveryResult]:
+        """discover() for many models in a thread pool; results in input order, one error never stops the rest."""
+        embedding_level(level)  # a bad level is the caller's error, not each model's
+
+        def one(model: str | os.PathLike[str]) -> DiscoveryResult:
+            try:
+                return DiscoveryResult(os.fspath(model), self.discover(model, level=level, task=task))
+            except Exception as exc:  # any failure belongs to this model's result
+                logger.warning("discovery failed for %s: %s", os.fspath(model), exc)
+                return DiscoveryResult(os.fspath(model), error=exc)
+
+        if not models:
+            return []
+        with ThreadPoolExecutor(max_workers=max_workers or min(8, len(models))) as pool:
+            return list(pool.map(one, models))
 
     def discover(
         self, model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None

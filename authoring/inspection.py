@@ -9,6 +9,7 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataError
 
+from .external import check_data_files
 from .tasks import PIPELINE_TASKS, detect_task
 
 # What each embedding level promises to carry.
@@ -215,6 +216,14 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     return message + (f"; not checkable: {', '.join(unchecked)}" if unchecked else "")
 
 
+def _external_check(path: str | os.PathLike[str]) -> str:
+    files = check_data_files(path)
+    if not files:
+        return ""
+    size = sum(os.path.getsize(os.path.join(os.path.dirname(os.fspath(path)), f)) for f in files)
+    return f"{len(files)} data file{'s' if len(files) > 1 else ''} beside the model ({', '.join(files)}; {size:,} bytes)"
+
+
 def validate(
     path: str | os.PathLike[str], *, check_metadata: bool = True, check_task: bool = True, check_processor: bool = True,
     check_graph: bool = True,
@@ -230,6 +239,9 @@ def validate(
     checks = []
     if check_metadata:
         checks.append(_check("metadata", lambda: _metadata_check(metadata)))
+        external = _check("external data", lambda: _external_check(path))
+        if external.message:
+            checks.append(external)
     if check_task:
         checks.append(_check("task", lambda: _task_check(metadata)))
     if check_processor:

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import json
 import os
 import re
 import stat
 import sys
+import threading
+import time
 import warnings
 import zlib
+from collections import OrderedDict
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 if TYPE_CHECKING:
@@ -49,6 +53,7 @@ __all__ = (
     "TaskDetectionError",
     "InvalidInputError",
     "read_metadata",
+    "clear_metadata_cache",
     "encode_metadata",
     "decode_metadata",
     "scan_model",
@@ -504,6 +509,11 @@ def _check_version(version: str) -> None:
         )
 
 
+def _check_limit(max_decompressed_size: Any) -> None:
+    if not isinstance(max_decompressed_size, int) or isinstance(max_decompressed_size, bool) or max_decompressed_size < 1:
+        raise InvalidInputError(f"max_decompressed_size must be a positive number of bytes, got {max_decompressed_size!r}")
+
+
 def decode_metadata(
     props: Iterable[tuple[str, str]],
     *,
@@ -514,8 +524,7 @@ def decode_metadata(
 
     Keys that are not part of the format are returned unchanged as strings.
     """
-    if not isinstance(max_decompressed_size, int) or isinstance(max_decompressed_size, bool) or max_decompressed_size < 1:
-        raise InvalidInputError(f"max_decompressed_size must be a positive number of bytes, got {max_decompressed_size!r}")
+    _check_limit(max_decompressed_size)
     props = list(props)
     # The version first: a newer major format may spell or compress values differently, and must be
     # refused as such rather than as a bad value.
@@ -624,6 +633,32 @@ def check_value_types(metadata: Mapping[str, Any]) -> None:
         fail(f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode", "a string or an array of strings", mode)
 
 
+METADATA_CACHE_SIZE = 32
+"""How many files' decoded metadata read_metadata keeps (least recently used dropped first)."""
+# A file changed twice within the filesystem's timestamp granularity can keep its size and mtime; like
+# git's "racily clean" rule, a file modified this recently is not cached.
+_RACY_NS = 2_000_000_000
+_cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cache_key(path: str, extra: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The identity of a file's current contents: path, inode, size, mtime and ctime; None if uncachable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
+        return None
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *extra)
+
+
+def clear_metadata_cache() -> None:
+    """Forget every cached read_metadata result."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def read_metadata(
     path: str | os.PathLike[str], *, verify: bool = True, max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
 ) -> dict[str, Any]:
@@ -632,14 +667,31 @@ def read_metadata(
     Returns every metadata_props entry: the format's keys decoded (JSON objects as dicts), others as
     strings. Raises MetadataReadError for unreadable files, UnsupportedVersionError for a newer major
     format, MetadataValidationError when the digest does not match (unless verify=False).
+    Results are cached per file contents (path, inode, size, mtime, ctime); each call gets its own copy.
     """
+    path = _model_path(path)
+    _check_limit(max_decompressed_size)
+    key = _cache_key(path, (verify, max_decompressed_size))
+    with _cache_lock:
+        cached = _cache.get(key) if key is not None else None
+        if cached is not None:
+            _cache.move_to_end(key)
+    if cached is not None:
+        return copy.deepcopy(cached)
     scan = scan_model(path)
     try:
-        return decode_metadata(
+        metadata = decode_metadata(
             ((e.key, e.value) for e in scan.entries), verify=verify, max_decompressed_size=max_decompressed_size
         )
     except MetadataError as exc:
-        raise type(exc)(f"{os.path.basename(os.fspath(path))}: {exc}") from None
+        raise type(exc)(f"{os.path.basename(path)}: {exc}") from None
+    # Cache only when the file did not change while it was read.
+    if key is not None and key == _cache_key(path, (verify, max_decompressed_size)):
+        with _cache_lock:
+            _cache[key] = copy.deepcopy(metadata)
+            while len(_cache) > METADATA_CACHE_SIZE:
+                _cache.popitem(last=False)
+    return metadata
 
 
 ########################################################################################################
@@ -695,7 +747,7 @@ class TextTokenizer:
     """A tokenizers.Tokenizer configured like the transformers tokenizer it was saved from."""
 
     def __init__(self, tokenizer_json: str, config: Mapping[str, Any], max_length: int, *,
-                 truncation: str = "longest_first") -> None:
+                 truncation: str = "longest_first", stride: int = 0, window: int | None = None) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -709,13 +761,19 @@ class TextTokenizer:
             raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
         self.config = dict(config)
         self.max_length = max_length
+        self.window = max_length if window is None else window
         # transformers pads and truncates per call, ignoring what tokenizer.json says; so do we.
         tokenizer.no_padding()
-        tokenizer.enable_truncation(
-            self.max_length, strategy=truncation, direction=config.get("truncation_side") or "right"
-        )
+        try:
+            tokenizer.enable_truncation(
+                self.window, stride=stride, strategy=truncation, direction=config.get("truncation_side") or "right"
+            )
+        except Exception as exc:  # tokenizers rejects a stride too large for the window
+            raise InvalidInputError(f"cannot cut texts into windows of {self.window} tokens with stride {stride}: {exc}") from None
         self._tokenizer = tokenizer
         self._source = tokenizer_json
+        self._variants: dict[tuple[str, int, int], TextTokenizer] = {}
+        self._variants_lock = threading.Lock()
         # transformers 5 skips the clean-up for BPE models, where it would eat real spaces, unless told.
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces")) and (
             type(tokenizer.model).__name__ != "BPE"
@@ -725,6 +783,10 @@ class TextTokenizer:
         self.pad_token_id = 0 if pad_id is None else pad_id
         # JSON null means "not set", as absent does.
         self.pad_token_type_id = int(config.get("pad_token_type_id") or 0)
+        # transformers feeds a model what its tokenizer returns: one without token_type_ids (DistilBERT's,
+        # RoBERTa's) leaves a graph that takes them with zeros
+        names = config.get("model_input_names")
+        self.type_ids = not isinstance(names, list) or "token_type_ids" in names
         self.padding_side = config.get("padding_side") or "right"
         if self.padding_side not in ("right", "left"):
             raise ProcessorReconstructionError(f"padding_side is {self.padding_side!r}; expected 'right' or 'left'")
@@ -734,21 +796,36 @@ class TextTokenizer:
         token = _token_content(self.config.get(name))
         return None if token is None else self._tokenizer.token_to_id(token)
 
-    def with_truncation(self, strategy: str) -> TextTokenizer:
-        """The same tokenizer truncating with another strategy (only_first, only_second, longest_first)."""
-        return TextTokenizer(self._source, self.config, self.max_length, truncation=strategy)
+    def with_truncation(self, strategy: str, *, window: int | None = None, stride: int = 0) -> TextTokenizer:
+        """The same tokenizer truncating otherwise: strategy (only_first, only_second, longest_first), window
+        length, and stride (the tokens overlapping windows repeat; the rest land in encoding.overflowing).
+
+        Built once per setting and kept: a tokenizers.Tokenizer holds its truncation, so each setting
+        needs its own for threads to share them.
+        """
+        key = (strategy, self.max_length if window is None else window, stride)
+        with self._variants_lock:
+            variant = self._variants.get(key)
+            if variant is None:
+                variant = TextTokenizer(self._source, self.config, self.max_length,
+                                        truncation=strategy, window=key[1], stride=stride)
+                self._variants[key] = variant
+        return variant
 
     @property
     def backend(self) -> Any:
         """The underlying tokenizers.Tokenizer."""
         return self._tokenizer
 
-    def encode(self, inputs: Sequence[str | tuple[str, str]]) -> list[Any]:
-        """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to max_length."""
+    def encode(self, inputs: Sequence[Any], *, is_pretokenized: bool = False) -> list[Any]:
+        """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to the window
+        (max_length unless with_truncation said otherwise); is_pretokenized takes lists of words."""
         try:
-            return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True)
+            return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True, is_pretokenized=is_pretokenized)
         except BaseException as exc:
             _reraise_unless_tokenizer_error(exc)
+            if isinstance(exc, Exception):  # tokenizers reports it, e.g. a pair that cannot be truncated
+                raise InvalidInputError(f"cannot tokenize the input: {exc}") from None
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to tokenize: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
 
@@ -765,10 +842,17 @@ class TextTokenizer:
                 text = text.replace(old, new)
         return text
 
-    def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Pad encodings to the longest into arrays named like the model inputs in dtypes."""
+    def tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Tokens joined as transformers' convert_tokens_to_string does: through the decoder, no clean-up."""
+        decoder = self._tokenizer.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
+
+    def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any], *, side: str | None = None) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest into arrays named like the model inputs in dtypes, on the tokenizer's
+        padding_side unless side says otherwise."""
         import numpy as np
 
+        side = side or self.padding_side
         width = max(len(e.ids) for e in encodings)
         arrays = {}
         for name, attr, fill in (
@@ -779,9 +863,12 @@ class TextTokenizer:
             if name not in dtypes:
                 continue
             out = np.full((len(encodings), width), fill, dtype=dtypes[name])
+            if name == "token_type_ids" and not self.type_ids:
+                arrays[name] = np.zeros_like(out)
+                continue
             for row, enc in enumerate(encodings):
                 values = getattr(enc, attr)
-                if self.padding_side == "right":
+                if side == "right":
                     out[row, : len(values)] = values
                 else:
                     out[row, width - len(values):] = values
@@ -902,6 +989,7 @@ class _Task:
     name = ""
     arguments: tuple[str, ...] = ()
     positional = False  # whether options may follow the inputs positionally
+    keyword_inputs = False  # whether the inputs may come by name alone (question=..., context=...)
 
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
@@ -936,8 +1024,8 @@ class _TextTask(_Task):
                 f"has shape {shape}; was the graph exported for another task?"
             )
 
-    def forward(self, encodings: Sequence[Any], *, per_token: bool = False) -> list[np.ndarray]:
-        """The output row of each encoding in caller order, run in length-sorted buckets.
+    def run(self, encodings: Sequence[Any], outputs: Sequence[str], *, per_token: bool = False) -> list[list[np.ndarray]]:
+        """The rows of the named outputs for each encoding, in caller order, run in length-sorted buckets.
 
         per_token rows (outputs with a sequence axis) are cut back to the encoding's own tokens.
         """
@@ -945,14 +1033,22 @@ class _TextTask(_Task):
         rows: list[Any] = [None] * len(encodings)
         for start in range(0, len(order), self.ctx.batch_size):
             chunk = order[start: start + self.ctx.batch_size]
-            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes)
-            (out,) = self.ctx.session.run([self.output], feed)
-            for i, row in zip(chunk, out):
+            # Padding goes on the right whatever the tokenizer says: with absolute positions, left padding
+            # would shift every token of the shorter texts and make results depend on the batch, while
+            # transformers' pipelines run one text at a time, unpadded.
+            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right")
+            results = self.ctx.session.run(list(outputs), feed)
+            for position, i in enumerate(chunk):
+                n = len(encodings[i].ids)
+                row = [out[position] for out in results]
                 if per_token:
-                    n = len(encodings[i].ids)
-                    row = row[:n] if self.tokenizer.padding_side == "right" else row[len(row) - n:]
+                    row = [r[:n] for r in row]
                 rows[i] = row
         return rows
+
+    def forward(self, encodings: Sequence[Any], *, per_token: bool = False) -> list[np.ndarray]:
+        """The row of the task's output for each encoding, in caller order (see run)."""
+        return [row[0] for row in self.run(encodings, [self.output], per_token=per_token)]
 
     def texts(self, inputs: Any) -> tuple[list[str], bool]:
         """The inputs as a list of strings, and whether a single string was given."""
@@ -1144,6 +1240,399 @@ class _FillMask(_TextTask):
         return results[0] if len(results) == 1 else results
 
 
+_AGGREGATIONS = ("none", "simple", "first", "average", "max")
+
+
+def _bio_tag(entity: str) -> tuple[str, str]:
+    """("B" or "I", tag) of a B-/I- label; other labels continue ("I") as transformers reads them."""
+    if entity.startswith("B-"):
+        return "B", entity[2:]
+    if entity.startswith("I-"):
+        return "I", entity[2:]
+    return "I", entity
+
+
+def _merge_overlapping(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entities of overlapping stride windows: of two that overlap keep the longer, then the likelier."""
+    if not entities:
+        return entities
+    entities = sorted(entities, key=lambda x: x["start"])
+    merged = []
+    previous = entities[0]
+    for entity in entities:
+        if previous["start"] <= entity["start"] < previous["end"]:
+            length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
+            if length > previous_length or length == previous_length and entity["score"] > previous["score"]:
+                previous = entity
+        else:
+            merged.append(previous)
+            previous = entity
+    merged.append(previous)
+    return merged
+
+
+class _TokenClassification(_TextTask):
+    """token-classification (ner), as transformers.TokenClassificationPipeline: one label per token, or
+    entities grouped by an aggregation strategy, with character offsets into the text."""
+
+    name = "token-classification"
+    arguments = ("aggregation_strategy", "ignore_labels", "stride", "is_split_into_words", "delimiter")
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.unk_id = self.tokenizer.token_id("unk_token")
+        # Subwords are told apart by token length only where the model marks continuations (WordPiece's
+        # "##"); byte-level BPE and SentencePiece fall back to "no space before", as transformers does.
+        self.word_aware = bool(getattr(self.tokenizer.backend.model, "continuing_subword_prefix", None))
+
+    def _options(self, kwargs: Mapping[str, Any]) -> tuple[str, set[str], int | None, str | None]:
+        strategy = kwargs.get("aggregation_strategy")
+        strategy = "none" if strategy is None else str(getattr(strategy, "value", strategy)).lower()
+        if strategy not in _AGGREGATIONS:
+            raise InvalidInputError(f"aggregation_strategy must be one of {', '.join(_AGGREGATIONS)}; got {kwargs['aggregation_strategy']!r}")
+        ignore = kwargs.get("ignore_labels")
+        ignore = ["O"] if ignore is None else ignore
+        if isinstance(ignore, str) or not all(isinstance(label, str) for label in ignore):
+            raise InvalidInputError(f"ignore_labels must be a list of labels, e.g. ['O']; got {ignore!r}")
+        stride = kwargs.get("stride")
+        if stride is not None:
+            if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
+                raise InvalidInputError(f"stride must be a non-negative integer, got {stride!r}")
+            if stride >= self.tokenizer.max_length:
+                raise InvalidInputError(
+                    f"stride ({stride}) must be less than the model's maximum length ({self.tokenizer.max_length}), "
+                    "less the special tokens"
+                )
+            if strategy == "none":
+                raise InvalidInputError(
+                    "stride runs overlapping windows over the whole text, which needs an aggregation_strategy "
+                    "to merge them: pass aggregation_strategy='simple' (or first, average, max)"
+                )
+        delimiter = None
+        if kwargs.get("is_split_into_words"):
+            delimiter = " " if kwargs.get("delimiter") is None else kwargs["delimiter"]
+            if not isinstance(delimiter, str):
+                raise InvalidInputError(f"delimiter must be a string, got {delimiter!r}")
+        return strategy, set(ignore), stride, delimiter
+
+    def _sentences(self, inputs: Any, split: bool) -> tuple[list[Any], bool]:
+        """Texts (or lists of words when split), and whether one was given alone."""
+        if not split:
+            return self.texts(inputs)
+        if isinstance(inputs, list) and inputs and all(isinstance(w, str) for w in inputs):
+            # transformers runs a single list of words as a batch of one and returns it nested
+            return [inputs], False
+        if isinstance(inputs, list) and all(isinstance(s, list) and all(isinstance(w, str) for w in s) for s in inputs):
+            return inputs, False
+        raise InvalidInputError("with is_split_into_words=True the input is a list of words, or a list of such lists")
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        self.check_arguments(kwargs)
+        strategy, ignore, stride, delimiter = self._options(kwargs)
+        split = delimiter is not None
+        sentences, single = self._sentences(inputs, split)
+        tokenizer = self.tokenizer if stride is None else self.tokenizer.with_truncation("longest_first", stride=stride)
+        encodings = tokenizer.encode(sentences, is_pretokenized=split)
+        # without a stride transformers keeps the first window only (the text is truncated)
+        windows = [[e, *e.overflowing] if stride is not None else [e] for e in encodings]
+        rows = iter(self.run([w for group in windows for w in group], [self.output], per_token=True))
+        if strategy in ("first", "average", "max") and not self.word_aware:
+            warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=3)
+        results = []
+        for sentence, group in zip(sentences, windows):
+            word_chars = None
+            if split:
+                word_chars, position = [], 0
+                for word in sentence:
+                    word_chars.append(position)
+                    position += len(word) + len(delimiter)
+                sentence = delimiter.join(sentence)
+            entities = []
+            for window in group:
+                (logits,) = next(rows)
+                pre_entities = self._gather(sentence, window, _softmax(logits.astype(np.float32)), word_chars)
+                entities += [e for e in self._aggregate(pre_entities, strategy)
+                             if e.get("entity") not in ignore and e.get("entity_group") not in ignore]
+            results.append(_merge_overlapping(entities) if len(group) > 1 else entities)
+        return results[0] if single else results
+
+    def _gather(self, sentence: str, window: Any, scores: np.ndarray, word_chars: list[int] | None) -> list[dict[str, Any]]:
+        """Each non-special token with its scores, character span and whether it continues a word."""
+        backend = self.tokenizer.backend
+        pre_entities = []
+        for index, token_id in enumerate(window.ids):
+            if window.special_tokens_mask[index]:
+                continue
+            word = backend.id_to_token(token_id)
+            start, end = window.offsets[index]
+            if word_chars is not None and window.word_ids[index] is not None:
+                start += word_chars[window.word_ids[index]]
+                end += word_chars[window.word_ids[index]]
+            reference = sentence[start:end]
+            if self.word_aware:
+                is_subword = len(word) != len(reference)
+            else:
+                is_subword = start > 0 and " " not in sentence[start - 1: start + 1]
+            if token_id == self.unk_id:
+                word, is_subword = reference, False
+            pre_entities.append({"word": word, "scores": scores[index], "start": start, "end": end,
+                                 "index": index, "is_subword": is_subword})
+        return pre_entities
+
+    def _aggregate(self, pre_entities: list[dict[str, Any]], strategy: str) -> list[dict[str, Any]]:
+        labels = self.ctx.labels(len(pre_entities[0]["scores"])) if pre_entities else []
+        if strategy in ("none", "simple"):
+            entities = []
+            for pre in pre_entities:
+                best = int(pre["scores"].argmax())
+                entities.append({"entity": labels[best], "score": float(pre["scores"][best]), "index": pre["index"],
+                                 "word": pre["word"], "start": pre["start"], "end": pre["end"]})
+            if strategy == "none":
+                return entities
+        else:
+            groups: list[list[dict[str, Any]]] = []
+            for pre in pre_entities:
+                if groups and pre["is_subword"]:
+                    groups[-1].append(pre)
+                else:
+                    groups.append([pre])
+            entities = [self._aggregate_word(group, strategy, labels) for group in groups]
+        return self._group_entities(entities)
+
+    def _aggregate_word(self, tokens: list[dict[str, Any]], strategy: str, labels: list[str]) -> dict[str, Any]:
+        """One word from its tokens, labelled by its first token, its most confident token, or the mean."""
+        import numpy as np
+
+        if strategy == "first":
+            scores = tokens[0]["scores"]
+        elif strategy == "max":
+            scores = max(tokens, key=lambda t: t["scores"].max())["scores"]
+        else:
+            scores = np.nanmean(np.stack([t["scores"] for t in tokens]), axis=0)
+        best = int(scores.argmax())
+        return {"entity": labels[best], "score": float(scores[best]),
+                "word": self.tokenizer.tokens_to_string([t["word"] for t in tokens]),
+                "start": tokens[0]["start"], "end": tokens[-1]["end"]}
+
+    def _group_entities(self, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adjacent entities of one tag joined, a B- label starting a new one."""
+        import numpy as np
+
+        groups: list[list[dict[str, Any]]] = []
+        for entity in entities:
+            bi, tag = _bio_tag(entity["entity"])
+            if groups and tag == _bio_tag(groups[-1][-1]["entity"])[1] and bi != "B":
+                groups[-1].append(entity)
+            else:
+                groups.append([entity])
+        return [{
+            "entity_group": group[0]["entity"].split("-", 1)[-1],
+            "score": float(np.nanmean([e["score"] for e in group])),
+            "word": self.tokenizer.tokens_to_string([e["word"] for e in group]),
+            "start": group[0]["start"],
+            "end": group[-1]["end"],
+        } for group in groups]
+
+
+def _decode_spans(start: np.ndarray, end: np.ndarray, top_k: int, max_answer_len: int,
+                  desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top_k (start, end) token spans by start x end probability, end >= start, at most max_answer_len
+    tokens; numpy calls as transformers' decode_spans, so that ties fall the same way."""
+    import numpy as np
+
+    outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
+    candidates = np.tril(np.triu(outer), max_answer_len - 1)
+    scores_flat = candidates.flatten()
+    if top_k == 1:
+        idx_sort = np.array([np.argmax(scores_flat)])
+    elif len(scores_flat) < top_k:
+        idx_sort = np.argsort(-scores_flat)
+    else:
+        idx = np.argpartition(-scores_flat, top_k)[0:top_k]
+        idx_sort = idx[np.argsort(-scores_flat[idx])]
+    starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
+    # transformers tests membership in desired.nonzero() of the (1, n) mask, row indices included
+    allowed = desired.nonzero()
+    keep = np.isin(starts, allowed) & np.isin(ends, allowed)
+    starts, ends = starts[keep], ends[keep]
+    return starts, ends, candidates[0, starts, ends]
+
+
+class _QuestionAnswering(_TextTask):
+    """question-answering (extractive), as transformers 4.57's QuestionAnsweringPipeline (transformers 5
+    dropped it): answer spans in the context, long contexts read in doc_stride windows."""
+
+    name = "question-answering"
+    arguments = ("question", "context", "top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+                 "handle_impossible_answer", "align_to_words")
+    positional = True
+    keyword_inputs = True
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        names = ctx.output_names
+        if "start_logits" in names and "end_logits" in names:
+            self.outputs = ["start_logits", "end_logits"]
+        elif len(names) >= 2:
+            self.outputs = names[:2]
+        else:
+            raise MetadataValidationError(
+                f"question-answering needs start and end logits but the graph has outputs {names}; "
+                "export the model's *ForQuestionAnswering head (outputs start_logits, end_logits)"
+            )
+        # transformers puts the question where the padding is not: first when padding on the right
+        self.question_first = self.tokenizer.padding_side == "right"
+        self.cls_id = self.tokenizer.token_id("cls_token")
+
+    _NEEDS_CONTEXT = ("question-answering needs a question and a context: call runtime(question=..., context=...), "
+                      "runtime(question, context) or runtime({'question': ..., 'context': ...})")
+
+    def _examples(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
+        """(question, context) pairs from the call forms transformers accepts, and whether one was given."""
+        question, context = kwargs.pop("question", None), kwargs.pop("context", None)
+        if args:
+            if question is not None or context is not None:
+                raise InvalidInputError("pass the question and context either positionally or by name, not both")
+            if len(args) == 2 and all(isinstance(a, str) for a in args):
+                items: Any = [{"question": args[0], "context": args[1]}]
+            elif len(args) == 1:
+                items = args[0]
+            else:
+                items = list(args)
+        elif question is None or context is None:
+            raise InvalidInputError(self._NEEDS_CONTEXT + ("; the context is missing" if question is not None else ""))
+        elif isinstance(question, str) and isinstance(context, str):
+            items = [{"question": question, "context": context}]
+        elif isinstance(question, list) and isinstance(context, str):
+            items = [{"question": q, "context": context} for q in question]
+        elif isinstance(question, list) and isinstance(context, list):
+            if len(question) != len(context):
+                raise InvalidInputError(f"{len(question)} questions but {len(context)} contexts; pass one context per question")
+            items = [{"question": q, "context": c} for q, c in zip(question, context)]
+        else:
+            raise InvalidInputError(self._NEEDS_CONTEXT)
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise InvalidInputError(self._NEEDS_CONTEXT + f"; got a {type(items).__name__}")
+        examples = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise InvalidInputError(self._NEEDS_CONTEXT + f"; got a {type(item).__name__}")
+            for key in ("question", "context"):
+                value = item.get(key)
+                if not isinstance(value, str) or not value:
+                    found = "missing" if value is None else ("empty" if value == "" else f"a {type(value).__name__}")
+                    raise InvalidInputError(f"question-answering {key} is {found}; it must be a non-empty string")
+            examples.append((item["question"], item["context"]))
+        return examples, len(examples) == 1
+
+    @staticmethod
+    def _positive(kwargs: Mapping[str, Any], name: str, default: int) -> int:
+        value = kwargs.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        examples, single = self._examples(args, kwargs)
+        self.check_arguments(kwargs)
+        top_k = self._positive(kwargs, "top_k", 1)
+        max_answer_len = self._positive(kwargs, "max_answer_len", 15)
+        max_seq_len = self._positive(kwargs, "max_seq_len", min(self.tokenizer.max_length, 384))
+        if max_seq_len > self.tokenizer.max_length:
+            raise InvalidInputError(f"max_seq_len ({max_seq_len}) is longer than the model takes ({self.tokenizer.max_length})")
+        doc_stride = kwargs.get("doc_stride")
+        doc_stride = min(max_seq_len // 2, 128) if doc_stride is None else doc_stride
+        if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or doc_stride < 0:
+            raise InvalidInputError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
+        if doc_stride > max_seq_len:
+            raise InvalidInputError(f"doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
+        handle_impossible = bool(kwargs.get("handle_impossible_answer", False))
+        align_to_words = kwargs.get("align_to_words")
+        align_to_words = True if align_to_words is None else bool(align_to_words)
+
+        tokenizer = self.tokenizer.with_truncation(
+            "only_second" if self.question_first else "only_first", window=max_seq_len, stride=doc_stride
+        )
+        pairs = [(q, c) if self.question_first else (c, q) for q, c in examples]
+        try:
+            encodings = tokenizer.encode(pairs)
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"{exc}; a question must leave room for the context in max_seq_len ({max_seq_len}) tokens: "
+                "shorten the question or raise max_seq_len"
+            ) from None
+        windows = [[e, *e.overflowing] for e in encodings]
+        rows = iter(self.run([w for group in windows for w in group], self.outputs, per_token=True))
+        results = []
+        for (_, context), group in zip(examples, windows):
+            answers: list[dict[str, Any]] = []
+            min_null_score = 1000000.0  # large and positive, as transformers starts it
+            for window in group:
+                start, end = (np.asarray(r, dtype=np.float32)[None] for r in next(rows))
+                min_null_score = self._window_answers(window, start, end, context, answers, min_null_score,
+                                                      top_k * 2 + 10 if align_to_words else top_k,
+                                                      handle_impossible, max_answer_len, align_to_words)
+            if handle_impossible:
+                answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
+            answers = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
+            results.append(answers[0] if len(answers) == 1 else answers)
+        return results[0] if single else results
+
+    def _window_answers(self, window: Any, start: np.ndarray, end: np.ndarray, context: str, answers: list[dict[str, Any]],
+                        min_null_score: float, top_k: int, handle_impossible: bool, max_answer_len: int,
+                        align_to_words: bool) -> float:
+        """Add one window's candidate answers to answers (summing the scores of equal answers); returns
+        the smallest no-answer score seen so far."""
+        import numpy as np
+
+        # p_mask: 1 where no answer may be (question, special tokens) except the [CLS] tokens
+        p_mask = [int(s != 1) if self.question_first else 0 for s in window.sequence_ids]
+        for i, token_id in enumerate(window.ids):
+            if token_id == self.cls_id:
+                p_mask[i] = 0
+        desired = np.abs(np.array([p_mask]) - 1) & np.array([window.attention_mask])
+        masked = desired == 0
+        start = np.where(masked, np.float32(-10000.0), start)
+        end = np.where(masked, np.float32(-10000.0), end)
+        start = np.exp(start - start.max(axis=-1, keepdims=True))
+        start = start / start.sum()
+        end = np.exp(end - end.max(axis=-1, keepdims=True))
+        end = end / end.sum()
+        if handle_impossible:
+            min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
+        start[0, 0] = end[0, 0] = 0.0
+        sequence_index = 1 if self.question_first else 0
+        for s, e, score in zip(*_decode_spans(start, end, top_k, max_answer_len, desired)):
+            first, last = self._span(window, int(s), int(e), sequence_index, align_to_words)
+            text = context[first:last]
+            same = next((a for a in answers if a["answer"].lower() == text.lower()), None)
+            if same is not None:
+                same["score"] += score.item()
+            else:
+                answers.append({"score": score.item(), "start": first, "end": last, "answer": text})
+        return min_null_score
+
+    @staticmethod
+    def _span(window: Any, s: int, e: int, sequence_index: int, align_to_words: bool) -> tuple[int, int]:
+        """Character span of tokens s..e, widened to whole words when align_to_words and the tokens have words."""
+        if align_to_words:
+            start_word, end_word = window.token_to_word(s), window.token_to_word(e)
+            if start_word is not None and end_word is not None:
+                first = window.word_to_chars(start_word, sequence_index)
+                last = window.word_to_chars(end_word, sequence_index)
+                if first is not None and last is not None:
+                    return first[0], last[1]
+        return window.offsets[s][0], window.offsets[e][1]
+
+
 _POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # sentence-transformers modules whose work happens here (Transformer is the graph itself).
 SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -1306,8 +1795,10 @@ TASKS: dict[str, type[_Task]] = {
     "fill-mask": _FillMask,
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
+    "token-classification": _TokenClassification,
+    "question-answering": _QuestionAnswering,
 }
-TASK_ALIASES = {"sentiment-analysis": "text-classification"}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
 ########################################################################################################
@@ -1319,7 +1810,9 @@ class Runtime:
     """A self-contained ONNX model ready to call: ``Runtime("model.onnx")("text")``.
 
     Everything is built and checked here (metadata, tokenizer, session, task), so a call can only
-    fail on its inputs.
+    fail on its inputs. Lists run in length-sorted batches of batch_size. intra_op_num_threads and
+    graph_optimization_level ("disable", "basic", "extended", "all") set the onnxruntime session;
+    for anything else pass an onnxruntime.SessionOptions as session_options.
     """
 
     def __init__(
@@ -1331,6 +1824,8 @@ class Runtime:
         session_options: Any = None,
         batch_size: int = 32,
         max_decompressed_size: int = MAX_DECOMPRESSED_SIZE,
+        intra_op_num_threads: int | None = None,
+        graph_optimization_level: str | None = None,
     ) -> None:
         self.path = _model_path(path)
         self.metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
@@ -1345,7 +1840,8 @@ class Runtime:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.config: Mapping[str, Any] = self.metadata.get(KEY_MODEL_CONFIG) or {}
         self.tokenizer = load_tokenizer(self.metadata)
-        self.session = _session(self.path, providers, session_options)
+        options = _session_options(session_options, intra_op_num_threads, graph_optimization_level)
+        self.session = _session(self.path, providers, options)
         self._task = TASKS[self.task](_Context(self.session, self.metadata, self.tokenizer, batch_size))
 
     def _task_name(self, task: str | None) -> str:
@@ -1359,11 +1855,15 @@ class Runtime:
             raise TaskDetectionError(f"task {name!r} is not supported by this runtime; supported: {', '.join(sorted(TASKS))}")
         return name
 
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on one input or a list, returning what the transformers pipeline returns."""
-        if args and not self._task.positional:
-            raise InvalidInputError(f"{self.task} takes the inputs as its only positional argument; pass options by name")
-        return self._task(inputs, *args, **kwargs)
+        if not args and not self._task.keyword_inputs:
+            raise InvalidInputError(f"{self.task} needs its inputs: runtime(text) or runtime([text, ...])")
+        if len(args) > 1 and not self._task.positional:
+            raise InvalidInputError(
+                f"{self.task} takes the inputs as its only positional argument (a text or a list); pass options by name"
+            )
+        return self._task(*args, **kwargs)
 
     def encode(self, sentences: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
                normalize_embeddings: bool = False) -> np.ndarray:
@@ -1378,6 +1878,35 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
+
+
+_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                        "all": "ORT_ENABLE_ALL"}
+
+
+def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
+    """session_options, or new SessionOptions with the thread count and optimization level set."""
+    if threads is None and level is None:
+        return session_options
+    if session_options is not None:
+        raise InvalidInputError(
+            "pass either session_options or intra_op_num_threads/graph_optimization_level, not both; "
+            "set them on your SessionOptions instead"
+        )
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise InvalidInputError(f"intra_op_num_threads must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
+    if level is not None and level not in _OPTIMIZATION_LEVELS:
+        raise InvalidInputError(f"graph_optimization_level must be one of {', '.join(_OPTIMIZATION_LEVELS)}, got {level!r}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if level is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
+    return options
 
 
 def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
@@ -1414,9 +1943,12 @@ def pipeline(
     providers: Sequence[Any] | None = None,
     session_options: Any = None,
     batch_size: int = 32,
+    intra_op_num_threads: int | None = None,
+    graph_optimization_level: str | None = None,
 ) -> Runtime:
     """The design's name for Runtime: ``pipeline(model="model.onnx")``."""
-    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size)
+    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size,
+                   intra_op_num_threads=intra_op_num_threads, graph_optimization_level=graph_optimization_level)
 
 
 class ONNXAutoModel:
@@ -1452,8 +1984,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="onnxmeta_runtime", description="Run a self-contained ONNX model.")
     parser.add_argument("model", help="a self-contained .onnx file")
-    parser.add_argument("inputs", nargs="*", help="texts to run the model on")
+    parser.add_argument("inputs", nargs="*", help="texts to run the model on (question-answering: a question and a context)")
     parser.add_argument("--metadata", action="store_true", help="print the embedded metadata as JSON and exit")
+    parser.add_argument("--task", help="run as this task instead of the embedded one")
+    parser.add_argument("--options", default="{}", metavar="JSON",
+                        help='task options as a JSON object, e.g. \'{"aggregation_strategy": "simple"}\'')
     args = parser.parse_args(argv)
     try:
         if args.metadata or not args.inputs:
@@ -1461,8 +1996,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
             summary = {k: (f"<{len(v)} characters>" if k == KEY_TOKENIZER_JSON else v) for k, v in metadata.items()}
             print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
             return 0
-        runtime = Runtime(args.model)
-        result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"--options is not JSON ({exc}); e.g. --options '{{\"top_k\": 3}}'") from None
+        if not isinstance(options, dict):
+            raise InvalidInputError("--options must be a JSON object, e.g. --options '{\"top_k\": 3}'")
+        runtime = Runtime(args.model, task=args.task)
+        if runtime.task == "question-answering":
+            if len(args.inputs) != 2:
+                raise InvalidInputError("question-answering takes two inputs, a question and a context: "
+                                        "model.onnx 'Where do I live?' 'I live in Berlin.'")
+            result = runtime(question=args.inputs[0], context=args.inputs[1], **options)
+        else:
+            result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0], **options)
         print(json.dumps(result, indent=2, ensure_ascii=False))
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)

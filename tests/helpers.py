@@ -55,9 +55,15 @@ def bert_tokenizer_folder(folder: Path) -> None:
         trained_wordpiece(folder)
 
 
-def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: bool = False, output: str = "logits") -> Path:
-    """torch.onnx.export with dynamic batch and sequence axes; model left in eval mode."""
+def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: bool = False,
+                output: str | Sequence[str] = "logits") -> Path:
+    """torch.onnx.export with dynamic batch and sequence axes; model left in eval mode.
+
+    output names the model output(s) to export: "logits", or several, e.g. ("start_logits", "end_logits").
+    """
     import torch
+
+    outputs = [output] if isinstance(output, str) else list(output)
 
     class Wrapped(torch.nn.Module):
         def __init__(self) -> None:
@@ -65,7 +71,8 @@ def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: b
             self.model = model
 
         def forward(self, *tensors: Any) -> Any:
-            return getattr(self.model(**dict(zip(input_names, tensors))), output)
+            result = self.model(**dict(zip(input_names, tensors)))
+            return tuple(getattr(result, name) for name in outputs) if len(outputs) > 1 else getattr(result, outputs[0])
 
     model.eval()
     dummy = tuple(torch.ones((2, 7), dtype=torch.long) if n != "token_type_ids" else torch.zeros((2, 7), dtype=torch.long)
@@ -73,11 +80,12 @@ def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: b
     axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
     if dynamo:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", min=2, max=512)
-        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=[output], dynamo=True,
+        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=outputs, dynamo=True,
                           dynamic_shapes=(tuple({0: batch, 1: seq} for _ in input_names),), external_data=False)
     else:
-        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=[output],
-                          dynamic_axes={**axes, output: {0: "batch"}}, opset_version=17, dynamo=False)
+        output_axes = {name: {0: "batch"} for name in outputs}
+        torch.onnx.export(Wrapped().eval(), dummy, path, input_names=list(input_names), output_names=outputs,
+                          dynamic_axes={**axes, **output_axes}, opset_version=17, dynamo=False)
     model.eval()  # export restores training mode; the oracle must not run dropout
     return path
 
@@ -137,18 +145,50 @@ def optimum_python() -> Path:
     return python
 
 
+def for_transformers_4(folder: Path) -> Path:
+    """A copy of a model folder that transformers 4.57 (the Optimum environment) loads: transformers 5 saves
+    extra_special_tokens as a list (T5's <extra_id_N>), which 4.57 reads as a dict of named tokens."""
+    import json
+
+    copy = folder.parent / f"{folder.name}-transformers4"
+    if copy.exists():
+        return copy
+    shutil.copytree(folder, copy)
+    config_path = copy / "tokenizer_config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("extra_special_tokens"), list):
+            config["additional_special_tokens"] = config.pop("extra_special_tokens")
+            config_path.write_text(json.dumps(config))
+    return copy
+
+
 def optimum_export(model_folder: Path, output: Path, task: str) -> Path:
-    """Export a local model folder with Optimum's exporter (no hub); returns the output folder."""
+    """Export a local model folder with Optimum's exporter (no hub); returns the output folder.
+
+    Always as a transformers model: a sentence-transformers folder would make Optimum import the system's
+    sentence-transformers, which needs transformers 5, from the 4.57 environment.
+    """
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [str(optimum_python()), "-m", "optimum.exporters.onnx", "--model", str(model_folder), "--task", task, str(output)],
+        [str(optimum_python()), "-m", "optimum.exporters.onnx", "--model", str(for_transformers_4(model_folder)), "--task", task,
+         "--library-name", "transformers", str(output)],
         capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
     )
     if result.returncode != 0:
         pytest.fail(f"optimum export failed:\n{result.stderr[-3000:]}")
     return output
+
+
+def optimum_embedded(model_folder: Path, tmp_path: Path, export_task: str, **embed_options: Any) -> Path:
+    """Optimum's export of a model folder with the folder's metadata embedded (vocabulary included)."""
+    from authoring import embed_metadata
+
+    exported = optimum_export(model_folder, tmp_path / "optimum", export_task)
+    embed_metadata(exported / "model.onnx", model_folder, tmp_path / "model.onnx", include_vocab=True, **embed_options)
+    return tmp_path / "model.onnx"
 
 
 def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
@@ -166,6 +206,18 @@ def hub_tokenizer_folder(name: str, tokenizer_class: str) -> Any:
         config.setdefault("tokenizer_class", tokenizer_class)
         config_path.write_text(json.dumps(config))
         AutoTokenizer.from_pretrained(staging).save_pretrained(folder)
+
+    return build
+
+
+def limited(tokenizer_folder_fn: Any, max_length: int = 128) -> Any:
+    """A tokenizer_folder_fn whose tokenizer says model_max_length=max_length: the tiny models have 128
+    positions, and the pipeline cuts long texts (stride windows, QA spans) at the tokenizer's limit."""
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer_folder_fn(folder)
+        AutoTokenizer.from_pretrained(folder, model_max_length=max_length).save_pretrained(folder)
 
     return build
 

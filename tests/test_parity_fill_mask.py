@@ -34,6 +34,17 @@ def with_clean_up(tokenizer_folder_fn: Any) -> Any:
     return build
 
 
+def sentencepiece_with_mask(folder: Path) -> None:
+    """T5's SentencePiece Unigram tokenizer plus an XLM-R style <mask> (lstrip): a SentencePiece fill-mask family."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    hub_tokenizer_folder("t5-small", "T5Tokenizer")(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"mask_token": AddedToken("<mask>", lstrip=True, special=True)})
+    tokenizer.save_pretrained(folder)
+
+
 FAMILIES = {
     # WordPiece; transformers 5 saves clean_up_tokenization_spaces=False
     "bert": (bert_tokenizer_folder, "bert", ["input_ids", "attention_mask", "token_type_ids"]),
@@ -41,6 +52,8 @@ FAMILIES = {
     "bert-clean-up": (with_clean_up(bert_tokenizer_folder), "bert", ["input_ids", "attention_mask", "token_type_ids"]),
     # byte-level BPE, <mask> with lstrip; clean_up_tokenization_spaces=True, which transformers 5 ignores for BPE
     "roberta": (with_clean_up(hub_tokenizer_folder("roberta-base", "RobertaTokenizer")), "roberta", ["input_ids", "attention_mask"]),
+    # SentencePiece Unigram ("▁" word starts, Metaspace decoder) with an added <mask>
+    "t5-unigram": (sentencepiece_with_mask, "bert", ["input_ids", "attention_mask"]),
 }
 
 
@@ -109,7 +122,8 @@ def test_lists_keep_order_across_length_buckets(pair):
 def test_targets(pair):
     text = pair.texts(TEXTS)[0]
     vocabulary = pair.oracle.tokenizer.get_vocab()
-    words = [w for w in ("the", "Ġthe", "capital", "Ġcapital", "of", "Ġof", "city") if w in vocabulary]
+    words = [w for w in ("the", "Ġthe", "▁the", "capital", "Ġcapital", "▁capital", "of", "Ġof", "▁of", "city")
+             if w in vocabulary]
     assert len(words) >= 3
     assert_parity(pair.runtime(text, targets=words), pair.oracle(text, targets=words))
     assert_parity(pair.runtime(text, targets=words[0]), pair.oracle(text, targets=words[0]))
@@ -173,6 +187,7 @@ def test_clean_up_tokenization_spaces(pair):
         "bert": "it ' s a test, isn ' t it? yes!",  # the WordPiece decoder cleans up within tokens only
         "bert-clean-up": "it's a test, isn't it? yes!",
         "roberta": "It's a test, isn't it ? Yes !",
+        "t5-unigram": "It's a test, isn't it? Yes!",  # Metaspace decoding, then the clean-up
     }[pair.family]
 
 
@@ -189,3 +204,14 @@ def test_tokenizer_without_mask_token(tmp_path):
         rt.Runtime(tmp_path / "model.onnx")
     assert str(info.value) == ("fill-mask needs a mask token but the embedded tokenizer config has no mask_token; "
                                "re-embed from a tokenizer that defines one")
+
+
+@pytest.mark.optimum
+@pytest.mark.parametrize("pair", ["bert"], indirect=True)  # one family for the exporter; tokenizers are covered above
+def test_optimum_export(pair, tmp_path):
+    """Optimum's exporter on the same weights gives the same proposals."""
+    from helpers import optimum_embedded
+
+    runtime = rt.Runtime(optimum_embedded(pair.path.parent / "hf", tmp_path, "fill-mask"))
+    texts = pair.texts(TEXTS + MULTI)
+    assert_parity(runtime(texts, top_k=3), pair.oracle(texts, top_k=3))

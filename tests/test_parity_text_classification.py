@@ -166,3 +166,23 @@ def test_tokenizer_families(family, tmp_path):
     # longer than the model: truncated to its real limit (RoBERTa positions start after padding_idx)
     assert runtime.tokenizer.max_length == 128
     assert runtime("word " * 600)[0]["label"] in {"NEGATIVE", "NEUTRAL", "POSITIVE"}
+
+
+def test_cross_encoder_pairs_in_batches(tmp_path):
+    """A cross-encoder (one logit, sigmoid) scoring many sentence pairs, run in length-sorted buckets."""
+    from authoring import embed_metadata
+    from transformers import AutoTokenizer, pipeline
+
+    model = tiny_classifier(tmp_path / "hf", num_labels=1, seed=7)
+    plain = export_onnx(model, tmp_path / "plain.onnx", ["input_ids", "attention_mask", "token_type_ids"])
+    embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
+    oracle = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    query = "How do I bake bread?"
+    passages = [t for t in TEXTS if t] + [p["text_pair"] for p in PAIRS] + ["Knead the dough, let it rise, bake at 220 C."]
+    pairs = [{"text": query, "text_pair": passage} for passage in passages]
+    for batch_size in (1, 3, 32):
+        runtime = rt.Runtime(tmp_path / "model.onnx", batch_size=batch_size)
+        assert_parity(runtime(pairs), oracle(pairs))
+        assert_parity(runtime(pairs, top_k=None), oracle(pairs, top_k=None))
+    scores = [r["score"] for r in runtime(pairs)]
+    assert all(0 < s < 1 for s in scores) and len({round(s, 4) for s in scores}) == len(pairs)

@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_parity, export_onnx, tiny_classifier
+from helpers import assert_parity, bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, tiny_classifier
 from runtime_under_test import rt
 
 SEQUENCES = ["Who are you voting for in 2020?", "The new graphics card renders games at 200 frames per second."]
 LABELS = ["politics", "technology", "cooking", "sports"]
 
+FAMILIES = {
+    "bert-wordpiece": (bert_tokenizer_folder, "bert", ["input_ids", "attention_mask", "token_type_ids"]),
+    "roberta-bpe": (hub_tokenizer_folder("roberta-base", "RobertaTokenizer"), "roberta", ["input_ids", "attention_mask"]),
+    "t5-unigram": (hub_tokenizer_folder("t5-small", "T5Tokenizer"), "bert", ["input_ids", "attention_mask"]),
+}
 
-@pytest.fixture(scope="module")
-def nli(tmp_path_factory):
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+def nli_model(folder, tokenizer_folder_fn=bert_tokenizer_folder, model_type="bert"):
+    """A random-weight 3-way NLI classifier with MNLI's label order, upper case as some hub configs have it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tiny_classifier(folder, tokenizer_folder_fn, model_type=model_type, num_labels=3, seed=4)
+    config = AutoConfig.from_pretrained(folder)
+    config.id2label = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    model = AutoModelForSequenceClassification.from_pretrained(folder, config=config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def nli(request, tmp_path_factory):
+    from transformers import AutoTokenizer, pipeline
 
     from authoring import embed_metadata
 
-    root = tmp_path_factory.mktemp("nli")
-    tiny_classifier(root / "hf", num_labels=3, seed=4)
-    config = AutoConfig.from_pretrained(root / "hf")
-    config.id2label = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}  # MNLI order, upper case as some hubs
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    model = AutoModelForSequenceClassification.from_pretrained(root / "hf", config=config).eval()
-    model.save_pretrained(root / "hf")
-    plain = export_onnx(model, root / "plain.onnx", ["input_ids", "attention_mask", "token_type_ids"])
+    tokenizer_folder_fn, model_type, inputs = FAMILIES[request.param]
+    root = tmp_path_factory.mktemp(f"nli_{request.param}")
+    model = nli_model(root / "hf", tokenizer_folder_fn, model_type)
+    plain = export_onnx(model, root / "plain.onnx", inputs)
     metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True, task="zero-shot-classification")
     oracle = pipeline("zero-shot-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(root / "hf"))
     return rt.Runtime(root / "model.onnx"), oracle, metadata
@@ -68,3 +83,17 @@ def test_errors(nli):
         runtime([1, 2], candidate_labels=LABELS)
     with pytest.raises(rt.InvalidInputError, match="text-classification takes the inputs as its only positional argument"):
         rt.Runtime(runtime.path, task="text-classification")("x", ["a"])
+
+
+@pytest.mark.optimum
+def test_optimum_export(tmp_path):
+    """Optimum's exporter (text-classification head) on the same NLI weights."""
+    from transformers import AutoTokenizer, pipeline
+
+    from helpers import optimum_embedded
+
+    model = nli_model(tmp_path / "hf")
+    runtime = rt.Runtime(optimum_embedded(tmp_path / "hf", tmp_path, "text-classification", task="zero-shot-classification"))
+    oracle = pipeline("zero-shot-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    for kwargs in ({}, {"multi_label": True}):
+        assert_parity(runtime(SEQUENCES, candidate_labels=LABELS, **kwargs), oracle(SEQUENCES, candidate_labels=LABELS, **kwargs))

@@ -62,9 +62,10 @@ def test_file_without_metadata(bert_classifier):
 
 def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
     with pytest.raises(rt.TaskDetectionError) as info:
-        rt.Runtime(bert_embedded, task="token-classification")
-    assert str(info.value) == ("task 'token-classification' is not supported by this runtime; supported: "
-                               "feature-extraction, fill-mask, text-classification, zero-shot-classification")
+        rt.Runtime(bert_embedded, task="text-generation")
+    assert str(info.value) == ("task 'text-generation' is not supported by this runtime; supported: "
+                               "feature-extraction, fill-mask, question-answering, text-classification, "
+                               "token-classification, zero-shot-classification")
     from authoring import embed
 
     from authoring.discovery import discover

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import bert_tokenizer_folder, export_onnx, shared
+from helpers import bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, shared, tiny_model
 from runtime_under_test import rt
 
 SENTENCES = [
@@ -155,3 +155,48 @@ def test_encode_errors(minilm, bert_embedded):
     with pytest.raises(rt.TaskDetectionError, match="encode\\(\\) needs a feature-extraction model; this one is text-classification"):
         rt.Runtime(bert_embedded).encode("x")
     assert runtime.encode([]).shape == (0,)
+
+
+ENCODER_FAMILIES = {
+    "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
+    "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
+}
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_tokenizer_families(family, tmp_path):
+    """Token embeddings as the pipeline gives them, and SentenceTransformer's default (mean pooling) of a plain
+    transformers encoder, for byte-level BPE and SentencePiece tokenizers."""
+    from authoring import embed_metadata
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, pipeline
+
+    name, tokenizer_class, model_type, inputs = ENCODER_FAMILIES[family]
+    model = tiny_model(tmp_path / "hf", "AutoModel", hub_tokenizer_folder(name, tokenizer_class), model_type=model_type, seed=6)
+    plain = export_onnx(model, tmp_path / "plain.onnx", inputs, output="last_hidden_state")
+    metadata = embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
+    assert metadata[rt.KEY_PIPELINE_TASK] == "feature-extraction"
+    runtime = rt.Runtime(tmp_path / "model.onnx", batch_size=2)
+    oracle = pipeline("feature-extraction", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    texts = SENTENCES[:5]
+    for actual, expected in zip(runtime(texts), oracle(texts)):
+        assert np.array(actual).shape == np.array(expected).shape
+        np.testing.assert_allclose(np.array(actual), np.array(expected), atol=1e-4, rtol=0)
+    expected = SentenceTransformer(str(tmp_path / "hf"), device="cpu").encode(texts)
+    actual = runtime.encode(texts)
+    np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+    assert len({round(float(v), 4) for v in actual[:, 0]}) == len(texts)
+
+
+@pytest.mark.optimum
+def test_optimum_export(tmp_path):
+    """Optimum's feature-extraction export of a sentence-transformers folder: same sentence embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    from helpers import optimum_embedded
+
+    folder = shutil.copytree(shared("sentence-transformers__all-MiniLM-L6-v2"), tmp_path / "hf",
+                             ignore=shutil.ignore_patterns("onnx*"))
+    runtime = rt.Runtime(optimum_embedded(folder, tmp_path, "feature-extraction"))
+    expected = SentenceTransformer(str(folder), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(runtime.encode(SENTENCES), expected, atol=1e-5, rtol=0)

@@ -68,6 +68,7 @@ def test_undetermined():
 
 def test_override():
     assert resolve_task({}, "sentiment-analysis") == "text-classification"
+    assert resolve_task({}, "ner") == "token-classification"
     assert resolve_task({"architectures": ["BertForSequenceClassification"]}, "zero-shot-classification") == "zero-shot-classification"
     with pytest.raises(rt.TaskDetectionError, match="unknown task 'nope'"):
         resolve_task({}, "nope")

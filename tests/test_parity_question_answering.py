@@ -1,0 +1,197 @@
+"""question-answering parity: the runtime on ONNX vs transformers 4.57's QuestionAnsweringPipeline (transformers 5
+removed it) on the same weights, for WordPiece, byte-level BPE and SentencePiece Unigram tokenizers.
+
+The oracle runs in the Optimum environment (transformers 4.57; created on first use by
+helpers.optimum_python()) through tests/oracles/question_answering.py; its answers are computed on each run,
+never checked in. Tolerance: answers and character offsets identical, scores within 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import (ROOT, assert_parity, export_onnx, for_transformers_4, hub_tokenizer_folder, limited, optimum_python,
+                     tiny_model)
+from runtime_under_test import rt
+
+pytestmark = pytest.mark.optimum  # the oracle lives in the Optimum environment
+
+CONTEXT = ("My name is Wolfgang and I live in Berlin. Berlin is the capital of Germany and has about "
+           "3.7 million inhabitants; its river is the Spree.")
+QUESTIONS = ["Where do I live?", "What is my name?", "How many people live in Berlin?"]
+LONG = " ".join(f"Paragraph {i}: the museum number {i} opened in {1900 + 7 * i} near the old harbour of Hamburg."
+                for i in range(20))
+UNICODE = "Der Kölner Dom wurde 1248 begonnen — 東京 ist weit weg, naïve Gäste trinken Café crème."
+
+CASES: list[dict[str, Any]] = [
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT}},
+    {"args": [QUESTIONS[1], CONTEXT]},
+    {"args": [{"question": QUESTIONS[2], "context": CONTEXT}]},
+    {"args": [[{"question": q, "context": CONTEXT} for q in QUESTIONS]]},
+    {"kwargs": {"question": QUESTIONS, "context": CONTEXT}},
+    {"kwargs": {"question": QUESTIONS[:2], "context": [CONTEXT, UNICODE]}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "top_k": 3}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "top_k": 12}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "max_answer_len": 1, "top_k": 2}},
+    {"kwargs": {"question": QUESTIONS[2], "context": CONTEXT, "max_answer_len": 4, "top_k": 5}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "handle_impossible_answer": True, "top_k": 3}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "handle_impossible_answer": True}},
+    {"kwargs": {"question": QUESTIONS[0], "context": CONTEXT, "align_to_words": False, "top_k": 4}},
+    {"kwargs": {"question": "When did museum 17 open?", "context": LONG, "top_k": 3}},
+    {"kwargs": {"question": "When did museum 17 open?", "context": LONG, "max_seq_len": 48, "doc_stride": 16, "top_k": 5}},
+    {"kwargs": {"question": "When did museum 3 open?", "context": LONG, "max_seq_len": 40, "doc_stride": 8,
+                "handle_impossible_answer": True, "top_k": 2}},
+    {"kwargs": {"question": "Wann wurde der Dom begonnen?", "context": UNICODE, "top_k": 3}},
+]
+
+FAMILIES = {
+    # uncased WordPiece of the real distilbert SQuAD model; [CLS] stays a possible (impossible-answer) position
+    "bert-wordpiece": ("distilbert-base-uncased-distilled-squad", "DistilBertTokenizer", "bert",
+                       ["input_ids", "attention_mask", "token_type_ids"]),
+    # byte-level BPE: answers start after a leading space, pair template <s> q </s></s> c </s>
+    "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
+    # SentencePiece Unigram: no [CLS] at all, words start with "▁"
+    "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
+    # padding on the left: transformers puts the context first and truncates it as the first sequence
+    "bert-left-padding": ("distilbert-base-uncased-distilled-squad", "BertTokenizer", "bert",
+                          ["input_ids", "attention_mask", "token_type_ids"]),
+}
+
+
+def left_padding(tokenizer_folder_fn: Any) -> Any:
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer_folder_fn(folder)
+        AutoTokenizer.from_pretrained(folder, padding_side="left").save_pretrained(folder)
+
+    return build
+
+
+def oracle_answers(folder: Path, cases: list[dict[str, Any]]) -> list[Any]:
+    """What transformers 4.57's pipeline answers for each case, from the Optimum environment."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(optimum_python()), str(ROOT / "tests" / "oracles" / "question_answering.py"), str(for_transformers_4(folder))],
+        input=json.dumps(cases), capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
+    )
+    if result.returncode != 0:
+        pytest.fail(f"question-answering oracle failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout)
+
+
+class Family:
+    """A QA model folder, its embedded ONNX export, and the oracle's answers to CASES."""
+
+    def __init__(self, name: str, folder: Path, path: Path, expected: list[Any]) -> None:
+        self.name, self.folder, self.path, self.expected = name, folder, path, expected
+        self.runtime = rt.Runtime(path)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory) -> Family:
+    from authoring import embed_metadata
+
+    name, tokenizer_class, model_type, inputs = FAMILIES[request.param]
+    root = tmp_path_factory.mktemp(f"qa_{request.param}")
+    tokenizer_folder_fn = limited(hub_tokenizer_folder(name, tokenizer_class))
+    if request.param == "bert-left-padding":
+        tokenizer_folder_fn = left_padding(tokenizer_folder_fn)
+    model = tiny_model(root / "hf", "AutoModelForQuestionAnswering", tokenizer_folder_fn, model_type=model_type, seed=5)
+    plain = export_onnx(model, root / "plain.onnx", inputs, output=("start_logits", "end_logits"))
+    metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True)
+    assert metadata[rt.KEY_PIPELINE_TASK] == "question-answering"
+    return Family(request.param, root / "hf", root / "model.onnx", oracle_answers(root / "hf", CASES))
+
+
+def call(runtime: Any, case: dict[str, Any]) -> Any:
+    return runtime(*case.get("args", []), **case.get("kwargs", {}))
+
+
+def test_oracle_answers_are_not_degenerate(family):
+    assert not any(isinstance(e, dict) and "error" in e for e in family.expected), family.expected
+    answers = {json.dumps(e, sort_keys=True) for e in family.expected}
+    assert len(answers) >= 10
+    assert isinstance(family.expected[6], list) and len(family.expected[6]) == 3
+    assert {a["answer"] for a in family.expected[6]} != {family.expected[0]["answer"]}
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_case(family, index):
+    assert_parity(call(family.runtime, CASES[index]), family.expected[index])
+
+
+def test_answers_come_from_the_context(family):
+    for case, expected in zip(CASES, family.expected):
+        answers = expected if isinstance(expected, list) else [expected]
+        context = case.get("kwargs", {}).get("context", CONTEXT)
+        if isinstance(context, str):
+            for answer in answers:
+                assert context[answer["start"]:answer["end"]] == answer["answer"]
+
+
+def test_windows_cover_a_long_context(family):
+    tokens = family.runtime.tokenizer.encode([LONG])[0]
+    assert len(tokens.ids) == 128 and tokens.overflowing  # LONG needs several windows
+    late = family.runtime(question="When did museum 17 open?", context=LONG, max_seq_len=48, doc_stride=16, top_k=20)
+    # a 48-token window holds about 150 characters of context: answers further on come from later windows
+    assert max(a["start"] for a in late) > 300
+
+
+def test_batches_across_buckets(family):
+    runtime = rt.Runtime(family.path, batch_size=2)
+    for index in (3, 5, 14):
+        assert_parity(call(runtime, CASES[index]), family.expected[index])
+
+
+def test_bad_inputs(family):
+    runtime = family.runtime
+    with pytest.raises(rt.InvalidInputError, match="needs a question and a context.*the context is missing"):
+        runtime(question="Where?")
+    with pytest.raises(rt.InvalidInputError, match="needs a question and a context"):
+        runtime("Where do I live?")
+    with pytest.raises(rt.InvalidInputError, match="needs a question and a context"):
+        runtime()
+    with pytest.raises(rt.InvalidInputError, match="question-answering context is empty"):
+        runtime(question="Where?", context="")
+    with pytest.raises(rt.InvalidInputError, match="question-answering question is missing"):
+        runtime({"context": CONTEXT})
+    with pytest.raises(rt.InvalidInputError, match="2 questions but 1 contexts"):
+        runtime(question=QUESTIONS[:2], context=[CONTEXT])
+    with pytest.raises(rt.InvalidInputError, match="top_k must be a positive integer"):
+        runtime(question="Where?", context=CONTEXT, top_k=0)
+    with pytest.raises(rt.InvalidInputError, match=r"doc_stride \(50\) is larger than max_seq_len \(40\)"):
+        runtime(question="Where?", context=CONTEXT, max_seq_len=40, doc_stride=50)
+    with pytest.raises(rt.InvalidInputError, match=r"max_seq_len \(512\) is longer than the model takes \(128\)"):
+        runtime(question="Where?", context=CONTEXT, max_seq_len=512)
+    with pytest.raises(rt.InvalidInputError, match="shorten the question or raise max_seq_len"):
+        runtime(question="why " * 60, context=CONTEXT, max_seq_len=40, doc_stride=8)
+    with pytest.raises(rt.InvalidInputError, match="does not take 'candidate_labels'"):
+        runtime(question="Where?", context=CONTEXT, candidate_labels=["a"])
+
+
+def test_optimum_export(family, tmp_path):
+    """Optimum's exporter on the same weights gives the same answers."""
+    from authoring import embed_metadata
+
+    from helpers import optimum_export
+
+    exported = optimum_export(family.folder, tmp_path / "optimum", "question-answering")
+    embed_metadata(exported / "model.onnx", exported, tmp_path / "model.onnx", include_vocab=True)
+    runtime = rt.Runtime(tmp_path / "model.onnx")
+    assert [o.name for o in runtime.session.get_outputs()] == ["start_logits", "end_logits"]
+    for index in (0, 4, 10, 15):
+        assert_parity(call(runtime, CASES[index]), family.expected[index])
+
+
+def test_runtime_cli(family, capsys):
+    assert rt._main([str(family.path), QUESTIONS[0], CONTEXT, "--options", '{"top_k": 2}']) == 0
+    assert json.loads(capsys.readouterr().out) == family.runtime(question=QUESTIONS[0], context=CONTEXT, top_k=2)
+    assert rt._main([str(family.path), QUESTIONS[0]]) == 1
+    assert "question-answering takes two inputs, a question and a context" in capsys.readouterr().err
