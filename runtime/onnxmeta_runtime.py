@@ -1277,6 +1277,7 @@ class _TokenClassification(_TextTask):
 
     name = "token-classification"
     arguments = ("aggregation_strategy", "ignore_labels", "stride", "is_split_into_words", "delimiter")
+    per_token = True
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)

@@ -201,8 +201,8 @@ def test_hostile_configuration_values(workdir, task, config, tokenizer, sentence
     })
     path = workdir / "hostile.onnx"
     # token-level tasks get a graph with a token axis, so that their whole path runs
-    graph = {"fill-mask": corpus.token_graph_model(10), "feature-extraction": corpus.token_graph_model()}.get(
-        task) or corpus.graph_model()
+    graph = {"fill-mask": corpus.token_graph_model(10), "feature-extraction": corpus.token_graph_model(),
+             "token-classification": corpus.token_graph_model()}.get(task) or corpus.graph_model()
     path.write_bytes(graph + b"".join(corpus.entry(k, v) for k, v in rt.encode_metadata(meta)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -213,6 +213,11 @@ def test_hostile_configuration_values(workdir, task, config, tokenizer, sentence
             elif task == "fill-mask":
                 runtime(["i [MASK] this movie", "[MASK] [MASK]"], top_k=3)
                 runtime("i [MASK] this", targets=["love", "hate"])
+            elif task == "token-classification":
+                runtime(["i love this movie", ""])
+                runtime("i love this movie", aggregation_strategy="simple")
+            elif task == "question-answering":
+                runtime(question="what do i love", context="i love this movie")
             elif task == "feature-extraction":
                 runtime(["i love this movie", ""])
                 runtime.encode(["i love this movie", "hate"])

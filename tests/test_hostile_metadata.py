@@ -83,7 +83,7 @@ def test_json_null_means_not_set(tmp_path):
     assert runtime.tokenizer.padding_side == "right" and runtime.tokenizer.pad_token_type_id == 0
 
 
-@pytest.mark.parametrize("task", ["feature-extraction", "fill-mask"])
+@pytest.mark.parametrize("task", ["feature-extraction", "fill-mask", "token-classification"])
 def test_token_tasks_need_a_token_axis(tmp_path, task):
     with pytest.raises(rt.MetadataValidationError) as info:
         rt.Runtime(build(tmp_path, task=task))
