@@ -1037,7 +1037,13 @@ class _TextTask(_Task):
             # would shift every token of the shorter texts and make results depend on the batch, while
             # transformers' pipelines run one text at a time, unpadded.
             feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right")
-            results = self.ctx.session.run(list(outputs), feed)
+            try:
+                results = self.ctx.session.run(list(outputs), feed)
+            except Exception as exc:  # onnxruntime's own exception types, e.g. a token id past the embedding table
+                raise MetadataValidationError(
+                    f"onnxruntime cannot run the model on this input: {exc}; the embedded tokenizer and the graph "
+                    "may disagree (python -m authoring validate --check-graph)"
+                ) from None
             for position, i in enumerate(chunk):
                 n = len(encodings[i].ids)
                 row = [out[position] for out in results]

@@ -140,3 +140,21 @@ def test_fill_mask_output_narrower_than_the_vocabulary(tmp_path):
         rt.Runtime(build(tmp_path, graph=corpus.token_graph_model(), task="fill-mask"))
     assert str(info.value) == ("fill-mask output 'logits' scores 2 tokens but the embedded tokenizer has 10; "
                                "was the graph exported for another task?")
+
+
+def test_a_token_id_past_the_embedding_table_is_our_error(tmp_path):
+    """A tokenizer with more tokens than the graph's table (no digest to catch the edit): onnxruntime fails
+    inside Gather at call time, and the error says where to look."""
+    vocab = {**corpus.VOCAB, "extra": 10}
+    document = {**corpus.TOKENIZER_JSON, "model": {**corpus.TOKENIZER_JSON["model"], "vocab": vocab}}
+    path = tmp_path / "model.onnx"
+    meta = corpus.metadata(**{rt.KEY_TOKENIZER_JSON: rt.canonical_json(document)})
+    path.write_bytes(corpus.written(meta))
+    runtime = rt.Runtime(path)
+    assert runtime("i love this movie")[0]["label"] == "POSITIVE"
+    with pytest.raises(rt.MetadataValidationError) as info:
+        runtime("i love extra")
+    message = str(info.value)
+    assert message.startswith("onnxruntime cannot run the model on this input: ")
+    assert "indices element out of data bounds, idx=10" in message
+    assert message.endswith("; the embedded tokenizer and the graph may disagree (python -m authoring validate --check-graph)")
