@@ -64,14 +64,15 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def bounded_read(path: Path) -> None:
-    """outcome() of a read, allocating no more than a few times the file (plus a small constant)."""
+    """outcome() of a read, allocating no more than a few times the file plus a constant (256 KiB: JSON
+    nested up to the recursion limit holds one frame per level before it is refused)."""
     tracemalloc.start()
     try:
         outcome(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 64 * 1024 + 8 * path.stat().st_size, peak
+    assert peak < 256 * 1024 + 8 * path.stat().st_size, peak
 
 
 @FUZZ
