@@ -85,10 +85,11 @@ def test_sigkill_at_random_moments_never_loses_the_file(tmp_path, layout):
 
     rnd = random.Random(5)
     outcomes = []
-    for _ in range(10 if layout == "temp" else 20):
+    # the first kill right away, the others anywhere up to well past the measured duration
+    for delay in [0.0, *(rnd.uniform(0, duration * 1.6) for _ in range(9 if layout == "temp" else 19))]:
         target.write_bytes(original)
         child, began = start(target)
-        time.sleep(rnd.uniform(0, duration * 1.6))
+        time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait(60)
         journal = (tmp_path / ".model.onnx.onnxmeta-undo").exists()
@@ -103,10 +104,9 @@ def test_sigkill_at_random_moments_never_loses_the_file(tmp_path, layout):
         assert all(name.startswith(f".model.onnx.{child.pid}.") for name in left), left
         outcomes.append(("new" if after == expected else "old", bool(left) or journal))
     # Some kills landed during the write (a temp file was left), or the test proved nothing. The tail
-    # rewrite takes milliseconds, too short to hit reliably; tests/test_scale.py kills it inside the window.
+    # rewrite takes milliseconds, too short to hit reliably; tests/test_scale.py tears it inside the window.
     if layout == "temp":
         assert ("old", True) in outcomes, outcomes
-    assert ("old", False) in outcomes or ("old", True) in outcomes, outcomes
 
     # The next embed removes the killed process's temp file and writes the same bytes as ever.
     from authoring.embedder import embed
