@@ -111,6 +111,8 @@ KEYS = STRING_KEYS | JSON_KEYS
 _UNPREFIXED_KEYS = frozenset({KEY_FEATURE_ENGINEERING, KEY_EXPORT_CONFIG})
 
 COMPRESSED_SUFFIX = ":compressed"
+# Older writers marked a compressed value by this prefix on the value instead of the key suffix; read only.
+LEGACY_GZIP_PREFIX = "gzip:"
 DEFAULT_COMPRESS_THRESHOLD = 10 * 1024
 """Values whose UTF-8 text is longer than this many bytes are stored gzip + base64."""
 COMPRESSION_LEVEL = 6
@@ -538,6 +540,9 @@ def decode_metadata(
         if raw_key.endswith(COMPRESSED_SUFFIX) and is_format_key(raw_key[: -len(COMPRESSED_SUFFIX)]):
             key = raw_key[: -len(COMPRESSED_SUFFIX)]
             value = _decompress(key, value, max_decompressed_size)
+        elif value.startswith(LEGACY_GZIP_PREFIX) and is_format_key(raw_key):
+            # No JSON value and no value this format writes starts so: the prefix is unambiguous.
+            value = _decompress(key, value[len(LEGACY_GZIP_PREFIX):], max_decompressed_size)
         if key in texts and is_format_key(key):
             raise MetadataReadError(f"metadata key {key!r} appears more than once; the file is ambiguous")
         texts[key] = value

@@ -143,6 +143,17 @@ def written(meta: dict[str, Any], threshold: int | None = 1024) -> bytes:
     return graph_model() + b"".join(entry(k, v) for k, v in rt.encode_metadata(meta, compress_threshold=threshold))
 
 
+def gzip_prefixed() -> bytes:
+    """The metadata of written() with every compressed value marked by a 'gzip:' value prefix on the plain key,
+    as older writers stored them, instead of the ':compressed' key suffix."""
+    props = []
+    for key, value in rt.encode_metadata(metadata(), compress_threshold=1024):
+        if key.endswith(rt.COMPRESSED_SUFFIX):
+            key, value = key[: -len(rt.COMPRESSED_SUFFIX)], rt.LEGACY_GZIP_PREFIX + value
+        props.append(entry(key, value))
+    return graph_model() + b"".join(props)
+
+
 def modelinsider() -> bytes:
     """What the original design's MetadataEmbedder writes (seed-design.md, _add_metadata_prop): json.dumps
     with compact separators but unsorted keys and ASCII escapes, str() for everything else (so an
@@ -245,9 +256,11 @@ CASES: dict[str, Case] = {
         lambda: graph_model() + entry(rt.KEY_MODEL_CONFIG, "[" * 100_000), "JSON nested 100000 deep",
         "MetadataReadError: deep_json.onnx: metadata value 'hf_model_config' nests JSON too deeply to read"),
     "gzip_prefix_value.onnx": Case(
-        lambda: graph_model() + entry(rt.KEY_MODEL_CONFIG, "gzip:" + base64.b64encode(gzip.compress(b"{}", mtime=0)).decode()),
-        "a 'gzip:' value prefix, which no known writer uses (the original design marks the key with ':compressed')",
-        "MetadataReadError: gzip_prefix_value.onnx: metadata value 'hf_model_config' is not valid JSON"),
+        gzip_prefixed, "an older writer's 'gzip:' value prefix instead of the ':compressed' key suffix: read", "ok",
+        "ok: POSITIVE"),
+    "gzip_prefix_bad.onnx": Case(
+        lambda: graph_model() + entry(rt.KEY_MODEL_CONFIG, "gzip:not base64!"), "a 'gzip:' prefix on a value that is not base64",
+        "MetadataReadError: gzip_prefix_bad.onnx: compressed value 'hf_model_config' is not valid base64"),
     "invalid_utf8_key.onnx": Case(
         lambda: GRAPH + entry(b"hf_\xff\xfe", "v"), "a key that is not UTF-8",
         f"MetadataReadError: invalid_utf8_key.onnx {_ERR}metadata_props entry is not valid UTF-8 "
