@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local model folder or a hub id (bert-base-uncased)")
     p.add_argument("--output", "-o", help="write here instead of replacing the input (a folder for a folder)")
     p.add_argument("--jobs", "-j", type=int, help="files embedded at once for a folder (default: up to 8)")
+    p.add_argument("--in-place", action="store_true",
+                   help="rewrite only the metadata at the end of the file, through an undo journal (fast; a reader "
+                        "during the rewrite can see a torn file, a crash is undone by the next embed) instead of "
+                        "replacing the file atomically")
     p.add_argument("--include-vocab", action="store_true", help="embed tokenizer.json with its vocabulary (level full)")
     p.add_argument("--level", choices=list(EMBEDDING_LEVELS), help="how much to embed (default: essential)")
     p.add_argument("--no-compress", action="store_true", help="store every value as plain text")
@@ -69,7 +73,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
     if Path(args.onnx).is_dir():
         return _embed_folder(args, metadata, threshold)
-    report = embed(args.onnx, metadata, args.output, compress_threshold=threshold)
+    report = embed(args.onnx, metadata, args.output, compress_threshold=threshold, in_place=args.in_place)
     print(f"embedded {len(report.entries)} entries ({report.total_bytes / 1024:.1f} KB) into {report.output_path}")
     print(f"  task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}, level: {metadata[rt.KEY_EMBEDDING_LEVEL]}")
     for e in report.entries:
@@ -98,6 +102,7 @@ def _embed_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold:
                   f"{result.report.total_bytes / 1024:.1f} KB{copied}", file=sys.stderr, flush=True)
 
     results = embed_folder(args.onnx, metadata, args.output, compress_threshold=threshold, max_workers=args.jobs,
+                           in_place=args.in_place,
                            progress=progress)
     done = [r for r in results if r.report is not None]
     print(f"embedded level {metadata[rt.KEY_EMBEDDING_LEVEL]} metadata (task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}) "

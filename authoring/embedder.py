@@ -263,20 +263,24 @@ def _rewrite_tail(path: Path, scan: rt.ModelScan, offset: int, tail: bytes, chec
 
 
 def write_props(onnx_path: str | os.PathLike[str], props: Sequence[tuple[str, str]],
-                output_path: str | os.PathLike[str] | None = None, *, verify: bool = True) -> list[str]:
+                output_path: str | os.PathLike[str] | None = None, *, verify: bool = True,
+                in_place: bool = False) -> list[str]:
     """Replace the format's metadata_props of an ONNX file with props, keeping every other byte.
 
     The top-level fields are copied byte for byte in their order, without parsing the graph; the old
     format entries are dropped and the new ones written where the first metadata entry stood (or before
     the first field after metadata_props). Returns the keys of the foreign entries that were kept.
 
-    Written in place, a file whose metadata_props close it (as onnx.save and this tool write them) only
-    has its tail rewritten, through an undo journal (see _rewrite_tail); otherwise the file is written to
-    a temp file with kernel copies of the unchanged fields, fsynced and renamed over the output.
+    By default the file is written to a temp file beside the output (kernel copies of the unchanged
+    fields), fsynced and renamed over it: the output is the old file or the complete new one, whatever
+    happens, and readers that have it open keep the old bytes. With in_place, replacing a file whose
+    metadata_props close it (as onnx.save and this tool write them) only rewrites its tail, through an
+    fsynced undo journal (see _rewrite_tail): faster, but a process killed half-way leaves a torn file
+    until the next write or recover() restores it, and a reader during the rewrite can see it torn.
     """
     src = Path(onnx_path)
     dst = Path(output_path) if output_path is not None else src
-    in_place = dst == src or (dst.exists() and os.path.samefile(src, dst))
+    same_file = dst == src or (dst.exists() and os.path.samefile(src, dst))
     recover(src)
     for name in _remove_stale_temps(dst):
         logger.info("removed %s, left by an embed that was killed", name)
@@ -294,7 +298,7 @@ def write_props(onnx_path: str | os.PathLike[str], props: Sequence[tuple[str, st
     expected_size = scan.size + len(block) - sum(f.end - f.start for f in scan.fields if f.start in dropped)
     tail_fields = [f for f in scan.fields if f.start >= insert_at]
 
-    if (in_place and _CAN_LOCK and os.access(src, os.W_OK) and scan.size - insert_at <= _MAX_TAIL
+    if (in_place and same_file and _CAN_LOCK and os.access(src, os.W_OK) and scan.size - insert_at <= _MAX_TAIL
             and all(f.number == rt.FIELD_METADATA_PROPS for f in tail_fields)):
         with open(src, "rb") as f:
             kept = b""
@@ -351,10 +355,13 @@ def embed(
     *,
     compress_threshold: int | None = rt.DEFAULT_COMPRESS_THRESHOLD,
     validate: bool = True,
+    in_place: bool = False,
 ) -> EmbedReport:
     """Embed a metadata dict (as discovered) into an ONNX file; compress_threshold in bytes or None.
 
     export_config, unless given, records how the graph was exported (ir_version, opsets, producer).
+    in_place rewrites only the metadata at the end of the file (see write_props) instead of replacing
+    the file atomically.
     """
     recover(onnx_path)
     if rt.KEY_EXPORT_CONFIG not in metadata:
@@ -364,7 +371,7 @@ def embed(
     # gets copies of the data files (before the model, so that a model never points at missing data).
     files = data_files(onnx_path)
     copied = copy_data_files(onnx_path, output_path) if files and output_path is not None else []
-    preserved = write_props(onnx_path, props, output_path, verify=validate)
+    preserved = write_props(onnx_path, props, output_path, verify=validate, in_place=in_place)
     entries = []
     for key, value in props:
         logical = key.removesuffix(rt.COMPRESSED_SUFFIX)
@@ -400,6 +407,7 @@ def embed_folder(
     validate: bool = True,
     max_workers: int | None = None,
     progress: Callable[[int, int, FolderResult], None] | None = None,
+    in_place: bool = False,
 ) -> list[FolderResult]:
     """Embed the same metadata into every .onnx file of an export folder (Optimum's encoder_model.onnx,
     decoder_model.onnx, decoder_with_past_model.onnx, decoder_model_merged.onnx, model.onnx...) in a
@@ -415,7 +423,7 @@ def embed_folder(
     def one(path: Path) -> FolderResult:
         try:
             report = embed(path, metadata, None if out_folder is None else out_folder / path.name,
-                           compress_threshold=compress_threshold, validate=validate)
+                           compress_threshold=compress_threshold, validate=validate, in_place=in_place)
             return FolderResult(os.fspath(path), report)
         except (MetadataError, OSError) as exc:
             return FolderResult(os.fspath(path), error=exc)
@@ -442,6 +450,7 @@ def embed_metadata(
     level: str | None = None,
     task: str | None = None,
     compress_threshold_kb: float | None = None,
+    in_place: bool = False,
 ) -> dict[str, Any]:
     """Discover a model's metadata and embed it into an ONNX file; returns the metadata embedded.
 
@@ -452,7 +461,7 @@ def embed_metadata(
     metadata = MetadataDiscovery().discover(model_name_or_path, level=chosen.name, task=task)
     embed(onnx_path, metadata, output_path,
           compress_threshold=compress_threshold(chosen.name, compress_large_configs, compress_threshold_kb),
-          validate=validate)
+          validate=validate, in_place=in_place)
     return metadata
 
 

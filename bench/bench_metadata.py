@@ -112,7 +112,7 @@ def _child(op: str, model: str, meta: str, out: str) -> None:
     elif op == "embed":
         result = authoring.embed(model, metadata, out)
     elif op == "embed_inplace":
-        result = authoring.embed(out, metadata)
+        result = authoring.embed(out, metadata, in_place=True)
     elif op == "onnx_save":
         proto = onnx.load(model)
         del proto.metadata_props[:]

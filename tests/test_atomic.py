@@ -50,12 +50,12 @@ CHILD = textwrap.dedent("""
     import make_corpus
     from authoring.embedder import embed
     print("ready", flush=True)
-    embed(sys.argv[1], make_corpus.metadata(), sys.argv[2] if len(sys.argv) > 2 else None)
+    embed(sys.argv[1], make_corpus.metadata(), in_place=sys.argv[2] == "tail")
     print("done", flush=True)
 """).format(runtime=str(ROOT / "runtime"), root=str(ROOT), corpus=str(ROOT / "tests" / "corpus"))
 
 
-def start(*args: Path) -> tuple[subprocess.Popen, float]:
+def start(*args: Path | str) -> tuple[subprocess.Popen, float]:
     child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline() == "ready\n"
     return child, time.perf_counter()
@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_never_loses_the_file(tmp_path, layout):
     reference = tmp_path / "reference" / "model.onnx"
     reference.parent.mkdir()
     reference.write_bytes(original)
-    child, began = start(reference)
+    child, began = start(reference, layout)
     assert child.wait(120) == 0
     duration = time.perf_counter() - began
     expected = reference.read_bytes()
@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments_never_loses_the_file(tmp_path, layout):
     # the first kill right away, the others anywhere up to well past the measured duration
     for delay in [0.0, *(rnd.uniform(0, duration * 1.6) for _ in range(9 if layout == "temp" else 19))]:
         target.write_bytes(original)
-        child, began = start(target)
+        child, began = start(target, layout)
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait(60)

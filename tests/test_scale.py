@@ -47,18 +47,36 @@ def test_in_place_embed_rewrites_only_the_tail(plain, metadata, monkeypatch):
 
     before, inode, size = plain.read_bytes(), plain.stat().st_ino, plain.stat().st_size
     monkeypatch.setattr(embedder, "_atomic_write", no_temp_write)
-    authoring.embed(plain, metadata)  # no metadata yet: an append
+    authoring.embed(plain, metadata, in_place=True)  # no metadata yet: an append
     assert plain.stat().st_ino == inode
     assert plain.read_bytes()[:size] == before  # every byte before the metadata untouched
     assert rt.read_metadata(plain)[rt.KEY_MODEL_CONFIG] == metadata[rt.KEY_MODEL_CONFIG]
     embedded_size = plain.stat().st_size
-    authoring.embed(plain, {**metadata, rt.KEY_PIPELINE_TASK: "feature-extraction"})  # replaces the tail
+    authoring.embed(plain, {**metadata, rt.KEY_PIPELINE_TASK: "feature-extraction"}, in_place=True)  # replaces the tail
     assert plain.stat().st_ino == inode and plain.stat().st_size == embedded_size - 1  # "feature-extraction" is one byte shorter
     assert rt.read_metadata(plain)[rt.KEY_PIPELINE_TASK] == "feature-extraction"
     assert plain.read_bytes()[:size] == before
     onnx.checker.check_model(onnx.load(plain))
     assert rt.Runtime(plain, task="text-classification")("good")[0]["label"] in {"NEGATIVE", "NEUTRAL", "POSITIVE"}
     assert sorted(os.listdir(plain.parent)) == ["model.onnx"]  # the journal is gone
+
+
+def test_default_replaces_the_file_atomically(plain, metadata, bert_classifier):
+    """Without in_place the file is renamed over: a reader holding the old file keeps consistent bytes."""
+    authoring.embed(plain, metadata)
+    inode = plain.stat().st_ino
+    with open(plain, "rb") as reader:
+        before = reader.read()
+        authoring.embed(plain, {**metadata, rt.KEY_PIPELINE_TASK: "fill-mask"})
+        reader.seek(0)
+        assert reader.read() == before  # the open file is the old one, whole
+    inode_after = plain.stat().st_ino
+    assert inode_after != inode
+    assert rt.read_metadata(plain)[rt.KEY_PIPELINE_TASK] == "fill-mask"
+    # the command line's --in-place rewrites the tail of the same file
+    assert cli.main(["embed", str(plain), str(bert_classifier.folder), "--in-place", "--task", "feature-extraction"]) == 0
+    assert plain.stat().st_ino == inode_after
+    assert rt.read_metadata(plain)[rt.KEY_PIPELINE_TASK] == "feature-extraction"
 
 
 def test_metadata_not_at_the_end_takes_the_temp_file_way(plain, metadata):
@@ -68,7 +86,7 @@ def test_metadata_not_at_the_end_takes_the_temp_file_way(plain, metadata):
     with open(plain, "ab") as f:
         f.write(trailing)
     inode = plain.stat().st_ino
-    authoring.embed(plain, {**metadata, rt.KEY_PIPELINE_TASK: "fill-mask"})
+    authoring.embed(plain, {**metadata, rt.KEY_PIPELINE_TASK: "fill-mask"}, in_place=True)
     assert plain.stat().st_ino != inode  # renamed over
     assert plain.read_bytes().endswith(trailing)
     assert rt.read_metadata(plain)[rt.KEY_PIPELINE_TASK] == "fill-mask"
@@ -102,7 +120,7 @@ def torn(fd, data, pos):  # killed half-way through writing the new tail
 
 embedder._pwrite_all = torn
 metadata = rt.read_metadata(sys.argv[2])
-embed(sys.argv[1], {**metadata, rt.KEY_PIPELINE_TASK: "feature-extraction"})
+embed(sys.argv[1], {**metadata, rt.KEY_PIPELINE_TASK: "feature-extraction"}, in_place=True)
 """
 
 
