@@ -34,6 +34,7 @@ def trained_wordpiece(folder: Path) -> None:
     corpus = [
         "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
         "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
+        "paris is the capital of france, a city on the river.", "it's a test, isn't it? yes! no.",
     ] * 20
     tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

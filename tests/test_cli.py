@@ -10,7 +10,8 @@ from authoring.cli import main
 
 def test_embed_inspect_validate(bert_classifier, tmp_path, capsys):
     out = tmp_path / "model.onnx"
-    assert main(["embed", str(bert_classifier.onnx), str(bert_classifier.folder), "--output", str(out), "--include-vocab"]) == 0
+    assert main(["embed", str(bert_classifier.onnx), str(bert_classifier.folder), "--output", str(out), "--include-vocab",
+                 "--compress-threshold", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"into {out}" in printed and "task: text-classification, level: full" in printed
     assert "hf_tokenizer_json" in printed and "(gzip of" in printed

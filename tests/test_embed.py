@@ -12,6 +12,7 @@ import pytest
 import authoring
 import onnxmeta_runtime as rt
 from authoring import embedder
+from helpers import shared
 from helpers import SHARED
 
 
@@ -38,6 +39,7 @@ def with_props(src, dst, props):
 
 
 def test_full_level(bert_classifier, bert_embedded):
+    shared("bert-base-uncased")  # a real vocabulary: tokenizer.json past the compression threshold
     md = rt.read_metadata(bert_embedded)
     config = json.loads((bert_classifier.folder / "config.json").read_text())
     assert md[rt.KEY_MODEL_CONFIG] == config  # config.json unmodified
@@ -122,6 +124,7 @@ def test_reembedding_replaces_stale_entries(bert_classifier, tmp_path):
 
 
 def test_compression_options(bert_classifier, tmp_path):
+    shared("bert-base-uncased")  # a real vocabulary: compression saves hundreds of KB
     plain, small = tmp_path / "plain.onnx", tmp_path / "small.onnx"
     authoring.embed_metadata(bert_classifier.onnx, bert_classifier.folder, plain, include_vocab=True,
                              compress_large_configs=False)

@@ -141,7 +141,8 @@ def test_pooling_modes_and_prompts(pooling, tmp_path):
     for kwargs in ({}, {"prompt_name": "query"}, {"prompt": "search: "}, {"normalize_embeddings": True}):
         expected = oracle.encode(texts, **kwargs)
         actual = runtime.encode(texts, **kwargs)
-        np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0, err_msg=str(kwargs))
+        # un-normalized tiny-model embeddings reach ~10: float32 kernels differ by ~1e-5 relative there
+        np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-5, err_msg=str(kwargs))
     assert not np.allclose(runtime.encode(texts[0]), runtime.encode(texts[2]), atol=1e-3)
     assert not np.allclose(runtime.encode(texts[0]), runtime.encode(texts[0], prompt_name="query"), atol=1e-5)
 
