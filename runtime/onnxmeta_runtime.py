@@ -822,11 +822,12 @@ class TextTokenizer:
         """The underlying tokenizers.Tokenizer."""
         return self._tokenizer
 
-    def encode(self, inputs: Sequence[Any], *, is_pretokenized: bool = False) -> list[Any]:
+    def encode(self, inputs: Sequence[Any], *, is_pretokenized: bool = False, add_special_tokens: bool = True) -> list[Any]:
         """Tokenize texts or (text, text_pair) tuples with special tokens, truncated to the window
         (max_length unless with_truncation said otherwise); is_pretokenized takes lists of words."""
         try:
-            return self._tokenizer.encode_batch(list(inputs), add_special_tokens=True, is_pretokenized=is_pretokenized)
+            return self._tokenizer.encode_batch(list(inputs), add_special_tokens=add_special_tokens,
+                                                is_pretokenized=is_pretokenized)
         except BaseException as exc:
             _reraise_unless_tokenizer_error(exc)
             if isinstance(exc, Exception):  # tokenizers reports it, e.g. a pair that cannot be truncated
@@ -850,7 +851,14 @@ class TextTokenizer:
     def tokens_to_string(self, tokens: Sequence[str]) -> str:
         """Tokens joined as transformers' convert_tokens_to_string does: through the decoder, no clean-up."""
         decoder = self._tokenizer.decoder
-        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
+        if decoder is None:
+            return " ".join(tokens)
+        try:
+            return decoder.decode(list(tokens))
+        except BaseException as exc:
+            _reraise_unless_tokenizer_error(exc)
+            raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
+                                               "tokenizer that transformers can load") from None
 
     def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any], *, side: str | None = None) -> dict[str, np.ndarray]:
         """Pad encodings to the longest into arrays named like the model inputs in dtypes, on the tokenizer's
@@ -1183,7 +1191,7 @@ class _FillMask(_TextTask):
         for target in targets:
             token_id = backend.token_to_id(target)
             if token_id is None:
-                pieces = backend.encode(target, add_special_tokens=False).ids
+                pieces = self.tokenizer.encode([target], add_special_tokens=False)[0].ids
                 if not pieces:
                     warnings.warn(f"target {target!r} is not in the vocabulary and has no tokens; ignoring it", stacklevel=3)
                     continue
