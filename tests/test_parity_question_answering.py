@@ -8,6 +8,7 @@ never checked in. Tolerance: answers and character offsets identical, scores wit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -20,7 +21,6 @@ from helpers import (ROOT, assert_parity, export_onnx, for_transformers_4, hub_t
                      tiny_model)
 from runtime_under_test import rt
 
-pytestmark = pytest.mark.optimum  # the oracle lives in the Optimum environment
 
 CONTEXT = ("My name is Wolfgang and I live in Berlin. Berlin is the capital of Germany and has about "
            "3.7 million inhabitants; its river is the Spree.")
@@ -87,11 +87,16 @@ def oracle_answers(folder: Path, cases: list[dict[str, Any]]) -> list[Any]:
 
 
 class Family:
-    """A QA model folder, its embedded ONNX export, and the oracle's answers to CASES."""
+    """A QA model folder, its embedded ONNX export, and the oracle's answers to CASES (asked for on first
+    use: only the tests marked optimum need the Optimum environment)."""
 
-    def __init__(self, name: str, folder: Path, path: Path, expected: list[Any]) -> None:
-        self.name, self.folder, self.path, self.expected = name, folder, path, expected
+    def __init__(self, name: str, folder: Path, path: Path) -> None:
+        self.name, self.folder, self.path = name, folder, path
         self.runtime = rt.Runtime(path)
+
+    @functools.cached_property
+    def expected(self) -> list[Any]:
+        return oracle_answers(self.folder, CASES)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -107,13 +112,14 @@ def family(request, tmp_path_factory) -> Family:
     plain = export_onnx(model, root / "plain.onnx", inputs, output=("start_logits", "end_logits"))
     metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True)
     assert metadata[rt.KEY_PIPELINE_TASK] == "question-answering"
-    return Family(request.param, root / "hf", root / "model.onnx", oracle_answers(root / "hf", CASES))
+    return Family(request.param, root / "hf", root / "model.onnx")
 
 
 def call(runtime: Any, case: dict[str, Any]) -> Any:
     return runtime(*case.get("args", []), **case.get("kwargs", {}))
 
 
+@pytest.mark.optimum  # the oracle lives in the Optimum environment
 def test_oracle_answers_are_not_degenerate(family):
     assert not any(isinstance(e, dict) and "error" in e for e in family.expected), family.expected
     answers = {json.dumps(e, sort_keys=True) for e in family.expected}
@@ -122,11 +128,13 @@ def test_oracle_answers_are_not_degenerate(family):
     assert {a["answer"] for a in family.expected[6]} != {family.expected[0]["answer"]}
 
 
+@pytest.mark.optimum  # the oracle lives in the Optimum environment
 @pytest.mark.parametrize("index", range(len(CASES)))
 def test_case(family, index):
     assert_parity(call(family.runtime, CASES[index]), family.expected[index])
 
 
+@pytest.mark.optimum  # the oracle lives in the Optimum environment
 def test_answers_come_from_the_context(family):
     for case, expected in zip(CASES, family.expected):
         answers = expected if isinstance(expected, list) else [expected]
@@ -144,6 +152,7 @@ def test_windows_cover_a_long_context(family):
     assert max(a["start"] for a in late) > 300
 
 
+@pytest.mark.optimum  # the oracle lives in the Optimum environment
 def test_batches_across_buckets(family):
     runtime = rt.Runtime(family.path, batch_size=2)
     for index in (3, 5, 14):
@@ -176,6 +185,7 @@ def test_bad_inputs(family):
         runtime(question="Where?", context=CONTEXT, candidate_labels=["a"])
 
 
+@pytest.mark.optimum  # the oracle lives in the Optimum environment
 def test_optimum_export(family, tmp_path):
     """Optimum's exporter on the same weights gives the same answers."""
     from authoring import embed_metadata
