@@ -748,6 +748,9 @@ class TokenizerProxy:
         return f"TokenizerProxy({self.config.get('tokenizer_class', 'tokenizer')}, no vocabulary)"
 
 
+_MAX_TOKENIZER_VARIANTS = 8
+
+
 class TextTokenizer:
     """A tokenizers.Tokenizer configured like the transformers tokenizer it was saved from."""
 
@@ -814,6 +817,8 @@ class TextTokenizer:
             if variant is None:
                 variant = TextTokenizer(self._source, self.config, self.max_length,
                                         truncation=strategy, window=key[1], stride=stride)
+                if len(self._variants) >= _MAX_TOKENIZER_VARIANTS:  # settings come from callers: keep a few
+                    del self._variants[next(iter(self._variants))]
                 self._variants[key] = variant
         return variant
 
@@ -1023,7 +1028,8 @@ class _TextTask(_Task):
     """A task on tokenized text: runs lists in length-sorted buckets of batch_size."""
 
     output = "logits"
-    per_token = False  # whether the output has a sequence axis: (batch, sequence, features)
+    per_token = False  # whether the outputs have a sequence axis, cut back to each text's own tokens
+    output_rank = 3  # the rank such an output has: (batch, sequence, features)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -1031,16 +1037,17 @@ class _TextTask(_Task):
         self.dtypes = ctx.text_input_dtypes()
         self.output = ctx.output_name(self.output)
         shape = next(o.shape for o in ctx.session.get_outputs() if o.name == self.output)
-        if self.per_token and shape and len(shape) != 3:
+        if self.per_token and shape and len(shape) != self.output_rank:
+            axes = "(batch, sequence, features)" if self.output_rank == 3 else "(batch, sequence)"
             raise MetadataValidationError(
-                f"{self.name} needs an output with a token axis (batch, sequence, features); output {self.output!r} "
+                f"{self.name} needs an output with a token axis {axes}; output {self.output!r} "
                 f"has shape {shape}; was the graph exported for another task?"
             )
 
-    def run(self, encodings: Sequence[Any], outputs: Sequence[str], *, per_token: bool = False) -> list[list[np.ndarray]]:
+    def run(self, encodings: Sequence[Any], outputs: Sequence[str]) -> list[list[np.ndarray]]:
         """The rows of the named outputs for each encoding, in caller order, run in length-sorted buckets.
 
-        per_token rows (outputs with a sequence axis) are cut back to the encoding's own tokens.
+        A per_token task's rows are cut back to the encoding's own tokens.
         """
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         rows: list[Any] = [None] * len(encodings)
@@ -1060,14 +1067,14 @@ class _TextTask(_Task):
             for position, i in enumerate(chunk):
                 n = len(encodings[i].ids)
                 row = [out[position] for out in results]
-                if per_token:
+                if self.per_token:
                     row = [r[:n] for r in row]
                 rows[i] = row
         return rows
 
-    def forward(self, encodings: Sequence[Any], *, per_token: bool = False) -> list[np.ndarray]:
+    def forward(self, encodings: Sequence[Any]) -> list[np.ndarray]:
         """The row of the task's output for each encoding, in caller order (see run)."""
-        return [row[0] for row in self.run(encodings, [self.output], per_token=per_token)]
+        return [row[0] for row in self.run(encodings, [self.output])]
 
     def texts(self, inputs: Any) -> tuple[list[str], bool]:
         """The inputs as a list of strings, and whether a single string was given."""
@@ -1253,7 +1260,7 @@ class _FillMask(_TextTask):
                 raise InvalidInputError(f"fill-mask input has no mask token {self.mask_token}{cut}: {shown!r}")
         results = [
             self.postprocess(encoding.ids, positions, logits, top_k, target_ids)
-            for encoding, positions, logits in zip(encodings, masks, self.forward(encodings, per_token=True))
+            for encoding, positions, logits in zip(encodings, masks, self.forward(encodings))
         ]
         # transformers unwraps a one-text list too.
         return results[0] if len(results) == 1 else results
@@ -1357,7 +1364,7 @@ class _TokenClassification(_TextTask):
         encodings = tokenizer.encode(sentences, is_pretokenized=split)
         # without a stride transformers keeps the first window only (the text is truncated)
         windows = [[e, *e.overflowing] if stride is not None else [e] for e in encodings]
-        rows = iter(self.run([w for group in windows for w in group], [self.output], per_token=True))
+        rows = iter(self.run([w for group in windows for w in group], [self.output]))
         if strategy in ("first", "average", "max") and not self.word_aware:
             warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=3)
         results = []
@@ -1489,6 +1496,8 @@ class _QuestionAnswering(_TextTask):
                  "handle_impossible_answer", "align_to_words")
     positional = True
     keyword_inputs = True
+    per_token = True
+    output_rank = 2  # start and end logits: (batch, sequence)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -1590,7 +1599,7 @@ class _QuestionAnswering(_TextTask):
                 "shorten the question or raise max_seq_len"
             ) from None
         windows = [[e, *e.overflowing] for e in encodings]
-        rows = iter(self.run([w for group in windows for w in group], self.outputs, per_token=True))
+        rows = iter(self.run([w for group in windows for w in group], self.outputs))
         results = []
         for (_, context), group in zip(examples, windows):
             answers: list[dict[str, Any]] = []
@@ -1715,7 +1724,7 @@ class _FeatureExtraction(_TextTask):
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         self.check_arguments(kwargs)
         texts, single = self.texts(inputs)
-        rows = self.forward(self.tokenizer.encode(texts), per_token=True) if texts else []
+        rows = self.forward(self.tokenizer.encode(texts)) if texts else []
         if kwargs.get("return_tensors"):
             results: list[Any] = [row[None] for row in rows]
         else:
@@ -1748,7 +1757,7 @@ class _FeatureExtraction(_TextTask):
         if not texts:
             return np.zeros((0,), dtype=np.float32)
         vectors = []
-        for tokens in self.forward(self.tokenizer.encode(texts), per_token=True):
+        for tokens in self.forward(self.tokenizer.encode(texts)):
             tokens = tokens.astype(np.float32)[skip:]
             vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
         out = np.stack(vectors)
@@ -1904,6 +1913,14 @@ _OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC
                         "all": "ORT_ENABLE_ALL"}
 
 
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    return onnxruntime
+
+
 def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
     """session_options, or new SessionOptions with the thread count and optimization level set."""
     if threads is None and level is None:
@@ -1917,10 +1934,7 @@ def _session_options(session_options: Any, threads: int | None, level: str | Non
         raise InvalidInputError(f"intra_op_num_threads must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
     if level is not None and level not in _OPTIMIZATION_LEVELS:
         raise InvalidInputError(f"graph_optimization_level must be one of {', '.join(_OPTIMIZATION_LEVELS)}, got {level!r}")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    ort = _onnxruntime()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -1930,10 +1944,7 @@ def _session_options(session_options: Any, threads: int | None, level: str | Non
 
 
 def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    ort = _onnxruntime()
     providers = list(providers or ["CPUExecutionProvider"])
     # onnxruntime quietly falls back to the CPU when a requested provider is missing (a CPU-only wheel
     # asked for CUDA); a caller who named a provider should know.
@@ -1956,19 +1967,9 @@ def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -
     return session
 
 
-def pipeline(
-    model: str | os.PathLike[str],
-    task: str | None = None,
-    *,
-    providers: Sequence[Any] | None = None,
-    session_options: Any = None,
-    batch_size: int = 32,
-    intra_op_num_threads: int | None = None,
-    graph_optimization_level: str | None = None,
-) -> Runtime:
-    """The design's name for Runtime: ``pipeline(model="model.onnx")``."""
-    return Runtime(model, task=task, providers=providers, session_options=session_options, batch_size=batch_size,
-                   intra_op_num_threads=intra_op_num_threads, graph_optimization_level=graph_optimization_level)
+def pipeline(model: str | os.PathLike[str], task: str | None = None, **options: Any) -> Runtime:
+    """The design's name for Runtime: ``pipeline(model="model.onnx")``; options as Runtime takes them."""
+    return Runtime(model, task=task, **options)
 
 
 class ONNXAutoModel:

@@ -7,7 +7,8 @@ import pytest
 
 # Test this checkout whatever an editable install elsewhere points at.
 _ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).parent), str(_ROOT / "runtime"), str(_ROOT)]
+# tests/corpus: make_corpus builds the crafted files and the small models many tests use.
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "corpus"), str(_ROOT / "runtime"), str(_ROOT)]
 
 from helpers import export_onnx, tiny_classifier  # noqa: E402
 

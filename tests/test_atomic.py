@@ -16,7 +16,6 @@ import pytest
 from runtime_under_test import rt
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 import make_corpus as corpus
 
 WEIGHTS_MB = 96  # large enough that the copy and fsync take a measurable time

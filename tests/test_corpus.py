@@ -3,7 +3,6 @@ and the committed bytes are what make_corpus.py builds."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 from runtime_under_test import rt
 
 CORPUS = Path(__file__).parent / "corpus"
-sys.path.insert(0, str(CORPUS))
 import make_corpus
 
 

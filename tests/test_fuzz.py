@@ -13,7 +13,6 @@ import base64
 import gzip
 import os
 import random
-import sys
 import time
 import tracemalloc
 import warnings
@@ -25,7 +24,6 @@ from hypothesis import strategies as st
 from runtime_under_test import rt
 
 CORPUS = Path(__file__).parent / "corpus"
-sys.path.insert(0, str(CORPUS))
 import make_corpus as corpus
 
 EXAMPLES = int(os.environ.get("ONNXMETA_FUZZ_EXAMPLES", "40"))

@@ -4,13 +4,11 @@ from deep inside a task."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from runtime_under_test import rt
 
-sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 import make_corpus as corpus
 
 

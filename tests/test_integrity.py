@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from helpers import shared
 from authoring import validate
 from authoring.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 import make_corpus as corpus
 
 

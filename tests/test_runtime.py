@@ -151,3 +151,13 @@ def test_unavailable_execution_provider_is_an_error(bert_embedded):
     options.intra_op_num_threads = 1
     runtime = rt.Runtime(bert_embedded, providers=[("CPUExecutionProvider", {})], session_options=options)
     assert runtime.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_truncation_variants_are_built_once_and_bounded(bert_embedded):
+    tokenizer = rt.Runtime(bert_embedded).tokenizer
+    first = tokenizer.with_truncation("only_second", window=64, stride=8)
+    assert tokenizer.with_truncation("only_second", window=64, stride=8) is first
+    assert first.window == 64 and len(first.encode(["word " * 200])[0].ids) == 64
+    for stride in range(20):
+        tokenizer.with_truncation("longest_first", stride=stride)
+    assert len(tokenizer._variants) == 8  # callers choose the settings: only the latest few are kept

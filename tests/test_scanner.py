@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from make_corpus import GRAPH, entry, varint
 from runtime_under_test import rt
-
-GRAPH = b"\x3a\x00"  # field 7 (graph), length-delimited, empty
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def entry(key: bytes, value: bytes) -> bytes:
-    body = b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(value)) + value
-    return b"\x72" + varint(len(body)) + body
 
 
 def write(tmp_path, data: bytes, name: str = "m.onnx"):

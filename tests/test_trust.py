@@ -15,7 +15,6 @@ import pytest
 from runtime_under_test import rt
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 import make_corpus as corpus
 
 GIB = 1 << 30
