@@ -155,8 +155,8 @@ def test_unavailable_execution_provider_is_an_error(bert_embedded):
 
 def test_truncation_variants_are_built_once_and_bounded(bert_embedded):
     tokenizer = rt.Runtime(bert_embedded).tokenizer
-    first = tokenizer.with_truncation("only_second", window=64, stride=8)
-    assert tokenizer.with_truncation("only_second", window=64, stride=8) is first
+    first = tokenizer.with_truncation("longest_first", window=64, stride=8)
+    assert tokenizer.with_truncation("longest_first", window=64, stride=8) is first
     assert first.window == 64 and len(first.encode(["word " * 200])[0].ids) == 64
     for stride in range(20):
         tokenizer.with_truncation("longest_first", stride=stride)
