@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import IO, Iterator, NamedTuple
+from typing import IO, NamedTuple
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataValidationError
@@ -36,36 +36,21 @@ class ExternalTensor(NamedTuple):
     location: str
 
 
-def _fields(f: IO[bytes], start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    pos = start
-    while pos < end:
-        f.seek(pos)
-        head = f.read(20)
-        try:
-            number, wire, data_start, field_end = rt._field_head(head, 0, end - pos)
-        except rt._Malformed as exc:
-            raise rt.MetadataReadError(f"malformed graph: {exc} (at byte {pos})") from None
-        yield number, wire, pos + data_start, pos + field_end
-        pos += field_end
-
-
 def _tensor(f: IO[bytes], start: int, end: int) -> ExternalTensor | None:
     name, location, external = "", None, False
-    for number, wire, data_start, field_end in _fields(f, start, end):
-        if number == _TENSOR_DATA_LOCATION and wire == rt._WIRE_VARINT:
-            f.seek(data_start)
-            external = rt._varint(f.read(10), 0)[0] == _EXTERNAL
-        elif wire != rt._WIRE_LEN or number not in (_TENSOR_NAME, _TENSOR_EXTERNAL_DATA) or field_end - data_start > 1 << 16:
+    for field in rt.iter_fields(f, start, end):
+        if field.number == _TENSOR_DATA_LOCATION and field.wire_type == rt.WIRE_VARINT:
+            f.seek(field.data_start)
+            external = rt.read_varint(f.read(10))[0] == _EXTERNAL
+        elif (field.wire_type != rt.WIRE_LEN or field.number not in (_TENSOR_NAME, _TENSOR_EXTERNAL_DATA)
+              or field.end - field.data_start > 1 << 16):
             continue
-        f.seek(data_start)
-        body = f.read(field_end - data_start)
-        if number == _TENSOR_NAME:
+        f.seek(field.data_start)
+        body = f.read(field.end - field.data_start)
+        if field.number == _TENSOR_NAME:
             name = body.decode("utf-8", "replace")
-        elif number == _TENSOR_EXTERNAL_DATA:
-            try:
-                key, value = rt._parse_entry(body)
-            except rt._Malformed as exc:
-                raise rt.MetadataReadError(f"malformed external_data entry: {exc} (at byte {data_start})") from None
+        elif field.number == _TENSOR_EXTERNAL_DATA:
+            key, value = rt.string_entry(body)
             if key == "location":
                 location = value
     return ExternalTensor(name, location) if external and location is not None else None
@@ -75,16 +60,16 @@ def _walk(f: IO[bytes], kind: str, start: int, end: int, depth: int, out: list[E
     if depth > _MAX_DEPTH:
         raise rt.MetadataReadError(f"graph nests deeper than {_MAX_DEPTH} levels")
     children = _SUBMESSAGES[kind]
-    for number, wire, data_start, field_end in _fields(f, start, end):
-        child = children.get(number)
-        if child is None or wire != rt._WIRE_LEN:
+    for field in rt.iter_fields(f, start, end):
+        child = children.get(field.number)
+        if child is None or field.wire_type != rt.WIRE_LEN:
             continue
         if child == "tensor":
-            tensor = _tensor(f, data_start, field_end)
+            tensor = _tensor(f, field.data_start, field.end)
             if tensor is not None:
                 out.append(tensor)
         else:
-            _walk(f, child, data_start, field_end, depth + 1, out)
+            _walk(f, child, field.data_start, field.end, depth + 1, out)
 
 
 def external_tensors(path: str | os.PathLike[str]) -> list[ExternalTensor]:
@@ -94,7 +79,7 @@ def external_tensors(path: str | os.PathLike[str]) -> list[ExternalTensor]:
     with open(path, "rb") as f:
         for field in scan.fields:
             kind = _SUBMESSAGES["model"].get(field.number)
-            if kind is not None and field.wire_type == rt._WIRE_LEN:
+            if kind is not None and field.wire_type == rt.WIRE_LEN:
                 _walk(f, kind, field.data_start, field.end, 0, out)
     return out
 

@@ -33,7 +33,8 @@ import time
 import warnings
 import zlib
 from collections import OrderedDict
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,30 +42,79 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = (
+    "COMPRESSED_SUFFIX",
+    "COMPRESSION_LEVEL",
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "FIELD_GRAPH",
+    "FIELD_METADATA_PROPS",
     "FORMAT_VERSION",
+    "JSON_KEYS",
     "KEYS",
+    "KEY_DIGEST",
+    "KEY_EMBEDDING_LEVEL",
+    "KEY_EXPORT_CONFIG",
+    "KEY_FEATURE_ENGINEERING",
+    "KEY_FEATURE_EXTRACTOR_CONFIG",
+    "KEY_GENERATION_CONFIG",
+    "KEY_IMAGE_PROCESSOR_CONFIG",
+    "KEY_MODEL_CONFIG",
+    "KEY_PIPELINE_CONFIG",
+    "KEY_PIPELINE_TASK",
+    "KEY_SENTENCE_TRANSFORMERS",
+    "KEY_TIMESTAMP",
+    "KEY_TOKENIZERS_VERSION",
+    "KEY_TOKENIZER_CONFIG",
+    "KEY_TOKENIZER_JSON",
+    "KEY_TRANSFORMERS_VERSION",
+    "KEY_VERSION",
+    "LEGACY_GZIP_PREFIX",
+    "MAX_DECOMPRESSED_SIZE",
+    "METADATA_CACHE_SIZE",
+    "PROCESSORS",
+    "SENTENCE_TRANSFORMERS_MODULES",
+    "STRING_KEYS",
+    "TASKS",
+    "TASK_ALIASES",
+    "WIRE_I32",
+    "WIRE_I64",
+    "WIRE_LEN",
+    "WIRE_VARINT",
+    "Entry",
+    "Field",
+    "InvalidInputError",
+    "MetadataEmbeddingError",
     "MetadataError",
     "MetadataExtractionError",
-    "MetadataEmbeddingError",
     "MetadataReadError",
     "MetadataValidationError",
-    "UnsupportedVersionError",
-    "ProcessorReconstructionError",
-    "TaskDetectionError",
-    "InvalidInputError",
-    "read_metadata",
-    "clear_metadata_cache",
-    "encode_metadata",
-    "decode_metadata",
-    "scan_model",
-    "model_info",
-    "TokenizerProxy",
-    "TextTokenizer",
-    "TASKS",
-    "Runtime",
-    "pipeline",
+    "ModelScan",
     "ONNXAutoModel",
     "ONNXAutoProcessor",
+    "ProcessorReconstructionError",
+    "Runtime",
+    "Session",
+    "TaskDetectionError",
+    "TextTokenizer",
+    "TokenizerProxy",
+    "UnsupportedVersionError",
+    "canonical_json",
+    "check_value_types",
+    "clear_metadata_cache",
+    "decode_metadata",
+    "encode_metadata",
+    "is_format_key",
+    "iter_fields",
+    "load_processor",
+    "load_tokenizer",
+    "metadata_digest",
+    "model_info",
+    "open_sessions",
+    "pipeline",
+    "read_metadata",
+    "read_varint",
+    "scan_model",
+    "string_entry",
+    "value_text",
 )
 
 
@@ -176,6 +226,51 @@ class InvalidInputError(MetadataError, ValueError):
     """The caller passed inputs or arguments the task cannot use."""
 
 
+# Checks of values callers pass, shared by Runtime's arguments and every task's options.
+
+_UNSET: Any = object()
+_REQUIRED: Any = object()
+_Check = Callable[[str, Any], Any]
+"""An option's check: (name, value given) -> the value to use, or InvalidInputError naming the option."""
+
+
+def _integer(minimum: int = 1, *, optional: bool = False, hint: str = "") -> _Check:
+    """An int (not a bool) of at least minimum; None too when optional."""
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise InvalidInputError(f"{name} must be {kind}{' or None' if optional else ''}{hint}, got {value!r}")
+        return value
+
+    return check
+
+
+def _choice(*choices: str) -> _Check:
+    """One of choices, case-insensitive; an enum member counts by its value."""
+
+    def check(name: str, value: Any) -> str:
+        text = getattr(value, "value", value)
+        if isinstance(text, str) and text.lower() in choices:
+            return text.lower()
+        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _flag(name: str, value: Any) -> bool:
+    """Any value, read for its truth as the transformers pipelines read flags."""
+    return bool(value)
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string, got {value!r}")
+    return value
+
+
 ########################################################################################################
 # Protobuf scanner
 ########################################################################################################
@@ -184,7 +279,8 @@ class InvalidInputError(MetadataError, ValueError):
 # holds the weights) are skipped by seeking, so a 400 MB model costs a handful of small reads.
 # Only field 14, metadata_props (StringStringEntryProto: key = 1, value = 2), is read.
 
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
+"""Protobuf wire types: varint, fixed 64-bit, length-delimited, fixed 32-bit."""
 FIELD_GRAPH = 7
 FIELD_METADATA_PROPS = 14
 _HEAD_BYTES = 20  # a tag varint and a length varint are at most 10 bytes each
@@ -195,7 +291,7 @@ class _Malformed(Exception):
 
 
 class Field(NamedTuple):
-    """One top-level field of a ModelProto: bytes [start, end) of the file, payload from data_start."""
+    """One field of a protobuf message in a file: bytes [start, end), its payload from data_start."""
 
     number: int
     wire_type: int
@@ -244,14 +340,14 @@ def _field_head(buf: bytes, pos: int, limit: int) -> tuple[int, int, int, int]:
     number, wire = tag >> 3, tag & 7
     if number == 0:
         raise _Malformed("field number 0")
-    if wire == _WIRE_VARINT:
+    if wire == WIRE_VARINT:
         _, end = _varint(buf, p)
         return number, wire, p, end
-    if wire == _WIRE_I64:
+    if wire == WIRE_I64:
         end = p + 8
-    elif wire == _WIRE_I32:
+    elif wire == WIRE_I32:
         end = p + 4
-    elif wire == _WIRE_LEN:
+    elif wire == WIRE_LEN:
         length, p = _varint(buf, p)
         end = p + length
     else:
@@ -268,7 +364,7 @@ def _parse_entry(body: bytes) -> tuple[str, str]:
     while pos < len(body):
         number, wire, start, end = _field_head(body, pos, len(body))
         if number in (1, 2):
-            if wire != _WIRE_LEN:
+            if wire != WIRE_LEN:
                 raise _Malformed(f"metadata_props field {number} has wire type {wire}, expected 2")
             try:
                 text = body[start:end].decode("utf-8")
@@ -282,17 +378,42 @@ def _parse_entry(body: bytes) -> tuple[str, str]:
     return key, value
 
 
-def _iter_fields(f: IO[bytes], size: int) -> Iterator[Field]:
-    pos = 0
-    while pos < size:
+def _fields(f: IO[bytes], start: int, end: int) -> Iterator[Field]:
+    pos = start
+    while pos < end:
         f.seek(pos)
         head = f.read(_HEAD_BYTES)
         try:
-            number, wire, data_start, end = _field_head(head, 0, size - pos)
+            number, wire, data_start, field_end = _field_head(head, 0, end - pos)
         except _Malformed as exc:
             raise _Malformed(f"{exc} (at byte {pos})") from None
-        yield Field(number, wire, pos, pos + data_start, pos + end)
-        pos += end
+        yield Field(number, wire, pos, pos + data_start, pos + field_end)
+        pos += field_end
+
+
+def iter_fields(f: IO[bytes], start: int, end: int) -> Iterator[Field]:
+    """The fields of the message at bytes [start, end) of an open file, in order; payloads are skipped by
+    seeking, never read. A malformed field raises MetadataReadError naming its byte offset."""
+    try:
+        yield from _fields(f, start, end)
+    except _Malformed as exc:
+        raise MetadataReadError(f"malformed message: {exc}") from None
+
+
+def read_varint(buf: bytes, pos: int = 0) -> tuple[int, int]:
+    """Decode the base-128 varint at buf[pos:]: (value, position after it); MetadataReadError if malformed."""
+    try:
+        return _varint(buf, pos)
+    except _Malformed as exc:
+        raise MetadataReadError(f"malformed varint: {exc}") from None
+
+
+def string_entry(body: bytes) -> tuple[str, str]:
+    """Decode a StringStringEntryProto (a metadata_props or external_data entry) into (key, value)."""
+    try:
+        return _parse_entry(body)
+    except _Malformed as exc:
+        raise MetadataReadError(f"malformed string entry: {exc}") from None
 
 
 def _model_path(path: Any) -> str:
@@ -338,11 +459,11 @@ def scan_model(path: str | os.PathLike[str]) -> ModelScan:
         fields: list[Field] = []
         entries: list[Entry] = []
         try:
-            for field in _iter_fields(f, size):
+            for field in _fields(f, 0, size):
                 fields.append(field)
                 if field.number != FIELD_METADATA_PROPS:
                     continue
-                if field.wire_type != _WIRE_LEN:
+                if field.wire_type != WIRE_LEN:
                     raise _Malformed(f"metadata_props has wire type {field.wire_type} (at byte {field.start})")
                 f.seek(field.data_start)
                 body = f.read(field.end - field.data_start)
@@ -353,7 +474,7 @@ def scan_model(path: str | os.PathLike[str]) -> ModelScan:
                 entries.append(Entry(key, value, field))
         except _Malformed as exc:
             raise MetadataReadError(f"{name} is not a readable ONNX model: {exc}") from None
-    if not any(fl.number == FIELD_GRAPH and fl.wire_type == _WIRE_LEN for fl in fields):
+    if not any(fl.number == FIELD_GRAPH and fl.wire_type == WIRE_LEN for fl in fields):
         raise MetadataReadError(f"{name} is not an ONNX model: it has no graph (field {FIELD_GRAPH})")
     return ModelScan(size, fields, entries)
 
@@ -374,17 +495,17 @@ def model_info(path: str | os.PathLike[str], scan: ModelScan | None = None) -> d
             raw = f.read(field.end - field.start)
             data = raw[field.data_start - field.start:]
             try:
-                if field.wire_type == _WIRE_VARINT:
+                if field.wire_type == WIRE_VARINT:
                     info[name] = _varint(data, 0)[0]
-                elif field.wire_type != _WIRE_LEN:
+                elif field.wire_type != WIRE_LEN:
                     continue
                 elif name == "opset_import":
                     domain, version, pos = "", 0, 0
                     while pos < len(data):
                         number, wire, start, end = _field_head(data, pos, len(data))
-                        if number == 1 and wire == _WIRE_LEN:
+                        if number == 1 and wire == WIRE_LEN:
                             domain = data[start:end].decode("utf-8")
-                        elif number == 2 and wire == _WIRE_VARINT:
+                        elif number == 2 and wire == WIRE_VARINT:
                             version = _varint(data, start)[0]
                         pos = end
                     info["opset_import"][domain or "ai.onnx"] = version
@@ -679,7 +800,7 @@ def read_metadata(
     key = _cache_key(path, (verify, max_decompressed_size))
     with _cache_lock:
         cached = _cache.get(key) if key is not None else None
-        if cached is not None:
+        if key is not None and cached is not None:
             _cache.move_to_end(key)
     if cached is not None:
         return copy.deepcopy(cached)
@@ -700,8 +821,14 @@ def read_metadata(
 
 
 ########################################################################################################
-# Tokenizer
+# Processors
 ########################################################################################################
+# A processor turns raw inputs (texts, images, audio) into the arrays a graph takes. Each is rebuilt from
+# the embedded configuration alone by a loader in PROCESSORS, keyed by feature_engineering's type
+# ("tokenizer", "image_processor", "feature_extractor"). A task names the processors it needs and only
+# those are built, so that a model of one modality needs no library of another.
+
+# --- Tokenizer ----------------------------------------------------------------------------------------
 
 
 def _token_content(token: Any) -> str | None:
@@ -764,7 +891,7 @@ class TextTokenizer:
             ) from None
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - tokenizers' panics are BaseException; see below
             _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"embedded tokenizer.json cannot be loaded: {exc}") from None
         self.config = dict(config)
@@ -776,8 +903,10 @@ class TextTokenizer:
             tokenizer.enable_truncation(
                 self.window, stride=stride, strategy=truncation, direction=config.get("truncation_side") or "right"
             )
-        except Exception as exc:  # tokenizers rejects a stride too large for the window
-            raise InvalidInputError(f"cannot cut texts into windows of {self.window} tokens with stride {stride}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - tokenizers rejects a stride too large for the window
+            raise InvalidInputError(
+                f"cannot cut texts into windows of {self.window} tokens with stride {stride}: {exc}"
+            ) from None
         self._tokenizer = tokenizer
         self._source = tokenizer_json
         self._variants: dict[tuple[str, int, int], TextTokenizer] = {}
@@ -833,7 +962,7 @@ class TextTokenizer:
         try:
             return self._tokenizer.encode_batch(list(inputs), add_special_tokens=add_special_tokens,
                                                 is_pretokenized=is_pretokenized)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - tokenizers' panics are BaseException; see below
             _reraise_unless_tokenizer_error(exc)
             if isinstance(exc, Exception):  # tokenizers reports it, e.g. a pair that cannot be truncated
                 raise InvalidInputError(f"cannot tokenize the input: {exc}") from None
@@ -844,7 +973,7 @@ class TextTokenizer:
         """Token ids to text as transformers decodes them, clean_up_tokenization_spaces included."""
         try:
             text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - tokenizers' panics are BaseException; see below
             _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
@@ -859,8 +988,8 @@ class TextTokenizer:
         if decoder is None:
             return " ".join(tokens)
         try:
-            return decoder.decode(list(tokens))
-        except BaseException as exc:
+            return str(decoder.decode(list(tokens)))
+        except BaseException as exc:  # noqa: BLE001 - tokenizers' panics are BaseException; see below
             _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
@@ -930,125 +1059,380 @@ def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProx
     return None
 
 
+# --- Registry -----------------------------------------------------------------------------------------
+
+PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "tokenizer": load_tokenizer,
+}
+"""Processor loaders by feature_engineering type; each builds its processor from the metadata alone and
+returns None when the metadata holds none of its kind."""
+
+
+def _processor_kinds(metadata: Mapping[str, Any]) -> list[str]:
+    """The processors a file embeds: feature_engineering's type, its components for a combined processor,
+    else what the keys show (older writers and the minimal level write no feature_engineering)."""
+    engineering = metadata.get(KEY_FEATURE_ENGINEERING) or {}
+    kind = engineering.get("type")
+    if kind == "processor":
+        components = (engineering.get("config") or {}).get("components")
+        return [c for c in components if isinstance(c, str)] if isinstance(components, list) else []
+    if isinstance(kind, str):
+        return [kind]
+    return ["tokenizer"] if KEY_TOKENIZER_CONFIG in metadata or KEY_TOKENIZER_JSON in metadata else []
+
+
+def load_processor(metadata: Mapping[str, Any], kind: str | None = None) -> Any:
+    """The processor of kind (a PROCESSORS key) rebuilt from the metadata; without kind, the one the file
+    embeds (a dict of them for a combined processor such as CLIP's). None when none is embedded."""
+    if kind is None:
+        kinds = _processor_kinds(metadata)
+        if len(kinds) != 1:
+            return {k: load_processor(metadata, k) for k in kinds} or None
+        kind = kinds[0]
+    loader = PROCESSORS.get(kind)
+    if loader is None:
+        raise ProcessorReconstructionError(
+            f"processor type {kind!r} is not supported by this runtime; supported: {', '.join(PROCESSORS)}"
+        )
+    return loader(metadata)
+
+
+########################################################################################################
+# Sessions
+########################################################################################################
+# onnxruntime is imported when a model is run, never at import. A Session wraps one InferenceSession: its
+# inputs and outputs by name with their types and shapes, read once, and runs that raise the project's
+# errors. A file may hold several graphs run in turn (an encoder, then decoder steps): open_sessions
+# returns them by name, and a single-graph file has one, "model".
+
+_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int64)": "int64",
+    "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+class _Port(NamedTuple):
+    """A graph input or output: its name, onnxruntime type ("tensor(int64)") and shape (ints, symbolic
+    names, or None where unknown)."""
+
+    name: str
+    type: str
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def dtype(self) -> str | None:
+        """The numpy dtype name of a tensor type, None for other types."""
+        return _DTYPES.get(self.type)
+
+
+class Session:
+    """One onnxruntime session of a model file: inputs and outputs by name, runs that raise MetadataError."""
+
+    def __init__(self, ort_session: Any, *, fed_by: str = "inputs") -> None:
+        self.ort = ort_session
+        self.inputs = {i.name: _Port(i.name, i.type, tuple(i.shape or ())) for i in ort_session.get_inputs()}
+        self.outputs = {o.name: _Port(o.name, o.type, tuple(o.shape or ())) for o in ort_session.get_outputs()}
+        self._fed_by = fed_by
+
+    def output(self, preferred: str) -> str:
+        """preferred when the graph has such an output, else its first output."""
+        return preferred if preferred in self.outputs else next(iter(self.outputs))
+
+    def run(self, outputs: Sequence[str] | None, feed: Mapping[str, Any]) -> list[Any]:
+        """The named outputs (all when None) for the feed, as numpy arrays."""
+        try:
+            return list(self.ort.run(None if outputs is None else list(outputs), dict(feed)))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types, e.g. a token id past the embedding table
+            raise MetadataValidationError(
+                f"onnxruntime cannot run the model on this input: {exc}; the embedded {self._fed_by} and the graph "
+                "may disagree (python -m authoring validate --check-graph)"
+            ) from None
+
+
+_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                        "all": "ORT_ENABLE_ALL"}
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
+    return onnxruntime
+
+
+def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
+    """session_options, or new SessionOptions with the thread count and optimization level set."""
+    if threads is None and level is None:
+        return session_options
+    if session_options is not None:
+        raise InvalidInputError(
+            "pass either session_options or intra_op_num_threads/graph_optimization_level, not both; "
+            "set them on your SessionOptions instead"
+        )
+    if threads is not None:
+        threads = _integer(0, hint=" (0: onnxruntime's default)")("intra_op_num_threads", threads)
+    if level is not None:
+        level = _choice(*_OPTIMIZATION_LEVELS)("graph_optimization_level", level)
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if level is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
+    return options
+
+
+def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
+    """A checked onnxruntime.InferenceSession for the file."""
+    ort = _onnxruntime()
+    providers = list(providers or ["CPUExecutionProvider"])
+    # onnxruntime quietly falls back to the CPU when a requested provider is missing (a CPU-only wheel
+    # asked for CUDA); a caller who named a provider should know.
+    available = ort.get_available_providers()
+    missing = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
+    if missing:
+        raise InvalidInputError(
+            f"execution provider {', '.join(str(p) for p in missing)} is not available in this onnxruntime "
+            f"(available: {', '.join(available)}); install the matching build, e.g. onnxruntime-gpu for CUDA"
+        )
+    try:
+        session = ort.InferenceSession(path, sess_options=session_options, providers=providers)
+        # onnxruntime decodes names and shapes only when asked: a name that is not UTF-8 fails here.
+        for node in (*session.get_inputs(), *session.get_outputs()):
+            _ = (node.name, node.type, node.shape)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own non-exported exception types
+        raise MetadataReadError(f"onnxruntime cannot load {os.path.basename(path)}: {exc}") from None
+    if not session.get_outputs():
+        raise MetadataValidationError(f"{os.path.basename(path)} has a graph without outputs; re-export the model")
+    return session
+
+
+def open_sessions(
+    path: str | os.PathLike[str], providers: Sequence[Any] | None = None, session_options: Any = None, *,
+    fed_by: str = "inputs",
+) -> dict[str, Session]:
+    """The sessions of a model file by name ("model" for a single graph); fed_by names what makes the
+    inputs, for the hint of a failed run ("tokenizer")."""
+    path = _model_path(path)
+    return {"model": Session(_session(path, providers, session_options), fed_by=fed_by)}
+
+
 ########################################################################################################
 # Tasks
 ########################################################################################################
+# A task is a class in TASKS with one contract. It names the processors it needs and declares its options
+# once (name, check, default); _Task.__call__ always runs the same steps: the call's inputs mapped to a
+# list of items, the options checked against the declaration, preprocess -> forward -> postprocess, and a
+# single input's result unwrapped. A task is built once per Runtime around a _Context (metadata,
+# processors, sessions by name), so configuration errors surface at construction. Each task has a room
+# below, its helpers just above its class.
 
-_ORT_INT_TYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
-_UNSET: Any = object()
+# --- The task contract --------------------------------------------------------------------------------
+
+class _Option(NamedTuple):
+    """An option a task takes: its name; the check a given value passes, which returns the value to use;
+    and its default: a value, _REQUIRED, or a function of the task and the options resolved before it
+    (defaults taken from the embedded configs). A caller's None means the default unless none is set."""
+
+    name: str
+    check: _Check
+    default: Any = None
+    none: bool = False
 
 
 class _Context:
-    """What a task needs, built once per Runtime: session, configs, tokenizer, input dtypes."""
+    """What a task needs, built once per Runtime: metadata, model config, the processors the task named,
+    the model's sessions by name, and the batch size."""
 
-    def __init__(self, session: Any, metadata: Mapping[str, Any], tokenizer: Any, batch_size: int) -> None:
-        self.session = session
+    def __init__(self, metadata: Mapping[str, Any], processors: Mapping[str, Any], sessions: Mapping[str, Session],
+                 batch_size: int) -> None:
         self.metadata = metadata
         self.config: Mapping[str, Any] = metadata.get(KEY_MODEL_CONFIG) or {}
-        self.tokenizer = tokenizer
+        self.processors = processors
+        self.sessions = sessions
         self.batch_size = batch_size
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.input_types = {i.name: i.type for i in session.get_inputs()}
 
-    def text_tokenizer(self, task: str) -> TextTokenizer:
-        if isinstance(self.tokenizer, TextTokenizer):
-            return self.tokenizer
-        if isinstance(self.tokenizer, TokenizerProxy):
-            self.tokenizer()  # raises the --include-vocab error
-        raise ProcessorReconstructionError(
-            f"{task} needs a tokenizer but none is embedded; re-embed with --include-vocab"
-        )
-
-    def text_input_dtypes(self) -> dict[str, str]:
-        """dtype of each graph input a tokenizer fills; other graph inputs are an error."""
-        known = ("input_ids", "attention_mask", "token_type_ids")
-        unknown = [n for n in self.input_names if n not in known]
-        if unknown or "input_ids" not in self.input_names:
-            raise MetadataValidationError(
-                f"graph inputs {self.input_names} do not match a text model (expected input_ids, optional "
-                "attention_mask and token_type_ids); was the model exported with past key values?"
-            )
-        dtypes = {}
-        for name in self.input_names:
-            dtype = _ORT_INT_TYPES.get(self.input_types[name])
-            if dtype is None:
-                raise MetadataValidationError(f"graph input {name!r} has type {self.input_types[name]}; expected int64 or int32")
-            dtypes[name] = dtype
-        return dtypes
-
-    def output_name(self, preferred: str) -> str:
-        return preferred if preferred in self.output_names else self.output_names[0]
+    def session(self, name: str = "model") -> Session:
+        """The session called name; a file without it is the wrong kind of model for the task."""
+        if name not in self.sessions:
+            raise MetadataValidationError(f"the task needs the graph {name!r}, but the file has {sorted(self.sessions)}")
+        return self.sessions[name]
 
     def labels(self, width: int) -> list[str]:
+        """The model's label names for an output width, LABEL_i where id2label has none."""
         id2label = self.config.get("id2label") or {}
         return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(width)]
+
+
+class _Task:
+    """A pipeline task: inputs -> options -> preprocess -> forward -> postprocess -> a single input unwrapped."""
+
+    name: ClassVar[str] = ""
+    processors: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[_Option, ...]] = ()
+    example: ClassVar[str] = "text"  # what one input is, for messages
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """The call's inputs as a list of items, and whether one was given alone (its result is unwrapped).
+        A task whose inputs may come by name (question=..., context=...) takes them out of kwargs here."""
+        if not args:
+            raise InvalidInputError(f"{self.name} needs its inputs: runtime({self.example}) or runtime([{self.example}, ...])")
+        if len(args) > 1:
+            raise InvalidInputError(
+                f"{self.name} takes the inputs as its only positional argument (a {self.example} or a list); "
+                "pass options by name"
+            )
+        single = not isinstance(args[0], list)
+        return ([args[0]] if single else list(args[0])), single
+
+    @classmethod
+    def cli_inputs(cls, values: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments for inputs given on the command line: one value alone, several as a list."""
+        return (values[0] if len(values) == 1 else list(values),), {}
+
+    def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The value of every declared option: checked when given, its default otherwise."""
+        unknown = sorted(set(given) - {o.name for o in self.options})
+        if unknown:
+            raise InvalidInputError(
+                f"{self.name} does not take {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(o.name for o in self.options) or 'no options'}"
+            )
+        values: dict[str, Any] = {}
+        for option in self.options:
+            value = given.get(option.name)
+            if option.name in given and (value is not None or option.none):
+                values[option.name] = option.check(option.name, value)
+            elif option.default is _REQUIRED:
+                values[option.name] = option.check(option.name, None)  # the check says what is needed
+            else:
+                values[option.name] = option.default(self, values) if callable(option.default) else option.default
+        return values
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> Any:
+        """The items made ready for the model (tokenized, loaded, ...)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Any, options: Mapping[str, Any]) -> Any:
+        """The model's outputs for the preprocessed batch."""
+        raise NotImplementedError
+
+    def postprocess(self, batch: Any, outputs: Any, options: Mapping[str, Any]) -> list[Any]:
+        """One result per item, as the transformers pipeline gives it."""
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        items, single = self.inputs(args, kwargs)
+        options = self.check_options(kwargs)
+        if not items:
+            return []
+        batch = self.preprocess(items, options)
+        results = self.postprocess(batch, self.forward(batch, options), options)
+        return results[0] if single else results
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     import numpy as np
 
     shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    out: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    return 1.0 / (1.0 + np.exp(-x))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
 
 
 _FUNCTIONS: dict[str, Callable[[Any], Any]] = {"softmax": _softmax, "sigmoid": _sigmoid, "none": lambda x: x}
 
 
-class _Task:
-    """A pipeline task: preprocess a batch, run the session, postprocess one item at a time."""
+def _default_function(config: Mapping[str, Any]) -> str:
+    """The score function a classification pipeline applies by default, by its rules in their order."""
+    problem_type = config.get("problem_type")
+    id2label = config.get("id2label")
+    num_labels = len(id2label) if isinstance(id2label, dict) else int(config.get("num_labels") or 2)
+    if problem_type == "regression":
+        return "none"
+    if problem_type == "multi_label_classification" or num_labels == 1:
+        return "sigmoid"
+    if problem_type == "single_label_classification" or num_labels > 1:
+        return "softmax"
+    function = config.get("function_to_apply")
+    return function.lower() if isinstance(function, str) and function.lower() in _FUNCTIONS else "none"
 
-    name = ""
-    arguments: tuple[str, ...] = ()
-    positional = False  # whether options may follow the inputs positionally
-    keyword_inputs = False  # whether the inputs may come by name alone (question=..., context=...)
 
-    def __init__(self, ctx: _Context) -> None:
-        self.ctx = ctx
+def _text_tokenizer(ctx: _Context, task: str) -> TextTokenizer:
+    """The context's tokenizer, or the error saying why a text task cannot have one."""
+    tokenizer = ctx.processors.get("tokenizer")
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    if isinstance(tokenizer, TokenizerProxy):
+        tokenizer()  # raises the --include-vocab error
+    raise ProcessorReconstructionError(f"{task} needs a tokenizer but none is embedded; re-embed with --include-vocab")
 
-    def check_arguments(self, kwargs: Mapping[str, Any]) -> None:
-        unknown = sorted(set(kwargs) - set(self.arguments))
-        if unknown:
-            raise InvalidInputError(
-                f"{self.name} does not take {', '.join(map(repr, unknown))}; "
-                f"it takes {', '.join(self.arguments) or 'no arguments'}"
-            )
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+def _texts(task: str, items: list[Any]) -> list[str]:
+    """items when every one is a string, else the error naming what was given."""
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidInputError(f"{task} takes a string or a list of strings; got {type(item).__name__}")
+    return items
 
 
 class _TextTask(_Task):
-    """A task on tokenized text: runs lists in length-sorted buckets of batch_size."""
+    """A task on tokenized text: the tokenizer fills the graph's inputs; lists run in length-sorted buckets."""
 
-    output = "logits"
-    per_token = False  # whether the outputs have a sequence axis, cut back to each text's own tokens
-    output_rank = 3  # the rank such an output has: (batch, sequence, features)
+    processors = ("tokenizer",)
+    output: ClassVar[str] = "logits"  # the output to read, when the graph has it (else its first)
+    per_token: ClassVar[bool] = False  # whether outputs have a sequence axis, cut back to each text's tokens
+    output_rank: ClassVar[int] = 3  # the rank of such an output: (batch, sequence, features)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
-        self.tokenizer = ctx.text_tokenizer(self.name)
-        self.dtypes = ctx.text_input_dtypes()
-        self.output = ctx.output_name(self.output)
-        shape = next(o.shape for o in ctx.session.get_outputs() if o.name == self.output)
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        self.session = ctx.session()
+        self.dtypes = self._input_dtypes()
+        self.output_name = self.session.output(self.output)
+        shape = self.session.outputs[self.output_name].shape
         if self.per_token and shape and len(shape) != self.output_rank:
             axes = "(batch, sequence, features)" if self.output_rank == 3 else "(batch, sequence)"
             raise MetadataValidationError(
-                f"{self.name} needs an output with a token axis {axes}; output {self.output!r} "
-                f"has shape {shape}; was the graph exported for another task?"
+                f"{self.name} needs an output with a token axis {axes}; output {self.output_name!r} "
+                f"has shape {list(shape)}; was the graph exported for another task?"
             )
 
-    def run(self, encodings: Sequence[Any], outputs: Sequence[str]) -> list[list[np.ndarray]]:
-        """The rows of the named outputs for each encoding, in caller order, run in length-sorted buckets.
+    def _input_dtypes(self) -> dict[str, str]:
+        """The dtype of each graph input the tokenizer fills; other graph inputs are an error."""
+        names = list(self.session.inputs)
+        unknown = [n for n in names if n not in ("input_ids", "attention_mask", "token_type_ids")]
+        if unknown or "input_ids" not in names:
+            raise MetadataValidationError(
+                f"graph inputs {names} do not match a text model (expected input_ids, optional "
+                "attention_mask and token_type_ids); was the model exported with past key values?"
+            )
+        dtypes = {}
+        for port in self.session.inputs.values():
+            if port.dtype not in ("int64", "int32"):
+                raise MetadataValidationError(f"graph input {port.name!r} has type {port.type}; expected int64 or int32")
+            dtypes[port.name] = port.dtype
+        return dtypes
 
-        A per_token task's rows are cut back to the encoding's own tokens.
-        """
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        items, single = super().inputs(args, kwargs)
+        return _texts(self.name, items), single
+
+    def rows(self, encodings: Sequence[Any], outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
+        """The rows of the named outputs (the task's output by default) for each encoding, in caller order,
+        run in length-sorted buckets of batch_size; a per_token task's rows cut to the encoding's tokens."""
+        outputs = [self.output_name] if outputs is None else outputs
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         rows: list[Any] = [None] * len(encodings)
         for start in range(0, len(order), self.ctx.batch_size):
@@ -1056,114 +1440,101 @@ class _TextTask(_Task):
             # Padding goes on the right whatever the tokenizer says: with absolute positions, left padding
             # would shift every token of the shorter texts and make results depend on the batch, while
             # transformers' pipelines run one text at a time, unpadded.
-            feed = self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right")
-            try:
-                results = self.ctx.session.run(list(outputs), feed)
-            except Exception as exc:  # onnxruntime's own exception types, e.g. a token id past the embedding table
-                raise MetadataValidationError(
-                    f"onnxruntime cannot run the model on this input: {exc}; the embedded tokenizer and the graph "
-                    "may disagree (python -m authoring validate --check-graph)"
-                ) from None
+            results = self.session.run(outputs, self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right"))
             for position, i in enumerate(chunk):
                 n = len(encodings[i].ids)
                 row = [out[position] for out in results]
-                if self.per_token:
-                    row = [r[:n] for r in row]
-                rows[i] = row
+                rows[i] = [r[:n] for r in row] if self.per_token else row
         return rows
 
-    def forward(self, encodings: Sequence[Any]) -> list[np.ndarray]:
-        """The row of the task's output for each encoding, in caller order (see run)."""
-        return [row[0] for row in self.run(encodings, [self.output])]
+    def logits(self, encodings: Sequence[Any]) -> list[np.ndarray]:
+        """The row of the task's output for each encoding, in caller order (see rows)."""
+        return [row[0] for row in self.rows(encodings)]
 
-    def texts(self, inputs: Any) -> tuple[list[str], bool]:
-        """The inputs as a list of strings, and whether a single string was given."""
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else inputs
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            bad = texts if not isinstance(texts, list) else next(t for t in texts if not isinstance(t, str))
-            raise InvalidInputError(f"{self.name} takes a string or a list of strings; got {type(bad).__name__}")
-        return texts, single
+
+# --- Text classification ------------------------------------------------------------------------------
+
+
+def _classification_input(item: Any) -> str | tuple[str, str]:
+    """A text, or a {"text", "text_pair"} dict as a (text, pair) tuple."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and set(item) <= {"text", "text_pair"} and "text" in item:
+        text, pair = item["text"], item.get("text_pair")
+        if isinstance(text, str) and (pair is None or isinstance(pair, str)):
+            return text if pair is None else (text, pair)
+    raise InvalidInputError(
+        f"text-classification takes a string, a {{'text': ..., 'text_pair': ...}} dict, or a list of "
+        f"those; got {type(item).__name__}"
+    )
 
 
 class _TextClassification(_TextTask):
     """text-classification (sentiment-analysis), as transformers.TextClassificationPipeline."""
 
     name = "text-classification"
-    arguments = ("top_k", "function_to_apply")
+    options = (
+        # unset: the best label alone, as the pipeline's legacy default; None: every label
+        _Option("top_k", _integer(1, optional=True), _UNSET, none=True),
+        _Option("function_to_apply", _choice(*_FUNCTIONS), lambda task, _: _default_function(task.ctx.config)),
+    )
 
-    def __init__(self, ctx: _Context) -> None:
-        super().__init__(ctx)
-        self.default_function = self._default_function(ctx.config)
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        items, single = _Task.inputs(self, args, kwargs)
+        # transformers wraps the best label of a single string in a list (not of a single pair)
+        legacy_string = single and isinstance(items[0], str) and "top_k" not in kwargs
+        return [_classification_input(item) for item in items], single and not legacy_string
 
-    @staticmethod
-    def _default_function(config: Mapping[str, Any]) -> str:
-        # Same order of rules as TextClassificationPipeline.postprocess.
-        problem_type = config.get("problem_type")
-        id2label = config.get("id2label")
-        num_labels = len(id2label) if isinstance(id2label, dict) else int(config.get("num_labels") or 2)
-        if problem_type == "regression":
-            return "none"
-        if problem_type == "multi_label_classification" or num_labels == 1:
-            return "sigmoid"
-        if problem_type == "single_label_classification" or num_labels > 1:
-            return "softmax"
-        function = config.get("function_to_apply")
-        return function.lower() if isinstance(function, str) and function.lower() in _FUNCTIONS else "none"
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[Any]:
+        return self.tokenizer.encode(items)
 
-    @staticmethod
-    def _item(item: Any) -> str | tuple[str, str]:
-        if isinstance(item, str):
-            return item
-        if isinstance(item, dict) and set(item) <= {"text", "text_pair"} and "text" in item:
-            text, pair = item["text"], item.get("text_pair")
-            if isinstance(text, str) and (pair is None or isinstance(pair, str)):
-                return text if pair is None else (text, pair)
-        raise InvalidInputError(
-            f"text-classification takes a string, a {{'text': ..., 'text_pair': ...}} dict, or a list of "
-            f"those; got {type(item).__name__}"
-        )
-
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        self.check_arguments(kwargs)
-        top_k = kwargs.get("top_k", _UNSET)
-        legacy = top_k is _UNSET
-        if not legacy and top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-            raise InvalidInputError(f"top_k must be a positive integer or None, got {top_k!r}")
-        function = kwargs.get("function_to_apply") or self.default_function
-        if not isinstance(function, str) or function.lower() not in _FUNCTIONS:
-            raise InvalidInputError(f"function_to_apply must be one of softmax, sigmoid, none; got {function!r}")
-        apply = _FUNCTIONS[function.lower()]
-        single = not isinstance(inputs, list)
-        items = [self._item(x) for x in ([inputs] if single else inputs)]
-        if not items:
-            return []
+    def forward(self, batch: list[Any], options: Mapping[str, Any]) -> np.ndarray:
         import numpy as np
 
-        results = []
-        logits = np.stack(self.forward(self.tokenizer.encode(items))).astype(np.float32)
-        labels = self.ctx.labels(logits.shape[-1])
-        for scores in apply(logits):
-            if legacy:
+        return np.stack(self.logits(batch)).astype(np.float32)
+
+    def postprocess(self, batch: list[Any], outputs: np.ndarray, options: Mapping[str, Any]) -> list[Any]:
+        top_k = options["top_k"]
+        labels = self.ctx.labels(outputs.shape[-1])
+        results: list[Any] = []
+        for scores in _FUNCTIONS[options["function_to_apply"]](outputs):
+            if top_k is _UNSET:
                 best = int(scores.argmax())
                 results.append({"label": labels[best], "score": float(scores[best])})
                 continue
-            ranked = sorted(
-                ({"label": labels[i], "score": float(s)} for i, s in enumerate(scores)),
-                key=lambda d: d["score"], reverse=True,
-            )
+            order = sorted(range(len(scores)), key=lambda i: float(scores[i]), reverse=True)
+            ranked = [{"label": labels[i], "score": float(scores[i])} for i in order]
             results.append(ranked if top_k is None else ranked[:top_k])
-        if single:
-            # transformers wraps the best label of a single string in a list, but not of a single pair.
-            return results if legacy and isinstance(inputs, str) else results[0]
         return results
+
+
+# --- Fill-mask ----------------------------------------------------------------------------------------
+
+
+def _targets(name: str, value: Any) -> list[str]:
+    targets = [value] if isinstance(value, str) else value
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        raise InvalidInputError(f"{name} must be a string or a list of strings, got {value!r}")
+    return list(targets)
+
+
+class _Masked(NamedTuple):
+    """Fill-mask texts tokenized: the encodings, the mask positions of each, the target token ids if any."""
+
+    texts: list[str]
+    encodings: list[Any]
+    masks: list[list[int]]
+    target_ids: np.ndarray | None
 
 
 class _FillMask(_TextTask):
     """fill-mask, as transformers.FillMaskPipeline: the likeliest tokens for each mask token of a text."""
 
     name = "fill-mask"
-    arguments = ("top_k", "targets")
+    options = (
+        _Option("top_k", _integer(1), 5),
+        _Option("targets", _targets),
+    )
     per_token = True
 
     def __init__(self, ctx: _Context) -> None:
@@ -1178,21 +1549,22 @@ class _FillMask(_TextTask):
             )
         self.mask_id = mask_id
         self.pad_id = self.tokenizer.token_id("pad_token")
-        width = next(o.shape for o in ctx.session.get_outputs() if o.name == self.output)[-1]
+        shape = self.session.outputs[self.output_name].shape
         vocab = self.tokenizer.backend.get_vocab_size(with_added_tokens=True)
-        if isinstance(width, int) and width < vocab:
+        if shape and isinstance(shape[-1], int) and shape[-1] < vocab:
             raise MetadataValidationError(
-                f"fill-mask output {self.output!r} scores {width} tokens but the embedded tokenizer has {vocab}; "
+                f"fill-mask output {self.output_name!r} scores {shape[-1]} tokens but the embedded tokenizer has {vocab}; "
                 "was the graph exported for another task?"
             )
 
-    def target_ids(self, targets: Any) -> np.ndarray:
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        items, _ = super().inputs(args, kwargs)
+        return items, len(items) == 1  # transformers unwraps a one-text list too
+
+    def target_ids(self, targets: list[str]) -> np.ndarray:
         """Token ids of targets as FillMaskPipeline.get_target_ids finds them: a vocabulary entry, else the first token."""
         import numpy as np
 
-        targets = [targets] if isinstance(targets, str) else targets
-        if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
-            raise InvalidInputError(f"targets must be a string or a list of strings, got {targets!r}")
         backend = self.tokenizer.backend
         ids: set[int] = set()
         for target in targets:
@@ -1200,21 +1572,39 @@ class _FillMask(_TextTask):
             if token_id is None:
                 pieces = self.tokenizer.encode([target], add_special_tokens=False)[0].ids
                 if not pieces:
-                    warnings.warn(f"target {target!r} is not in the vocabulary and has no tokens; ignoring it", stacklevel=3)
+                    warnings.warn(f"target {target!r} is not in the vocabulary and has no tokens; ignoring it", stacklevel=5)
                     continue
                 token_id = pieces[0]
                 warnings.warn(
                     f"target {target!r} is not in the vocabulary; using its first token {backend.id_to_token(token_id)!r}",
-                    stacklevel=3,
+                    stacklevel=5,
                 )
             ids.add(token_id)
         if not ids:
             raise InvalidInputError(f"targets {targets!r} give no token to score; pass words of the vocabulary")
         return np.array(sorted(ids))
 
-    def postprocess(
-        self, ids: Sequence[int], positions: Sequence[int], logits: np.ndarray, top_k: int, target_ids: np.ndarray | None
-    ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+    def preprocess(self, items: list[str], options: Mapping[str, Any]) -> _Masked:
+        target_ids = None if options["targets"] is None else self.target_ids(options["targets"])
+        encodings = self.tokenizer.encode(items)
+        masks = []
+        for text, encoding in zip(items, encodings):
+            masks.append([i for i, token_id in enumerate(encoding.ids) if token_id == self.mask_id])
+            if not masks[-1]:
+                cut = f" within its first {self.tokenizer.max_length} tokens" if encoding.overflowing else ""
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise InvalidInputError(f"fill-mask input has no mask token {self.mask_token}{cut}: {shown!r}")
+        return _Masked(items, encodings, masks, target_ids)
+
+    def forward(self, batch: _Masked, options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.logits(batch.encodings)
+
+    def postprocess(self, batch: _Masked, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        return [self._proposals(encoding.ids, positions, logits, options["top_k"], batch.target_ids)
+                for encoding, positions, logits in zip(batch.encodings, batch.masks, outputs)]
+
+    def _proposals(self, ids: Sequence[int], positions: Sequence[int], logits: np.ndarray, top_k: int,
+                   target_ids: np.ndarray | None) -> list[Any]:
         """The top_k proposals for each mask of one text; a single mask's list is not nested."""
         import numpy as np
 
@@ -1240,33 +1630,16 @@ class _FillMask(_TextTask):
             per_mask.append(proposals)
         return per_mask[0] if single else per_mask
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        self.check_arguments(kwargs)
-        top_k = kwargs.get("top_k")
-        if top_k is None:
-            top_k = 5
-        elif not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
-        targets = kwargs.get("targets")
-        target_ids = None if targets is None else self.target_ids(targets)
-        texts, _ = self.texts(inputs)
-        encodings = self.tokenizer.encode(texts)
-        masks = []
-        for text, encoding in zip(texts, encodings):
-            masks.append([i for i, token_id in enumerate(encoding.ids) if token_id == self.mask_id])
-            if not masks[-1]:
-                cut = f" within its first {self.tokenizer.max_length} tokens" if encoding.overflowing else ""
-                shown = text if len(text) <= 80 else text[:77] + "..."
-                raise InvalidInputError(f"fill-mask input has no mask token {self.mask_token}{cut}: {shown!r}")
-        results = [
-            self.postprocess(encoding.ids, positions, logits, top_k, target_ids)
-            for encoding, positions, logits in zip(encodings, masks, self.forward(encodings))
-        ]
-        # transformers unwraps a one-text list too.
-        return results[0] if len(results) == 1 else results
 
+# --- Token classification -----------------------------------------------------------------------------
 
 _AGGREGATIONS = ("none", "simple", "first", "average", "max")
+
+
+def _labels(name: str, value: Any) -> set[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set)) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(f"{name} must be a list of labels, e.g. ['O']; got {value!r}")
+    return set(value)
 
 
 def _bio_tag(entity: str) -> tuple[str, str]:
@@ -1288,7 +1661,7 @@ def _merge_overlapping(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entity in entities:
         if previous["start"] <= entity["start"] < previous["end"]:
             length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
-            if length > previous_length or length == previous_length and entity["score"] > previous["score"]:
+            if length > previous_length or (length == previous_length and entity["score"] > previous["score"]):
                 previous = entity
         else:
             merged.append(previous)
@@ -1297,12 +1670,27 @@ def _merge_overlapping(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
+class _Sentences(NamedTuple):
+    """Token-classification texts tokenized: each text, where its words start (pre-split words only), and
+    its windows (one, or overlapping stride windows)."""
+
+    texts: list[str]
+    word_starts: list[list[int] | None]
+    windows: list[list[Any]]
+
+
 class _TokenClassification(_TextTask):
     """token-classification (ner), as transformers.TokenClassificationPipeline: one label per token, or
     entities grouped by an aggregation strategy, with character offsets into the text."""
 
     name = "token-classification"
-    arguments = ("aggregation_strategy", "ignore_labels", "stride", "is_split_into_words", "delimiter")
+    options = (
+        _Option("aggregation_strategy", _choice(*_AGGREGATIONS), "none"),
+        _Option("ignore_labels", _labels, frozenset({"O"})),
+        _Option("stride", _integer(0)),
+        _Option("is_split_into_words", _flag, False),
+        _Option("delimiter", _string, " "),
+    )
     per_token = True
 
     def __init__(self, ctx: _Context) -> None:
@@ -1312,78 +1700,67 @@ class _TokenClassification(_TextTask):
         # "##"); byte-level BPE and SentencePiece fall back to "no space before", as transformers does.
         self.word_aware = bool(getattr(self.tokenizer.backend.model, "continuing_subword_prefix", None))
 
-    def _options(self, kwargs: Mapping[str, Any]) -> tuple[str, set[str], int | None, str | None]:
-        strategy = kwargs.get("aggregation_strategy")
-        strategy = "none" if strategy is None else str(getattr(strategy, "value", strategy)).lower()
-        if strategy not in _AGGREGATIONS:
-            raise InvalidInputError(f"aggregation_strategy must be one of {', '.join(_AGGREGATIONS)}; got {kwargs['aggregation_strategy']!r}")
-        ignore = kwargs.get("ignore_labels")
-        ignore = ["O"] if ignore is None else ignore
-        if isinstance(ignore, str) or not all(isinstance(label, str) for label in ignore):
-            raise InvalidInputError(f"ignore_labels must be a list of labels, e.g. ['O']; got {ignore!r}")
-        stride = kwargs.get("stride")
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        if not kwargs.get("is_split_into_words"):
+            return super().inputs(args, kwargs)
+        items, _ = _Task.inputs(self, args, kwargs)
+        if items and all(isinstance(w, str) for w in items):
+            return [items], False  # transformers runs a single list of words as a batch of one, nested
+        if all(isinstance(s, list) and all(isinstance(w, str) for w in s) for s in items):
+            return items, False
+        raise InvalidInputError("with is_split_into_words=True the input is a list of words, or a list of such lists")
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Sentences:
+        stride = options["stride"]
         if stride is not None:
-            if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
-                raise InvalidInputError(f"stride must be a non-negative integer, got {stride!r}")
             if stride >= self.tokenizer.max_length:
                 raise InvalidInputError(
                     f"stride ({stride}) must be less than the model's maximum length ({self.tokenizer.max_length}), "
                     "less the special tokens"
                 )
-            if strategy == "none":
+            if options["aggregation_strategy"] == "none":
                 raise InvalidInputError(
                     "stride runs overlapping windows over the whole text, which needs an aggregation_strategy "
                     "to merge them: pass aggregation_strategy='simple' (or first, average, max)"
                 )
-        delimiter = None
-        if kwargs.get("is_split_into_words"):
-            delimiter = " " if kwargs.get("delimiter") is None else kwargs["delimiter"]
-            if not isinstance(delimiter, str):
-                raise InvalidInputError(f"delimiter must be a string, got {delimiter!r}")
-        return strategy, set(ignore), stride, delimiter
-
-    def _sentences(self, inputs: Any, split: bool) -> tuple[list[Any], bool]:
-        """Texts (or lists of words when split), and whether one was given alone."""
-        if not split:
-            return self.texts(inputs)
-        if isinstance(inputs, list) and inputs and all(isinstance(w, str) for w in inputs):
-            # transformers runs a single list of words as a batch of one and returns it nested
-            return [inputs], False
-        if isinstance(inputs, list) and all(isinstance(s, list) and all(isinstance(w, str) for w in s) for s in inputs):
-            return inputs, False
-        raise InvalidInputError("with is_split_into_words=True the input is a list of words, or a list of such lists")
-
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        import numpy as np
-
-        self.check_arguments(kwargs)
-        strategy, ignore, stride, delimiter = self._options(kwargs)
-        split = delimiter is not None
-        sentences, single = self._sentences(inputs, split)
+        split = options["is_split_into_words"]
         tokenizer = self.tokenizer if stride is None else self.tokenizer.with_truncation("longest_first", stride=stride)
-        encodings = tokenizer.encode(sentences, is_pretokenized=split)
+        encodings = tokenizer.encode(items, is_pretokenized=split)
+        texts: list[str] = []
+        word_starts: list[list[int] | None] = []
+        for item in items:
+            starts: list[int] | None = None
+            if split:
+                starts, position = [], 0
+                for word in item:
+                    starts.append(position)
+                    position += len(word) + len(options["delimiter"])
+                item = options["delimiter"].join(item)
+            texts.append(item)
+            word_starts.append(starts)
         # without a stride transformers keeps the first window only (the text is truncated)
         windows = [[e, *e.overflowing] if stride is not None else [e] for e in encodings]
-        rows = iter(self.run([w for group in windows for w in group], [self.output]))
+        return _Sentences(texts, word_starts, windows)
+
+    def forward(self, batch: _Sentences, options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.logits([window for group in batch.windows for window in group])
+
+    def postprocess(self, batch: _Sentences, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        import numpy as np
+
+        strategy, ignore = options["aggregation_strategy"], options["ignore_labels"]
         if strategy in ("first", "average", "max") and not self.word_aware:
-            warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=3)
+            warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=4)
+        rows = iter(outputs)
         results = []
-        for sentence, group in zip(sentences, windows):
-            word_chars = None
-            if split:
-                word_chars, position = [], 0
-                for word in sentence:
-                    word_chars.append(position)
-                    position += len(word) + len(delimiter)
-                sentence = delimiter.join(sentence)
+        for text, starts, group in zip(batch.texts, batch.word_starts, batch.windows):
             entities = []
             for window in group:
-                (logits,) = next(rows)
-                pre_entities = self._gather(sentence, window, _softmax(logits.astype(np.float32)), word_chars)
+                pre_entities = self._gather(text, window, _softmax(next(rows).astype(np.float32)), starts)
                 entities += [e for e in self._aggregate(pre_entities, strategy)
                              if e.get("entity") not in ignore and e.get("entity_group") not in ignore]
             results.append(_merge_overlapping(entities) if len(group) > 1 else entities)
-        return results[0] if single else results
+        return results
 
     def _gather(self, sentence: str, window: Any, scores: np.ndarray, word_chars: list[int] | None) -> list[dict[str, Any]]:
         """Each non-special token with its scores, character span and whether it continues a word."""
@@ -1463,28 +1840,98 @@ class _TokenClassification(_TextTask):
         } for group in groups]
 
 
-def _decode_spans(start: np.ndarray, end: np.ndarray, top_k: int, max_answer_len: int,
-                  desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The top_k (start, end) token spans by start x end probability, end >= start, at most max_answer_len
-    tokens; numpy calls as transformers' decode_spans, so that ties fall the same way."""
-    import numpy as np
+# --- Question answering -------------------------------------------------------------------------------
 
-    outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
-    candidates = np.tril(np.triu(outer), max_answer_len - 1)
-    scores_flat = candidates.flatten()
-    if top_k == 1:
-        idx_sort = np.array([np.argmax(scores_flat)])
-    elif len(scores_flat) < top_k:
-        idx_sort = np.argsort(-scores_flat)
-    else:
-        idx = np.argpartition(-scores_flat, top_k)[0:top_k]
-        idx_sort = idx[np.argsort(-scores_flat[idx])]
-    starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
-    # transformers tests membership in desired.nonzero() of the (1, n) mask, row indices included
-    allowed = desired.nonzero()
-    keep = np.isin(starts, allowed) & np.isin(ends, allowed)
-    starts, ends = starts[keep], ends[keep]
-    return starts, ends, candidates[0, starts, ends]
+
+class _AnswerSearch:
+    """The answers to one question over the windows of its context, as transformers 4.57's
+    QuestionAnsweringPipeline finds them: token spans scored start x end probability, equal answers from
+    several windows adding up, the numpy calls of its decode_spans so that ties fall the same way."""
+
+    def __init__(self, context: str, question_first: bool, cls_id: int | None, options: Mapping[str, Any]) -> None:
+        self.context, self.question_first, self.cls_id = context, question_first, cls_id
+        self.top_k, self.max_answer_len = options["top_k"], options["max_answer_len"]
+        self.align = options["align_to_words"]
+        self.impossible = options["handle_impossible_answer"]
+        self.candidates = self.top_k * 2 + 10 if self.align else self.top_k
+        self.answers: list[dict[str, Any]] = []
+        self.min_null_score = 1000000.0  # large and positive, as transformers starts it
+
+    def add(self, window: Any, start: np.ndarray, end: np.ndarray) -> None:
+        """One window's candidate answers, from its (1, n) start and end logits."""
+        import numpy as np
+
+        # p_mask: 1 where no answer may be (question, special tokens) except the [CLS] tokens
+        p_mask = [int(s != 1) if self.question_first else 0 for s in window.sequence_ids]
+        for i, token_id in enumerate(window.ids):
+            if token_id == self.cls_id:
+                p_mask[i] = 0
+        desired = np.abs(np.array([p_mask]) - 1) & np.array([window.attention_mask])
+        masked = desired == 0
+        start = np.where(masked, np.float32(-10000.0), start)
+        end = np.where(masked, np.float32(-10000.0), end)
+        start = np.exp(start - start.max(axis=-1, keepdims=True))
+        start = start / start.sum()
+        end = np.exp(end - end.max(axis=-1, keepdims=True))
+        end = end / end.sum()
+        if self.impossible:
+            self.min_null_score = min(self.min_null_score, (start[0, 0] * end[0, 0]).item())
+        start[0, 0] = end[0, 0] = 0.0
+        for s, e, score in zip(*self._spans(start, end, desired)):
+            first, last = self._chars(window, int(s), int(e))
+            text = self.context[first:last]
+            same = next((a for a in self.answers if a["answer"].lower() == text.lower()), None)
+            if same is not None:
+                same["score"] += score.item()
+            else:
+                self.answers.append({"score": score.item(), "start": first, "end": last, "answer": text})
+
+    def _spans(self, start: np.ndarray, end: np.ndarray, desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best (start, end) token spans, end >= start, at most max_answer_len tokens, with their scores."""
+        import numpy as np
+
+        outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
+        candidates = np.tril(np.triu(outer), self.max_answer_len - 1)
+        scores_flat = candidates.flatten()
+        if self.candidates == 1:
+            idx_sort = np.array([np.argmax(scores_flat)])
+        elif len(scores_flat) < self.candidates:
+            idx_sort = np.argsort(-scores_flat)
+        else:
+            idx = np.argpartition(-scores_flat, self.candidates)[0:self.candidates]
+            idx_sort = idx[np.argsort(-scores_flat[idx])]
+        starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
+        # transformers tests membership in desired.nonzero() of the (1, n) mask, row indices included
+        allowed = desired.nonzero()
+        keep = np.isin(starts, allowed) & np.isin(ends, allowed)
+        starts, ends = starts[keep], ends[keep]
+        return starts, ends, candidates[0, starts, ends]
+
+    def _chars(self, window: Any, s: int, e: int) -> tuple[int, int]:
+        """Character span of tokens s..e, widened to whole words when align_to_words and the tokens have words."""
+        if self.align:
+            start_word, end_word = window.token_to_word(s), window.token_to_word(e)
+            if start_word is not None and end_word is not None:
+                sequence_index = 1 if self.question_first else 0
+                first = window.word_to_chars(start_word, sequence_index)
+                last = window.word_to_chars(end_word, sequence_index)
+                if first is not None and last is not None:
+                    return first[0], last[1]
+        return window.offsets[s][0], window.offsets[e][1]
+
+    def best(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The top_k answers, best first (the no-answer among them with handle_impossible_answer); one alone."""
+        answers = self.answers + ([{"score": self.min_null_score, "start": 0, "end": 0, "answer": ""}]
+                                  if self.impossible else [])
+        answers = sorted(answers, key=lambda a: float(a["score"]), reverse=True)[:self.top_k]
+        return answers[0] if len(answers) == 1 else answers
+
+
+class _Windows(NamedTuple):
+    """Question-answering examples tokenized: each (question, context) and the windows of its context."""
+
+    examples: list[tuple[str, str]]
+    windows: list[list[Any]]
 
 
 class _QuestionAnswering(_TextTask):
@@ -1492,16 +1939,21 @@ class _QuestionAnswering(_TextTask):
     dropped it): answer spans in the context, long contexts read in doc_stride windows."""
 
     name = "question-answering"
-    arguments = ("question", "context", "top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-                 "handle_impossible_answer", "align_to_words")
-    positional = True
-    keyword_inputs = True
+    options = (
+        _Option("top_k", _integer(1), 1),
+        _Option("max_seq_len", _integer(1), lambda task, _: min(task.tokenizer.max_length, 384)),
+        _Option("doc_stride", _integer(0), lambda task, options: min(options["max_seq_len"] // 2, 128)),
+        _Option("max_answer_len", _integer(1), 15),
+        _Option("max_question_len", _integer(1), 64),  # accepted as transformers does; the window decides
+        _Option("handle_impossible_answer", _flag, False),
+        _Option("align_to_words", _flag, True),
+    )
     per_token = True
     output_rank = 2  # start and end logits: (batch, sequence)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
-        names = ctx.output_names
+        names = list(self.session.outputs)
         if "start_logits" in names and "end_logits" in names:
             self.outputs = ["start_logits", "end_logits"]
         elif len(names) >= 2:
@@ -1518,8 +1970,8 @@ class _QuestionAnswering(_TextTask):
     _NEEDS_CONTEXT = ("question-answering needs a question and a context: call runtime(question=..., context=...), "
                       "runtime(question, context) or runtime({'question': ..., 'context': ...})")
 
-    def _examples(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
-        """(question, context) pairs from the call forms transformers accepts, and whether one was given."""
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """(question, context) pairs from the call forms transformers accepts."""
         question, context = kwargs.pop("question", None), kwargs.pop("context", None)
         if args:
             if question is not None or context is not None:
@@ -1558,39 +2010,23 @@ class _QuestionAnswering(_TextTask):
             examples.append((item["question"], item["context"]))
         return examples, len(examples) == 1
 
-    @staticmethod
-    def _positive(kwargs: Mapping[str, Any], name: str, default: int) -> int:
-        value = kwargs.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        return value
+    @classmethod
+    def cli_inputs(cls, values: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if len(values) != 2:
+            raise InvalidInputError("question-answering takes two inputs, a question and a context: "
+                                    "model.onnx 'Where do I live?' 'I live in Berlin.'")
+        return (), {"question": values[0], "context": values[1]}
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import numpy as np
-
-        examples, single = self._examples(args, kwargs)
-        self.check_arguments(kwargs)
-        top_k = self._positive(kwargs, "top_k", 1)
-        max_answer_len = self._positive(kwargs, "max_answer_len", 15)
-        max_seq_len = self._positive(kwargs, "max_seq_len", min(self.tokenizer.max_length, 384))
+    def preprocess(self, items: list[tuple[str, str]], options: Mapping[str, Any]) -> _Windows:
+        max_seq_len, doc_stride = options["max_seq_len"], options["doc_stride"]
         if max_seq_len > self.tokenizer.max_length:
             raise InvalidInputError(f"max_seq_len ({max_seq_len}) is longer than the model takes ({self.tokenizer.max_length})")
-        doc_stride = kwargs.get("doc_stride")
-        doc_stride = min(max_seq_len // 2, 128) if doc_stride is None else doc_stride
-        if not isinstance(doc_stride, int) or isinstance(doc_stride, bool) or doc_stride < 0:
-            raise InvalidInputError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
         if doc_stride > max_seq_len:
             raise InvalidInputError(f"doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
-        handle_impossible = bool(kwargs.get("handle_impossible_answer", False))
-        align_to_words = kwargs.get("align_to_words")
-        align_to_words = True if align_to_words is None else bool(align_to_words)
-
         tokenizer = self.tokenizer.with_truncation(
             "only_second" if self.question_first else "only_first", window=max_seq_len, stride=doc_stride
         )
-        pairs = [(q, c) if self.question_first else (c, q) for q, c in examples]
+        pairs = [(q, c) if self.question_first else (c, q) for q, c in items]
         try:
             encodings = tokenizer.encode(pairs)
         except InvalidInputError as exc:
@@ -1598,73 +2034,30 @@ class _QuestionAnswering(_TextTask):
                 f"{exc}; a question must leave room for the context in max_seq_len ({max_seq_len}) tokens: "
                 "shorten the question or raise max_seq_len"
             ) from None
-        windows = [[e, *e.overflowing] for e in encodings]
-        rows = iter(self.run([w for group in windows for w in group], self.outputs))
-        results = []
-        for (_, context), group in zip(examples, windows):
-            answers: list[dict[str, Any]] = []
-            min_null_score = 1000000.0  # large and positive, as transformers starts it
-            for window in group:
-                start, end = (np.asarray(r, dtype=np.float32)[None] for r in next(rows))
-                min_null_score = self._window_answers(window, start, end, context, answers, min_null_score,
-                                                      top_k * 2 + 10 if align_to_words else top_k,
-                                                      handle_impossible, max_answer_len, align_to_words)
-            if handle_impossible:
-                answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
-            answers = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
-            results.append(answers[0] if len(answers) == 1 else answers)
-        return results[0] if single else results
+        return _Windows(items, [[e, *e.overflowing] for e in encodings])
 
-    def _window_answers(self, window: Any, start: np.ndarray, end: np.ndarray, context: str, answers: list[dict[str, Any]],
-                        min_null_score: float, top_k: int, handle_impossible: bool, max_answer_len: int,
-                        align_to_words: bool) -> float:
-        """Add one window's candidate answers to answers (summing the scores of equal answers); returns
-        the smallest no-answer score seen so far."""
+    def forward(self, batch: _Windows, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows([w for group in batch.windows for w in group], self.outputs)
+
+    def postprocess(self, batch: _Windows, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         import numpy as np
 
-        # p_mask: 1 where no answer may be (question, special tokens) except the [CLS] tokens
-        p_mask = [int(s != 1) if self.question_first else 0 for s in window.sequence_ids]
-        for i, token_id in enumerate(window.ids):
-            if token_id == self.cls_id:
-                p_mask[i] = 0
-        desired = np.abs(np.array([p_mask]) - 1) & np.array([window.attention_mask])
-        masked = desired == 0
-        start = np.where(masked, np.float32(-10000.0), start)
-        end = np.where(masked, np.float32(-10000.0), end)
-        start = np.exp(start - start.max(axis=-1, keepdims=True))
-        start = start / start.sum()
-        end = np.exp(end - end.max(axis=-1, keepdims=True))
-        end = end / end.sum()
-        if handle_impossible:
-            min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
-        start[0, 0] = end[0, 0] = 0.0
-        sequence_index = 1 if self.question_first else 0
-        for s, e, score in zip(*_decode_spans(start, end, top_k, max_answer_len, desired)):
-            first, last = self._span(window, int(s), int(e), sequence_index, align_to_words)
-            text = context[first:last]
-            same = next((a for a in answers if a["answer"].lower() == text.lower()), None)
-            if same is not None:
-                same["score"] += score.item()
-            else:
-                answers.append({"score": score.item(), "start": first, "end": last, "answer": text})
-        return min_null_score
+        rows = iter(outputs)
+        results = []
+        for (_, context), group in zip(batch.examples, batch.windows):
+            search = _AnswerSearch(context, self.question_first, self.cls_id, options)
+            for window in group:
+                start, end = (np.asarray(r, dtype=np.float32)[None] for r in next(rows))
+                search.add(window, start, end)
+            results.append(search.best())
+        return results
 
-    @staticmethod
-    def _span(window: Any, s: int, e: int, sequence_index: int, align_to_words: bool) -> tuple[int, int]:
-        """Character span of tokens s..e, widened to whole words when align_to_words and the tokens have words."""
-        if align_to_words:
-            start_word, end_word = window.token_to_word(s), window.token_to_word(e)
-            if start_word is not None and end_word is not None:
-                first = window.word_to_chars(start_word, sequence_index)
-                last = window.word_to_chars(end_word, sequence_index)
-                if first is not None and last is not None:
-                    return first[0], last[1]
-        return window.offsets[s][0], window.offsets[e][1]
 
+# --- Feature extraction -------------------------------------------------------------------------------
 
 _POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-# sentence-transformers modules whose work happens here (Transformer is the graph itself).
 SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+"""sentence-transformers modules whose work this runtime does (Transformer is the graph itself)."""
 
 
 def _pooling_modes(pooling: Mapping[str, Any]) -> list[str]:
@@ -1686,17 +2079,18 @@ def _pool(tokens: np.ndarray, mode: str) -> np.ndarray:
     import numpy as np
 
     if mode == "cls":
-        return tokens[0]
-    if mode == "lasttoken":
-        return tokens[-1]
-    if mode == "max":
-        return tokens.max(axis=0)
-    if mode == "weightedmean":
+        out: np.ndarray = tokens[0]
+    elif mode == "lasttoken":
+        out = tokens[-1]
+    elif mode == "max":
+        out = tokens.max(axis=0)
+    elif mode == "weightedmean":
         weights = np.arange(1, len(tokens) + 1, dtype=np.float32)[:, None]
-        return (tokens * weights).sum(axis=0) / max(float(weights.sum()), 1e-9)
-    total = tokens.sum(axis=0)
-    count = max(float(len(tokens)), 1e-9)
-    return total / (count if mode == "mean" else np.sqrt(count))
+        out = (tokens * weights).sum(axis=0) / max(float(weights.sum()), 1e-9)
+    else:
+        count = max(float(len(tokens)), 1e-9)
+        out = tokens.sum(axis=0) / (count if mode == "mean" else np.sqrt(count))
+    return out
 
 
 class _FeatureExtraction(_TextTask):
@@ -1704,7 +2098,7 @@ class _FeatureExtraction(_TextTask):
     with the sentence-transformers pooling, normalization and prompts embedded with the model."""
 
     name = "feature-extraction"
-    arguments = ("return_tensors",)
+    options = (_Option("return_tensors", _flag, False),)
     output = "last_hidden_state"
     per_token = True
 
@@ -1721,18 +2115,18 @@ class _FeatureExtraction(_TextTask):
         self.unsupported = [m.get("type", "?") for m in st.get("modules") or []
                             if str(m.get("type", "")).rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        self.check_arguments(kwargs)
-        texts, single = self.texts(inputs)
-        rows = self.forward(self.tokenizer.encode(texts)) if texts else []
-        if kwargs.get("return_tensors"):
-            results: list[Any] = [row[None] for row in rows]
-        else:
-            results = [[row.tolist()] for row in rows]
-        return results[0] if single else results
+    def preprocess(self, items: list[str], options: Mapping[str, Any]) -> list[Any]:
+        return self.tokenizer.encode(items)
+
+    def forward(self, batch: list[Any], options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.logits(batch)
+
+    def postprocess(self, batch: list[Any], outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        return [row[None] if options["return_tensors"] else [row.tolist()] for row in outputs]
 
     def encode(self, sentences: Any, *, prompt_name: str | None = None, prompt: str | None = None,
                normalize_embeddings: bool = False) -> np.ndarray:
+        """Sentence embeddings, as SentenceTransformer.encode (see Runtime.encode)."""
         import numpy as np
 
         if self.unsupported:
@@ -1740,7 +2134,8 @@ class _FeatureExtraction(_TextTask):
                 f"sentence-transformers modules {self.unsupported} are not supported by this runtime; "
                 "only Transformer, Pooling and Normalize are"
             )
-        texts, single = self.texts(sentences)
+        items, single = _Task.inputs(self, (sentences,), {})
+        texts = _texts(self.name, items)
         if prompt is None:
             name = prompt_name if prompt_name is not None else self.default_prompt_name
             if name is not None and name not in self.prompts:
@@ -1757,7 +2152,7 @@ class _FeatureExtraction(_TextTask):
         if not texts:
             return np.zeros((0,), dtype=np.float32)
         vectors = []
-        for tokens in self.forward(self.tokenizer.encode(texts)):
+        for tokens in self.logits(self.tokenizer.encode(texts)):
             tokens = tokens.astype(np.float32)[skip:]
             vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
         out = np.stack(vectors)
@@ -1766,12 +2161,46 @@ class _FeatureExtraction(_TextTask):
         return out[0] if single else out
 
 
+# --- Zero-shot classification -------------------------------------------------------------------------
+
+
+def _candidate_labels(name: str, value: Any) -> list[str]:
+    labels = [label.strip() for label in value.split(",") if label.strip()] if isinstance(value, str) else value
+    if not labels or not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
+        raise InvalidInputError(
+            "zero-shot-classification needs candidate_labels: a list of strings or a comma-separated string, "
+            "e.g. candidate_labels=['sports', 'politics']"
+        )
+    return list(labels)
+
+
+def _hypothesis_template(name: str, value: Any) -> str:
+    try:
+        ok = isinstance(value, str) and value.format("label") != value
+    except (IndexError, KeyError, ValueError):  # "{0} {1}", "{name}", "{": not one {} for the label
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"{name} {value!r} has no {{}} where the label should go")
+    return str(value)
+
+
+class _Pairs(NamedTuple):
+    """Zero-shot inputs tokenized: the sequences, the labels, and an encoding per (sequence, hypothesis)."""
+
+    sequences: list[str]
+    labels: list[str]
+    encodings: list[Any]
+
+
 class _ZeroShotClassification(_TextTask):
     """zero-shot-classification with an NLI model, as transformers.ZeroShotClassificationPipeline."""
 
     name = "zero-shot-classification"
-    arguments = ("candidate_labels", "hypothesis_template", "multi_label")
-    positional = True
+    options = (
+        _Option("candidate_labels", _candidate_labels, _REQUIRED),
+        _Option("hypothesis_template", _hypothesis_template, "This example is {}."),
+        _Option("multi_label", _flag, False),
+    )
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -1780,34 +2209,30 @@ class _ZeroShotClassification(_TextTask):
         label2id = ctx.config.get("label2id") or {}
         self.entailment_id = next((int(i) for label, i in label2id.items() if str(label).lower().startswith("entail")), -1)
 
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        if len(args) > 1:  # the pipeline's positional candidate_labels
+            if len(args) > 2 or "candidate_labels" in kwargs:
+                raise InvalidInputError(f"cannot understand the extra arguments {args[1:]!r}; pass candidate_labels=[...]")
+            kwargs["candidate_labels"] = args[1]
+        return super().inputs(args[:1], kwargs)
+
+    def preprocess(self, items: list[str], options: Mapping[str, Any]) -> _Pairs:
+        labels, template = options["candidate_labels"], options["hypothesis_template"]
+        pairs = [(seq, template.format(label)) for seq in items for label in labels]
+        return _Pairs(items, labels, self.tokenizer.encode(pairs))
+
+    def forward(self, batch: _Pairs, options: Mapping[str, Any]) -> np.ndarray:
         import numpy as np
 
-        if args:
-            if len(args) > 1 or "candidate_labels" in kwargs:
-                raise InvalidInputError(f"cannot understand the extra arguments {args!r}; pass candidate_labels=[...]")
-            kwargs["candidate_labels"] = args[0]
-        self.check_arguments(kwargs)
-        labels = kwargs.get("candidate_labels")
-        if isinstance(labels, str):
-            labels = [label.strip() for label in labels.split(",") if label.strip()]
-        if not labels or not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
-            raise InvalidInputError(
-                "zero-shot-classification needs candidate_labels: a list of strings or a comma-separated string, "
-                "e.g. candidate_labels=['sports', 'politics']"
-            )
-        template = kwargs.get("hypothesis_template", "This example is {}.")
-        if not isinstance(template, str) or template.format(labels[0]) == template:
-            raise InvalidInputError(f"hypothesis_template {template!r} has no {{}} where the label should go")
-        sequences, single = self.texts(inputs)
-        if not sequences:
-            return []
-        pairs = [(seq, template.format(label)) for seq in sequences for label in labels]
-        logits = np.stack(self.forward(self.tokenizer.encode(pairs))).astype(np.float32)
-        logits = logits.reshape(len(sequences), len(labels), -1)
+        logits = np.stack(self.logits(batch.encodings)).astype(np.float32)
+        return logits.reshape(len(batch.sequences), len(batch.labels), -1)
+
+    def postprocess(self, batch: _Pairs, outputs: np.ndarray, options: Mapping[str, Any]) -> list[Any]:
+        import numpy as np
+
         results = []
-        for seq, rows in zip(sequences, logits):
-            if kwargs.get("multi_label") or len(labels) == 1:
+        for seq, rows in zip(batch.sequences, outputs):
+            if options["multi_label"] or len(batch.labels) == 1:
                 contradiction_id = -1 if self.entailment_id == 0 else 0
                 pair = np.exp(rows[:, [contradiction_id, self.entailment_id]])
                 scores = (pair / pair.sum(-1, keepdims=True))[:, 1]
@@ -1815,18 +2240,21 @@ class _ZeroShotClassification(_TextTask):
                 entail = np.exp(rows[:, self.entailment_id])
                 scores = entail / entail.sum(-1, keepdims=True)
             top = list(reversed(scores.argsort()))
-            results.append({"sequence": seq, "labels": [labels[i] for i in top], "scores": scores[top].tolist()})
-        return results[0] if single else results
+            results.append({"sequence": seq, "labels": [batch.labels[i] for i in top], "scores": scores[top].tolist()})
+        return results
 
+
+# --- Registry -----------------------------------------------------------------------------------------
 
 TASKS: dict[str, type[_Task]] = {
     "text-classification": _TextClassification,
     "fill-mask": _FillMask,
-    "feature-extraction": _FeatureExtraction,
-    "zero-shot-classification": _ZeroShotClassification,
     "token-classification": _TokenClassification,
     "question-answering": _QuestionAnswering,
+    "feature-extraction": _FeatureExtraction,
+    "zero-shot-classification": _ZeroShotClassification,
 }
+"""The tasks this runtime runs, by pipeline name, in the order of their rooms above."""
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
@@ -1838,10 +2266,10 @@ TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-class
 class Runtime:
     """A self-contained ONNX model ready to call: ``Runtime("model.onnx")("text")``.
 
-    Everything is built and checked here (metadata, tokenizer, session, task), so a call can only
-    fail on its inputs. Lists run in length-sorted batches of batch_size. intra_op_num_threads and
-    graph_optimization_level ("disable", "basic", "extended", "all") set the onnxruntime session;
-    for anything else pass an onnxruntime.SessionOptions as session_options.
+    Everything is built and checked here (metadata, the processors the task needs, sessions, task), so a
+    call can only fail on its inputs. Lists run in batches of batch_size. intra_op_num_threads and
+    graph_optimization_level ("disable", "basic", "extended", "all") set the onnxruntime session; for
+    anything else pass an onnxruntime.SessionOptions as session_options. Safe to share between threads.
     """
 
     def __init__(
@@ -1857,24 +2285,24 @@ class Runtime:
         graph_optimization_level: str | None = None,
     ) -> None:
         self.path = _model_path(path)
-        self.metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
-        if KEY_VERSION not in self.metadata:
+        metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
+        if KEY_VERSION not in metadata:
             raise MetadataValidationError(
                 f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
                 f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
             )
-        check_value_types(self.metadata)
-        self.task = self._task_name(task)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.config: Mapping[str, Any] = self.metadata.get(KEY_MODEL_CONFIG) or {}
-        self.tokenizer = load_tokenizer(self.metadata)
+        check_value_types(metadata)
+        self.task = self._task_name(metadata, task)
+        batch_size = _integer(1)("batch_size", batch_size)
+        task_class = TASKS[self.task]
+        processors = {kind: load_processor(metadata, kind) for kind in task_class.processors}
         options = _session_options(session_options, intra_op_num_threads, graph_optimization_level)
-        self.session = _session(self.path, providers, options)
-        self._task = TASKS[self.task](_Context(self.session, self.metadata, self.tokenizer, batch_size))
+        fed_by = " and ".join(kind.replace("_", " ") for kind in task_class.processors) or "inputs"
+        sessions = open_sessions(self.path, providers, options, fed_by=fed_by)
+        self._task = task_class(_Context(metadata, processors, sessions, batch_size))
 
-    def _task_name(self, task: str | None) -> str:
-        name = task or self.metadata.get(KEY_PIPELINE_TASK)
+    def _task_name(self, metadata: Mapping[str, Any], task: str | None) -> str:
+        name = task or metadata.get(KEY_PIPELINE_TASK)
         if not name:
             raise TaskDetectionError(
                 f"{os.path.basename(self.path)} names no pipeline task; pass task=... or re-embed with --task"
@@ -1884,14 +2312,28 @@ class Runtime:
             raise TaskDetectionError(f"task {name!r} is not supported by this runtime; supported: {', '.join(sorted(TASKS))}")
         return name
 
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The embedded metadata, decoded."""
+        return self._task.ctx.metadata
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The embedded model config (config.json)."""
+        return self._task.ctx.config
+
+    @property
+    def tokenizer(self) -> Any:
+        """The task's tokenizer (a TextTokenizer), None for a task without one."""
+        return self._task.ctx.processors.get("tokenizer")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime.InferenceSession of a single-graph model."""
+        return self._task.ctx.session().ort
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on one input or a list, returning what the transformers pipeline returns."""
-        if not args and not self._task.keyword_inputs:
-            raise InvalidInputError(f"{self.task} needs its inputs: runtime(text) or runtime([text, ...])")
-        if len(args) > 1 and not self._task.positional:
-            raise InvalidInputError(
-                f"{self.task} takes the inputs as its only positional argument (a text or a list); pass options by name"
-            )
         return self._task(*args, **kwargs)
 
     def encode(self, sentences: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
@@ -1909,62 +2351,10 @@ class Runtime:
         return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
 
 
-_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                        "all": "ORT_ENABLE_ALL"}
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MetadataError("running a model needs onnxruntime; pip install onnxruntime") from None
-    return onnxruntime
-
-
-def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
-    """session_options, or new SessionOptions with the thread count and optimization level set."""
-    if threads is None and level is None:
-        return session_options
-    if session_options is not None:
-        raise InvalidInputError(
-            "pass either session_options or intra_op_num_threads/graph_optimization_level, not both; "
-            "set them on your SessionOptions instead"
-        )
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
-        raise InvalidInputError(f"intra_op_num_threads must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
-    if level is not None and level not in _OPTIMIZATION_LEVELS:
-        raise InvalidInputError(f"graph_optimization_level must be one of {', '.join(_OPTIMIZATION_LEVELS)}, got {level!r}")
-    ort = _onnxruntime()
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if level is not None:
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
-    return options
-
-
-def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -> Any:
-    ort = _onnxruntime()
-    providers = list(providers or ["CPUExecutionProvider"])
-    # onnxruntime quietly falls back to the CPU when a requested provider is missing (a CPU-only wheel
-    # asked for CUDA); a caller who named a provider should know.
-    available = ort.get_available_providers()
-    missing = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
-    if missing:
-        raise InvalidInputError(
-            f"execution provider {', '.join(str(p) for p in missing)} is not available in this onnxruntime "
-            f"(available: {', '.join(available)}); install the matching build, e.g. onnxruntime-gpu for CUDA"
-        )
-    try:
-        session = ort.InferenceSession(path, sess_options=session_options, providers=providers)
-        # onnxruntime decodes names and shapes only when asked: a name that is not UTF-8 fails here.
-        for node in (*session.get_inputs(), *session.get_outputs()):
-            _ = (node.name, node.type, node.shape)
-    except Exception as exc:  # onnxruntime raises its own non-exported exception types
-        raise MetadataReadError(f"onnxruntime cannot load {os.path.basename(path)}: {exc}") from None
-    if not session.get_outputs():
-        raise MetadataValidationError(f"{os.path.basename(path)} has a graph without outputs; re-export the model")
-    return session
+########################################################################################################
+# Seed aliases
+########################################################################################################
+# The original design's names, kept for its users.
 
 
 def pipeline(model: str | os.PathLike[str], task: str | None = None, **options: Any) -> Runtime:
@@ -1973,25 +2363,26 @@ def pipeline(model: str | os.PathLike[str], task: str | None = None, **options: 
 
 
 class ONNXAutoModel:
-    """The design's model loader: an onnxruntime session for a self-contained file."""
+    """The design's model loader: the onnxruntime session of a self-contained file, nothing else built."""
 
     @staticmethod
-    def from_model(model_path: str | os.PathLike[str], providers: Sequence[Any] | None = None, session_options: Any = None) -> Any:
+    def from_model(model_path: str | os.PathLike[str], providers: Sequence[Any] | None = None,
+                   session_options: Any = None) -> Any:
         """An onnxruntime.InferenceSession for the file."""
-        return _session(os.fspath(model_path), providers, session_options)
+        return _session(_model_path(model_path), providers, session_options)
 
 
 class ONNXAutoProcessor:
-    """The design's processor loader."""
+    """The design's processor loader: the embedded processor alone, no session."""
 
     @staticmethod
     def from_model(model_path: str | os.PathLike[str], processor_type: str | None = None) -> Any:
-        """The embedded tokenizer (TextTokenizer, or TokenizerProxy without vocabulary)."""
-        if processor_type not in (None, "tokenizer"):
-            raise ProcessorReconstructionError(f"processor type {processor_type!r} is not supported yet; use 'tokenizer'")
-        processor = load_tokenizer(read_metadata(model_path))
+        """The embedded processor of processor_type (a PROCESSORS key: "tokenizer" gives a TextTokenizer, or a
+        TokenizerProxy without vocabulary), by default the one the file embeds (a dict of several)."""
+        processor = load_processor(read_metadata(model_path), processor_type)
         if processor is None:
-            raise ProcessorReconstructionError(f"{os.path.basename(os.fspath(model_path))} has no embedded tokenizer")
+            what = processor_type.replace("_", " ") if processor_type else "processor"
+            raise ProcessorReconstructionError(f"{os.path.basename(os.fspath(model_path))} has no embedded {what}")
         return processor
 
 
@@ -2003,9 +2394,13 @@ class ONNXAutoProcessor:
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="onnxmeta_runtime", description="Run a self-contained ONNX model.")
+    parser = argparse.ArgumentParser(
+        prog="onnxmeta_runtime", description="Run a self-contained ONNX model, or print its metadata when given no inputs."
+    )
     parser.add_argument("model", help="a self-contained .onnx file")
-    parser.add_argument("inputs", nargs="*", help="texts to run the model on (question-answering: a question and a context)")
+    parser.add_argument("inputs", nargs="*",
+                        help="what to run the model on: texts (question-answering: a question and a context); "
+                             "with none, the embedded metadata is printed as with --metadata")
     parser.add_argument("--metadata", action="store_true", help="print the embedded metadata as JSON and exit")
     parser.add_argument("--task", help="run as this task instead of the embedded one")
     parser.add_argument("--options", default="{}", metavar="JSON",
@@ -2024,14 +2419,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(options, dict):
             raise InvalidInputError("--options must be a JSON object, e.g. --options '{\"top_k\": 3}'")
         runtime = Runtime(args.model, task=args.task)
-        if runtime.task == "question-answering":
-            if len(args.inputs) != 2:
-                raise InvalidInputError("question-answering takes two inputs, a question and a context: "
-                                        "model.onnx 'Where do I live?' 'I live in Berlin.'")
-            result = runtime(question=args.inputs[0], context=args.inputs[1], **options)
-        else:
-            result = runtime(args.inputs if len(args.inputs) > 1 else args.inputs[0], **options)
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        call_args, call_kwargs = runtime._task.cli_inputs(args.inputs)
+        print(json.dumps(runtime(*call_args, **{**options, **call_kwargs}), indent=2, ensure_ascii=False))
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
