@@ -23,11 +23,11 @@ from .inspection import describe, validate
 from .tasks import detect_task
 
 __all__ = (
-    "FORMAT_VERSION",
     "EMBEDDING_LEVELS",
+    "FORMAT_VERSION",
     "DiscoveryResult",
-    "EmbeddingLevel",
     "EmbedReport",
+    "EmbeddingLevel",
     "FolderResult",
     "MetadataDiscovery",
     "MetadataEmbeddingError",

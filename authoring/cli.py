@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataError
@@ -125,7 +126,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     info = describe(args.onnx)
     if args.show_metadata or args.show_processor:
         metadata = rt.read_metadata(args.onnx, verify=False)
-        keys = [rt.KEY_TOKENIZER_CONFIG, rt.KEY_IMAGE_PROCESSOR_CONFIG, rt.KEY_FEATURE_EXTRACTOR_CONFIG, rt.KEY_FEATURE_ENGINEERING]
+        keys = [rt.KEY_TOKENIZER_CONFIG, rt.KEY_IMAGE_PROCESSOR_CONFIG, rt.KEY_FEATURE_EXTRACTOR_CONFIG,
+                rt.KEY_FEATURE_ENGINEERING]
         shown = metadata if args.show_metadata else {k: metadata[k] for k in keys if k in metadata}
         info["metadata" if args.show_metadata else "processor"] = {
             k: (f"<tokenizer.json, {len(v):,} characters>" if k == rt.KEY_TOKENIZER_JSON else v) for k, v in shown.items()

@@ -76,7 +76,8 @@ def build_graph(path: Path, vocab_size: int) -> None:
     ]
     graph = helper.make_graph(
         nodes, "bag_of_words_sentiment",
-        inputs=[helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in ("input_ids", "attention_mask")],
+        inputs=[helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+                for n in ("input_ids", "attention_mask")],
         outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
         initializer=[
             numpy_helper.from_array(weights, "word_scores"),

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataExtractionError
@@ -104,7 +105,7 @@ def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS)))
-    except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types: offline, not found, gated, network
         raise MetadataExtractionError(
             f"cannot get {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "if you are offline, download it first (huggingface-cli download) or pass a local model folder"
@@ -117,7 +118,7 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder), trust_remote_code=False)
-    except Exception as exc:  # transformers raises ValueError, OSError, KeyError... for unknown classes
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError, OSError, KeyError... for unknown classes
         raise MetadataExtractionError(f"the tokenizer in {folder} cannot be loaded: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
@@ -224,7 +225,7 @@ class MetadataDiscovery:
         def one(model: str | os.PathLike[str]) -> DiscoveryResult:
             try:
                 return DiscoveryResult(os.fspath(model), self.discover(model, level=level, task=task))
-            except Exception as exc:  # any failure belongs to this model's result
+            except Exception as exc:  # noqa: BLE001 - any failure belongs to this model's result
                 logger.warning("discovery failed for %s: %s", os.fspath(model), exc)
                 return DiscoveryResult(os.fspath(model), error=exc)
 

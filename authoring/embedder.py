@@ -10,10 +10,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataEmbeddingError, MetadataError

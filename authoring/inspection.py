@@ -58,7 +58,8 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         "export_timestamp": metadata.get(rt.KEY_TIMESTAMP),
         "metadata_bytes": sum(e["stored_bytes"] for e in entries),
         "entries": entries,
-        "other_metadata_props": {e.key: e.value for e in scan.entries if not rt.is_format_key(e.key.removesuffix(rt.COMPRESSED_SUFFIX))},
+        "other_metadata_props": {e.key: e.value for e in scan.entries
+                                 if not rt.is_format_key(e.key.removesuffix(rt.COMPRESSED_SUFFIX))},
         "model": rt.model_info(path, scan),
     }
 
@@ -149,7 +150,7 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
 
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for files it cannot parse
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for files it cannot parse
         raise rt.MetadataValidationError(f"onnx cannot parse the graph: {exc}") from None
     graph = model.graph
     config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
@@ -179,7 +180,7 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
         try:
             tokens = Tokenizer.from_str(metadata[rt.KEY_TOKENIZER_JSON]).get_vocab_size(with_added_tokens=True)
             vocab_sizes.append(("tokenizer.json", tokens, f"tokenizer.json has {tokens} tokens"))
-        except Exception as exc:  # tokenizers raises plain Exception; the processor check reports it in full
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception; the processor check reports it in full
             unchecked.append(f"tokenizer vocabulary ({str(exc)[:80]})")
     if isinstance(config.get("vocab_size"), int):
         vocab_sizes.append(("config vocab_size", config["vocab_size"], f"config vocab_size is {config['vocab_size']}"))
