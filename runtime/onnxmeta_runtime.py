@@ -2285,6 +2285,11 @@ class Runtime:
         graph_optimization_level: str | None = None,
     ) -> None:
         self.path = _model_path(path)
+        # what a pickled Runtime is rebuilt from (onnxruntime's SessionOptions cannot be pickled)
+        self._arguments = None if session_options is not None else {
+            "task": task, "providers": providers, "batch_size": batch_size, "max_decompressed_size": max_decompressed_size,
+            "intra_op_num_threads": intra_op_num_threads, "graph_optimization_level": graph_optimization_level,
+        }
         metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
         if KEY_VERSION not in metadata:
             raise MetadataValidationError(
@@ -2347,8 +2352,30 @@ class Runtime:
             raise TaskDetectionError(f"encode() needs a feature-extraction model; this one is {self.task}")
         return self._task.encode(sentences, prompt_name=prompt_name, prompt=prompt, normalize_embeddings=normalize_embeddings)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by reference: the path, the arguments and the metadata digest. A worker (multiprocessing,
+        Ray, Dask) rebuilds the Runtime from the file at the same path and checks it is the same model."""
+        if self._arguments is None:
+            raise MetadataError(
+                "a Runtime built with session_options cannot be pickled (onnxruntime's SessionOptions cannot be); "
+                "pass intra_op_num_threads / graph_optimization_level instead"
+            )
+        return _rebuild_runtime, (self.path, self._arguments, self.metadata.get(KEY_DIGEST))
+
     def __repr__(self) -> str:
         return f"Runtime({os.path.basename(self.path)!r}, task={self.task!r})"
+
+
+def _rebuild_runtime(path: str, arguments: dict[str, Any], digest: str | None) -> Runtime:
+    """A pickled Runtime, built again from its file; refused when the file's metadata changed meanwhile."""
+    runtime = Runtime(path, **arguments)
+    found = runtime.metadata.get(KEY_DIGEST)
+    if found != digest:
+        raise MetadataValidationError(
+            f"{path} changed since the Runtime was pickled (metadata digest {str(digest)[:12]}... is now "
+            f"{str(found)[:12]}...); give every worker the same model file"
+        )
+    return runtime
 
 
 ########################################################################################################
@@ -2391,23 +2418,82 @@ class ONNXAutoProcessor:
 ########################################################################################################
 
 
+def _summary(path: str) -> str:
+    """A few lines on what a file carries, read without onnxruntime: task, model, labels, processors, entries."""
+    scan = scan_model(path)
+    metadata = read_metadata(path)
+    if KEY_VERSION not in metadata:
+        return f"{os.path.basename(path)}: no onnxmeta metadata; embed it: python -m authoring embed {path} <model>"
+    config = metadata.get(KEY_MODEL_CONFIG) or {}
+    architectures = config.get("architectures") or []
+    labels = list((config.get("id2label") or {}).values())
+    kinds = _processor_kinds(metadata)
+    vocabulary = KEY_TOKENIZER_JSON in metadata or "tokenizer" not in kinds
+    tokenizer = "" if vocabulary else " (no vocabulary: re-embed with --include-vocab)"
+    shown = ", ".join(map(str, labels[:8])) + (", ..." if len(labels) > 8 else "")
+    lines = [
+        f"{os.path.basename(path)}: onnxmeta format {metadata[KEY_VERSION]}, level {metadata.get(KEY_EMBEDDING_LEVEL, '?')}, "
+        f"{scan.size:,} bytes",
+        f"  task: {metadata.get(KEY_PIPELINE_TASK) or '(none)'}"
+        + ("" if TASK_ALIASES.get(metadata.get(KEY_PIPELINE_TASK, ""), metadata.get(KEY_PIPELINE_TASK)) in TASKS
+           else " (not run by this runtime)"),
+        f"  model: {', '.join(map(str, architectures)) or '?'} ({config.get('model_type', '?')})",
+        f"  labels: {len(labels)}" + (f": {shown}" if labels else ""),
+        f"  processors: {', '.join(kinds) or '(none)'}{tokenizer}",
+        f"  metadata: {len(scan.entries)} entries, {sum(len(e.value) for e in scan.entries):,} bytes",
+    ]
+    return "\n".join(lines)
+
+
+def _json_lines(runtime: Runtime, options: Mapping[str, Any], stdin: IO[str], stdout: IO[str]) -> int:
+    """Each line of stdin a JSON value given to the model as runtime(value, **options); one JSON line out per
+    line in (an {"error": ...} object for a line that fails). Returns 1 when any line failed."""
+    failed = 0
+    for number, line in enumerate(stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise InvalidInputError(f"line {number} is not JSON ({exc})") from None
+            out: Any = runtime(value, **options)
+        except InvalidInputError as exc:
+            failed += 1
+            out = {"error": str(exc)}
+        stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        stdout.flush()
+    return 1 if failed else 0
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="onnxmeta_runtime", description="Run a self-contained ONNX model, or print its metadata when given no inputs."
+        prog="onnxmeta_runtime", description="Run a self-contained ONNX model.",
+        epilog="JSON lines: with '-' as the input (or no input and stdin a pipe), each line of stdin is one JSON "
+               "input (a text, a {\"question\": ..., \"context\": ...} object, ...) and each result is written as "
+               "one JSON line.",
     )
     parser.add_argument("model", help="a self-contained .onnx file")
     parser.add_argument("inputs", nargs="*",
                         help="what to run the model on: texts (question-answering: a question and a context); "
-                             "with none, the embedded metadata is printed as with --metadata")
+                             "'-' to read JSON lines from stdin")
+    parser.add_argument("--inspect", action="store_true",
+                        help="print a summary of what the file carries (no onnxruntime needed) and exit")
     parser.add_argument("--metadata", action="store_true", help="print the embedded metadata as JSON and exit")
     parser.add_argument("--task", help="run as this task instead of the embedded one")
     parser.add_argument("--options", default="{}", metavar="JSON",
                         help='task options as a JSON object, e.g. \'{"aggregation_strategy": "simple"}\'')
     args = parser.parse_args(argv)
+    lines = args.inputs == ["-"] or (not args.inputs and not sys.stdin.isatty())
+    if not (args.inputs or lines or args.inspect or args.metadata):
+        parser.error("pass the inputs after the model, '-' to read JSON lines from stdin, or --inspect")
     try:
-        if args.metadata or not args.inputs:
+        if args.inspect:
+            print(_summary(_model_path(args.model)))
+            return 0
+        if args.metadata:
             metadata = read_metadata(args.model)
             summary = {k: (f"<{len(v)} characters>" if k == KEY_TOKENIZER_JSON else v) for k, v in metadata.items()}
             print(json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False))
@@ -2419,6 +2505,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(options, dict):
             raise InvalidInputError("--options must be a JSON object, e.g. --options '{\"top_k\": 3}'")
         runtime = Runtime(args.model, task=args.task)
+        if lines:
+            return _json_lines(runtime, options, sys.stdin, sys.stdout)
         call_args, call_kwargs = runtime._task.cli_inputs(args.inputs)
         print(json.dumps(runtime(*call_args, **{**options, **call_kwargs}), indent=2, ensure_ascii=False))
     except MetadataError as exc:
