@@ -2693,8 +2693,8 @@ class _SpeechRecognition(_AudioTask):
         result: dict[str, Any] = {"text": self.decoder.decode(tokens)}
         if timestamps is not None:
             offsets = self.decoder.char_offsets(tokens) if timestamps == "char" else self.decoder.word_offsets(tokens)
-            seconds = self.align_to / self.features.sampling_rate
-            result["chunks"] = [{"text": o[timestamps], "timestamp": (o["start_offset"] * seconds, o["end_offset"] * seconds)}
+            rate, align = self.features.sampling_rate, self.align_to
+            result["chunks"] = [{"text": o[timestamps], "timestamp": (o["start_offset"] * align / rate, o["end_offset"] * align / rate)}
                                 for o in offsets]
         # as the pipeline: a dict input's other keys come back, one value per piece
         result.update({key: [value] * len(ids) for key, value in extra.items()})
@@ -2712,7 +2712,7 @@ class _SpeechRecognition(_AudioTask):
 
 class _AudioClassification(_AudioTask):
     """audio-classification, as transformers.AudioClassificationPipeline: wav2vec2-style *ForSequenceClassification,
-    the Audio Spectrogram Transformer, Whisper's encoder; the top_k labels with their scores."""
+    the Audio Spectrogram Transformer, Whisper's encoder; the top_k labels (default: all) with their scores."""
 
     name = "audio-classification"
     arguments = ("top_k", "function_to_apply")
@@ -2742,7 +2742,8 @@ class _AudioClassification(_AudioTask):
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         self.check_arguments(kwargs)
-        top_k = kwargs.get("top_k", 5)
+        # transformers' pipeline sets top_k=5 when built, but each call without top_k resets it to every label
+        top_k = kwargs.get("top_k")
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise InvalidInputError(f"top_k must be a positive integer or None (every label), got {top_k!r}")
         function = kwargs.get("function_to_apply") or self.default_function
@@ -2750,7 +2751,6 @@ class _AudioClassification(_AudioTask):
             raise InvalidInputError(f"function_to_apply must be one of softmax, sigmoid, none; got {function!r}")
         items, single = self.items(inputs)
         rows = self.forward([self.preprocess(item) for item in items])
-        # top_k None or past the number of labels: every label, as the pipeline
         results = [self.postprocess(row, len(row) if top_k is None else top_k, function.lower()) for row in rows]
         return results[0] if single else results
 
