@@ -1046,9 +1046,10 @@ def _waveform(audio: Any) -> np.ndarray:
     import numpy as np
 
     if not isinstance(audio, np.ndarray):
+        batch = " (a list is a batch of clips, not the samples of one)" if isinstance(audio, (int, float)) else ""
         raise InvalidInputError(
             f"audio must be a numpy array of samples, a {{'raw': array, 'sampling_rate': rate}} dict, a file path or "
-            f"the bytes of a file; got {type(audio).__name__}"
+            f"the bytes of a file; got {type(audio).__name__}{batch}"
         )
     if audio.dtype.kind == "f":
         samples = audio.astype(np.float32, copy=False)

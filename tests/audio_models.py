@@ -236,3 +236,49 @@ def resampled() -> dict[str, np.ndarray]:
             for name, (orig, new) in RESAMPLED.items() if name in signals
         ]))
     return _resampled
+
+
+class Audio:
+    """A tiny audio model: its folder, the transformers pipeline on it, and its export with full metadata embedded."""
+
+    def __init__(self, folder: Path, oracle: Any, onnx: Path, plain: Path) -> None:
+        self.folder, self.oracle, self.onnx, self.plain = folder, oracle, onnx, plain
+
+    def runtime(self, **options: Any) -> Any:
+        import onnxmeta_runtime
+
+        return onnxmeta_runtime.Runtime(self.onnx, **options)
+
+
+def _build(tmp: Path, name: str) -> Audio:
+    from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
+
+    from authoring import embed_metadata
+
+    folder = tmp / "hf"
+    if name == "wav2vec2_ctc":
+        model, inputs = ctc_model(folder), ["input_values", "attention_mask"]
+    elif name == "hubert_ctc":
+        model, inputs = ctc_model(folder, model_type="hubert", stable=False, seed=1), ["input_values"]
+    elif name == "wav2vec2_classifier":
+        model, inputs = audio_classifier(folder, "wav2vec2"), ["input_values", "attention_mask"]
+    else:
+        model, inputs = audio_classifier(folder, "ast"), ["input_values"]
+    export_audio(model, tmp / "plain.onnx", inputs)
+    embed_metadata(tmp / "plain.onnx", folder, tmp / "model.onnx", include_vocab=True)
+    task = "automatic-speech-recognition" if name.endswith("ctc") else "audio-classification"
+    tokenizer = AutoTokenizer.from_pretrained(folder) if task == "automatic-speech-recognition" else None
+    oracle = pipeline(task, model=model, tokenizer=tokenizer, feature_extractor=AutoFeatureExtractor.from_pretrained(folder),
+                      device="cpu")
+    return Audio(folder, oracle, tmp / "model.onnx", tmp / "plain.onnx")
+
+
+_built: dict[str, Audio] = {}
+
+
+def built(name: str, tmp_path_factory: Any) -> Audio:
+    """A tiny audio model built once per session: wav2vec2_ctc (layer norms, attention mask), hubert_ctc (group
+    norm, no mask), wav2vec2_classifier, ast_classifier."""
+    if name not in _built:
+        _built[name] = _build(tmp_path_factory.mktemp(name), name)
+    return _built[name]

@@ -11,9 +11,6 @@ no file without ffmpeg, so they are given the arrays soundfile reads.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 from audio_models import (
@@ -21,10 +18,9 @@ from audio_models import (
     LABELS,
     RESAMPLED,
     SPEECH_WAV,
+    Audio,
     asset,
-    audio_classifier,
-    ctc_model,
-    export_audio,
+    built,
     oracle_signals,
     read,
     resampled,
@@ -34,41 +30,14 @@ from helpers import SHARED, assert_parity
 from runtime_under_test import rt
 
 
-class Audio:
-    """A tiny audio model: its folder, the transformers pipeline on it, and its embedded ONNX export."""
-
-    def __init__(self, folder: Path, oracle: Any, onnx: Path) -> None:
-        self.folder, self.oracle, self.onnx = folder, oracle, onnx
-
-    def runtime(self, **options: Any) -> Any:
-        return rt.Runtime(self.onnx, **options)
-
-
-def build(tmp: Path, task: str, model: Any, inputs: list[str]) -> Audio:
-    from transformers import AutoFeatureExtractor, AutoTokenizer, pipeline
-
-    from authoring import embed_metadata
-
-    folder = tmp / "hf"
-    export_audio(model, tmp / "plain.onnx", inputs)
-    embed_metadata(tmp / "plain.onnx", folder, tmp / "model.onnx", include_vocab=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder) if task == "automatic-speech-recognition" else None
-    oracle = pipeline(task, model=model, tokenizer=tokenizer, feature_extractor=AutoFeatureExtractor.from_pretrained(folder),
-                      device="cpu")
-    return Audio(folder, oracle, tmp / "model.onnx")
-
-
 @pytest.fixture(scope="module")
 def wav2vec2_ctc(tmp_path_factory) -> Audio:
-    tmp = tmp_path_factory.mktemp("wav2vec2_ctc")
-    return build(tmp, "automatic-speech-recognition", ctc_model(tmp / "hf"), ["input_values", "attention_mask"])
+    return built("wav2vec2_ctc", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def hubert_ctc(tmp_path_factory) -> Audio:
-    tmp = tmp_path_factory.mktemp("hubert_ctc")
-    return build(tmp, "automatic-speech-recognition", ctc_model(tmp / "hf", model_type="hubert", stable=False, seed=1),
-                 ["input_values"])
+    return built("hubert_ctc", tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=["wav2vec2_ctc", "hubert_ctc"])
@@ -76,12 +45,9 @@ def ctc(request) -> Audio:
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture(scope="module", params=["wav2vec2", "ast"])
+@pytest.fixture(scope="module", params=["wav2vec2_classifier", "ast_classifier"])
 def classifier(request, tmp_path_factory) -> Audio:
-    tmp = tmp_path_factory.mktemp(f"{request.param}_classifier")
-    model = audio_classifier(tmp / "hf", request.param)
-    return build(tmp, "audio-classification", model, ["input_values"] if request.param == "ast" else
-                 ["input_values", "attention_mask"])
+    return built(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
