@@ -204,3 +204,17 @@ def test_command_line_and_processor(ctc, capsys, tmp_path, wav_bytes):
     extractor = rt.ONNXAutoProcessor.from_model(ctc.onnx, processor_type="feature_extractor")
     assert isinstance(extractor, rt.Wav2Vec2FeatureExtractor) and extractor.returns_attention_mask
     assert isinstance(rt.ONNXAutoProcessor.from_model(ctc.onnx), rt.Wav2Vec2FeatureExtractor)
+
+
+def test_validate(ctc, classifier, tmp_path):
+    """python -m authoring validate on audio models: the feature extractor, the CTC vocabulary, the graph's input."""
+    from authoring import embed_metadata, validate
+
+    for model in (ctc, classifier):
+        checks = validate(model.onnx)
+        assert all(c.ok for c in checks), checks
+    processor = next(c for c in validate(ctc.onnx) if c.name == "processor")
+    assert processor.message == "Wav2Vec2FeatureExtractor rebuilt (16000 Hz); CTC vocabulary of 32 tokens"
+    embed_metadata(ctc.plain, ctc.folder, tmp_path / "essential.onnx")
+    processor = next(c for c in validate(tmp_path / "essential.onnx") if c.name == "processor")
+    assert not processor.ok and "re-embed with --include-vocab" in processor.message
