@@ -952,6 +952,8 @@ _WAV_DTYPES = {(_WAVE_PCM, 8): "u1", (_WAVE_PCM, 16): "<i2", (_WAVE_PCM, 24): "<
                (_WAVE_FLOAT, 32): "<f4", (_WAVE_FLOAT, 64): "<f8"}
 _WAV_UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming writers put in a data chunk whose length they did not know
 _RESAMPLE_BLOCK = 1 << 20  # numbers per block of the resampler's matrix product: bounds its memory
+# Bounds on the sizes a feature extractor config may ask for: far above any model's, far below exhausting memory.
+_MAX_MEL_BINS, _MAX_FFT, _MAX_RATE, _MAX_FRAMES, _MAX_CHUNK_SAMPLES = 1024, 1 << 14, 1_000_000, 1 << 16, 1 << 27
 
 
 def _wav_error(name: str, what: str) -> InvalidInputError:
@@ -1246,7 +1248,8 @@ def _whisper_log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
     import numpy as np
 
     log = np.log10(np.maximum(filters @ power.transpose(0, 2, 1), 1e-10))
-    log = np.maximum(log, log.max(axis=(1, 2), keepdims=True) - 8.0)
+    if log.size:  # audio shorter than one hop has no frame
+        log = np.maximum(log, log.max(axis=(1, 2), keepdims=True) - 8.0)
     out: np.ndarray = (log + 4.0) / 4.0
     return out
 
@@ -1276,14 +1279,16 @@ def _kaldi_power(waveform: np.ndarray, window: np.ndarray, hop: int, fft_length:
     return np.abs(spectrum, dtype=np.float64) ** 2
 
 
-def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[type, ...], *, positive: bool = False) -> Any:
-    """A feature extractor config field of a JSON type (null or absent: default), refused with its name when wrong."""
+def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[type, ...], *, at_most: int | None = None) -> Any:
+    """A feature extractor config field of a JSON type (null or absent: default), refused with its name when wrong;
+    at_most: a size, from 1 to at_most (a hostile file cannot make the features take unbounded memory)."""
     value = config.get(name)
     if value is None:
         return default
     wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    if wrong_type or (positive and not value > 0):
-        expected = " or ".join(_JSON_NAMES[t] for t in types) + (" above 0" if positive else "")
+    if wrong_type or (isinstance(value, float) and not -float("inf") < value < float("inf")) or (
+            at_most is not None and not 0 < value <= at_most):
+        expected = " or ".join(_JSON_NAMES[t] for t in types) + (f" from 1 to {at_most}" if at_most else "")
         raise ProcessorReconstructionError(
             f"{KEY_FEATURE_EXTRACTOR_CONFIG}.{name} must be {expected}, got {value!r}; re-embed from a model whose "
             "preprocessor_config.json has the right types"
@@ -1321,16 +1326,21 @@ class WhisperFeatureExtractor(_AudioFeatureExtractor):
     def __init__(self, config: Mapping[str, Any]) -> None:
         import numpy as np
 
-        self.feature_size = int(_fe_value(config, "feature_size", 80, _INT, positive=True))
-        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, positive=True))
-        self.hop_length = int(_fe_value(config, "hop_length", 160, _INT, positive=True))
-        self.chunk_length = int(_fe_value(config, "chunk_length", 30, _INT, positive=True))
-        self.n_fft = int(_fe_value(config, "n_fft", 400, _INT, positive=True))
+        self.feature_size = int(_fe_value(config, "feature_size", 80, _INT, at_most=_MAX_MEL_BINS))
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
+        self.hop_length = int(_fe_value(config, "hop_length", 160, _INT, at_most=_MAX_FFT))
+        self.chunk_length = int(_fe_value(config, "chunk_length", 30, _INT, at_most=_MAX_CHUNK_SAMPLES))
+        self.n_fft = int(_fe_value(config, "n_fft", 400, _INT, at_most=_MAX_FFT))
         self.padding_value = float(_fe_value(config, "padding_value", 0.0, _NUMBER))
         self.dither = float(_fe_value(config, "dither", 0.0, _NUMBER))
         self.padding_side = _fe_side(config)
         # derived as transformers derives them (the config's own n_samples and nb_max_frames are ignored there too)
         self.n_samples = self.chunk_length * self.sampling_rate
+        if not self.hop_length <= self.n_samples <= _MAX_CHUNK_SAMPLES:
+            raise ProcessorReconstructionError(
+                f"{KEY_FEATURE_EXTRACTOR_CONFIG}: chunk_length {self.chunk_length} s at {self.sampling_rate} Hz is "
+                f"{self.n_samples} samples a chunk; it must be from hop_length ({self.hop_length}) to {_MAX_CHUNK_SAMPLES}"
+            )
         self.nb_max_frames = self.n_samples // self.hop_length
         self.window = _hann_window(self.n_fft, periodic=True).astype(np.float32)
         self.mel_filters = np.ascontiguousarray(mel_filter_bank(
@@ -1367,7 +1377,7 @@ class Wav2Vec2FeatureExtractor(_AudioFeatureExtractor):
     model_input_names = ("input_values", "attention_mask")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, positive=True))
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
         self.padding_value = float(_fe_value(config, "padding_value", 0.0, _NUMBER))
         self.do_normalize = bool(_fe_value(config, "do_normalize", True, (bool,)))
         self.returns_attention_mask = bool(_fe_value(config, "return_attention_mask", False, (bool,)))
@@ -1389,9 +1399,9 @@ class ASTFeatureExtractor(_AudioFeatureExtractor):
     computes it without torchaudio (its numpy path): padded or cut to max_length frames, mean/std normalized."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, positive=True))
-        self.num_mel_bins = int(_fe_value(config, "num_mel_bins", 128, _INT, positive=True))
-        self.max_length = int(_fe_value(config, "max_length", 1024, _INT, positive=True))
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
+        self.num_mel_bins = int(_fe_value(config, "num_mel_bins", 128, _INT, at_most=_MAX_MEL_BINS))
+        self.max_length = int(_fe_value(config, "max_length", 1024, _INT, at_most=_MAX_FRAMES))
         self.do_normalize = bool(_fe_value(config, "do_normalize", True, (bool,)))
         self.mean = float(_fe_value(config, "mean", -4.2677393, _NUMBER))
         self.std = float(_fe_value(config, "std", 4.5689974, _NUMBER))

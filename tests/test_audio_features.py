@@ -291,8 +291,16 @@ def test_load_feature_extractor():
     with pytest.raises(rt.ProcessorReconstructionError, match="no audio feature extractor is embedded"):
         rt.load_feature_extractor({})
     with pytest.raises(rt.ProcessorReconstructionError, match=r"hf_feature_extractor_config.hop_length must be an integer "
-                       r"above 0, got 0"):
+                       r"from 1 to 16384, got 0"):
         rt.WhisperFeatureExtractor({"hop_length": 0})
+    # a hostile file cannot make the features take unbounded memory
+    with pytest.raises(rt.ProcessorReconstructionError, match=r"feature_size must be an integer from 1 to 1024, got 1000000"):
+        rt.WhisperFeatureExtractor({"feature_size": 10**6})
+    with pytest.raises(rt.ProcessorReconstructionError, match=r"chunk_length 3600 s at 1000000 Hz is 3600000000 samples a "
+                       r"chunk; it must be from hop_length \(160\) to 134217728"):
+        rt.WhisperFeatureExtractor({"chunk_length": 3600, "sampling_rate": 10**6})
+    with pytest.raises(rt.ProcessorReconstructionError, match=r"max_length must be an integer from 1 to 65536"):
+        rt.ASTFeatureExtractor({"max_length": 10**9})
     with pytest.raises(rt.ProcessorReconstructionError, match="do_normalize must be a boolean"):
         rt.Wav2Vec2FeatureExtractor({"do_normalize": "yes"})
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from audio_models import built, signal
 from helpers import ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from runtime_under_test import rt
 
 
@@ -218,3 +220,22 @@ def test_validate(ctc, classifier, tmp_path):
     embed_metadata(ctc.plain, ctc.folder, tmp_path / "essential.onnx")
     processor = next(c for c in validate(tmp_path / "essential.onnx") if c.name == "processor")
     assert not processor.ok and "re-embed with --include-vocab" in processor.message
+
+
+_VALUES = (st.none() | st.booleans() | st.integers(-2, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.text(max_size=6) | st.lists(st.integers(0, 3), max_size=2))
+_FIELDS = ["feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "padding_value", "dither", "padding_side",
+           "do_normalize", "return_attention_mask", "num_mel_bins", "max_length", "mean", "std", "feature_extractor_type"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(rt.FEATURE_EXTRACTORS)), config=st.dictionaries(st.sampled_from(_FIELDS), _VALUES, max_size=4))
+def test_hostile_feature_extractor_configs(kind, config):
+    """Any JSON in the fields the feature extractors read: an error of the hierarchy or features, never a crash."""
+    config = {"feature_extractor_type": kind, **config}
+    try:
+        extractor = rt.load_feature_extractor({rt.KEY_FEATURE_EXTRACTOR_CONFIG: config})
+        features = extractor([signal(0.05), np.zeros(0, np.float32)])
+    except rt.MetadataError:
+        return
+    assert all(isinstance(v, np.ndarray) and len(v) == 2 for v in features.values())
