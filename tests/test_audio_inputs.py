@@ -43,8 +43,8 @@ def wav_bytes() -> bytes:
 
 BAD_ARRAYS = [
     (np.array([0.1, np.nan, 0.2, np.inf], np.float32), r"audio has 2 NaN or infinite samples; clean the signal first"),
-    (np.zeros((3, 1600), np.float32), r"audio of shape \(3, 1600\) is read as \(channels, samples\) and must have 1 or 2 "
-                                      r"channels; transpose a \(samples, channels\) array"),
+    (np.zeros((3, 1600), np.float32), (r"audio of shape \(3, 1600\) is read as \(channels, samples\) and must have 1 or 2 "
+                                      r"channels; transpose a \(samples, channels\) array")),
     (np.zeros((1600, 2), np.float32), r"shape \(1600, 2\) .* transpose a \(samples, channels\) array \(what soundfile.read returns\)"),
     (np.zeros((2, 2, 800), np.float32), r"audio must be a 1-D array of samples or \(channels, samples\), got shape \(2, 2, 800\)"),
     (np.zeros(1600, np.complex64), r"audio samples must be floats or PCM integers, got dtype complex64"),
@@ -52,11 +52,11 @@ BAD_ARRAYS = [
     (np.ones(1600, bool), r"audio samples must be floats or PCM integers, got dtype bool"),
     (np.array(["a", "b"]), r"audio samples must be floats or PCM integers, got dtype <U1"),
     (np.float32(0.5), r"audio must be a numpy array of samples, .*got float32"),
-    ([0.1, 0.2, 0.3], r"audio must be a numpy array of samples, a \{'raw': array, 'sampling_rate': rate\} dict, a file path or "
-                      r"the bytes of a file; got (float \(a list is a batch of clips, not the samples of one\)|list)"),
+    ([0.1, 0.2, 0.3], (r"audio must be a numpy array of samples, a \{'raw': array, 'sampling_rate': rate\} dict, a file path or "
+                      r"the bytes of a file; got (float \(a list is a batch of clips, not the samples of one\)|list)")),
     (12, r"audio must be a numpy array of samples, .*got int \(a list is a batch of clips"),
-    ({"raw": np.zeros(10, np.float32)}, r"an audio dict needs a 'raw' \(or 'array'\) key with the samples and a "
-                                        r"'sampling_rate' key .*got keys \['raw'\]"),
+    ({"raw": np.zeros(10, np.float32)}, (r"an audio dict needs a 'raw' \(or 'array'\) key with the samples and a "
+                                        r"'sampling_rate' key .*got keys \['raw'\]")),
     ({"audio": np.zeros(10), "sampling_rate": 16000}, r"an audio dict needs .*got keys \['audio', 'sampling_rate'\]"),
     ({"raw": np.zeros(10, np.float32), "sampling_rate": 0}, r"sampling_rate must be a positive whole number of Hz, got 0"),
     ({"raw": np.zeros(10, np.float32), "sampling_rate": 44100.5}, r"positive whole number of Hz, got 44100.5"),
@@ -118,16 +118,16 @@ def test_bad_options(ctc, classifier):
     audio = signal(1.0)
     runtime = ctc.runtime()
     cases = [
-        ({"return_timestamps": True}, r"return_timestamps=True: CTC models give character or word timestamps; pass "
-                                      r"return_timestamps='char' or 'word'"),
+        ({"return_timestamps": True}, (r"return_timestamps=True: CTC models give character or word timestamps; pass "
+                                      r"return_timestamps='char' or 'word'")),
         ({"chunk_length_s": -1}, r"chunk_length_s must be a non-negative number of seconds, got -1"),
         ({"chunk_length_s": "10"}, r"chunk_length_s must be a non-negative number of seconds, got '10'"),
-        ({"chunk_length_s": 2, "stride_length_s": 1}, r"chunk_length_s \(2.0\) must be longer than the left and right strides "
-                                                      r"together \(1 \+ 1 s\)"),
+        ({"chunk_length_s": 2, "stride_length_s": 1}, (r"chunk_length_s \(2.0\) must be longer than the left and right strides "
+                                                      r"together \(1 \+ 1 s\)")),
         ({"chunk_length_s": 2, "stride_length_s": [1, 2, 3]}, r"stride_length_s must be a number of seconds or \[left, right\]"),
         ({"chunk_length_s": 2, "stride_length_s": [-1, 0]}, r"stride_length_s must be a non-negative number of seconds, got -1"),
-        ({"language": "en"}, r"automatic-speech-recognition does not take 'language'; it takes chunk_length_s, "
-                             r"stride_length_s, return_timestamps"),
+        ({"language": "en"}, (r"automatic-speech-recognition does not take 'language'; it takes chunk_length_s, "
+                             r"stride_length_s, return_timestamps")),
     ]
     for options, message in cases:
         with pytest.raises(rt.InvalidInputError, match=message):
@@ -140,8 +140,8 @@ def test_bad_options(ctc, classifier):
     runtime = classifier.runtime()
     for options, message in (({"top_k": 0}, r"top_k must be a positive integer or None \(every label\), got 0"),
                              ({"top_k": "3"}, r"top_k must be a positive integer or None"),
-                             ({"function_to_apply": "softplus"}, r"function_to_apply must be one of softmax, sigmoid, none; "
-                                                                 r"got 'softplus'"),
+                             ({"function_to_apply": "softplus"}, (r"function_to_apply must be one of softmax, sigmoid, none; "
+                                                                 r"got 'softplus'")),
                              ({"chunk_length_s": 10}, r"audio-classification does not take 'chunk_length_s'")):
         with pytest.raises(rt.InvalidInputError, match=message):
             runtime(audio, **options)
