@@ -939,7 +939,7 @@ def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProx
     return None
 
 
-# --- Audio feature extractors ---------------------------------------------------------------------------
+# --- Audio feature extractors -------------------------------------------------------------------------
 #
 # Audio inputs become mono float32 waveforms at the model's sampling rate (load_audio), then the features
 # the graph takes, computed in numpy exactly as transformers computes them in the pipeline: Whisper's
@@ -1315,6 +1315,13 @@ class _AudioFeatureExtractor:
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def _waveforms(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The waveforms as mono float32 arrays (load_audio's checks), at least one."""
+        if not isinstance(audios, (list, tuple)) or not audios:
+            raise InvalidInputError(f"{type(self).__name__} takes a non-empty list of waveforms (numpy arrays at "
+                                    f"{self.sampling_rate} Hz; load_audio reads files and resamples)")
+        return [_waveform(a) for a in audios]
+
 
 class WhisperFeatureExtractor(_AudioFeatureExtractor):
     """Whisper's log-mel spectrogram as transformers' WhisperFeatureExtractor computes it in the ASR pipeline:
@@ -1360,6 +1367,7 @@ class WhisperFeatureExtractor(_AudioFeatureExtractor):
         the pipeline asks for: 1 on frames that start within the waveform."""
         import numpy as np
 
+        audios = self._waveforms(audios)
         waveforms = np.stack([_pad_or_trim(a, self.n_samples, self.padding_value, self.padding_side) for a in audios])
         starts = np.arange(self.nb_max_frames) * self.hop_length
         mask = []
@@ -1387,6 +1395,7 @@ class Wav2Vec2FeatureExtractor(_AudioFeatureExtractor):
         """input_values (n, longest) float32, and the attention_mask (n, longest) int32 when the config asks for it."""
         import numpy as np
 
+        audios = self._waveforms(audios)
         values = [_zero_mean_unit_var(a) if self.do_normalize else a for a in audios]
         out = {"input_values": _pad_stack([v.astype(np.float32) for v in values], self.padding_value, self.padding_side)}
         if self.returns_attention_mask:
@@ -1426,7 +1435,7 @@ class ASTFeatureExtractor(_AudioFeatureExtractor):
         """input_values (n, max_length, num_mel_bins) float32."""
         import numpy as np
 
-        features = np.stack([self.fbank(a) for a in audios])
+        features = np.stack([self.fbank(a) for a in self._waveforms(audios)])
         if self.do_normalize:
             features = (features - self.mean) / (self.std * 2)
         return {"input_values": features}
@@ -2449,7 +2458,7 @@ class _ZeroShotClassification(_TextTask):
         return results[0] if single else results
 
 
-# --- Audio tasks --------------------------------------------------------------------------------------------
+# --- Audio tasks --------------------------------------------------------------------------------------
 
 _ORT_FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 

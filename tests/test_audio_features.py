@@ -303,6 +303,11 @@ def test_load_feature_extractor():
         rt.ASTFeatureExtractor({"max_length": 10**9})
     with pytest.raises(rt.ProcessorReconstructionError, match="do_normalize must be a boolean"):
         rt.Wav2Vec2FeatureExtractor({"do_normalize": "yes"})
+    for extractor in (rt.WhisperFeatureExtractor({}), rt.Wav2Vec2FeatureExtractor({}), rt.ASTFeatureExtractor({})):
+        with pytest.raises(rt.InvalidInputError, match=r"takes a non-empty list of waveforms \(numpy arrays at 16000 Hz"):
+            extractor([])
+        with pytest.raises(rt.InvalidInputError, match=r"audio has 1 NaN or infinite samples"):
+            extractor([np.array([0.0, np.nan])])
 
 
 @pytest.mark.parametrize("options", [{}, {"do_lower_case": True}, {"replace_word_delimiter_char": "_"},
