@@ -2698,7 +2698,7 @@ class _SpeechRecognition(_AudioTask):
         for i, logits in zip(run, self.forward([pieces[i] for i in run])):
             ids[i] = logits[: frames[i]].argmax(axis=-1)
         for i, piece in enumerate(pieces):
-            if piece.stride is not None:  # the pipeline's rescale_stride, from samples to frames
+            if piece.stride is not None and piece.samples:  # the pipeline's rescale_stride, from samples to frames
                 total, left, right = piece.stride
                 frames_n = round(total * (1 / self.align_to))
                 left, right = round(left / total * frames_n), round(right / total * frames_n)

@@ -133,7 +133,8 @@ def test_empty_and_too_short_audio(ctc):
     """Empty audio, or too short for one frame (400 samples at 16 kHz), is heard as nothing: empty text (the
     pipeline's model raises on it)."""
     runtime = ctc.runtime()
-    for audio in (np.zeros(0, np.float32), signal(0.02), {"raw": np.zeros(0), "sampling_rate": 8000}):
+    for audio in (np.zeros(0, np.float32), signal(0.02), {"raw": np.zeros(0), "sampling_rate": 8000},
+                  {"raw": np.zeros(0), "sampling_rate": 16000, "stride": (0, 0)}):
         assert runtime(audio) == {"text": ""}
     assert runtime([np.zeros(0, np.float32), signal(1.0)])[0] == {"text": ""}
     assert runtime(np.zeros(0, np.float32), chunk_length_s=2) == {"text": ""}
