@@ -1014,10 +1014,8 @@ def _read_audio_file(data: bytes, name: str) -> tuple[np.ndarray, int]:
         read = _read_wav(data, name)
         if read is not None:
             return read
-    import importlib
-
     try:
-        soundfile = importlib.import_module("soundfile")
+        import soundfile  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         raise InvalidInputError(
             f"{name} is not a WAV file this runtime decodes; other formats (FLAC, OGG, MP3, ...) are read through "
@@ -1126,23 +1124,21 @@ def load_audio(x: Any, sampling_rate: int) -> np.ndarray:
 def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
     """A float32 waveform from orig_freq to new_freq Hz as torchaudio.functional.resample, which transformers'
     pipelines call: windowed sinc (Hann window, 6 zero crossings, rolloff 0.99), the kernel in float32."""
-    import math
-
     import numpy as np
 
     if orig_freq == new_freq:
         return audio
-    gcd = math.gcd(orig_freq, new_freq)
+    gcd = int(np.gcd(orig_freq, new_freq))
     orig, new = orig_freq // gcd, new_freq // gcd
     base = min(orig, new) * 0.99
-    width = math.ceil(6 * orig / base)
+    width = int(np.ceil(6 * orig / base))
     # The arithmetic, in its order, of torchaudio's _get_sinc_resample_kernel (6 = lowpass_filter_width).
     idx = np.arange(-width, width + orig, dtype=np.float32)[None] / orig
     t = np.arange(0, -new, -1, dtype=np.float32)[:, None] / new + idx
     t *= base
     t = np.clip(t, -6, 6)
-    window = np.cos(t * math.pi / 6 / 2) ** 2
-    t *= math.pi
+    window = np.cos(t * np.pi / 6 / 2) ** 2
+    t *= np.pi
     kernels = np.where(t == 0, np.float32(1.0), np.sin(t) / np.where(t == 0, np.float32(1.0), t))
     kernels *= window * (base / orig)
     # y[j * new + phase] = frame j (input samples j * orig - width onwards) . kernel[phase]
@@ -1150,7 +1146,7 @@ def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, kernels.shape[1])[::orig]
     step = max(1, _RESAMPLE_BLOCK // kernels.shape[1])
     out = np.concatenate([frames[i: i + step] @ kernels.T for i in range(0, len(frames), step)]).reshape(-1)
-    return out[: math.ceil(new * len(audio) / orig)]
+    return out[: -(-new * len(audio) // orig)]  # ceil(new * len / orig)
 
 
 def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
@@ -1521,13 +1517,18 @@ class CTCDecoder:
 
     def _characters(self, ids: Sequence[int], skip_special_tokens: bool) -> tuple[list[str], list[int]]:
         """The tokens of ids with repeats grouped, and each group's length."""
-        import itertools
-
-        tokens = [self.tokens.get(int(i), self.unk_token) for i in ids]
-        if skip_special_tokens:
-            tokens = [t for t in tokens if t not in self.special_tokens]
-        groups = [(token, len(list(run))) for token, run in itertools.groupby(tokens)]
-        return [g[0] for g in groups], [g[1] for g in groups]
+        chars: list[str] = []
+        counts: list[int] = []
+        for i in ids:
+            token = self.tokens.get(int(i), self.unk_token)
+            if skip_special_tokens and token in self.special_tokens:
+                continue
+            if chars and chars[-1] == token:
+                counts[-1] += 1
+            else:
+                chars.append(token)
+                counts.append(1)
+        return chars, counts
 
     def _char(self, token: str) -> str:
         return self.replace_word_delimiter_char if token == self.word_delimiter_token else token
