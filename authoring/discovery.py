@@ -142,6 +142,40 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
     return out
 
 
+CTC_TOKENIZER_CLASS = "Wav2Vec2CTCTokenizer"
+# Wav2Vec2CTCTokenizer's defaults, written out for tokenizer configs that leave them out (older hub folders).
+_CTC_TOKENIZER_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                           "word_delimiter_token": "|", "replace_word_delimiter_char": " ", "do_lower_case": False}
+
+
+def _is_ctc_tokenizer(folder: Path) -> bool:
+    """A Wav2Vec2CTCTokenizer folder: vocab.json and settings, no tokenizer.json (the class says so, or the model is *ForCTC)."""
+    if (folder / "tokenizer.json").is_file() or (folder / "merges.txt").is_file() or not (folder / "vocab.json").is_file():
+        return False
+    tokenizer_class = (_read_json(folder / "tokenizer_config.json") or {}).get("tokenizer_class")
+    if tokenizer_class is not None:
+        return bool(tokenizer_class == CTC_TOKENIZER_CLASS)
+    architectures = (_read_json(folder / "config.json") or {}).get("architectures") or []
+    return any(str(a).endswith("ForCTC") for a in architectures)
+
+
+def _ctc_tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
+    """hf_tokenizer_config of a Wav2Vec2CTCTokenizer read from its JSON files as transformers reads them (no
+    transformers needed), its defaults written out; with include_vocab, vocab.json under "vocab"."""
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    if "added_tokens_decoder" not in config:  # older folders: special_tokens_map.json overrides, as transformers loads it
+        config.update(_read_json(folder / "special_tokens_map.json") or {})
+        added = _read_json(folder / "added_tokens.json") or {}
+        if added:
+            config["added_tokens_decoder"] = {str(i): {"content": token} for token, i in added.items()}
+    config = {**_CTC_TOKENIZER_DEFAULTS, **config, "tokenizer_class": CTC_TOKENIZER_CLASS}
+    for key in _LOADING_KEYS:
+        config.pop(key, None)
+    if include_vocab:
+        config["vocab"] = _read_json(folder / "vocab.json")
+    return {rt.KEY_TOKENIZER_CONFIG: config}
+
+
 def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
     config = _read_json(folder / "preprocessor_config.json")
     if config is None:
@@ -194,7 +228,8 @@ def _feature_engineering(processors: Mapping[str, Any]) -> dict[str, Any]:
         "config": {
             "components": kinds,
             "tokenizer_class": tokenizer_config.get("tokenizer_class"),
-            "vocabulary": rt.KEY_TOKENIZER_JSON if rt.KEY_TOKENIZER_JSON in processors else None,
+            "vocabulary": rt.KEY_TOKENIZER_JSON if rt.KEY_TOKENIZER_JSON in processors
+            else f"{rt.KEY_TOKENIZER_CONFIG}.vocab" if "vocab" in tokenizer_config else None,
         },
     }
 
@@ -298,7 +333,9 @@ class MetadataDiscovery:
     @staticmethod
     def _processors(folder: Path, include_vocab: bool) -> dict[str, Any]:
         processors = _preprocessor_metadata(folder)
-        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        if _is_ctc_tokenizer(folder):
+            processors.update(_ctc_tokenizer_metadata(folder, include_vocab))
+        elif any((folder / name).is_file() for name in TOKENIZER_FILES):
             processors.update(_tokenizer_metadata(folder, include_vocab))
         if not processors:
             raise MetadataExtractionError(f"{folder.name} has no tokenizer or preprocessor files")

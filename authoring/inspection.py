@@ -49,7 +49,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(id2label, dict) else [],
         "tokenizer": None if tokenizer_config is None else {
             "class": tokenizer_config.get("tokenizer_class"),
-            "has_vocabulary": rt.KEY_TOKENIZER_JSON in metadata,
+            "has_vocabulary": rt.KEY_TOKENIZER_JSON in metadata or "vocab" in tokenizer_config,
             "model_max_length": tokenizer_config.get("model_max_length"),
         },
         "image_processor": metadata.get(rt.KEY_IMAGE_PROCESSOR_CONFIG),
@@ -84,7 +84,10 @@ def _metadata_check(metadata: dict[str, Any]) -> str:
     if rt.KEY_VERSION not in metadata:
         raise rt.MetadataValidationError("no onnxmeta metadata; embed it with python -m authoring embed")
     level = metadata.get(rt.KEY_EMBEDDING_LEVEL, "essential")
-    missing = [k for k in REQUIRED_KEYS.get(level, ()) if k not in metadata]
+    tokenizer_config = metadata.get(rt.KEY_TOKENIZER_CONFIG)
+    # a CTC tokenizer's vocabulary is its config's "vocab"; a model without a tokenizer (audio, images) has none
+    own_vocab = tokenizer_config is None or "vocab" in tokenizer_config
+    missing = [k for k in REQUIRED_KEYS.get(level, ()) if k not in metadata and not (k == rt.KEY_TOKENIZER_JSON and own_vocab)]
     if missing:
         raise rt.MetadataValidationError(f"level {level!r} requires {', '.join(missing)}, which are missing")
     digest = "digest verified" if rt.KEY_DIGEST in metadata else "no digest (older writer)"
@@ -104,7 +107,26 @@ def _task_check(metadata: dict[str, Any]) -> str:
     return f"{task} ({'runs in this runtime' if task in rt.TASKS else 'not yet supported by this runtime'})"
 
 
+def _audio_processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
+    """The feature extractor, and the tokenizer beside it: tokenizer.json's, or a CTC vocabulary."""
+    extractor = rt.load_feature_extractor(metadata)
+    done = [f"{type(extractor).__name__} rebuilt ({extractor.sampling_rate} Hz)"]
+    tokenizer = rt.load_tokenizer(metadata)
+    if isinstance(tokenizer, rt.TextTokenizer):
+        done.append(f"tokenizer rebuilt ({tokenizer.backend.get_vocab_size()} tokens)")
+    elif tokenizer is not None:
+        done.append(f"CTC vocabulary of {len(rt.CTCDecoder(metadata[rt.KEY_TOKENIZER_CONFIG]).tokens)} tokens")
+    if metadata.get(rt.KEY_PIPELINE_TASK) in rt.TASKS:
+        try:
+            rt.Runtime(path)  # builds the session and the task: graph inputs must match the features
+        except rt.TaskDetectionError as exc:  # Whisper, until the runtime runs it
+            done.append(f"the task does not run in this runtime yet ({exc})")
+    return "; ".join(done)
+
+
 def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
+    if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
+        return _audio_processor_check(path, metadata)
     tokenizer = rt.load_tokenizer(metadata)
     if isinstance(tokenizer, rt.TokenizerProxy):
         raise rt.ProcessorReconstructionError("no vocabulary embedded; re-embed with --include-vocab to tokenize")
@@ -121,7 +143,7 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
 
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Tasks whose output the runtime reads as one score per label, and per vocabulary entry.
-_LABEL_TASKS = ("text-classification", "zero-shot-classification")
+_LABEL_TASKS = ("text-classification", "zero-shot-classification", "audio-classification")
 _VOCAB_TASKS = ("fill-mask",)
 
 
@@ -163,7 +185,13 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     checked: list[str] = []
     unchecked: list[str] = []
 
-    if metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
+    if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
+        main = rt.load_feature_extractor(metadata).model_input_names[0]
+        if main not in inputs:
+            failures.append(f"graph inputs {inputs} lack {main}, which the feature extractor makes")
+        else:
+            checked.append(f"input {main} comes from the feature extractor")
+    elif metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
         made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
         extra = [n for n in inputs if n not in made]
         if extra:

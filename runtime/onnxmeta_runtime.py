@@ -45,6 +45,7 @@ __all__ = (
     "COMPRESSED_SUFFIX",
     "COMPRESSION_LEVEL",
     "DEFAULT_COMPRESS_THRESHOLD",
+    "FEATURE_EXTRACTORS",
     "FIELD_GRAPH",
     "FIELD_METADATA_PROPS",
     "FORMAT_VERSION",
@@ -79,6 +80,8 @@ __all__ = (
     "WIRE_I64",
     "WIRE_LEN",
     "WIRE_VARINT",
+    "ASTFeatureExtractor",
+    "CTCDecoder",
     "Entry",
     "Field",
     "InvalidInputError",
@@ -97,6 +100,8 @@ __all__ = (
     "TextTokenizer",
     "TokenizerProxy",
     "UnsupportedVersionError",
+    "Wav2Vec2FeatureExtractor",
+    "WhisperFeatureExtractor",
     "canonical_json",
     "check_value_types",
     "clear_metadata_cache",
@@ -104,14 +109,18 @@ __all__ = (
     "encode_metadata",
     "is_format_key",
     "iter_fields",
+    "load_audio",
+    "load_feature_extractor",
     "load_processor",
     "load_tokenizer",
+    "mel_filter_bank",
     "metadata_digest",
     "model_info",
     "open_sessions",
     "pipeline",
     "read_metadata",
     "read_varint",
+    "resample",
     "scan_model",
     "string_entry",
     "value_text",
@@ -1027,6 +1036,109 @@ class TextTokenizer:
         return self.pad(self.encode(inputs), dtypes)
 
 
+class CTCDecoder:
+    """Greedy CTC decoding of argmax ids as transformers' Wav2Vec2CTCTokenizer.decode: repeats collapsed, the
+    pad (blank) token dropped, the word delimiter turned into spaces; built from the embedded tokenizer config,
+    whose ``vocab`` holds vocab.json (embedded at the full level)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        vocab = config.get("vocab")
+        if vocab is None:
+            raise ProcessorReconstructionError(
+                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
+                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
+            )
+        target_lang = config.get("target_lang")
+        if target_lang is not None:  # nested multilingual vocabularies (MMS): one per language
+            if not isinstance(vocab, dict) or not isinstance(vocab.get(target_lang), dict):
+                raise ProcessorReconstructionError(
+                    f"{KEY_TOKENIZER_CONFIG}.vocab has no vocabulary for target_lang {target_lang!r}"
+                )
+            vocab = vocab[target_lang]
+        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+            raise ProcessorReconstructionError(
+                f"{KEY_TOKENIZER_CONFIG}.vocab must map tokens to integer ids; re-embed with --include-vocab"
+            )
+        self.tokens = {i: token for token, i in vocab.items()}
+        added = config.get("added_tokens_decoder") or {}
+        for key, token in (added.items() if isinstance(added, dict) else ()):
+            content = _token_content(token)
+            if str(key).isdigit() and content is not None:
+                self.tokens.setdefault(int(key), content)
+
+        def text(name: str, default: str | None) -> str | None:
+            return _token_content(config[name]) if name in config else default
+
+        self.pad_token = text("pad_token", "<pad>")
+        self.unk_token = text("unk_token", "<unk>") or "<unk>"
+        self.word_delimiter_token = text("word_delimiter_token", "|")
+        self.replace_word_delimiter_char = str(config.get("replace_word_delimiter_char", " "))
+        self.do_lower_case = bool(config.get("do_lower_case", False))
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        specials = [text(name, None) for name in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                                                 "mask_token")]
+        for name in ("additional_special_tokens", "extra_special_tokens"):
+            extra = config.get(name)
+            specials += [_token_content(t) for t in (extra.values() if isinstance(extra, dict) else extra or [])]
+        specials += [_token_content(t) for t in (added.values() if isinstance(added, dict) else ())
+                     if isinstance(t, dict) and t.get("special")]
+        self.special_tokens = {t for t in specials if t is not None and t != self.word_delimiter_token}
+
+    def _characters(self, ids: Sequence[int], skip_special_tokens: bool) -> tuple[list[str], list[int]]:
+        """The tokens of ids with repeats grouped, and each group's length."""
+        chars: list[str] = []
+        counts: list[int] = []
+        for i in ids:
+            token = self.tokens.get(int(i), self.unk_token)
+            if skip_special_tokens and token in self.special_tokens:
+                continue
+            if chars and chars[-1] == token:
+                counts[-1] += 1
+            else:
+                chars.append(token)
+                counts.append(1)
+        return chars, counts
+
+    def _char(self, token: str) -> str:
+        return self.replace_word_delimiter_char if token == self.word_delimiter_token else token
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """Text of one sequence of argmax ids (the ASR pipeline decodes CTC ids without skipping special tokens)."""
+        chars, _ = self._characters(ids, skip_special_tokens)
+        text = "".join(self._char(c) for c in chars if c != self.pad_token).strip()
+        if self.do_lower_case:
+            text = text.lower()
+        if self.clean_up_spaces:
+            for old, new in _CLEAN_UP:
+                text = text.replace(old, new)
+        return text
+
+    def char_offsets(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Each decoded character with its first and past-the-end frame, as decode(output_char_offsets=True)."""
+        chars, repetitions = self._characters(ids, False)
+        offsets, end = [], 0
+        for char, count in zip(chars, repetitions):
+            if char != self.pad_token:
+                offsets.append({"char": self._char(char), "start_offset": end, "end_offset": end + count})
+            end += count
+        return offsets
+
+    def word_offsets(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Words (runs of characters between delimiters) with their first and past-the-end frame."""
+        words: list[dict[str, Any]] = []
+        space = True
+        for offset in self.char_offsets(ids):
+            if offset["char"] == self.replace_word_delimiter_char:
+                space = True
+            elif space:
+                words.append({"word": offset["char"], "start_offset": offset["start_offset"], "end_offset": offset["end_offset"]})
+                space = False
+            else:
+                words[-1]["word"] += offset["char"]
+                words[-1]["end_offset"] = offset["end_offset"]
+        return words
+
+
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
     model_config = metadata.get(KEY_MODEL_CONFIG) or {}
@@ -1047,22 +1159,559 @@ def _max_length(metadata: Mapping[str, Any]) -> int:
     return min(limits)
 
 
-def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | TokenizerProxy | None:
-    """The tokenizer of a model: full when the vocabulary is embedded, a proxy when only its config is."""
+def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | TokenizerProxy | None:
+    """The tokenizer of a model: full when the vocabulary is embedded (tokenizer.json, or a CTC tokenizer's
+    vocab.json), a proxy when only its config is."""
     check_value_types(metadata)
     config = metadata.get(KEY_TOKENIZER_CONFIG)
     tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
     if tokenizer_json is not None:
         return TextTokenizer(tokenizer_json, config or {}, _max_length(metadata))
+    if config is not None and config.get("vocab") is not None:  # a CTC tokenizer's vocab.json (Wav2Vec2CTCTokenizer)
+        return CTCDecoder(config)
     if config is not None:
         return TokenizerProxy(config)
     return None
+
+
+# --- Audio feature extractors -------------------------------------------------------------------------
+#
+# Audio inputs become mono float32 waveforms at the model's sampling rate (load_audio), then the features
+# the graph takes, computed in numpy exactly as transformers computes them in the pipeline: Whisper's
+# log-mel spectrogram, Wav2Vec2's normalized waveform, the Audio Spectrogram Transformer's Kaldi filter
+# bank. CTCDecoder turns the argmax ids of a CTC model into text as Wav2Vec2CTCTokenizer does.
+
+_WAVE_PCM, _WAVE_FLOAT, _WAVE_EXTENSIBLE = 1, 3, 0xFFFE
+# WAV encodings decoded here: (format tag, bits per sample) -> numpy dtype of one sample.
+_WAV_DTYPES = {(_WAVE_PCM, 8): "u1", (_WAVE_PCM, 16): "<i2", (_WAVE_PCM, 24): "<i4", (_WAVE_PCM, 32): "<i4",
+               (_WAVE_FLOAT, 32): "<f4", (_WAVE_FLOAT, 64): "<f8"}
+_WAV_UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming writers put in a data chunk whose length they did not know
+_RESAMPLE_BLOCK = 1 << 20  # numbers per block of the resampler's matrix product: bounds its memory
+# Bounds on the sizes a feature extractor config may ask for: far above any model's, far below exhausting memory.
+_MAX_MEL_BINS, _MAX_FFT, _MAX_RATE, _MAX_FRAMES, _MAX_CHUNK_SAMPLES = 1024, 1 << 14, 1_000_000, 1 << 16, 1 << 27
+
+
+def _wav_error(name: str, what: str) -> InvalidInputError:
+    return InvalidInputError(f"{name} is not a readable WAV file: {what}")
+
+
+def _le(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start: start + size], "little")
+
+
+def _read_wav(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
+    """Samples (frames, channels) in [-1, 1] and the rate of a RIFF/WAVE file: PCM 8/16/24/32-bit and IEEE
+    float, plain or WAVE_FORMAT_EXTENSIBLE; None for other encodings (A-law, ADPCM...)."""
+    import numpy as np
+
+    fmt: tuple[int, int, int, int] | None = None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size, body = data[pos: pos + 4], _le(data, pos + 4, 4), pos + 8
+        if chunk == b"fmt ":
+            if size < 16 or body + size > len(data):
+                raise _wav_error(name, "its fmt chunk is truncated")
+            tag, channels = _le(data, body, 2), _le(data, body + 2, 2)
+            rate, bits = _le(data, body + 4, 4), _le(data, body + 14, 2)
+            if tag == _WAVE_EXTENSIBLE and size >= 40:
+                tag = _le(data, body + 24, 2)  # the SubFormat GUID begins with the plain format tag
+            fmt = (tag, channels, rate, bits)
+        elif chunk == b"data":
+            if fmt is None:
+                raise _wav_error(name, "its data chunk comes before its fmt chunk")
+            end = len(data) if size == _WAV_UNKNOWN_SIZE else body + size
+            if end > len(data):
+                raise _wav_error(name, f"its data chunk declares {size} bytes but {len(data) - body} remain (truncated file)")
+            tag, channels, rate, bits = fmt
+            dtype = _WAV_DTYPES.get((tag, bits))
+            if dtype is None:
+                return None
+            if channels < 1 or rate < 1:
+                raise _wav_error(name, f"it declares {channels} channels at {rate} Hz")
+            raw = data[body:end]
+            raw = raw[: len(raw) - len(raw) % (bits // 8 * channels)]  # a partial last frame is dropped
+            if bits == 24:  # three bytes a sample: widened to int32 with a zero low byte
+                wide = np.zeros((len(raw) // 3, 4), dtype=np.uint8)
+                wide[:, 1:] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
+                raw = wide.tobytes()
+            samples = np.frombuffer(raw, dtype=dtype).reshape(-1, channels)
+            if tag == _WAVE_FLOAT:
+                return samples.astype(np.float32), rate
+            if bits == 8:  # 8-bit WAV is unsigned, centred on 128
+                return ((samples.astype(np.float64) - 128.0) / 128.0).astype(np.float32), rate
+            return (samples / float(2 ** (8 * np.dtype(dtype).itemsize - 1))).astype(np.float32), rate
+        pos = body + size + (size & 1)
+    raise _wav_error(name, "it has no fmt chunk" if fmt is None else "it has no data chunk")
+
+
+def _read_audio_file(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Samples (frames, channels) and rate of an audio file's bytes: WAV here, other formats through soundfile."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        read = _read_wav(data, name)
+        if read is not None:
+            return read
+    try:
+        import soundfile  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        raise InvalidInputError(
+            f"{name} is not a WAV file this runtime decodes; other formats (FLAC, OGG, MP3, ...) are read through "
+            "the soundfile package: pip install soundfile"
+        ) from None
+    import io
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        raise InvalidInputError(f"{name} is not an audio file soundfile can read: {exc}") from None
+    return samples, int(rate)
+
+
+def _sampling_rate(value: Any) -> int:
+    """A caller's sampling rate as a positive integer number of Hz."""
+    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__index__")):
+        raise InvalidInputError(f"sampling_rate must be a number of Hz, got {value!r}")
+    rate = float(value)
+    if not 0 < rate < float("inf") or rate != int(rate):
+        raise InvalidInputError(f"sampling_rate must be a positive whole number of Hz, got {value!r}")
+    return int(rate)
+
+
+def _waveform(audio: Any) -> np.ndarray:
+    """A caller's array as a mono float32 waveform: PCM integers scaled to [-1, 1] as soundfile reads them,
+    (channels, samples) averaged as transformers' ASR pipeline does; NaN, infinities and other dtypes refused."""
+    import numpy as np
+
+    if not isinstance(audio, np.ndarray):
+        batch = " (a list is a batch of clips, not the samples of one)" if isinstance(audio, (int, float)) else ""
+        raise InvalidInputError(
+            f"audio must be a numpy array of samples, a {{'raw': array, 'sampling_rate': rate}} dict, a file path or "
+            f"the bytes of a file; got {type(audio).__name__}{batch}"
+        )
+    if audio.dtype.kind == "f":
+        samples = audio.astype(np.float32, copy=False)
+    elif audio.dtype.kind in "iu":
+        half = float(2 ** (8 * audio.dtype.itemsize - 1))
+        offset = half if audio.dtype.kind == "u" else 0.0
+        samples = ((audio.astype(np.float64) - offset) / half).astype(np.float32)
+    else:
+        raise InvalidInputError(f"audio samples must be floats or PCM integers, got dtype {audio.dtype}")
+    if samples.ndim == 2:
+        if not 0 < samples.shape[0] <= 2:
+            raise InvalidInputError(
+                f"audio of shape {samples.shape} is read as (channels, samples) and must have 1 or 2 channels; "
+                "transpose a (samples, channels) array (what soundfile.read returns), or downmix more channels yourself"
+            )
+        samples = samples.mean(axis=0)
+    elif samples.ndim != 1:
+        raise InvalidInputError(f"audio must be a 1-D array of samples or (channels, samples), got shape {samples.shape}")
+    if not np.isfinite(samples).all():
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise InvalidInputError(f"audio has {bad} NaN or infinite samples; clean the signal first (e.g. np.nan_to_num)")
+    return samples
+
+
+def _audio_dict(item: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(samples, sampling_rate, the other keys) of a {"raw" or "array": ..., "sampling_rate": ...} input, read
+    as transformers' pipelines read it ("path" dropped beside "array", as datasets rows carry it)."""
+    if "sampling_rate" not in item or ("raw" not in item and "array" not in item):
+        raise InvalidInputError(
+            "an audio dict needs a 'raw' (or 'array') key with the samples and a 'sampling_rate' key with their rate, "
+            f"e.g. {{'raw': array, 'sampling_rate': 16000}}; got keys {sorted(map(str, item))}"
+        )
+    rest = dict(item)
+    samples = rest.pop("raw", None)
+    if samples is None:
+        rest.pop("path", None)
+        samples = rest.pop("array", None)
+    return samples, rest.pop("sampling_rate"), rest
+
+
+def _file_bytes(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """The contents of an audio file and its name for messages."""
+    name = os.fsdecode(path)
+    if name.startswith(("http://", "https://")):
+        raise InvalidInputError(f"{name} is a URL; the runtime reads no network: download the file and pass its path")
+    try:
+        with open(name, "rb") as f:
+            return f.read(), repr(name)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read audio file {name!r}: {exc.strerror or exc}") from None
+
+
+def load_audio(x: Any, sampling_rate: int) -> np.ndarray:
+    """One audio input as a mono float32 waveform at sampling_rate, taking what transformers' audio pipelines take.
+
+    x is a numpy array already at sampling_rate (floats, or PCM integers scaled to [-1, 1]; (channels, samples)
+    averaged), a ``{"raw" or "array": samples, "sampling_rate": rate}`` dict (resampled as transformers does), or
+    a file path or the bytes of a file: WAV is read here, other formats through soundfile when it is installed.
+    """
+    if isinstance(x, dict):
+        samples, rate, _ = _audio_dict(x)
+        waveform, rate = _waveform(samples), _sampling_rate(rate)
+    elif isinstance(x, (str, os.PathLike, bytes, bytearray)):
+        data, name = (bytes(x), "the audio bytes") if isinstance(x, (bytes, bytearray)) else _file_bytes(x)
+        samples, rate = _read_audio_file(data, name)
+        waveform = _waveform(samples.mean(axis=1))  # files are (frames, channels): every channel averaged
+    else:
+        waveform, rate = _waveform(x), sampling_rate
+    return resample(waveform, rate, sampling_rate)
+
+
+def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
+    """A float32 waveform from orig_freq to new_freq Hz as torchaudio.functional.resample, which transformers'
+    pipelines call: windowed sinc (Hann window, 6 zero crossings, rolloff 0.99), the kernel in float32."""
+    import numpy as np
+
+    if orig_freq == new_freq:
+        return audio
+    gcd = int(np.gcd(orig_freq, new_freq))
+    orig, new = orig_freq // gcd, new_freq // gcd
+    base = min(orig, new) * 0.99
+    width = int(np.ceil(6 * orig / base))
+    # The arithmetic, in its order, of torchaudio's _get_sinc_resample_kernel (6 = lowpass_filter_width).
+    idx = np.arange(-width, width + orig, dtype=np.float32)[None] / orig
+    t = np.arange(0, -new, -1, dtype=np.float32)[:, None] / new + idx
+    t *= base
+    t = np.clip(t, -6, 6)
+    window = np.cos(t * np.pi / 6 / 2) ** 2
+    t *= np.pi
+    kernels = np.where(t == 0, np.float32(1.0), np.sin(t) / np.where(t == 0, np.float32(1.0), t))
+    kernels *= window * (base / orig)
+    # y[j * new + phase] = frame j (input samples j * orig - width onwards) . kernel[phase]
+    padded = np.pad(audio, (width, width + orig))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, kernels.shape[1])[::orig]
+    step = max(1, _RESAMPLE_BLOCK // kernels.shape[1])
+    out = np.concatenate([frames[i: i + step] @ kernels.T for i in range(0, len(frames), step)]).reshape(-1)
+    return out[: -(-new * len(audio) // orig)]  # ceil(new * len / orig)
+
+
+def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
+    import numpy as np
+
+    if mel_scale == "kaldi":
+        return 1127.0 * np.log(1.0 + freq / 700.0)
+    # slaney: linear below 1 kHz, logarithmic above
+    freq = np.asarray(freq, dtype=np.float64)
+    return np.where(freq >= 1000.0, 15.0 + np.log(np.maximum(freq, 1e-10) / 1000.0) * (27.0 / np.log(6.4)), 3.0 * freq / 200.0)
+
+
+def _mel_to_hertz(mels: Any, mel_scale: str) -> Any:
+    import numpy as np
+
+    if mel_scale == "kaldi":
+        return 700.0 * (np.exp(mels / 1127.0) - 1.0)
+    return np.where(mels >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mels - 15.0)), 200.0 * mels / 3.0)
+
+
+def mel_filter_bank(num_frequency_bins: int, num_mel_filters: int, min_frequency: float, max_frequency: float,
+                    sampling_rate: int, *, norm: str | None, mel_scale: str,
+                    triangularize_in_mel_space: bool = False) -> np.ndarray:
+    """Triangular mel filters (num_frequency_bins, num_mel_filters), float64, as transformers.audio_utils.mel_filter_bank
+    computes them: mel_scale "slaney" (with norm "slaney": Whisper's, as librosa) or "kaldi" (in mel space: AST's)."""
+    import numpy as np
+
+    mel_freqs = np.linspace(_hertz_to_mel(min_frequency, mel_scale), _hertz_to_mel(max_frequency, mel_scale), num_mel_filters + 2)
+    filter_freqs = _mel_to_hertz(mel_freqs, mel_scale)
+    if triangularize_in_mel_space:
+        bin_width = sampling_rate / ((num_frequency_bins - 1) * 2)
+        fft_freqs = _hertz_to_mel(bin_width * np.arange(num_frequency_bins), mel_scale)
+        filter_freqs = mel_freqs
+    else:
+        fft_freqs = np.linspace(0, sampling_rate // 2, num_frequency_bins)
+    slopes = filter_freqs[None] - fft_freqs[:, None]
+    diff = np.diff(filter_freqs)
+    filters = np.maximum(np.zeros(1), np.minimum(-slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]))
+    if norm == "slaney":  # constant energy per channel
+        filters *= (2.0 / (filter_freqs[2: num_mel_filters + 2] - filter_freqs[:num_mel_filters]))[None]
+    out: np.ndarray = filters
+    return out
+
+
+def _hann_window(length: int, *, periodic: bool) -> np.ndarray:
+    """float64 Hann window: periodic (torch.hann_window's, Whisper's) or symmetric (Kaldi's 'hanning')."""
+    import numpy as np
+
+    return np.hanning(length + 1)[:-1] if periodic else np.hanning(length)
+
+
+def _frames(waveforms: np.ndarray, length: int, hop: int) -> np.ndarray:
+    """Frames (..., n, length) of the last axis, hop samples apart, a view: n = 1 + (samples - length) // hop."""
+    import numpy as np
+
+    return np.lib.stride_tricks.sliding_window_view(waveforms, length, axis=-1)[..., ::hop, :]
+
+
+def _pad_or_trim(audio: np.ndarray, length: int, value: float, side: str) -> np.ndarray:
+    """audio cut to its first length samples, or padded with value on side ("right" or "left") up to length."""
+    import numpy as np
+
+    if len(audio) >= length:
+        return audio[:length]
+    pad = (0, length - len(audio)) if side == "right" else (length - len(audio), 0)
+    return np.pad(audio, pad, constant_values=value)
+
+
+def _pad_stack(arrays: Sequence[np.ndarray], value: float, side: str = "right") -> np.ndarray:
+    """Arrays stacked on a new first axis, their last axis padded with value on side to the longest."""
+    import numpy as np
+
+    width = max(a.shape[-1] for a in arrays)
+    padded = []
+    for a in arrays:
+        extra = width - a.shape[-1]
+        pad = [(0, 0)] * (a.ndim - 1) + [(0, extra) if side == "right" else (extra, 0)]
+        padded.append(np.pad(a, pad, constant_values=value) if extra else a)
+    return np.stack(padded)
+
+
+def _whisper_power(waveforms: np.ndarray, window: np.ndarray, hop: int) -> np.ndarray:
+    """Power spectrum (n, frames, n_fft // 2 + 1) of float32 waveforms (n, samples) as torch.stft computes it
+    (centred frames, reflect padding), without its last frame as Whisper drops it: frames = samples // hop."""
+    import numpy as np
+
+    half = len(window) // 2
+    padded = np.pad(waveforms, ((0, 0), (half, half)), mode="reflect")
+    spectrum = np.fft.rfft(_frames(padded, len(window), hop)[:, :-1] * window, axis=-1)
+    return spectrum.real ** 2 + spectrum.imag ** 2
+
+
+def _whisper_log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """Whisper's log-mel features (n, n_mels, frames) of a power spectrum (n, frames, bins) and mel filters
+    (n_mels, bins): log10 floored at 1e-10, each item clamped to 8 below its maximum, then (x + 4) / 4."""
+    import numpy as np
+
+    log = np.log10(np.maximum(filters @ power.transpose(0, 2, 1), 1e-10))
+    if log.size:  # audio shorter than one hop has no frame
+        log = np.maximum(log, log.max(axis=(1, 2), keepdims=True) - 8.0)
+    out: np.ndarray = (log + 4.0) / 4.0
+    return out
+
+
+def _zero_mean_unit_var(audio: np.ndarray) -> np.ndarray:
+    """Wav2Vec2's normalization of one waveform: zero mean, unit variance (1e-7 added to the variance)."""
+    import numpy as np
+
+    if not len(audio):
+        return audio
+    out: np.ndarray = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+    return out
+
+
+def _kaldi_power(waveform: np.ndarray, window: np.ndarray, hop: int, fft_length: int) -> np.ndarray:
+    """Power spectrum (frames, fft_length // 2 + 1), float64, as transformers' numpy spectrogram computes it with
+    Kaldi's options: frames not centred, DC offset removed, pre-emphasis 0.97, window, zero-padded FFT."""
+    import numpy as np
+
+    if len(waveform) < len(window):
+        return np.zeros((0, fft_length // 2 + 1))
+    frames = _frames(waveform.astype(np.float64), len(window), hop)
+    frames = frames - frames.mean(axis=-1, keepdims=True)
+    emphasized = np.concatenate([frames[:, :1] * (1 - 0.97), frames[:, 1:] - 0.97 * frames[:, :-1]], axis=-1)
+    # stored as complex64, then squared in float64, as transformers' spectrogram does
+    spectrum = np.fft.rfft(emphasized * window, n=fft_length, axis=-1).astype(np.complex64)
+    return np.abs(spectrum, dtype=np.float64) ** 2
+
+
+def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[type, ...], *, at_most: int | None = None) -> Any:
+    """A feature extractor config field of a JSON type (null or absent: default), refused with its name when wrong;
+    at_most: a size, from 1 to at_most (a hostile file cannot make the features take unbounded memory)."""
+    value = config.get(name)
+    if value is None:
+        return default
+    wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if wrong_type or (isinstance(value, float) and not -float("inf") < value < float("inf")) or (
+            at_most is not None and not 0 < value <= at_most):
+        expected = " or ".join(_JSON_NAMES[t] for t in types) + (f" from 1 to {at_most}" if at_most else "")
+        raise ProcessorReconstructionError(
+            f"{KEY_FEATURE_EXTRACTOR_CONFIG}.{name} must be {expected}, got {value!r}; re-embed from a model whose "
+            "preprocessor_config.json has the right types"
+        )
+    return value
+
+
+def _fe_side(config: Mapping[str, Any]) -> str:
+    side = _fe_value(config, "padding_side", "right", (str,))
+    if side not in ("right", "left"):
+        raise ProcessorReconstructionError(f"{KEY_FEATURE_EXTRACTOR_CONFIG}.padding_side is {side!r}; expected 'right' or 'left'")
+    return str(side)
+
+
+class _AudioFeatureExtractor:
+    """A feature extractor built from its embedded config: waveforms in, the graph's named inputs out."""
+
+    sampling_rate: int
+    padding_value: float
+    model_input_names: tuple[str, ...] = ("input_values",)  # the waveform's features first
+    # whether __call__ returns an attention_mask: batches padded with it give the model what one waveform would
+    returns_attention_mask = False
+
+    def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _waveforms(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The waveforms as mono float32 arrays (load_audio's checks), at least one."""
+        if not isinstance(audios, (list, tuple)) or not audios:
+            raise InvalidInputError(f"{type(self).__name__} takes a non-empty list of waveforms (numpy arrays at "
+                                    f"{self.sampling_rate} Hz; load_audio reads files and resamples)")
+        return [_waveform(a) for a in audios]
+
+
+class WhisperFeatureExtractor(_AudioFeatureExtractor):
+    """Whisper's log-mel spectrogram as transformers' WhisperFeatureExtractor computes it in the ASR pipeline:
+    each waveform padded or cut to chunk_length seconds; input_features (n, feature_size, nb_max_frames)."""
+
+    model_input_names = ("input_features", "attention_mask")
+    returns_attention_mask = True
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        import numpy as np
+
+        self.feature_size = int(_fe_value(config, "feature_size", 80, _INT, at_most=_MAX_MEL_BINS))
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
+        self.hop_length = int(_fe_value(config, "hop_length", 160, _INT, at_most=_MAX_FFT))
+        self.chunk_length = int(_fe_value(config, "chunk_length", 30, _INT, at_most=_MAX_CHUNK_SAMPLES))
+        self.n_fft = int(_fe_value(config, "n_fft", 400, _INT, at_most=_MAX_FFT))
+        self.padding_value = float(_fe_value(config, "padding_value", 0.0, _NUMBER))
+        self.dither = float(_fe_value(config, "dither", 0.0, _NUMBER))
+        self.padding_side = _fe_side(config)
+        # derived as transformers derives them (the config's own n_samples and nb_max_frames are ignored there too)
+        self.n_samples = self.chunk_length * self.sampling_rate
+        if not self.hop_length <= self.n_samples <= _MAX_CHUNK_SAMPLES:
+            raise ProcessorReconstructionError(
+                f"{KEY_FEATURE_EXTRACTOR_CONFIG}: chunk_length {self.chunk_length} s at {self.sampling_rate} Hz is "
+                f"{self.n_samples} samples a chunk; it must be from hop_length ({self.hop_length}) to {_MAX_CHUNK_SAMPLES}"
+            )
+        self.nb_max_frames = self.n_samples // self.hop_length
+        self.window = _hann_window(self.n_fft, periodic=True).astype(np.float32)
+        self.mel_filters = np.ascontiguousarray(mel_filter_bank(
+            1 + self.n_fft // 2, self.feature_size, 0.0, 8000.0, self.sampling_rate, norm="slaney", mel_scale="slaney",
+        ).T.astype(np.float32))
+
+    def log_mel_spectrogram(self, waveforms: np.ndarray) -> np.ndarray:
+        """Features (n, feature_size, samples // hop_length), float32, of equally long float32 waveforms (n, samples)."""
+        import numpy as np
+
+        if self.dither:  # as transformers: Gaussian noise of this deviation on every sample
+            waveforms = waveforms + self.dither * np.random.default_rng().standard_normal(waveforms.shape, dtype=np.float32)
+        return _whisper_log_mel(_whisper_power(waveforms, self.window, self.hop_length), self.mel_filters)
+
+    def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """input_features (n, feature_size, nb_max_frames) float32 and the attention_mask (n, nb_max_frames) int32
+        the pipeline asks for: 1 on frames that start within the waveform."""
+        import numpy as np
+
+        audios = self._waveforms(audios)
+        waveforms = np.stack([_pad_or_trim(a, self.n_samples, self.padding_value, self.padding_side) for a in audios])
+        starts = np.arange(self.nb_max_frames) * self.hop_length
+        mask = []
+        for audio in audios:
+            length = min(len(audio), self.n_samples)
+            first = 0 if self.padding_side == "right" else self.n_samples - length
+            mask.append((starts >= first) & (starts < first + length))
+        return {"input_features": self.log_mel_spectrogram(waveforms), "attention_mask": np.array(mask, dtype=np.int32)}
+
+
+class Wav2Vec2FeatureExtractor(_AudioFeatureExtractor):
+    """The waveform itself as transformers' Wav2Vec2FeatureExtractor gives it (wav2vec2, HuBERT, WavLM,
+    Data2VecAudio...): each waveform normalized on its own samples when do_normalize, padded to the longest."""
+
+    model_input_names = ("input_values", "attention_mask")
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
+        self.padding_value = float(_fe_value(config, "padding_value", 0.0, _NUMBER))
+        self.do_normalize = bool(_fe_value(config, "do_normalize", True, (bool,)))
+        self.returns_attention_mask = bool(_fe_value(config, "return_attention_mask", False, (bool,)))
+        self.padding_side = _fe_side(config)
+
+    def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """input_values (n, longest) float32, and the attention_mask (n, longest) int32 when the config asks for it."""
+        import numpy as np
+
+        audios = self._waveforms(audios)
+        values = [_zero_mean_unit_var(a) if self.do_normalize else a for a in audios]
+        out = {"input_values": _pad_stack([v.astype(np.float32) for v in values], self.padding_value, self.padding_side)}
+        if self.returns_attention_mask:
+            out["attention_mask"] = _pad_stack([np.ones(len(a), dtype=np.int32) for a in audios], 0, self.padding_side)
+        return out
+
+
+class ASTFeatureExtractor(_AudioFeatureExtractor):
+    """The Audio Spectrogram Transformer's Kaldi-style log-mel filter bank, as transformers' ASTFeatureExtractor
+    computes it without torchaudio (its numpy path): padded or cut to max_length frames, mean/std normalized."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
+        self.num_mel_bins = int(_fe_value(config, "num_mel_bins", 128, _INT, at_most=_MAX_MEL_BINS))
+        self.max_length = int(_fe_value(config, "max_length", 1024, _INT, at_most=_MAX_FRAMES))
+        self.do_normalize = bool(_fe_value(config, "do_normalize", True, (bool,)))
+        self.mean = float(_fe_value(config, "mean", -4.2677393, _NUMBER))
+        self.std = float(_fe_value(config, "std", 4.5689974, _NUMBER))
+        if self.do_normalize and self.std == 0:
+            raise ProcessorReconstructionError(f"{KEY_FEATURE_EXTRACTOR_CONFIG}.std is 0; the features cannot be normalized")
+        self.padding_value = float(_fe_value(config, "padding_value", 0.0, _NUMBER))
+        # transformers' numpy path: 25 ms frames every 10 ms at 16 kHz, a 512-point FFT, whatever the rate
+        self.window = _hann_window(400, periodic=False)
+        self.mel_filters = mel_filter_bank(257, self.num_mel_bins, 20, self.sampling_rate // 2, self.sampling_rate,
+                                           norm=None, mel_scale="kaldi", triangularize_in_mel_space=True)
+
+    def fbank(self, waveform: np.ndarray) -> np.ndarray:
+        """Log-mel filter bank (max_length, num_mel_bins) float32 of one waveform, zero-padded or cut to max_length."""
+        import numpy as np
+
+        power = _kaldi_power(waveform, self.window, 160, 512)
+        fbank = np.log(np.maximum(1.192092955078125e-07, power @ self.mel_filters)).astype(np.float32)[: self.max_length]
+        padded: np.ndarray = np.pad(fbank, ((0, self.max_length - len(fbank)), (0, 0)))
+        return padded
+
+    def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """input_values (n, max_length, num_mel_bins) float32."""
+        import numpy as np
+
+        features = np.stack([self.fbank(a) for a in self._waveforms(audios)])
+        if self.do_normalize:
+            features = (features - self.mean) / (self.std * 2)
+        return {"input_values": features}
+
+
+FEATURE_EXTRACTORS: dict[str, Callable[[Mapping[str, Any]], _AudioFeatureExtractor]] = {
+    "WhisperFeatureExtractor": WhisperFeatureExtractor,
+    "Wav2Vec2FeatureExtractor": Wav2Vec2FeatureExtractor,
+    "ASTFeatureExtractor": ASTFeatureExtractor,
+}
+"""The audio feature extractors this runtime rebuilds, by their ``feature_extractor_type``."""
+# What transformers' AutoFeatureExtractor picks for a config that names no feature_extractor_type.
+_MODEL_FEATURE_EXTRACTORS = {
+    **dict.fromkeys(("wav2vec2", "hubert", "wavlm", "data2vec-audio", "sew", "sew-d", "unispeech", "unispeech-sat",
+                     "wav2vec2-conformer"), "Wav2Vec2FeatureExtractor"),
+    "whisper": "WhisperFeatureExtractor",
+    "audio-spectrogram-transformer": "ASTFeatureExtractor",
+}
+
+
+def load_feature_extractor(metadata: Mapping[str, Any]) -> _AudioFeatureExtractor | None:
+    """The audio feature extractor of a model, built from its embedded hf_feature_extractor_config alone; None
+    when none is embedded."""
+    config = metadata.get(KEY_FEATURE_EXTRACTOR_CONFIG)
+    if config is None:
+        return None
+    kind = config.get("feature_extractor_type")
+    if kind is None:
+        kind = _MODEL_FEATURE_EXTRACTORS.get(str((metadata.get(KEY_MODEL_CONFIG) or {}).get("model_type")))
+    cls = FEATURE_EXTRACTORS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProcessorReconstructionError(
+            f"feature extractor {kind!r} is not supported by this runtime; supported: {', '.join(FEATURE_EXTRACTORS)} "
+            "(set feature_extractor_type in preprocessor_config.json and re-embed if the model uses one of them)"
+        )
+    return cls(config)
 
 
 # --- Registry -----------------------------------------------------------------------------------------
 
 PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "tokenizer": load_tokenizer,
+    "feature_extractor": load_feature_extractor,
 }
 """Processor loaders by feature_engineering type; each builds its processor from the metadata alone and
 returns None when the metadata holds none of its kind."""
@@ -2244,6 +2893,355 @@ class _ZeroShotClassification(_TextTask):
         return results
 
 
+# --- Audio tasks --------------------------------------------------------------------------------------
+
+def _conv_layers(config: Mapping[str, Any]) -> list[tuple[int, int]] | None:
+    """(kernel, stride) of each layer of a wav2vec2-style convolutional feature encoder (conv_kernel, conv_stride
+    of the model config); None when the config has none, or an adapter that changes the frame count."""
+    kernels, strides = config.get("conv_kernel"), config.get("conv_stride")
+    if (config.get("add_adapter") or not isinstance(kernels, list) or not isinstance(strides, list)
+            or len(kernels) != len(strides)):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in kernels + strides):
+        return None
+    return list(zip(kernels, strides))
+
+
+def _output_frames(layers: Sequence[tuple[int, int]], samples: int) -> int:
+    """Frames the feature encoder makes of samples (transformers' _get_feat_extract_output_lengths), 0 if too short."""
+    for kernel, stride in layers:
+        samples = (samples - kernel) // stride + 1 if samples >= kernel else 0
+    return samples
+
+
+def _min_samples(layers: Sequence[tuple[int, int]]) -> int:
+    """The fewest samples the feature encoder makes one frame of (its receptive field)."""
+    need = 1
+    for kernel, stride in reversed(layers):
+        need = (need - 1) * stride + kernel
+    return need
+
+
+class _AudioPiece(NamedTuple):
+    """One waveform the model runs on (an input, or one chunk of it) and its features, batch axis of 1."""
+
+    features: dict[str, np.ndarray]
+    samples: int
+    stride: tuple[int, int, int] | None = None  # (samples, left, right): the ends only there as context
+
+
+class _AudioTask(_Task):
+    """A task on audio: each input read by load_audio and featurized alone, as the pipeline does, then run in
+    batches of batch_size. Waveforms of different lengths share a batch only where the feature extractor
+    gives an attention mask and the graph takes it, which keeps the padding from changing the result."""
+
+    processors: ClassVar[tuple[str, ...]] = ("feature_extractor",)
+    example = "audio"
+    output: ClassVar[str] = "logits"
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        features = ctx.processors.get("feature_extractor")
+        if features is None:
+            raise ProcessorReconstructionError(
+                "no audio feature extractor is embedded (hf_feature_extractor_config); re-embed from the model folder "
+                "with its preprocessor_config.json at the essential or full level"
+            )
+        self.features: _AudioFeatureExtractor = features
+        self.session = ctx.session()
+        self.output_name = self.session.output(self.output)
+        self.layers = _conv_layers(ctx.config)
+        self.main_input = self.features.model_input_names[0]
+        self.dtypes = self._input_dtypes()
+        self.pad_batches = self.features.returns_attention_mask and "attention_mask" in self.dtypes
+
+    def _input_dtypes(self) -> dict[str, str]:
+        """dtype of each graph input, which must be the features and an optional attention_mask."""
+        names = list(self.session.inputs)
+        if self.main_input not in names or any(n not in (self.main_input, "attention_mask") for n in names):
+            raise MetadataValidationError(
+                f"graph inputs {names} do not match the audio feature extractor's output ({self.main_input}, optional "
+                "attention_mask); was the model exported for another task?"
+            )
+        dtypes = {}
+        for port in self.session.inputs.values():
+            kinds = ("int64", "int32") if port.name == "attention_mask" else ("float32", "float16", "float64")
+            dtype = port.dtype
+            if dtype is None or dtype not in kinds:
+                raise MetadataValidationError(f"graph input {port.name!r} has type {port.type}, which audio features cannot fill")
+            dtypes[port.name] = dtype
+        return dtypes
+
+    def piece(self, waveform: np.ndarray, stride: tuple[int, int, int] | None = None) -> _AudioPiece:
+        return _AudioPiece(self.features([waveform]), len(waveform), stride)
+
+    def rows(self, pieces: Sequence[_AudioPiece]) -> list[np.ndarray]:
+        """The task output's row for each piece, in order; run in length-sorted batches of batch_size."""
+        def length(i: int) -> int:
+            return int(pieces[i].features[self.main_input].shape[-1])
+
+        batches: list[list[int]] = []
+        for i in sorted(range(len(pieces)), key=length):
+            last = batches[-1] if batches else []
+            if not last or len(last) == self.ctx.batch_size or (not self.pad_batches and length(i) != length(last[0])):
+                batches.append([i])
+            else:
+                last.append(i)
+        rows: list[Any] = [None] * len(pieces)
+        for batch in batches:
+            for i, row in zip(batch, self._run([pieces[i].features for i in batch])):
+                rows[i] = row
+        return rows
+
+    def _run(self, features: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        import numpy as np
+
+        values = _pad_stack([f[self.main_input][0] for f in features], self.features.padding_value)
+        feed = {self.main_input: values.astype(self.dtypes[self.main_input])}
+        if "attention_mask" in self.dtypes:
+            if "attention_mask" in features[0]:
+                feed["attention_mask"] = _pad_stack([f["attention_mask"][0] for f in features], 0)
+            else:  # the graph takes a mask the feature extractor does not give: nothing is padded here
+                feed["attention_mask"] = np.ones(values.shape[:2])
+            feed["attention_mask"] = feed["attention_mask"].astype(self.dtypes["attention_mask"])
+        (out,) = self.session.run([self.output_name], feed)
+        return np.asarray(out)
+
+
+# --- Speech recognition -------------------------------------------------------------------------------
+
+
+def _speech_kind(ctx: _Context) -> str:
+    """How a speech recognition model turns audio into text: "ctc" (a label per frame, decoded greedily) or
+    "seq2seq" (an encoder-decoder generating tokens: Whisper and its kind)."""
+    if ctx.config.get("model_type") == "whisper" or ctx.config.get("is_encoder_decoder") or any(
+        name in session.inputs for session in ctx.sessions.values() for name in ("decoder_input_ids", "encoder_hidden_states")
+    ):
+        return "seq2seq"
+    return "ctc"
+
+
+def _chunks(audio: np.ndarray, chunk_len: int, left: int, right: int) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """Windows of chunk_len samples overlapping by left + right, each with its stride (samples, left, right):
+    the ends that are only context (none at the start and end of the audio); as the pipeline's chunk_iter."""
+    windows = []
+    for start in range(0, len(audio), chunk_len - left - right):
+        chunk = audio[start: start + chunk_len]
+        first = 0 if start == 0 else left
+        last = start + chunk_len >= len(audio)
+        if len(chunk) > first:
+            windows.append((chunk, (len(chunk), first, 0 if last else right)))
+        if last:
+            break
+    return windows
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InvalidInputError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _chunk_length(name: str, value: Any) -> float:
+    return _seconds(value, name)
+
+
+def _stride_length(name: str, value: Any) -> tuple[float, float]:
+    strides = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(strides, (list, tuple)) or len(strides) != 2:
+        raise InvalidInputError(f"{name} must be a number of seconds or [left, right], got {value!r}")
+    return _seconds(strides[0], name), _seconds(strides[1], name)
+
+
+def _ctc_timestamps(name: str, value: Any) -> str:
+    if value not in ("char", "word"):
+        raise InvalidInputError(f"{name}={value!r}: CTC models give character or word timestamps; pass {name}='char' or 'word'")
+    return str(value)
+
+
+class _Speech(NamedTuple):
+    """Speech inputs prepared: each input's pieces (its chunks, or the whole), and the other keys of a dict input."""
+
+    pieces: list[list[_AudioPiece]]
+    extras: list[dict[str, Any]]
+
+
+class _SpeechRecognition(_AudioTask):
+    """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline, for CTC models
+    (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC): greedy CTC decoding of each frame's likeliest token,
+    long audio in overlapping chunk_length_s windows, char or word timestamps. Sequence-to-sequence models
+    (Whisper) need the generation loop and are refused until it lands."""
+
+    name = "automatic-speech-recognition"
+    processors = ("feature_extractor", "tokenizer")
+    options = (
+        _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
+        _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
+        _Option("return_timestamps", _ctc_timestamps),
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        if _speech_kind(ctx) == "seq2seq":
+            raise TaskDetectionError(
+                "automatic-speech-recognition with a sequence-to-sequence model "
+                f"({ctx.config.get('model_type') or 'encoder-decoder'}) "
+                "is not supported by this runtime yet; CTC models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) are"
+            )
+        super().__init__(ctx)
+        decoder = ctx.processors.get("tokenizer")
+        if not isinstance(decoder, CTCDecoder):
+            raise ProcessorReconstructionError(
+                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
+                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
+            )
+        self.decoder = decoder
+        # samples per logit frame, as the pipeline's _align_to (the config's inputs_to_logits_ratio, else 1)
+        self.align_to = 1
+        for _, stride in self.layers or ():
+            self.align_to *= stride
+        # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
+        self.pad_batches = self.pad_batches and self.layers is not None
+        shape = self.session.outputs[self.output_name].shape
+        if shape and len(shape) != 3:
+            raise MetadataValidationError(
+                f"{self.name} needs CTC logits (batch, frames, vocabulary); output {self.output_name!r} has shape "
+                f"{list(shape)}; was the graph exported for another task?"
+            )
+
+    def _chunking(self, options: Mapping[str, Any]) -> tuple[int, int, int]:
+        """(chunk_len, stride_left, stride_right) in samples; chunk_len 0: no chunking."""
+        chunk = options["chunk_length_s"]
+        if not chunk:
+            return 0, 0, 0
+        strides = options["stride_length_s"] or (chunk / 6, chunk / 6)
+        sizes = [round(seconds * self.features.sampling_rate / self.align_to) * self.align_to
+                 for seconds in (chunk, *strides)]
+        if sizes[0] <= sizes[1] + sizes[2]:
+            raise InvalidInputError(
+                f"chunk_length_s ({chunk}) must be longer than the left and right strides together "
+                f"({strides[0]} + {strides[1]} s)"
+            )
+        return sizes[0], sizes[1], sizes[2]
+
+    def _pieces(self, item: Any, chunking: tuple[int, int, int]) -> tuple[list[_AudioPiece], dict[str, Any]]:
+        """The pieces of one input (its chunks, or the whole) and the extra keys of a dict input, which the pipeline
+        returns beside the text."""
+        rate = self.features.sampling_rate
+        stride: tuple[int, int, int] | None = None
+        extra: dict[str, Any] = {}
+        if isinstance(item, dict):
+            samples, item_rate, extra = _audio_dict(item)
+            asked = extra.pop("stride", None)
+            audio = load_audio({"raw": samples, "sampling_rate": item_rate}, rate)
+            if asked is not None:
+                if not isinstance(asked, (list, tuple)) or len(asked) != 2 or not all(
+                        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in asked):
+                    raise InvalidInputError(f"stride must be (left, right) numbers of samples, got {asked!r}")
+                if asked[0] + asked[1] > len(audio):
+                    raise InvalidInputError(f"stride {tuple(asked)} is larger than the audio ({len(audio)} samples)")
+                ratio = rate / _sampling_rate(item_rate)
+                stride = (len(audio), round(asked[0] * ratio), round(asked[1] * ratio))
+        else:
+            audio = load_audio(item, rate)
+        chunk_len, left, right = chunking
+        if chunk_len:
+            return [self.piece(chunk, chunk_stride) for chunk, chunk_stride in _chunks(audio, chunk_len, left, right)], extra
+        return [self.piece(audio, stride)], extra
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Speech:
+        chunking = self._chunking(options)
+        prepared = [self._pieces(item, chunking) for item in items]
+        return _Speech([pieces for pieces, _ in prepared], [extra for _, extra in prepared])
+
+    def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[np.ndarray]:
+        """Each piece's likeliest token per frame, cut to the frames outside its stride; a waveform too short
+        for one frame has none (the model is not run on it)."""
+        import numpy as np
+
+        pieces = [piece for group in batch.pieces for piece in group]
+        frames = [0 if not p.samples else None if self.layers is None else _output_frames(self.layers, p.samples)
+                  for p in pieces]
+        run = [i for i, n in enumerate(frames) if n != 0]
+        ids = [np.zeros(0, dtype=np.int64) for _ in pieces]
+        for i, logits in zip(run, self.rows([pieces[i] for i in run])):
+            ids[i] = logits[: frames[i]].argmax(axis=-1)
+        for i, piece in enumerate(pieces):
+            if piece.stride is not None and piece.samples:  # the pipeline's rescale_stride, from samples to frames
+                total, left, right = piece.stride
+                frames_n = round(total * (1 / self.align_to))
+                left, right = round(left / total * frames_n), round(right / total * frames_n)
+                ids[i] = ids[i][left: frames_n - right]
+        return ids
+
+    def postprocess(self, batch: _Speech, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        """The text of each input's pieces decoded together, with timestamped chunks when asked."""
+        import numpy as np
+
+        ids = iter(outputs)
+        timestamps = options["return_timestamps"]
+        results = []
+        for pieces, extra in zip(batch.pieces, batch.extras):
+            own = [next(ids) for _ in pieces]
+            tokens = np.concatenate(own).tolist() if own else []
+            result: dict[str, Any] = {"text": self.decoder.decode(tokens)}
+            if timestamps is not None:
+                offsets = self.decoder.char_offsets(tokens) if timestamps == "char" else self.decoder.word_offsets(tokens)
+                rate, align = self.features.sampling_rate, self.align_to
+                result["chunks"] = [{"text": o[timestamps], "timestamp": (o["start_offset"] * align / rate,
+                                                                          o["end_offset"] * align / rate)}
+                                    for o in offsets]
+            # as the pipeline: a dict input's other keys come back, one value per piece
+            result.update({key: [value] * len(own) for key, value in extra.items()})
+            results.append(result)
+        return results
+
+
+# --- Audio classification ---------------------------------------------------------------------------
+
+
+_AUDIO_FUNCTIONS = {"regression": "none", "multi_label_classification": "sigmoid"}  # by problem_type, else softmax
+
+
+class _AudioClassification(_AudioTask):
+    """audio-classification, as transformers.AudioClassificationPipeline: wav2vec2-style *ForSequenceClassification,
+    the Audio Spectrogram Transformer, Whisper's encoder; the top_k labels (default: all) with their scores."""
+
+    name = "audio-classification"
+    options = (
+        # transformers' pipeline sets top_k=5 when built, but each call without top_k resets it to every label
+        _Option("top_k", _integer(1, optional=True)),
+        _Option("function_to_apply", _choice(*_FUNCTIONS), lambda task, _: _AUDIO_FUNCTIONS.get(
+            str(task.ctx.config.get("problem_type")), "softmax")),
+    )
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_AudioPiece]:
+        pieces = []
+        for item in items:
+            waveform = load_audio(item, self.features.sampling_rate)
+            if self.layers is not None and not _output_frames(self.layers, len(waveform)):
+                shortest = _min_samples(self.layers)
+                raise InvalidInputError(
+                    f"audio of {len(waveform)} samples is too short for this model, which needs at least {shortest} "
+                    f"({1000 * shortest / self.features.sampling_rate:g} ms at {self.features.sampling_rate} Hz)"
+                )
+            pieces.append(self.piece(waveform))
+        return pieces
+
+    def forward(self, batch: list[_AudioPiece], options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.rows(batch)
+
+    def postprocess(self, batch: list[_AudioPiece], outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        import numpy as np
+
+        results = []
+        for logits in outputs:
+            scores = _FUNCTIONS[options["function_to_apply"]](logits.astype(np.float32))
+            labels = self.ctx.labels(len(scores))
+            top_k = options["top_k"] or len(scores)
+            results.append([{"score": float(scores[i]), "label": labels[i]} for i in np.argsort(-scores, kind="stable")[:top_k]])
+        return results
+
+
 # --- Registry -----------------------------------------------------------------------------------------
 
 TASKS: dict[str, type[_Task]] = {
@@ -2253,6 +3251,8 @@ TASKS: dict[str, type[_Task]] = {
     "question-answering": _QuestionAnswering,
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
+    "automatic-speech-recognition": _SpeechRecognition,
+    "audio-classification": _AudioClassification,
 }
 """The tasks this runtime runs, by pipeline name, in the order of their rooms above."""
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
