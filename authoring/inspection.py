@@ -83,7 +83,9 @@ def _metadata_check(metadata: dict[str, Any]) -> str:
     if rt.KEY_VERSION not in metadata:
         raise rt.MetadataValidationError("no onnxmeta metadata; embed it with python -m authoring embed")
     level = metadata.get(rt.KEY_EMBEDDING_LEVEL, "essential")
-    missing = [k for k in REQUIRED_KEYS.get(level, ()) if k not in metadata]
+    # the vocabulary of the full level belongs to a tokenizer: an image-only model has none
+    missing = [k for k in REQUIRED_KEYS.get(level, ()) if k not in metadata
+               and not (k == rt.KEY_TOKENIZER_JSON and rt.KEY_TOKENIZER_CONFIG not in metadata)]
     if missing:
         raise rt.MetadataValidationError(f"level {level!r} requires {', '.join(missing)}, which are missing")
     digest = "digest verified" if rt.KEY_DIGEST in metadata else "no digest (older writer)"
@@ -105,6 +107,11 @@ def _task_check(metadata: dict[str, Any]) -> str:
 
 def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     tokenizer = rt.load_tokenizer(metadata)
+    if tokenizer is None and rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:
+        processor = rt.load_image_processor(metadata)
+        if metadata.get(rt.KEY_PIPELINE_TASK) in rt.TASKS:
+            rt.Runtime(path)  # builds the session and the task: pixel_values must match the processor
+        return f"image processor rebuilt ({processor!r})"
     if isinstance(tokenizer, rt.TokenizerProxy):
         raise rt.ProcessorReconstructionError("no vocabulary embedded; re-embed with --include-vocab to tokenize")
     if tokenizer is None:
@@ -120,7 +127,7 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
 
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Tasks whose output the runtime reads as one score per label, and per vocabulary entry.
-_LABEL_TASKS = ("text-classification", "zero-shot-classification")
+_LABEL_TASKS = ("text-classification", "zero-shot-classification", "image-classification")
 _VOCAB_TASKS = ("fill-mask",)
 
 
@@ -164,6 +171,8 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
 
     if metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
         made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
+        if rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:  # CLIP: the image processor fills pixel_values
+            made = [*made, "pixel_values"]
         extra = [n for n in inputs if n not in made]
         if extra:
             failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")
