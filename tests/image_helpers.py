@@ -151,6 +151,9 @@ def tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32) -> Any:
     config.architectures = ["CLIPModel"]
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
+    with torch.no_grad():  # random class and position embeddings outweigh the pixels: every image would look alike
+        model.vision_model.embeddings.class_embedding.zero_()
+        model.vision_model.embeddings.position_embedding.weight.zero_()
     model.save_pretrained(folder)
     processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     (folder / "processor_config.json").write_text(json.dumps({"image_processor": processor.to_dict(),
