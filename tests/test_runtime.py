@@ -64,8 +64,9 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
     with pytest.raises(rt.TaskDetectionError) as info:
         rt.Runtime(bert_embedded, task="text-generation")
     assert str(info.value) == ("task 'text-generation' is not supported by this runtime; supported: "
-                               "feature-extraction, fill-mask, question-answering, text-classification, "
-                               "token-classification, zero-shot-classification")
+                               "feature-extraction, fill-mask, image-classification, image-feature-extraction, "
+                               "question-answering, text-classification, token-classification, zero-shot-classification, "
+                               "zero-shot-image-classification")
     from authoring import embed
 
     from authoring.discovery import discover
