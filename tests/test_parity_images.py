@@ -129,6 +129,16 @@ def test_embedded_metadata(classifier, backbone, clip):
     assert clip.metadata[rt.KEY_IMAGE_PROCESSOR_CONFIG]["image_processor_type"] == "CLIPImageProcessor"
 
 
+def test_essential_level_is_enough_for_images(classifier, classify, images, tmp_path):
+    """An image-only model has no vocabulary to embed: the essential level runs it as the full one does."""
+    from authoring import embed_metadata
+
+    metadata = embed_metadata(classifier.onnx, classifier.folder, tmp_path / "essential.onnx")
+    assert metadata[rt.KEY_EMBEDDING_LEVEL] == "essential" and rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata
+    runtime, _ = classify
+    assert rt.Runtime(tmp_path / "essential.onnx")(images[:3]) == runtime(images[:3])
+
+
 def test_validate_passes(classifier, backbone, clip):
     from authoring import validate
 
