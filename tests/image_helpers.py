@@ -39,7 +39,7 @@ def synthetic(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Any:
         rgba.putalpha(alpha)
         return rgba.convert(mode) if mode != "PA" else rgba.convert("P").convert("PA")
     if mode == "I;16":
-        return Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257))
+        return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
     if mode == "F":
         return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.float32) * 1.5)
     return rgb.convert(mode)

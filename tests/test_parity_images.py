@@ -23,7 +23,7 @@ from image_helpers import copy_folder_with, exif_rotated_jpeg, export_vision_onn
 from runtime_under_test import rt
 
 pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 TOL = 1e-4
 
