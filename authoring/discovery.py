@@ -176,13 +176,20 @@ def _ctc_tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]
     return {rt.KEY_TOKENIZER_CONFIG: config}
 
 
+# Fields only image processors have: an old config saying "ViTFeatureExtractor", or no type, is an image processor.
+_IMAGE_PROCESSOR_KEYS = ("image_mean", "image_std", "do_resize", "size", "crop_size", "do_center_crop", "resample",
+                         "do_rescale", "do_normalize")
+
+
 def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
     config = _read_json(folder / "preprocessor_config.json")
     if config is None:
-        return {}
+        # transformers 5 saves a multimodal processor's parts in processor_config.json (CLIPProcessor: image_processor)
+        nested = (_read_json(folder / "processor_config.json") or {}).get("image_processor")
+        return {rt.KEY_IMAGE_PROCESSOR_CONFIG: nested} if isinstance(nested, dict) else {}
     kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
     audio = "sampling_rate" in config or "feature_size" in config
-    if "ImageProcessor" in kind or (not audio and any(k in config for k in ("image_mean", "do_resize", "size"))):
+    if "ImageProcessor" in kind or (not audio and any(k in config for k in _IMAGE_PROCESSOR_KEYS)):
         return {rt.KEY_IMAGE_PROCESSOR_CONFIG: config}
     return {rt.KEY_FEATURE_EXTRACTOR_CONFIG: config}
 

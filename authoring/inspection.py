@@ -128,6 +128,11 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
     if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
         return _audio_processor_check(path, metadata)
     tokenizer = rt.load_tokenizer(metadata)
+    if tokenizer is None and rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:
+        processor = rt.load_image_processor(metadata)
+        if metadata.get(rt.KEY_PIPELINE_TASK) in rt.TASKS:
+            rt.Runtime(path)  # builds the session and the task: pixel_values must match the processor
+        return f"image processor rebuilt ({processor!r})"
     if isinstance(tokenizer, rt.TokenizerProxy):
         raise rt.ProcessorReconstructionError("no vocabulary embedded; re-embed with --include-vocab to tokenize")
     if tokenizer is None:
@@ -143,7 +148,7 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
 
 TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Tasks whose output the runtime reads as one score per label, and per vocabulary entry.
-_LABEL_TASKS = ("text-classification", "zero-shot-classification", "audio-classification")
+_LABEL_TASKS = ("text-classification", "zero-shot-classification", "audio-classification", "image-classification")
 _VOCAB_TASKS = ("fill-mask",)
 
 
@@ -193,6 +198,8 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
             checked.append(f"input {main} comes from the feature extractor")
     elif metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
         made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
+        if rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:  # CLIP: the image processor fills pixel_values
+            made = [*made, "pixel_values"]
         extra = [n for n in inputs if n not in made]
         if extra:
             failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")

@@ -98,6 +98,8 @@ def detect_task(config: Mapping[str, Any]) -> str | None:
     architectures = config.get("architectures") or []
     if architectures and isinstance(architectures[0], str):
         task = architecture_task_map().get(architectures[0])
+        if task == "feature-extraction" and ("num_channels" in config or "image_size" in config):
+            return "image-feature-extraction"  # a vision backbone (ViTModel, Dinov2Model, CLIPVisionModel...)
         if task:
             return task
         lowered = architectures[0].lower()

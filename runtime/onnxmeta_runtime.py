@@ -84,6 +84,7 @@ __all__ = (
     "CTCDecoder",
     "Entry",
     "Field",
+    "ImageProcessor",
     "InvalidInputError",
     "MetadataEmbeddingError",
     "MetadataError",
@@ -111,6 +112,8 @@ __all__ = (
     "iter_fields",
     "load_audio",
     "load_feature_extractor",
+    "load_image",
+    "load_image_processor",
     "load_processor",
     "load_tokenizer",
     "mel_filter_bank",
@@ -1174,6 +1177,513 @@ def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | 
     return None
 
 
+# --- Image processor ----------------------------------------------------------------------------------
+# transformers' image processors (their PIL backends) rebuilt from preprocessor_config.json alone: Pillow
+# decodes and resamples, as transformers does; cropping, rescaling and normalizing are numpy.
+
+_IMAGENET_STANDARD = [0.5, 0.5, 0.5]
+_OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# What a field left out of preprocessor_config.json (or null) means: the class attribute of transformers'
+# image processor, for every class (_IMAGE_DEFAULTS) and per class (_IMAGE_PROCESSORS, which also lists the
+# fields only that class reads: crop_pct, do_flip_channel_order).
+_IMAGE_DEFAULTS: dict[str, Any] = {
+    "do_resize": None, "size": None, "default_to_square": True, "resample": None, "do_center_crop": None,
+    "crop_size": None, "do_rescale": None, "rescale_factor": 1 / 255, "do_normalize": None, "image_mean": None,
+    "image_std": None, "do_convert_rgb": None, "do_pad": None,
+}
+_STANDARD_STEPS = {"do_resize": True, "do_rescale": True, "do_normalize": True}
+_IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
+    "ViTImageProcessor": {**_STANDARD_STEPS, "size": {"height": 224, "width": 224}, "resample": 2,
+                          "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD},
+    "DeiTImageProcessor": {**_STANDARD_STEPS, "size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
+                           "crop_size": {"height": 224, "width": 224}, "image_mean": _IMAGENET_STANDARD,
+                           "image_std": _IMAGENET_STANDARD},
+    "BeitImageProcessor": {**_STANDARD_STEPS, "size": {"height": 224, "width": 224}, "resample": 3, "do_center_crop": False,
+                           "crop_size": {"height": 224, "width": 224}, "image_mean": _IMAGENET_STANDARD,
+                           "image_std": _IMAGENET_STANDARD},
+    "ConvNextImageProcessor": {**_STANDARD_STEPS, "size": {"shortest_edge": 384}, "default_to_square": False, "resample": 3,
+                               "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD, "crop_pct": 224 / 256},
+    "CLIPImageProcessor": {**_STANDARD_STEPS, "size": {"shortest_edge": 224}, "default_to_square": False, "resample": 3,
+                           "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "image_mean": _OPENAI_CLIP_MEAN,
+                           "image_std": _OPENAI_CLIP_STD, "do_convert_rgb": True},
+    "BitImageProcessor": {**_STANDARD_STEPS, "size": {"shortest_edge": 224}, "default_to_square": False, "resample": 3,
+                          "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "image_mean": _OPENAI_CLIP_MEAN,
+                          "image_std": _OPENAI_CLIP_STD, "do_convert_rgb": True},
+    "MobileViTImageProcessor": {"do_resize": True, "size": {"shortest_edge": 224}, "default_to_square": False, "resample": 3,
+                                "do_center_crop": True, "crop_size": {"height": 256, "width": 256}, "do_rescale": True,
+                                "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD,
+                                "do_flip_channel_order": True},
+}
+# MobileViT's processor never normalizes, whatever do_normalize says.
+_NEVER_NORMALIZED = frozenset({"MobileViTImageProcessor"})
+# The class transformers picks for a config that names none, from the model config's model_type.
+_IMAGE_PROCESSOR_MODEL_TYPES = {
+    **dict.fromkeys(("vit", "vit_mae", "vit_msn", "swin", "swinv2", "dinat"), "ViTImageProcessor"),
+    "deit": "DeiTImageProcessor",
+    **dict.fromkeys(("beit", "data2vec-vision"), "BeitImageProcessor"),
+    **dict.fromkeys(("convnext", "convnextv2", "cvt", "resnet", "regnet"), "ConvNextImageProcessor"),
+    "clip": "CLIPImageProcessor",
+    **dict.fromkeys(("bit", "dinov2", "focalnet"), "BitImageProcessor"),
+    **dict.fromkeys(("mobilevit", "mobilevitv2"), "MobileViTImageProcessor"),
+}
+_NUMBER_NAMES = (int, float)
+# JSON types of the fields the image processor reads (null: the class default).
+_IMAGE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad",
+                     "default_to_square", "do_flip_channel_order"), (bool,)),
+    "resample": (int,), "rescale_factor": _NUMBER_NAMES, "crop_pct": _NUMBER_NAMES,
+    "size": (int, list, dict), "crop_size": (int, list, dict), "image_mean": (int, float, list), "image_std": (int, float, list),
+}
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _pil() -> Any:
+    """Pillow's Image module; image models need it to decode files and to resample, as transformers does."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ProcessorReconstructionError("image models need Pillow; pip install Pillow") from None
+    return Image
+
+
+def _check_pixels(height: int, width: int, what: str) -> None:
+    """Refuse an image of more pixels than Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)."""
+    limit = _pil().MAX_IMAGE_PIXELS
+    if limit is not None and height * width > limit:
+        raise InvalidInputError(
+            f"{what} of {width}x{height} pixels exceeds Pillow's limit of {limit} pixels, a guard against "
+            "decompression bombs; if the image is trusted, raise PIL.Image.MAX_IMAGE_PIXELS"
+        )
+
+
+def _image_array(image: np.ndarray) -> np.ndarray:
+    """An image array checked: (height, width) or (height, width, 1, 3 or 4 channels); uint8, integers 0-255
+    (returned as uint8), or finite floats in [0, 1] or whole numbers 0-255, as transformers tells them apart."""
+    import numpy as np
+
+    shape = tuple(image.shape)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and shape[2] not in (1, 3, 4)):
+        hint = ("; it looks channels-first: pass np.transpose(image, (1, 2, 0))"
+                if image.ndim == 3 and shape[0] in (1, 3, 4) else "; pass a list of images for several")
+        raise InvalidInputError(
+            f"an image array is (height, width) or (height, width, channels) with 1, 3 or 4 channels; got shape {shape}{hint}"
+        )
+    if image.size == 0:
+        raise InvalidInputError(f"the image array has no pixels (shape {shape})")
+    kind = image.dtype.kind
+    if image.dtype == np.uint8:
+        return image
+    if kind in "iu":
+        if image.min() < 0 or image.max() > 255:
+            raise InvalidInputError(
+                f"an integer image array holds values 0-255; got {image.min()}-{image.max()} ({image.dtype}); scale it to uint8"
+            )
+        return image.astype(np.uint8)
+    if kind != "f":
+        raise InvalidInputError(f"an image array is uint8 (0-255) or float (0-1); got dtype {image.dtype}")
+    if not np.isfinite(image).all():
+        raise InvalidInputError("the image array holds NaN or infinite values")
+    whole = np.allclose(image, image.astype(np.int64))
+    low, high = float(image.min()), float(image.max())
+    alpha = image.ndim == 3 and shape[2] == 4
+    if low < 0 or high > (1 if alpha or not whole else 255):
+        raise InvalidInputError(
+            f"a float image array holds values in [0, 1]{'' if alpha else ' (or whole numbers 0-255)'}; got {low}-{high}"
+        )
+    return image
+
+
+def _decode(source: Any, name: str) -> Any:
+    """A PIL image decoded from a file-like object, pixels loaded; Pillow's failures as InvalidInputError."""
+    Image = _pil()
+    try:
+        image = Image.open(source)
+        _check_pixels(image.height, image.width, name)
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"{name}: {exc} (PIL.Image.MAX_IMAGE_PIXELS); if the image is trusted, raise it") from None
+    except MetadataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad data
+        raise InvalidInputError(f"cannot read {name} as an image: {exc}") from None
+    return image
+
+
+def load_image(image: Any) -> Any:
+    """An image as transformers' load_image opens it: a path, raw bytes or a PIL.Image becomes an RGB
+    PIL.Image with its EXIF orientation applied; a numpy array (height, width[, channels]) is checked and
+    returned as an array, as the pipelines pass arrays on. URLs are refused: the runtime never downloads."""
+    import io
+
+    import numpy as np
+
+    Image = _pil()
+    if isinstance(image, np.ndarray):
+        return _image_array(image)
+    if isinstance(image, Image.Image):
+        name = "the PIL image"
+        try:
+            image.load()  # a lazily opened image is decoded here, as exif_transpose does first
+        except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for bad data
+            raise InvalidInputError(f"cannot read {name}: {exc}") from None
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        name = "the image bytes"
+        image = _decode(io.BytesIO(image), name)
+    elif isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not isinstance(path, str):
+            raise InvalidInputError(f"an image path must be text, got {type(path).__name__}")
+        if path.startswith(("http://", "https://")):
+            raise InvalidInputError(f"{path} is a URL; the runtime never downloads: fetch the image and pass its path or bytes")
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"no such image file: {path}")
+        name = path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot open {path}: {exc.strerror}") from None
+        image = _decode(io.BytesIO(data), name)
+    else:
+        raise InvalidInputError(
+            f"an image is a path, raw bytes, a PIL.Image or a numpy array; got {type(image).__name__}"
+        )
+    if image.width == 0 or image.height == 0:
+        raise InvalidInputError(f"{name} has no pixels ({image.width}x{image.height})")
+    try:
+        # ImageOps.exif_transpose without its copy when the orientation is already upright.
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
+            from PIL import ImageOps
+
+            image = ImageOps.exif_transpose(image)
+        # convert() copies an RGB image unchanged, info included: skipping it changes nothing
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - a malformed EXIF block, a mode Pillow cannot convert (La)
+        raise InvalidInputError(f"cannot read {name}: {exc}") from None
+
+
+def _size_dict(value: Any, default_to_square: bool, field: str) -> dict[str, int]:
+    """A size field as transformers' get_size_dict reads it: an int (square, or the shortest edge when
+    default_to_square is false), [height, width], or a dict of positive integers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
+    elif isinstance(value, list) and len(value) == 2:
+        value = {"height": value[0], "width": value[1]}
+    forms = ({"height", "width"},) if field == "crop_size" else ({"height", "width"}, {"shortest_edge"},
+                                                                 {"shortest_edge", "longest_edge"})
+    if (not isinstance(value, dict) or set(value) not in forms
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values())):
+        raise ProcessorReconstructionError(
+            f"{KEY_IMAGE_PROCESSOR_CONFIG}.{field} is {value!r}; this runtime reads "
+            f"{' or '.join(str(sorted(f)) for f in forms)} of positive integers"
+        )
+    return dict(value)
+
+
+def _resize_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+    """The (height, width) an image is resized to, as transformers' PIL backend computes it for each size form."""
+    if "height" in size:
+        return size["height"], size["width"]
+    shortest = size["shortest_edge"]
+    longest = size.get("longest_edge")
+    if longest is None:  # get_resize_output_image_size, default_to_square=False
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(shortest * long / short)
+        return (new_long, shortest) if width <= height else (shortest, new_long)
+    # get_size_with_aspect_ratio
+    raw = None
+    low, high = float(min(height, width)), float(max(height, width))
+    if high / low * shortest > longest:
+        raw = longest * low / high
+        shortest = round(raw)
+    if (height <= width and height == shortest) or (width <= height and width == shortest):
+        return height, width
+    if width < height:
+        return int((shortest if raw is None else raw) * height / width), shortest
+    return shortest, int((shortest if raw is None else raw) * width / height)
+
+
+def _resize(image: Any, height: int, width: int, resample: int) -> Any:
+    """A PIL image resized by Pillow, as transformers' resize does it (no reducing_gap)."""
+    if height < 1 or width < 1:
+        raise InvalidInputError(f"an image of {image.width}x{image.height} pixels resizes to {width}x{height}: nothing is left")
+    _check_pixels(height, width, "the resized image")
+    return image.resize((width, height), resample=resample)
+
+
+def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centered (height, width) window of an HWC array, zero-padded where the image is smaller, as
+    transformers' center_crop."""
+    import math
+
+    import numpy as np
+
+    old_height, old_width = image.shape[:2]
+    top, left = (old_height - height) // 2, (old_width - width) // 2
+    if top >= 0 and left >= 0:
+        return image[top: top + height, left: left + width]
+    new_height, new_width = max(height, old_height), max(width, old_width)
+    padded = np.zeros((new_height, new_width, *image.shape[2:]), dtype=image.dtype)
+    top_pad, left_pad = math.ceil((new_height - old_height) / 2), math.ceil((new_width - old_width) / 2)
+    padded[top_pad: top_pad + old_height, left_pad: left_pad + old_width] = image
+    top, left = top + top_pad, left + left_pad
+    return padded[max(0, top): min(new_height, top + height), max(0, left): min(new_width, left + width)]
+
+
+def _rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    """image * factor, computed in float64 and stored as float32, as transformers' rescale."""
+    import numpy as np
+
+    return (image.astype(np.float64) * factor).astype(np.float32)
+
+
+def _normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(image - mean) / std per channel of an HWC array, in the image's float type (float32 for integers),
+    as transformers' normalize."""
+    import numpy as np
+
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(np.float32)
+    normalized: np.ndarray = (image - np.array(mean, dtype=image.dtype)) / np.array(std, dtype=image.dtype)
+    return normalized
+
+
+def _flip_channel_order(image: np.ndarray) -> np.ndarray:
+    """RGB to BGR (or back) of an HWC array."""
+    return image[..., ::-1]
+
+
+def _array_to_rgb(image: np.ndarray) -> np.ndarray:
+    """An HWC (or HW) array as 3 channels: grey repeated, alpha composited onto white, as transformers'
+    convert_to_rgb does arrays."""
+    import numpy as np
+
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=-1)
+    if image.shape[2] == 4:
+        white = 255 if image.dtype == np.uint8 else 1.0
+        alpha = image[..., 3:4] / white
+        composite: np.ndarray = alpha * image[..., :3] + (1 - alpha) * white
+        return np.round(composite).astype(image.dtype) if white == 255 else composite.astype(image.dtype)
+    return image
+
+
+def _pil_to_rgb(image: Any) -> Any:
+    """A PIL image as RGB, transparency composited onto white, as transformers' convert_to_rgb."""
+    Image = _pil()
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _array_to_pil(image: np.ndarray) -> tuple[Any, bool]:
+    """An HWC RGB array as a PIL image, and whether it was scaled from [0, 1] to 0-255 (to undo after
+    resizing), as transformers' to_pil_image decides."""
+    import numpy as np
+
+    scaled = image.dtype != np.uint8 and not np.allclose(image, image.astype(np.int64))
+    if scaled:
+        image = _rescale(image, 255)
+    return _pil().fromarray(np.ascontiguousarray(image.astype(np.uint8))), scaled
+
+
+class ImageProcessor:
+    """A transformers image processor (its PIL backend: ViT, DeiT, BEiT, ConvNeXT, CLIP, BiT, MobileViT and
+    the models that use them) rebuilt from its preprocessor_config.json alone; no transformers needed.
+
+    Steps in the reference's order: resize (Pillow) -> center crop -> rescale -> normalize -> channel flip.
+    ``processor(images)`` gives ``{"pixel_values": float32 array (n, 3, height, width)}``.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        import numpy as np
+
+        self.config = dict(config)
+        self.name = self._class_name(config)
+        values = {**_IMAGE_DEFAULTS, **_IMAGE_PROCESSORS[self.name]}
+        for key, default in list(values.items()):
+            value = values[key] = default if config.get(key) is None else config[key]
+            types = _IMAGE_FIELD_TYPES.get(key, ())
+            if value is not None and types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+                raise ProcessorReconstructionError(
+                    f"{KEY_IMAGE_PROCESSOR_CONFIG}.{key} must be {' or '.join(_JSON_NAMES[t] for t in types)}, got "
+                    f"{_json_type(value)}; re-embed from a folder with a preprocessor_config.json transformers can load"
+                )
+        if values["do_pad"]:
+            raise ProcessorReconstructionError(
+                f"{KEY_IMAGE_PROCESSOR_CONFIG}.do_pad is true; padding images to one size is not supported by this runtime"
+            )
+        _pil()
+        self.do_resize = bool(values["do_resize"])
+        self.size = _size_dict(values["size"], values["default_to_square"], "size") if self.do_resize else {}
+        self.resample = values["resample"]
+        if self.do_resize and self.resample not in _RESAMPLE_NAMES:
+            raise ProcessorReconstructionError(
+                f"{KEY_IMAGE_PROCESSOR_CONFIG}.resample is {self.resample!r}; expected one of Pillow's filters "
+                f"{', '.join(f'{k} ({v})' for k, v in _RESAMPLE_NAMES.items())}"
+            )
+        # ConvNeXT resizes the shortest edge to shortest_edge / crop_pct and crops it square below 384, warps above.
+        self.crop_pct: float | None = values.get("crop_pct") if self.do_resize else None
+        if self.crop_pct is not None and ("shortest_edge" not in self.size or self.crop_pct <= 0):
+            raise ProcessorReconstructionError(
+                f"{self.name} needs size {{'shortest_edge': N}} and crop_pct > 0; got size {self.size}, crop_pct {self.crop_pct}"
+            )
+        self.do_center_crop = bool(values["do_center_crop"])
+        self.crop_size = _size_dict(values["crop_size"], True, "crop_size") if self.do_center_crop else {}
+        self.do_rescale = bool(values["do_rescale"])
+        self.rescale_factor = float(values["rescale_factor"])
+        self.do_normalize = bool(values["do_normalize"]) and self.name not in _NEVER_NORMALIZED
+        self.image_mean = self._channels(values["image_mean"], "image_mean") if self.do_normalize else []
+        self.image_std = self._channels(values["image_std"], "image_std") if self.do_normalize else []
+        if 0 in self.image_std:
+            raise ProcessorReconstructionError(f"{KEY_IMAGE_PROCESSOR_CONFIG}.image_std is {self.image_std}: it divides by zero")
+        self.do_convert_rgb = bool(values["do_convert_rgb"])
+        self.channel_order = (2, 1, 0) if values.get("do_flip_channel_order") else (0, 1, 2)
+        # Rescale and normalize map each 0-255 value of a channel to one float: tables of what the steps give
+        # for every byte (also after transformers' [0, 1] -> 0-255 -> [0, 1] round trip through Pillow).
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+        self._tables = {scaled: np.ascontiguousarray(self._values(_rescale(ramp, 1 / 255) if scaled else ramp)[0].T)
+                        for scaled in (False, True)}
+
+    @staticmethod
+    def _class_name(config: Mapping[str, Any]) -> str:
+        name = config.get("image_processor_type")
+        if name is None and isinstance(config.get("feature_extractor_type"), str):
+            # transformers reads an old ViTFeatureExtractor config as ViTImageProcessor
+            name = config["feature_extractor_type"].replace("FeatureExtractor", "ImageProcessor")
+        if not isinstance(name, str):
+            raise ProcessorReconstructionError(
+                f"{KEY_IMAGE_PROCESSOR_CONFIG} names no image processor class (image_processor_type); re-embed from "
+                "a model folder with preprocessor_config.json"
+            )
+        base = name.removesuffix("Fast").removesuffix("Pil")
+        if base not in _IMAGE_PROCESSORS:
+            raise ProcessorReconstructionError(
+                f"image processor {name!r} is not supported by this runtime; supported: {', '.join(sorted(_IMAGE_PROCESSORS))}"
+            )
+        return base
+
+    @staticmethod
+    def _channels(value: Any, field: str) -> list[float]:
+        values = [value] * 3 if isinstance(value, (int, float)) else value
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise ProcessorReconstructionError(
+                f"{KEY_IMAGE_PROCESSOR_CONFIG}.{field} is {value!r}; expected a number or 3 numbers (one per RGB channel)"
+            )
+        return [float(v) for v in values]
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every processed image, or None when it depends on the image."""
+        if self.do_center_crop:
+            return self.crop_size["height"], self.crop_size["width"]
+        if self.crop_pct is not None:
+            return self.size["shortest_edge"], self.size["shortest_edge"]
+        if "height" in self.size:
+            return self.size["height"], self.size["width"]
+        return None
+
+    def _values(self, image: np.ndarray) -> np.ndarray:
+        """Rescale and normalize of an HWC array, as float32."""
+        import numpy as np
+
+        if self.do_rescale:
+            image = _rescale(image, self.rescale_factor)
+        if self.do_normalize:
+            image = _normalize(image, self.image_mean, self.image_std)
+        return image.astype(np.float32, copy=False)
+
+    def process(self, image: Any) -> np.ndarray:
+        """One image (a PIL.Image, an HWC array, or what load_image opens) as (3, height, width) float32 pixels."""
+        import numpy as np
+
+        Image = _pil()
+        if isinstance(image, Image.Image):
+            try:
+                image.load()
+            except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for bad data
+                raise InvalidInputError(f"cannot read the PIL image: {exc}") from None
+            if image.width == 0 or image.height == 0:
+                raise InvalidInputError(f"the PIL image has no pixels ({image.width}x{image.height})")
+            # Without do_convert_rgb transformers fails on anything but RGB; an RGB conversion is what works.
+            try:
+                pil: Any = _pil_to_rgb(image) if self.do_convert_rgb else image if image.mode == "RGB" else image.convert("RGB")
+            except ValueError as exc:  # a mode Pillow cannot convert (La)
+                raise InvalidInputError(f"cannot convert the PIL image to RGB: {exc}") from None
+            array = None
+        else:
+            loaded = load_image(image)
+            if isinstance(loaded, np.ndarray):
+                pil, array = None, _array_to_rgb(loaded)
+            else:
+                pil, array = loaded, None
+        scaled = False
+        if self.do_resize:
+            if pil is None and array is not None:
+                pil, scaled = _array_to_pil(array)
+            if self.crop_pct is not None:
+                edge = self.size["shortest_edge"]
+                size = {"shortest_edge": int(edge / self.crop_pct)} if edge < 384 else {"height": edge, "width": edge}
+            else:
+                size = self.size
+            pil = _resize(pil, *_resize_size(pil.height, pil.width, size), self.resample)
+            array = np.asarray(pil)
+            if self.crop_pct is not None and self.size["shortest_edge"] < 384:
+                array = _center_crop(array, self.size["shortest_edge"], self.size["shortest_edge"])
+        elif array is None:
+            array = np.asarray(pil)
+        if self.do_center_crop:
+            array = _center_crop(array, self.crop_size["height"], self.crop_size["width"])
+        if array.dtype != np.uint8:
+            values = self._values(array)
+            return np.ascontiguousarray(values[..., list(self.channel_order)].transpose(2, 0, 1))
+        table = self._tables[scaled]
+        out = np.empty((3, *array.shape[:2]), dtype=np.float32)
+        for channel, source in enumerate(self.channel_order):
+            np.take(table[source], array[..., source], out=out[channel], mode="clip")
+        return out
+
+    def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Process a list of images (or one) into ``{"pixel_values": (n, 3, height, width) float32}``."""
+        import numpy as np
+
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise InvalidInputError("no images given; pass an image or a list of images")
+        pixels = [self.process(image) for image in items]
+        shapes = sorted({p.shape for p in pixels})
+        if len(shapes) > 1:
+            raise InvalidInputError(
+                f"the images process to different shapes {shapes} (this processor keeps the aspect ratio); process them "
+                "one at a time"
+            )
+        return {"pixel_values": np.stack(pixels)}
+
+    def __repr__(self) -> str:
+        return f"ImageProcessor({self.name}, output size {self.output_size or 'per image'})"
+
+
+def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
+    """The image processor of a model, rebuilt from hf_image_processor_config (the class named there, else
+    the one transformers uses for the model config's model_type); None when none is embedded."""
+    config = metadata.get(KEY_IMAGE_PROCESSOR_CONFIG)
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ProcessorReconstructionError(f"{KEY_IMAGE_PROCESSOR_CONFIG} must be an object, got {_json_type(config)}")
+    if config.get("image_processor_type") is None and config.get("feature_extractor_type") is None:
+        model_type = (metadata.get(KEY_MODEL_CONFIG) or {}).get("model_type")
+        if model_type in _IMAGE_PROCESSOR_MODEL_TYPES:
+            config = {**config, "image_processor_type": _IMAGE_PROCESSOR_MODEL_TYPES[model_type]}
+    return ImageProcessor(config)
+
+
 # --- Audio feature extractors -------------------------------------------------------------------------
 #
 # Audio inputs become mono float32 waveforms at the model's sampling rate (load_audio), then the features
@@ -1711,6 +2221,7 @@ def load_feature_extractor(metadata: Mapping[str, Any]) -> _AudioFeatureExtracto
 
 PROCESSORS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "tokenizer": load_tokenizer,
+    "image_processor": load_image_processor,
     "feature_extractor": load_feature_extractor,
 }
 """Processor loaders by feature_engineering type; each builds its processor from the metadata alone and
@@ -1922,6 +2433,9 @@ class _Task:
     processors: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[_Option, ...]] = ()
     example: ClassVar[str] = "text"  # what one input is, for messages
+    # Whether a list runs through the three steps batch_size items at a time, so that a long list of images or
+    # audio never holds all its arrays; text tasks take the whole list at once, to sort it by length.
+    incremental: ClassVar[bool] = False
 
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
@@ -1978,10 +2492,11 @@ class _Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         items, single = self.inputs(args, kwargs)
         options = self.check_options(kwargs)
-        if not items:
-            return []
-        batch = self.preprocess(items, options)
-        results = self.postprocess(batch, self.forward(batch, options), options)
+        step = self.ctx.batch_size if self.incremental else max(len(items), 1)
+        results: list[Any] = []
+        for start in range(0, len(items), step):
+            batch = self.preprocess(items[start: start + step], options)
+            results += self.postprocess(batch, self.forward(batch, options), options)
         return results[0] if single else results
 
 
@@ -2833,6 +3348,15 @@ def _hypothesis_template(name: str, value: Any) -> str:
     return str(value)
 
 
+def _positional_labels(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The zero-shot pipelines' positional labels, runtime(inputs, labels), moved into kwargs; the inputs remain."""
+    if len(args) > 1:
+        if len(args) > 2 or "candidate_labels" in kwargs:
+            raise InvalidInputError(f"cannot understand the extra arguments {args[1:]!r}; pass candidate_labels=[...]")
+        kwargs["candidate_labels"] = args[1]
+    return args[:1]
+
+
 class _Pairs(NamedTuple):
     """Zero-shot inputs tokenized: the sequences, the labels, and an encoding per (sequence, hypothesis)."""
 
@@ -2859,11 +3383,7 @@ class _ZeroShotClassification(_TextTask):
         self.entailment_id = next((int(i) for label, i in label2id.items() if str(label).lower().startswith("entail")), -1)
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
-        if len(args) > 1:  # the pipeline's positional candidate_labels
-            if len(args) > 2 or "candidate_labels" in kwargs:
-                raise InvalidInputError(f"cannot understand the extra arguments {args[1:]!r}; pass candidate_labels=[...]")
-            kwargs["candidate_labels"] = args[1]
-        return super().inputs(args[:1], kwargs)
+        return super().inputs(_positional_labels(args, kwargs), kwargs)
 
     def preprocess(self, items: list[str], options: Mapping[str, Any]) -> _Pairs:
         labels, template = options["candidate_labels"], options["hypothesis_template"]
@@ -2890,6 +3410,250 @@ class _ZeroShotClassification(_TextTask):
                 scores = entail / entail.sum(-1, keepdims=True)
             top = list(reversed(scores.argsort()))
             results.append({"sequence": seq, "labels": [batch.labels[i] for i in top], "scores": scores[top].tolist()})
+        return results
+
+
+# --- Image tasks ------------------------------------------------------------------------------------
+
+
+class _ImageTask(_Task):
+    """A task on images: each opened as transformers' load_image opens it and processed by the embedded image
+    processor; images of one pixel shape run together, batch_size at a time."""
+
+    processors: ClassVar[tuple[str, ...]] = ("image_processor",)
+    example = "image"
+    incremental = True
+    output: ClassVar[str] = "logits"
+    text_inputs: ClassVar[tuple[str, ...]] = ()  # graph inputs a tokenizer fills, besides pixel_values
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        processor = ctx.processors.get("image_processor")
+        if processor is None:
+            raise ProcessorReconstructionError(
+                f"no image processor embedded ({KEY_IMAGE_PROCESSOR_CONFIG}); re-embed from a model folder with "
+                "preprocessor_config.json"
+            )
+        self.processor: ImageProcessor = processor
+        self.session = ctx.session()
+        self.output_name = self.session.output(self.output)
+        self.pixel_dtype = self._pixel_dtype()
+
+    def _pixel_dtype(self) -> str:
+        """The dtype of the graph's pixel_values; its inputs and image size checked against the processor."""
+        names = list(self.session.inputs)
+        if "pixel_values" not in names or any(n != "pixel_values" and n not in self.text_inputs for n in names):
+            expected = ", ".join(("pixel_values", *self.text_inputs))
+            raise MetadataValidationError(
+                f"graph inputs {names} do not match {self.name} (expected {expected}); was the graph exported for another task?"
+            )
+        port = self.session.inputs["pixel_values"]
+        if port.dtype not in ("float32", "float16", "float64"):
+            raise MetadataValidationError(f"graph input 'pixel_values' has type {port.type}; expected float, float16 or double")
+        expected_shape = (3, *(self.processor.output_size or ()))
+        if len(port.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(port.shape[1:], expected_shape)):
+            raise MetadataValidationError(
+                f"graph input 'pixel_values' has shape {list(port.shape)} but the embedded image processor makes images of "
+                f"{expected_shape}; re-embed the model with its own preprocessor_config.json"
+            )
+        return str(port.dtype)
+
+    def pixels(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Each image opened (load_image) and processed: (3, height, width) float32 pixels."""
+        return [self.processor.process(load_image(image)) for image in images]
+
+    def rows(self, pixels: Sequence[np.ndarray], outputs: Sequence[str],
+             feed: Mapping[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
+        """The rows of the named outputs for each image's pixels, in caller order; images of one shape run
+        together, batch_size at a time, with feed (tokenized texts) beside them."""
+        import numpy as np
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels):
+            groups.setdefault(p.shape, []).append(i)
+        rows: list[Any] = [None] * len(pixels)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.ctx.batch_size):
+                chunk = indices[start: start + self.ctx.batch_size]
+                batch = np.stack([pixels[i] for i in chunk]).astype(self.pixel_dtype, copy=False)
+                results = self.session.run(outputs, {**(feed or {}), "pixel_values": batch})
+                for position, i in enumerate(chunk):
+                    rows[i] = [out[position] for out in results]
+        return rows
+
+
+# --- Image classification ---------------------------------------------------------------------------
+
+
+class _ImageClassification(_ImageTask):
+    """image-classification, as transformers.ImageClassificationPipeline: the top_k labels of each image."""
+
+    name = "image-classification"
+    options = (
+        _Option("top_k", _integer(1), 5),
+        _Option("function_to_apply", _choice(*_FUNCTIONS), lambda task, _: _default_function(task.ctx.config)),
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        shape = self.session.outputs[self.output_name].shape
+        if len(shape) != 2:
+            raise MetadataValidationError(
+                f"image-classification needs (batch, labels) scores; output {self.output_name!r} has shape {list(shape)}; "
+                "was the graph exported for another task?"
+            )
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.pixels(items)
+
+    def forward(self, batch: list[np.ndarray], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows(batch, [self.output_name])
+
+    def postprocess(self, batch: list[np.ndarray], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """The top_k labels of each image, best first (ties in label order)."""
+        import numpy as np
+
+        results = []
+        for (logits,) in outputs:
+            scores = [float(s) for s in _FUNCTIONS[options["function_to_apply"]](logits.astype(np.float32))]
+            labels = self.ctx.labels(len(scores))
+            ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+            results.append([{"label": labels[i], "score": scores[i]} for i in ranked[:options["top_k"]]])
+        return results
+
+
+# --- Image feature extraction -----------------------------------------------------------------------
+
+
+class _ImageFeatureExtraction(_ImageTask):
+    """image-feature-extraction, as transformers.ImageFeatureExtractionPipeline (pool for the pooled output),
+    and encode(): one embedding per image."""
+
+    name = "image-feature-extraction"
+    options = (
+        _Option("pool", _flag, False),
+        _Option("return_tensors", _flag, False),
+    )
+    output = "last_hidden_state"
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.pooled = "pooler_output" if "pooler_output" in self.session.outputs else None
+        # an embedding: a projection (CLIP's image_embeds) or the pooled output, else the first token's state
+        self.embedding = next((n for n in ("image_embeds", "pooler_output") if n in self.session.outputs), None)
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[np.ndarray]:
+        if options["pool"] and self.pooled is None:
+            raise InvalidInputError(
+                f"pool=True needs the pooled output (pooler_output) but the graph has {list(self.session.outputs)}; "
+                "export the model with its pooler, or call without pool"
+            )
+        return self.pixels(items)
+
+    def forward(self, batch: list[np.ndarray], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows(batch, [str(self.pooled) if options["pool"] else self.output_name])
+
+    def postprocess(self, batch: list[np.ndarray], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """Each image's features as the pipeline gives them: nested lists with a batch axis of 1, or an array."""
+        return [features[None] if options["return_tensors"] else [features.tolist()] for (features,) in outputs]
+
+    def encode(self, images: Any, *, normalize_embeddings: bool = False) -> np.ndarray:
+        """One embedding per image, (n, dim) float32 ((dim,) for one image): image_embeds or pooler_output
+        where the graph has one, else the first token's last hidden state."""
+        import numpy as np
+
+        items, single = self.inputs((images,), {})
+        vectors = []
+        for start in range(0, len(items), self.ctx.batch_size):
+            for (row,) in self.rows(self.pixels(items[start: start + self.ctx.batch_size]), [self.embedding or self.output_name]):
+                if self.embedding is None:
+                    if row.ndim != 2:
+                        raise MetadataValidationError(
+                            f"encode() needs image_embeds, pooler_output or a (batch, tokens, hidden) output; the graph has "
+                            f"{list(self.session.outputs)} and {self.output_name!r} has {row.ndim + 1} axes"
+                        )
+                    row = row[0]
+                vectors.append(row.astype(np.float32))
+        if not vectors:
+            return np.zeros((0,), dtype=np.float32)
+        out = np.stack(vectors)
+        if normalize_embeddings:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+
+# --- Zero-shot image classification -----------------------------------------------------------------
+
+
+def _image_labels(name: str, value: Any) -> list[str]:
+    if not value or not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise InvalidInputError(
+            "zero-shot-image-classification needs candidate_labels: a list of strings, e.g. "
+            "candidate_labels=['a cat', 'a dog']"
+        )
+    return list(value)
+
+
+class _Photos(NamedTuple):
+    """Zero-shot images processed, and the label hypotheses tokenized as the graph's text inputs."""
+
+    pixels: list[np.ndarray]
+    feed: dict[str, np.ndarray]
+
+
+class _ZeroShotImageClassification(_ImageTask):
+    """zero-shot-image-classification with a CLIP-style model (both towers in one graph: input_ids,
+    attention_mask and pixel_values in, logits_per_image out), as transformers.ZeroShotImageClassificationPipeline."""
+
+    name = "zero-shot-image-classification"
+    processors = ("image_processor", "tokenizer")
+    options = (
+        _Option("candidate_labels", _image_labels, _REQUIRED),
+        _Option("hypothesis_template", _hypothesis_template, "This is a photo of {}."),
+    )
+    output = "logits_per_image"
+    text_inputs = ("input_ids", "attention_mask")
+
+    def __init__(self, ctx: _Context) -> None:
+        if "siglip" in str(ctx.config.get("model_type", "")):
+            raise TaskDetectionError(
+                "zero-shot-image-classification runs CLIP-style models (softmax over logits_per_image); SigLIP's "
+                "sigmoid scores and fixed-length padding are not supported by this runtime"
+            )
+        super().__init__(ctx)
+        if self.output_name != "logits_per_image":
+            raise MetadataValidationError(
+                f"zero-shot-image-classification needs the output logits_per_image but the graph has "
+                f"{list(self.session.outputs)}; export the whole CLIP model (both towers) for zero-shot-image-classification"
+            )
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        ports = [p for p in self.session.inputs.values() if p.name in self.text_inputs]
+        self.dtypes = {p.name: str(p.dtype) for p in ports if p.dtype in ("int64", "int32")}
+        if "input_ids" not in self.dtypes or len(self.dtypes) != len(ports):
+            raise MetadataValidationError(
+                f"zero-shot-image-classification needs int64 or int32 input_ids beside pixel_values; the graph takes "
+                f"{ {p.name: p.type for p in self.session.inputs.values()} }"
+            )
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        return super().inputs(_positional_labels(args, kwargs), kwargs)
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Photos:
+        hypotheses = [options["hypothesis_template"].format(label) for label in options["candidate_labels"]]
+        return _Photos(self.pixels(items), self.tokenizer.pad(self.tokenizer.encode(hypotheses), self.dtypes))
+
+    def forward(self, batch: _Photos, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows(batch.pixels, [self.output_name], batch.feed)
+
+    def postprocess(self, batch: _Photos, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """Each image's labels by softmax score, best first (ties in label order)."""
+        import numpy as np
+
+        results = []
+        for (logits,) in outputs:
+            scores = _softmax(logits.astype(np.float32))
+            ranked = sorted(zip(scores, options["candidate_labels"]), key=lambda x: -float(x[0]))
+            results.append([{"score": float(s), "label": label} for s, label in ranked])
         return results
 
 
@@ -2937,6 +3701,7 @@ class _AudioTask(_Task):
 
     processors: ClassVar[tuple[str, ...]] = ("feature_extractor",)
     example = "audio"
+    incremental = True
     output: ClassVar[str] = "logits"
 
     def __init__(self, ctx: _Context) -> None:
@@ -3251,6 +4016,9 @@ TASKS: dict[str, type[_Task]] = {
     "question-answering": _QuestionAnswering,
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
+    "image-classification": _ImageClassification,
+    "image-feature-extraction": _ImageFeatureExtraction,
+    "zero-shot-image-classification": _ZeroShotImageClassification,
     "automatic-speech-recognition": _SpeechRecognition,
     "audio-classification": _AudioClassification,
 }
@@ -3341,16 +4109,24 @@ class Runtime:
         """Run the task on one input or a list, returning what the transformers pipeline returns."""
         return self._task(*args, **kwargs)
 
-    def encode(self, sentences: str | list[str], *, prompt_name: str | None = None, prompt: str | None = None,
+    def encode(self, inputs: Any, *, prompt_name: str | None = None, prompt: str | None = None,
                normalize_embeddings: bool = False) -> np.ndarray:
-        """Sentence embeddings, as SentenceTransformer(...).encode: a (n, dim) float32 array, (dim,) for one string.
+        """Embeddings: a (n, dim) float32 array, (dim,) for one input.
 
-        Pooling, normalization, max_seq_length and prompts come from the embedded sentence-transformers
-        config; a plain transformers model is mean-pooled, as SentenceTransformer does.
+        Sentences as SentenceTransformer(...).encode: pooling, normalization, max_seq_length and prompts come
+        from the embedded sentence-transformers config (a plain transformers model is mean-pooled, as
+        SentenceTransformer does). Images, for an image-feature-extraction model: image_embeds or the pooled
+        output where the graph has one, else the first token's state.
         """
+        if isinstance(self._task, _ImageFeatureExtraction):
+            if prompt_name is not None or prompt is not None:
+                raise InvalidInputError("prompts are for text; encode(images) takes normalize_embeddings only")
+            return self._task.encode(inputs, normalize_embeddings=normalize_embeddings)
         if not isinstance(self._task, _FeatureExtraction):
-            raise TaskDetectionError(f"encode() needs a feature-extraction model; this one is {self.task}")
-        return self._task.encode(sentences, prompt_name=prompt_name, prompt=prompt, normalize_embeddings=normalize_embeddings)
+            raise TaskDetectionError(
+                f"encode() needs a feature-extraction or image-feature-extraction model; this one is {self.task}"
+            )
+        return self._task.encode(inputs, prompt_name=prompt_name, prompt=prompt, normalize_embeddings=normalize_embeddings)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference: the path, the arguments and the metadata digest. A worker (multiprocessing,

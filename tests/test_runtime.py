@@ -65,7 +65,8 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
         rt.Runtime(bert_embedded, task="text-generation")
     assert str(info.value) == ("task 'text-generation' is not supported by this runtime; supported: "
                                "audio-classification, automatic-speech-recognition, feature-extraction, fill-mask, "
-                               "question-answering, text-classification, token-classification, zero-shot-classification")
+                               "image-classification, image-feature-extraction, question-answering, text-classification, "
+                               "token-classification, zero-shot-classification, zero-shot-image-classification")
     from authoring import embed
 
     from authoring.discovery import discover

@@ -153,7 +153,8 @@ def test_encode_errors(minilm, bert_embedded):
         runtime.encode("x", prompt_name="query")
     with pytest.raises(rt.InvalidInputError, match="feature-extraction takes a string or a list of strings; got int"):
         runtime.encode(["a", 3])
-    with pytest.raises(rt.TaskDetectionError, match="encode\\(\\) needs a feature-extraction model; this one is text-classification"):
+    with pytest.raises(rt.TaskDetectionError, match="encode\\(\\) needs a feature-extraction or image-feature-extraction model; "
+                                                 "this one is text-classification"):
         rt.Runtime(bert_embedded).encode("x")
     assert runtime.encode([]).shape == (0,)
 

@@ -120,7 +120,7 @@ def test_the_runtime_has_no_way_to_run_code_from_data():
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "argparse", "base64", "binascii", "collections", "copy", "hashlib", "json", "os",
                         "re", "stat", "sys", "threading", "time", "warnings", "zlib", "typing", "numpy", "onnxruntime",
-                        "tokenizers", "io", "soundfile"}, imported
+                        "tokenizers", "io", "math", "PIL", "soundfile"}, imported
     assert "tokenizer_class" not in source.replace('"tokenizer_class": (str,)', "").replace(
         "get('tokenizer_class', 'tokenizer')", "")  # read only for a type check and a repr
 
