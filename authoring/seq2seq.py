@@ -771,7 +771,7 @@ def merge_export(
             if weight.external:
                 tensor.raw_data = b"".join(_payload_chunks(weight.tensor, weight.folder))
                 tensor.ClearField("external_data")
-                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.ClearField("data_location")
     encoder = next(p for p in parts if p.entry == "encoder")
     source = onnx.load(os.fspath(folder / encoder.file), load_external_data=False)
     if source.producer_name:

@@ -18,7 +18,8 @@ import pytest
 from helpers import SHARED, for_transformers_4, optimum_python
 
 import onnxmeta_runtime as rt
-from authoring import discover
+from authoring import MetadataEmbeddingError, discover
+from authoring.cli import main
 from authoring.seq2seq import describe_layout, graph_layout, merge_export, session_signature
 
 pytestmark = pytest.mark.optimum
@@ -46,7 +47,8 @@ def t5_tokenizer(folder: Path) -> None:
     tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
                                                             unk_token="<unk>"))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
+    tokenizer = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(folder)
 
 
 def bart_tokenizer(folder: Path) -> None:
@@ -60,7 +62,8 @@ def bart_tokenizer(folder: Path) -> None:
         return
     tok = Tokenizer(BPE())
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     BartTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
@@ -181,9 +184,13 @@ def folder_runner(folder: Path, calls: list[str]) -> tuple[Run, dict[str, Any]]:
 
     def run(entry: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         calls.append(entry)
-        point = layout["entry_points"][entry]
-        outputs = sessions[entry].run(list(point["outputs"].values()), {k: v for k, v in feed.items() if k in point["inputs"]})
-        return dict(zip(point["outputs"], outputs))
+        point, s = layout["entry_points"][entry], sessions[entry]
+        feeds = {k: v for k, v in feed.items() if k in point["inputs"]}
+        if "phase" in point:  # Optimum's merged decoder: use_cache_branch, and every input fed (empty when unused)
+            feeds[layout["phase_input"]] = np.array([point["phase"]])
+            feeds.update({a.name: np.zeros([d if isinstance(d, int) else 0 for d in a.shape], np.float32)
+                          for a in s.get_inputs() if a.name in point["empty_inputs"]})
+        return dict(zip(point["outputs"], s.run(list(point["outputs"].values()), feeds)))
 
     return run, layout
 
@@ -310,3 +317,157 @@ def test_layout_is_recognised_from_graph_names(kind, exports, one_files):
         assert folder["entry_points"][entry]["file"].startswith(entry.replace("_with_past", ""))
         assert set(folder["entry_points"][entry]["inputs"]) == set(point["inputs"])
         assert set(folder["entry_points"][entry]["outputs"]) == set(point["outputs"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Export forms, external data, determinism
+# ------------------------------------------------------------------------------------------------------
+
+def test_an_export_with_the_merged_decoder_only(exports, cases, tmp_path):
+    """encoder_model.onnx + decoder_model_merged.onnx: its If branches are taken apart; same layout, same tokens."""
+    export = tmp_path / "merged-only"
+    export.mkdir()
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        shutil.copyfile(exports["t5"][1] / name, export / name)
+    feed, expected, config = cases["t5"]
+    assert np.array_equal(greedy(folder_runner(export, []), feed, config), expected)  # the folder, run as it is
+    report = merge_export(export, None, discover(exports["t5"][0]))
+    assert report.output_path == str(export / "model.onnx")
+    assert report.layout == merge_export(exports["t5"][1], tmp_path / "separate.onnx", {}).layout
+    assert np.array_equal(greedy(one_file_runner(export / "model.onnx", []), feed, config), expected)
+
+
+def test_same_inputs_same_bytes(exports, tmp_path):
+    metadata = discover(exports["bart"][0])
+    a = merge_export(exports["bart"][1], tmp_path / "a" / "model.onnx", metadata)
+    b = merge_export(exports["bart"][1], tmp_path / "b" / "model.onnx", metadata)
+    assert Path(a.output_path).read_bytes() == Path(b.output_path).read_bytes()
+
+
+def test_weights_over_the_threshold_go_to_one_data_file(exports, cases, tmp_path):
+    """What a model over 2 GB gets (the threshold lowered here): model.onnx + model.onnx_data, run from a bare folder."""
+    import onnx
+
+    report = merge_export(exports["t5"][1], tmp_path / "out" / "model.onnx", {}, external_data_threshold=0)
+    assert report.data_file == "model.onnx_data"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.onnx", "model.onnx_data"):
+        shutil.copyfile(tmp_path / "out" / name, alone / name)
+    assert (alone / "model.onnx").stat().st_size < 200_000 < (alone / "model.onnx_data").stat().st_size
+    onnx.checker.check_model(str(alone / "model.onnx"), full_check=True)
+    feed, expected, config = cases["t5"]
+    assert np.array_equal(greedy(one_file_runner(alone / "model.onnx", []), feed, config), expected)
+    for tensor in onnx.load(str(alone / "model.onnx"), load_external_data=False).graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            assert int({e.key: e.value for e in tensor.external_data}["offset"]) % 4096 == 0
+
+
+def test_an_export_with_external_data_merges_to_the_same_file(exports, tmp_path):
+    """Parts keeping their weights in data files (as exports over 2 GB do) are read without loading the graph's data."""
+    import onnx
+
+    external = tmp_path / "external"
+    external.mkdir()
+    for path in exports["whisper"][1].glob("*.onnx"):
+        onnx.save_model(onnx.load(str(path)), str(external / path.name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"{path.stem}.data", size_threshold=1024)
+    metadata = discover(exports["whisper"][0])
+    a = merge_export(exports["whisper"][1], tmp_path / "a.onnx", metadata)
+    b = merge_export(external, tmp_path / "b.onnx", metadata)
+    assert b.data_file is None
+    assert Path(a.output_path).read_bytes() == Path(b.output_path).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Graphs that do not fit together
+# ------------------------------------------------------------------------------------------------------
+
+def tampered(exports: dict[str, tuple[Path, Path]], tmp_path: Path, edit: Callable[[Path], None]) -> Path:
+    folder = tmp_path / "tampered"
+    shutil.copytree(exports["t5"][1], folder, ignore=shutil.ignore_patterns("decoder_model_merged.onnx", "model.onnx*"))
+    edit(folder)
+    return folder
+
+
+def edit_model(path: Path, change: Callable[[Any], None]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    change(model)
+    onnx.save(model, str(path))
+
+
+def other_weights(model: Any) -> None:
+    """The same graph with other weights: a decoder of another model of the same shape."""
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        data = numpy_helper.to_array(tensor)
+        if data.dtype == np.float32:
+            tensor.CopyFrom(numpy_helper.from_array(data + np.float32(0.5), tensor.name))
+
+
+def drop_output(name: str) -> Callable[[Any], None]:
+    def change(model: Any) -> None:
+        kept = [o for o in model.graph.output if o.name != name]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
+    return change
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda f, e: shutil.copyfile(e["bart"][1] / "encoder_model.onnx", f / "encoder_model.onnx"),
+     "encoder_model.onnx and decoder_model.onnx do not fit together: encoder_model.onnx gives last_hidden_state of width "
+     "32, decoder_model.onnx takes encoder_hidden_states of width 64; are they from the same export?"),
+    (lambda f, e: shutil.copyfile(e["bart"][1] / "decoder_with_past_model.onnx", f / "decoder_with_past_model.onnx"),
+     "decoder_model.onnx and decoder_with_past_model.onnx do not fit together: decoder_with_past_model.onnx takes "
+     "past_key_values.0.decoder.key of shape ['batch_size', 4, 'past_decoder_sequence_length', 8], decoder_model.onnx "
+     "gives present.0.decoder.key of shape ['batch_size', 4, 'past_decoder_sequence_length + decoder_sequence_length', 16]; "
+     "are they from the same export?"),
+    (lambda f, e: edit_model(f / "decoder_with_past_model.onnx", other_weights),
+     "decoder_model.onnx and decoder_with_past_model.onnx do not fit together: decoder_with_past_model.onnx shares 0% of "
+     "its weights with decoder_model.onnx (the decoders of one export share them all); are they from the same export?"),
+    (lambda f, e: edit_model(f / "decoder_model.onnx", drop_output("present.1.encoder.value")),
+     "decoder_model.onnx and decoder_with_past_model.onnx do not fit together: decoder_with_past_model.onnx takes "
+     "past_key_values.1.encoder.value, but decoder_model.onnx gives no present.1.encoder.value; are they from the same "
+     "export?"),
+    (lambda f, e: (f / "decoder_model.onnx").unlink(),
+     "has decoder_with_past_model.onnx but no decoder_model.onnx: the first decoder step (which computes the "
+     "cross-attention past) is missing; export again with Optimum"),
+    (lambda f, e: (f / "encoder_model.onnx").unlink(),
+     "is not an encoder-decoder export: expected encoder_model.onnx with decoder_model.onnx, decoder_with_past_model.onnx "
+     "or decoder_model_merged.onnx; found decoder_model.onnx, decoder_with_past_model.onnx"),
+], ids=["encoder of another width", "past of another shape", "decoder of another model", "missing present",
+        "no first step", "no encoder"])
+def test_graphs_that_do_not_fit_together_are_refused(exports, tmp_path, edit, message):
+    folder = tampered(exports, tmp_path, lambda f: edit(f, exports))
+    with pytest.raises(MetadataEmbeddingError) as error:
+        merge_export(folder, None, {})
+    assert message in str(error.value)
+    assert not (folder / "model.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------
+
+def test_cli_embed_of_an_export_folder_writes_one_file(exports, cases, tmp_path, capsys):
+    model_folder, export = exports["t5"]
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    assert main(["embed", str(folder), str(model_folder), "--include-vocab"]) == 0
+    out = capsys.readouterr().out
+    assert f"merged {folder} into ONE file {folder / 'model.onnx'}" in out
+    assert "phase=2: decoder_with_past(encoder_attention_mask, decoder_input_ids, 8 past)" in out
+    metadata = rt.read_metadata(folder / "model.onnx")
+    assert metadata["hf_pipeline_task"] == "text2text-generation" and metadata["hf_tokenizer_json"]
+    assert metadata["export_config"] == rt.model_info(folder / "model.onnx")
+    feed, expected, config = cases["t5"]
+    assert np.array_equal(greedy(one_file_runner(folder / "model.onnx", []), feed, config), expected)
+
+    assert main(["embed", str(folder), str(model_folder), "-o", str(tmp_path / "t5.onnx")]) == 0
+    assert rt.read_metadata(tmp_path / "t5.onnx")["hf_graph_layout"] == metadata["hf_graph_layout"]
+    assert main(["embed", str(folder), str(model_folder), "--in-place"]) == 1
+    assert capsys.readouterr().err == (f"error: {folder} is an encoder-decoder export, merged into one new file: "
+                                       "--in-place and --jobs do not apply\n")
