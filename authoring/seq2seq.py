@@ -316,14 +316,17 @@ def _load(path: Path) -> onnx.ModelProto:
         raise MetadataEmbeddingError(f"{path.name} is not a readable ONNX model: {exc}") from None
 
 
-def _referenced(graph: onnx.GraphProto) -> set[str]:
-    """Every name the nodes of a graph and of its subgraphs read."""
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def _read(nodes: Sequence[onnx.NodeProto]) -> set[str]:
+    """Every name the nodes, and the nodes of their subgraphs, read."""
     names: set[str] = set()
-    for node in graph.node:
+    for node in nodes:
         names.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names |= _referenced(sub)
+        for sub in _subgraphs(node):
+            names |= _read(sub.node)
     return names
 
 
@@ -349,7 +352,7 @@ def _parts_from_merged(path: Path, model: onnx.ModelProto) -> list[_Part]:
     parts = []
     for entry, branch_name in (("decoder", "else_branch"), ("decoder_with_past", "then_branch")):
         branch = next(a.g for a in node.attribute if a.name == branch_name)
-        used = _referenced(branch)
+        used = _read(branch.node)
         kept = [(b.name, outputs.get(name, b)) for b, name in zip(branch.output, node.output)]
         if entry == "decoder_with_past":  # its cross-attention presents are empty placeholders
             kept = [(v, o) for v, o in kept if not (_is_present(o.name) and _is_cross(o.name))]
@@ -494,9 +497,8 @@ def _defined(graph_nodes: Sequence[onnx.NodeProto]) -> list[str]:
     out: list[str] = []
     for node in graph_nodes:
         out += [n for n in node.output if n]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                out += [i.name for i in sub.input] + [t.name for t in sub.initializer] + _defined(sub.node)
+        for sub in _subgraphs(node):
+            out += [i.name for i in sub.input] + [t.name for t in sub.initializer] + _defined(sub.node)
     return out
 
 
@@ -505,13 +507,12 @@ def _rename_graph_nodes(nodes: Sequence[onnx.NodeProto], names: Mapping[str, str
     for node in nodes:
         node.input[:] = [names.get(n, n) if n else n for n in node.input]
         node.output[:] = [names.get(n, n) if n else n for n in node.output]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for value in list(sub.input) + list(sub.output) + list(sub.value_info):
-                    value.name = names.get(value.name, value.name)
-                for tensor in sub.initializer:
-                    tensor.name = names.get(tensor.name, tensor.name)
-                _rename_graph_nodes(sub.node, names)
+        for sub in _subgraphs(node):
+            for value in [*sub.input, *sub.output, *sub.value_info]:
+                value.name = names.get(value.name, value.name)
+            for tensor in sub.initializer:
+                tensor.name = names.get(tensor.name, tensor.name)
+            _rename_graph_nodes(sub.node, names)
 
 
 def _value(name: str, elem_type: int, dims: Sequence[int | str] | None) -> onnx.ValueInfoProto:
@@ -576,26 +577,32 @@ def _build(parts: Sequence[_Part]) -> _Built:
                 scope.taken.add(name)
                 inputs[name] = _value(name, t.elem_type, _dims(value))
 
-    # Outputs: each entry point its own (one node defines a graph output); a name an earlier entry point
-    # already gives is prefixed with the entry point's: decoder_with_past.logits.
+    # Outputs: each entry point its own (one node defines a graph output). decoder_with_past's are prefixed
+    # with its name (decoder_with_past.logits), as is any other name an earlier entry point already gives.
     outputs: dict[str, dict[str, onnx.ValueInfoProto]] = {}
     for part in parts:
         own = outputs[part.entry] = {}
         for _, value in part.outputs:
-            name = scope.add(value.name, prefix=f"{part.entry}.")
+            prefix = f"{part.entry}."
+            name = scope.add(prefix + value.name if part.entry == "decoder_with_past" else value.name, prefix=prefix)
             own[value.name] = _value(name, value.type.tensor_type.elem_type, _dims(value))
 
-    # Weights, once per content, named as their first part names them.
+    # Weights, once per content, named as their first part names them; those no node reads are dropped.
     unique: dict[tuple[int, tuple[int, ...], str], str] = {}
     weights: list[tuple[str, _Weight]] = []
     weight_names: dict[str, dict[str, str]] = {}
     for part in parts:
         names = weight_names[part.entry] = {}
+        read = _read(part.nodes) | {v for v, _ in part.outputs}
         for old, weight in part.weights.items():
+            if old not in read:
+                continue
             if weight.key not in unique:
                 unique[weight.key] = scope.add(old, prefix=f"{part.entry}/")
                 weights.append((unique[weight.key], weight))
             names[old] = unique[weight.key]
+    conditions = {part.entry: (scope.add(f"{PHASE_INPUT}/{part.entry}"), scope.add(f"{PHASE_INPUT}/is_{part.entry}"))
+                  for part in parts}
 
     # One If per entry point, side by side in the outer graph: its then branch is the part's graph, its
     # else branch empty tensors. A part nested in another If runs up to 2x slower: onnxruntime prepacks
@@ -627,7 +634,7 @@ def _build(parts: Sequence[_Part]) -> _Built:
             if value.name in names and value.name not in input_names[part.entry] and value.name not in weight_names[part.entry]:
                 value.name = names[value.name]
                 value_info.append(value)
-        phase, condition = scope.add(f"{PHASE_INPUT}/{part.entry}"), scope.add(f"{PHASE_INPUT}/is_{part.entry}")
+        phase, condition = conditions[part.entry]
         nodes.append(helper.make_node("Constant", [], [phase], value=helper.make_tensor(
             phase, TensorProto.INT64, [], [PHASES[part.entry]])))
         nodes.append(helper.make_node("Equal", [PHASE_INPUT, phase], [condition]))

@@ -337,6 +337,29 @@ def test_an_export_with_the_merged_decoder_only(exports, cases, tmp_path):
     assert np.array_equal(greedy(one_file_runner(export / "model.onnx", []), feed, config), expected)
 
 
+def test_an_export_without_past(exports, cases, tmp_path):
+    """encoder + decoder_model.onnx (an export without -with-past): two entry points; each step reruns the decoder."""
+    export = tmp_path / "no-past"
+    export.mkdir()
+    for name in ("encoder_model.onnx", "decoder_model.onnx"):
+        shutil.copyfile(exports["t5"][1] / name, export / name)
+    report = merge_export(export, None, {})
+    assert sorted(report.layout["entry_points"]) == ["decoder", "encoder"] and report.layout["past"] == []
+    run, _ = one_file_runner(export / "model.onnx", [])
+    feed, expected, config = cases["t5"]
+    hidden = run("encoder", feed)["last_hidden_state"]
+    ids = np.full((len(hidden), 1), config.decoder_start_token_id, np.int64)
+    done = np.zeros(len(ids), bool)
+    for _ in range(MAX_NEW):
+        logits = run("decoder", {"input_ids": ids, "encoder_hidden_states": hidden,
+                                 "encoder_attention_mask": feed["attention_mask"]})["logits"]
+        token = np.where(done, config.pad_token_id, logits[:, -1].argmax(-1))
+        ids, done = np.concatenate([ids, token[:, None]], 1), done | (token == config.eos_token_id)
+        if done.all():
+            break
+    assert np.array_equal(ids, expected)
+
+
 def test_same_inputs_same_bytes(exports, tmp_path):
     metadata = discover(exports["bart"][0])
     a = merge_export(exports["bart"][1], tmp_path / "a" / "model.onnx", metadata)
