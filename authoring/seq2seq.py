@@ -366,11 +366,34 @@ def _parts_from_merged(path: Path, model: onnx.ModelProto) -> list[_Part]:
     return parts
 
 
+_GRAPH, _GRAPH_INPUT, _VALUE_NAME = 7, 11, 1  # ModelProto.graph, GraphProto.input, ValueInfoProto.name
+
+
+def graph_input_names(path: str | os.PathLike[str]) -> list[str]:
+    """The names of a model's graph inputs, read by walking field heads: the weights are seeked past."""
+    from .external import _fields
+
+    scan = rt.scan_model(path)
+    names: list[str] = []
+    with open(path, "rb") as f:
+        for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt._WIRE_LEN):
+            for number, wire, start, end in _fields(f, graph.data_start, graph.end):
+                if number != _GRAPH_INPUT or wire != rt._WIRE_LEN:
+                    continue
+                for inner, inner_wire, name_start, name_end in _fields(f, start, end):
+                    if inner == _VALUE_NAME and inner_wire == rt._WIRE_LEN:
+                        f.seek(name_start)
+                        names.append(f.read(name_end - name_start).decode("utf-8", "replace"))
+    return names
+
+
 def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
-    """Whether a folder holds an encoder-decoder export (Optimum's file names)."""
+    """Whether a folder holds an encoder-decoder export: Optimum's file names, and a decoder among them that
+    takes the encoder's output or a past."""
     folder = Path(folder)
+    decoders = [folder / n for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE) if (folder / n).is_file()]
     return (folder / ENCODER_FILE).is_file() and any(
-        (folder / n).is_file() for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE))
+        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_input_names(path))
 
 
 def _hoist_constants(part: _Part) -> None:
@@ -397,7 +420,8 @@ def _load_parts(folder: Path) -> list[_Part]:
         found = sorted(p.name for p in folder.glob("*.onnx"))
         raise MetadataEmbeddingError(
             f"{folder} is not an encoder-decoder export: expected {ENCODER_FILE} with {DECODER_FILE}, "
-            f"{DECODER_WITH_PAST_FILE} or {DECODER_MERGED_FILE}; found {', '.join(found) or 'no .onnx files'}"
+            f"{DECODER_WITH_PAST_FILE} or {DECODER_MERGED_FILE} taking encoder_hidden_states or past_key_values; "
+            f"found {', '.join(found) or 'no .onnx files'}"
         )
     parts = [_part_from_model("encoder", folder / ENCODER_FILE, _load(folder / ENCODER_FILE))]
     if (folder / DECODER_FILE).is_file():

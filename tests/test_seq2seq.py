@@ -460,7 +460,8 @@ def drop_output(name: str) -> Callable[[Any], None]:
      "cross-attention past) is missing; export again with Optimum"),
     (lambda f, e: (f / "encoder_model.onnx").unlink(),
      "is not an encoder-decoder export: expected encoder_model.onnx with decoder_model.onnx, decoder_with_past_model.onnx "
-     "or decoder_model_merged.onnx; found decoder_model.onnx, decoder_with_past_model.onnx"),
+     "or decoder_model_merged.onnx taking encoder_hidden_states or past_key_values; found decoder_model.onnx, "
+     "decoder_with_past_model.onnx"),
 ], ids=["encoder of another width", "past of another shape", "decoder of another model", "missing present",
         "no first step", "no encoder"])
 def test_graphs_that_do_not_fit_together_are_refused(exports, tmp_path, edit, message):
