@@ -366,25 +366,33 @@ def _parts_from_merged(path: Path, model: onnx.ModelProto) -> list[_Part]:
     return parts
 
 
-_GRAPH, _GRAPH_INPUT, _VALUE_NAME = 7, 11, 1  # ModelProto.graph, GraphProto.input, ValueInfoProto.name
+_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_NAME = 7, 11, 12, 1  # ModelProto.graph, GraphProto.input/output, .name
 
 
-def graph_input_names(path: str | os.PathLike[str]) -> list[str]:
-    """The names of a model's graph inputs, read by walking field heads: the weights are seeked past."""
+def graph_io_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The names of a model's graph inputs and outputs, read by walking field heads: the weights are seeked past."""
     from .external import _fields
 
     scan = rt.scan_model(path)
-    names: list[str] = []
+    names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_OUTPUT: []}
     with open(path, "rb") as f:
         for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt._WIRE_LEN):
             for number, wire, start, end in _fields(f, graph.data_start, graph.end):
-                if number != _GRAPH_INPUT or wire != rt._WIRE_LEN:
+                if number not in names or wire != rt._WIRE_LEN:
                     continue
                 for inner, inner_wire, name_start, name_end in _fields(f, start, end):
                     if inner == _VALUE_NAME and inner_wire == rt._WIRE_LEN:
                         f.seek(name_start)
-                        names.append(f.read(name_end - name_start).decode("utf-8", "replace"))
-    return names
+                        names[number].append(f.read(name_end - name_start).decode("utf-8", "replace"))
+    return names[_GRAPH_INPUT], names[_GRAPH_OUTPUT]
+
+
+def file_layout(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The layout of a one-file encoder-decoder from its graph names (None for any other graph), without onnxruntime."""
+    inputs, outputs = graph_io_names(path)
+    if PHASE_INPUT not in inputs:
+        return None
+    return graph_layout({Path(path).name: {"inputs": [(n, "", []) for n in inputs], "outputs": [(n, "", []) for n in outputs]}})
 
 
 def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
@@ -393,7 +401,7 @@ def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
     folder = Path(folder)
     decoders = [folder / n for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE) if (folder / n).is_file()]
     return (folder / ENCODER_FILE).is_file() and any(
-        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_input_names(path))
+        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_io_names(path)[0])
 
 
 def _hoist_constants(part: _Part) -> None:
@@ -798,6 +806,7 @@ def merge_export(
             offset += length
         else:
             tensor.CopyFrom(weight.tensor)
+            weight.tensor.ClearField("raw_data")  # the copy is the one kept: at most one copy of the weights in memory
             tensor.name = name
             if weight.external:
                 tensor.raw_data = b"".join(_payload_chunks(weight.tensor, weight.folder))

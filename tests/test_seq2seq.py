@@ -20,7 +20,7 @@ from helpers import SHARED, for_transformers_4, optimum_python
 import onnxmeta_runtime as rt
 from authoring import MetadataEmbeddingError, discover
 from authoring.cli import main
-from authoring.seq2seq import describe_layout, graph_layout, merge_export, session_signature
+from authoring.seq2seq import describe_layout, file_layout, graph_layout, merge_export, session_signature
 
 pytestmark = pytest.mark.optimum
 MODELS = ("t5", "bart", "whisper")
@@ -311,6 +311,7 @@ def test_layout_is_recognised_from_graph_names(kind, exports, one_files):
     embedded = rt.read_metadata(one_files[kind])["hf_graph_layout"]
     assert graph_layout({"model.onnx": session_signature(session(one_files[kind]))}) == embedded
     assert describe_layout(one_files[kind]) == embedded
+    assert file_layout(one_files[kind]) == embedded  # from the graph's names, read without onnxruntime
     folder = describe_layout(exports[kind][1])
     assert folder["past"] == embedded["past"]
     for entry, point in embedded["entry_points"].items():  # the same roles as Optimum's separate files
@@ -491,6 +492,9 @@ def test_cli_embed_of_an_export_folder_writes_one_file(exports, cases, tmp_path,
     assert np.array_equal(greedy(one_file_runner(folder / "model.onnx", []), feed, config), expected)
 
     assert main(["embed", str(folder), str(model_folder), "-o", str(tmp_path / "t5.onnx")]) == 0
+    assert rt.read_metadata(tmp_path / "t5.onnx")["hf_graph_layout"] == metadata["hf_graph_layout"]
+    # embedding the one file again (another task, another level) keeps its layout
+    assert main(["embed", str(tmp_path / "t5.onnx"), str(model_folder), "--task", "summarization", "--level", "minimal"]) == 0
     assert rt.read_metadata(tmp_path / "t5.onnx")["hf_graph_layout"] == metadata["hf_graph_layout"]
     assert main(["embed", str(folder), str(model_folder), "--in-place"]) == 1
     assert capsys.readouterr().err == (f"error: {folder} is an encoder-decoder export, merged into one new file: "
