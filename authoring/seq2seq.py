@@ -48,7 +48,7 @@ _DECODER_PREFIX = "decoder_"
 
 
 # ######################################################################################################
-# Recognition from graph names (standard library only: it moves into the runtime)
+# Recognition from graph names (the standard library and onnxruntime's names, no onnx: it moves into the runtime)
 # ######################################################################################################
 
 # A graph's signature as onnxruntime reports it: {"inputs": [(name, type, shape)], "outputs": [...]},
@@ -216,6 +216,45 @@ def describe_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 
+_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_NAME = 7, 11, 12, 1  # ModelProto.graph, GraphProto.input/output, .name
+
+
+def graph_io_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The names of a model's graph inputs and outputs, read by walking field heads: the weights are seeked past."""
+    from .external import _fields
+
+    scan = rt.scan_model(path)
+    names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_OUTPUT: []}
+    with open(path, "rb") as f:
+        for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt._WIRE_LEN):
+            for number, wire, start, end in _fields(f, graph.data_start, graph.end):
+                if number not in names or wire != rt._WIRE_LEN:
+                    continue
+                for inner, inner_wire, name_start, name_end in _fields(f, start, end):
+                    if inner == _VALUE_NAME and inner_wire == rt._WIRE_LEN:
+                        f.seek(name_start)
+                        names[number].append(f.read(name_end - name_start).decode("utf-8", "replace"))
+    return names[_GRAPH_INPUT], names[_GRAPH_OUTPUT]
+
+
+def file_layout(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The layout of a one-file encoder-decoder from its graph names (None for any other graph), without onnxruntime."""
+    inputs, outputs = graph_io_names(path)
+    if PHASE_INPUT not in inputs:
+        return None
+    return graph_layout({Path(path).name: {"inputs": [(n, "", []) for n in inputs], "outputs": [(n, "", []) for n in outputs]}})
+
+
+def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
+    """Whether a folder holds an encoder-decoder export: Optimum's file names, and a decoder among them that
+    takes the encoder's output or a past."""
+    folder = Path(folder)
+    decoders = [folder / n for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE) if (folder / n).is_file()]
+    return (folder / ENCODER_FILE).is_file() and any(
+        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_io_names(path)[0])
+
+
+
 # ######################################################################################################
 # Merging an export folder into one file (onnx)
 # ######################################################################################################
@@ -366,44 +405,6 @@ def _parts_from_merged(path: Path, model: onnx.ModelProto) -> list[_Part]:
     return parts
 
 
-_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_NAME = 7, 11, 12, 1  # ModelProto.graph, GraphProto.input/output, .name
-
-
-def graph_io_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """The names of a model's graph inputs and outputs, read by walking field heads: the weights are seeked past."""
-    from .external import _fields
-
-    scan = rt.scan_model(path)
-    names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_OUTPUT: []}
-    with open(path, "rb") as f:
-        for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt._WIRE_LEN):
-            for number, wire, start, end in _fields(f, graph.data_start, graph.end):
-                if number not in names or wire != rt._WIRE_LEN:
-                    continue
-                for inner, inner_wire, name_start, name_end in _fields(f, start, end):
-                    if inner == _VALUE_NAME and inner_wire == rt._WIRE_LEN:
-                        f.seek(name_start)
-                        names[number].append(f.read(name_end - name_start).decode("utf-8", "replace"))
-    return names[_GRAPH_INPUT], names[_GRAPH_OUTPUT]
-
-
-def file_layout(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The layout of a one-file encoder-decoder from its graph names (None for any other graph), without onnxruntime."""
-    inputs, outputs = graph_io_names(path)
-    if PHASE_INPUT not in inputs:
-        return None
-    return graph_layout({Path(path).name: {"inputs": [(n, "", []) for n in inputs], "outputs": [(n, "", []) for n in outputs]}})
-
-
-def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
-    """Whether a folder holds an encoder-decoder export: Optimum's file names, and a decoder among them that
-    takes the encoder's output or a past."""
-    folder = Path(folder)
-    decoders = [folder / n for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE) if (folder / n).is_file()]
-    return (folder / ENCODER_FILE).is_file() and any(
-        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_io_names(path)[0])
-
-
 def _hoist_constants(part: _Part) -> None:
     """Turn the part's Constant nodes into weights, shared by content with every other part's.
 
@@ -456,6 +457,12 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
 
 
+def _width(value: onnx.ValueInfoProto) -> int | None:
+    """The last dimension of a declared shape when it is a number (hidden size, vocabulary)."""
+    dims = _dims(value)
+    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
+
+
 def _check_fit(parts: Sequence[_Part]) -> None:
     """Refuse parts that do not belong together, naming the files and what does not match."""
     by_entry = {p.entry: p for p in parts}
@@ -465,20 +472,21 @@ def _check_fit(parts: Sequence[_Part]) -> None:
         names = a.file if a.file == b.file else f"{a.file} and {b.file}"
         return MetadataEmbeddingError(f"{names} do not fit together: {what}; are they from the same export?")
 
-    hidden = next((o for _, o in enc.outputs if o.name in ("last_hidden_state",)), enc.outputs[0][1])
+    hidden = next((o for _, o in enc.outputs if o.name == "last_hidden_state"), enc.outputs[0][1])
     for d in (dec, past):
         taken = next((i for i in d.inputs if i.name == "encoder_hidden_states"), None) if d else None
         if d is not None and taken is not None:
-            a, b = (_dims(hidden) or [None])[-1], (_dims(taken) or [None])[-1]
-            if isinstance(a, int) and isinstance(b, int) and a and b and a != b:
-                raise refuse(enc, d, f"{enc.file} gives {hidden.name} of width {a}, {d.file} takes encoder_hidden_states "
-                                     f"of width {b}")
-    for a, b in ((enc, dec), (enc, past), (dec, past)):
-        if a is None or b is None:
+            given, wanted = _width(hidden), _width(taken)
+            if given and wanted and given != wanted:
+                raise refuse(enc, d, f"{enc.file} gives {hidden.name} of width {given}, {d.file} takes "
+                                     f"encoder_hidden_states of width {wanted}")
+    for one, other in ((enc, dec), (enc, past), (dec, past)):
+        if one is None or other is None:
             continue
-        for domain in sorted(a.opsets.keys() & b.opsets.keys()):
-            if a.opsets[domain] != b.opsets[domain]:
-                raise refuse(a, b, f"opset {domain} {a.opsets[domain]} in {a.file}, {b.opsets[domain]} in {b.file}")
+        for domain in sorted(one.opsets.keys() & other.opsets.keys()):
+            if one.opsets[domain] != other.opsets[domain]:
+                raise refuse(one, other, f"opset {domain} {one.opsets[domain]} in {one.file}, "
+                                         f"{other.opsets[domain]} in {other.file}")
     if dec is None or past is None:
         return
     dec_out = {o.name: o for _, o in dec.outputs}
@@ -497,9 +505,9 @@ def _check_fit(parts: Sequence[_Part]) -> None:
                 raise refuse(dec, past, f"{past.file} takes {value.name} of shape {mine}, {part.file} gives {present} "
                                         f"of shape {theirs}")
     if "logits" in dec_out and "logits" in past_out:
-        a, b = (_dims(dec_out["logits"]) or [None])[-1], (_dims(past_out["logits"]) or [None])[-1]
-        if isinstance(a, int) and isinstance(b, int) and a != b:
-            raise refuse(dec, past, f"logits of width {a} in {dec.file}, {b} in {past.file}")
+        first, step = _width(dec_out["logits"]), _width(past_out["logits"])
+        if first and step and first != step:
+            raise refuse(dec, past, f"logits of width {first} in {dec.file}, {step} in {past.file}")
     # The two decoders of one export are the same weights; a decoder of another model of the same shape is not.
     shared = {w.key for w in dec.weights.values()}
     total = sum(w.nbytes for w in past.weights.values())
@@ -648,15 +656,15 @@ def _build(parts: Sequence[_Part]) -> _Built:
         _rename_graph_nodes(part.nodes, names)
         defined = {n for node in part.nodes for n in node.output}
         branch_nodes, branch_outputs, empty_nodes, empty_outputs = list(part.nodes), [], [], []
-        for value, declared in part.outputs:
-            value, out = names.get(value, value), outputs[part.entry][declared.name]
+        for produced, declared in part.outputs:
+            source, out = names.get(produced, produced), outputs[part.entry][declared.name]
             elem = declared.type.tensor_type.elem_type
-            if value not in defined:  # a branch output must be a value the branch defines, once
+            if source not in defined:  # a branch output must be a value the branch defines, once
                 copy = scope.add(f"{part.entry}/{declared.name}")
-                branch_nodes.append(helper.make_node("Identity", [value], [copy]))
-                value = copy
-            defined.discard(value)
-            branch_outputs.append(_value(value, elem, _dims(declared)))
+                branch_nodes.append(helper.make_node("Identity", [source], [copy]))
+                source = copy
+            defined.discard(source)
+            branch_outputs.append(_value(source, elem, _dims(declared)))
             empty = scope.add(f"{part.entry}/empty/{declared.name}")
             dims = _empty_dims(_dims(out))
             empty_nodes.append(helper.make_node("Constant", [], [empty], value=helper.make_tensor(empty, elem, dims, vals=[])))
