@@ -1,6 +1,6 @@
 """Benchmark an encoder-decoder as ONE file against Optimum's separate files, with plain onnxruntime.
 
-    python bench/bench_seq2seq.py [--repeats 7] [--threads N] [--json bench/results-seq2seq.json]
+    python bench/bench_seq2seq.py [--repeats 3] [--trials 3] [--threads N] [--json bench/results-seq2seq.json]
 
 Builds (once, cached under ~/.cache/onnxmeta/bench/t5-small-random/) a random-weight T5 of t5-small's
 size (the real t5-small config.json from /work/shared/data: d_model 512, 6 layers, 8 heads, vocab 32128)
@@ -17,8 +17,10 @@ Prints and writes to --json:
 * each phase's time (encoder, first decoder step, one decoder step with a past of 16), one file against
   the separate file, each the median of many interleaved calls.
 
-Both contenders run in this process with the same onnxruntime session options. On a machine shared with
-other work the absolute times move from run to run; the interleaved ratios are the figures to read.
+Both contenders run in this process with the same onnxruntime session options, in --trials trials with
+fresh sessions created in alternating order (two sessions of the SAME file differ by up to 20% here,
+by where their memory lands); each figure is the median over trials. On a machine shared with other
+work the absolute times move from run to run; the interleaved ratios are the figures to read.
 """
 
 from __future__ import annotations
@@ -98,8 +100,12 @@ def unique_weight_bytes(folder: Path) -> int:
 Run = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-def runners(folder: Path, threads: int | None) -> tuple[Run, Run, dict[str, Any]]:
-    """Entry points by role of the one file (phase fed) and of the separate files, and the file's layout."""
+def runners(folder: Path, threads: int | None, one_first: bool) -> tuple[Run, Run, dict[str, Any]]:
+    """Entry points by role of the one file (phase fed) and of the separate files, and the file's layout.
+
+    Sessions are created in the order asked: where a session's memory lands moves its speed by up to
+    20% here, so trials alternate the order.
+    """
     import numpy as np
     import onnxruntime as ort
 
@@ -110,11 +116,15 @@ def runners(folder: Path, threads: int | None) -> tuple[Run, Run, dict[str, Any]
     if threads is not None:
         options.intra_op_num_threads = threads
     layout = rt.read_metadata(folder / "model.onnx")["hf_graph_layout"]
-    one = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     files = {"encoder": "encoder_model.onnx", "decoder": "decoder_model.onnx",
              "decoder_with_past": "decoder_with_past_model.onnx"}
-    separate = {entry: ort.InferenceSession(str(folder / "export" / name), options, providers=["CPUExecutionProvider"])
-                for entry, name in files.items()}
+
+    def load(path: Path) -> Any:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    one = load(folder / "model.onnx") if one_first else None
+    separate = {entry: load(folder / "export" / name) for entry, name in files.items()}
+    one = one or load(folder / "model.onnx")
     names = {entry: [o.name for o in s.get_outputs()] for entry, s in separate.items()}
     phases = {entry: np.array(point["phase"], np.int64) for entry, point in layout["entry_points"].items()}
 
@@ -131,29 +141,22 @@ def runners(folder: Path, threads: int | None) -> tuple[Run, Run, dict[str, Any]
     return run_one, run_separate, layout
 
 
-def greedy(run: Run, layout: dict[str, Any], ids: Any, mask: Any) -> tuple[Any, dict[str, float]]:
-    """NEW_TOKENS greedy tokens, no early stop; returns them and the seconds spent in each phase."""
+def greedy(run: Run, layout: dict[str, Any], ids: Any, mask: Any) -> Any:
+    """NEW_TOKENS greedy tokens (no early stop): encoder once, the first decoder step, then the decoder with past."""
     import numpy as np
 
-    spent = {"encoder": 0.0, "decoder": 0.0, "decoder_with_past": 0.0}
-    start = time.perf_counter()
     hidden = run("encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
-    spent["encoder"] = time.perf_counter() - start
     tokens = np.zeros((len(ids), 1), np.int64)
-    start = time.perf_counter()
     out = run("decoder", {"input_ids": tokens, "encoder_hidden_states": hidden, "encoder_attention_mask": mask})
-    spent["decoder"] = time.perf_counter() - start
     past = {p["input"]: out[p["output"]] for p in layout["past"]}
     for step in range(NEW_TOKENS):
         token = out["logits"][:, -1].argmax(-1)
         tokens = np.concatenate([tokens, token[:, None]], 1)
         if step == NEW_TOKENS - 1:
-            break
-        start = time.perf_counter()
+            return tokens
         out = run("decoder_with_past", {"input_ids": token[:, None], "encoder_attention_mask": mask, **past})
-        spent["decoder_with_past"] += time.perf_counter() - start
         past.update({p["input"]: out[p["output"]] for p in layout["past"] if not p["cross"]})
-    return tokens, spent
+    return tokens
 
 
 def interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -167,31 +170,22 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def measure(folder: Path, repeats: int, threads: int | None) -> dict[str, Any]:
+def trial(folder: Path, repeats: int, threads: int | None, one_first: bool) -> dict[str, Any]:
+    """One trial: fresh sessions, the greedy loop and each phase timed at batch 1 and 8."""
     import numpy as np
 
-    import onnxmeta_runtime as rt
-
-    run_one, run_separate, layout = runners(folder, threads)
-    metadata = sum(e.field.end - e.field.start for e in rt.scan_model(folder / "model.onnx").entries)
-    export_files = sorted((folder / "export").glob("*.onnx"))
-    figures: dict[str, Any] = {"sizes": {
-        "one_file": (folder / "model.onnx").stat().st_size,
-        "one_file_metadata": metadata,
-        "separate_files": {p.name: p.stat().st_size for p in export_files},
-        "unique_weights": unique_weight_bytes(folder / "export"),
-    }}
+    run_one, run_separate, layout = runners(folder, threads, one_first)
+    figures: dict[str, Any] = {}
     rng = np.random.default_rng(0)
     for batch in (1, 8):
         ids = rng.integers(5, 32000, (batch, SOURCE_LENGTH)).astype(np.int64)
         mask = np.ones_like(ids)
-        a, _ = greedy(run_one, layout, ids, mask)  # warm-up, and the tokens must agree
-        b, _ = greedy(run_separate, layout, ids, mask)
+        a = greedy(run_one, layout, ids, mask)  # warm-up, and the tokens must agree
+        b = greedy(run_separate, layout, ids, mask)
         if not np.array_equal(a, b):
             raise SystemExit(f"the one file and the separate files disagree at batch {batch}")
         loops = interleaved({"one_file": lambda i=ids, m=mask: greedy(run_one, layout, i, m),
                              "separate": lambda i=ids, m=mask: greedy(run_separate, layout, i, m)}, repeats)
-        spent = {name: greedy(run, layout, ids, mask)[1] for name, run in (("one_file", run_one), ("separate", run_separate))}
         hidden = run_separate("encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
         first = {"input_ids": np.zeros((batch, 1), np.int64), "encoder_hidden_states": hidden, "encoder_attention_mask": mask}
         out = run_separate("decoder", first)
@@ -201,14 +195,47 @@ def measure(folder: Path, repeats: int, threads: int | None) -> dict[str, Any]:
             out = run_separate("decoder_with_past", step)
             step.update({p["input"]: out[p["output"]] for p in layout["past"] if not p["cross"]})
         phases = {}
-        for entry, feed, n in (("encoder", {"input_ids": ids, "attention_mask": mask}, 4 * repeats),
-                               ("decoder", first, 8 * repeats), ("decoder_with_past", step, 16 * repeats)):
+        for entry, feed, n in (("encoder", {"input_ids": ids, "attention_mask": mask}, 3 * repeats),
+                               ("decoder", first, 6 * repeats), ("decoder_with_past", step, 12 * repeats)):
             phases[entry] = interleaved({"one_file": lambda e=entry, f=feed: run_one(e, f),
                                          "separate": lambda e=entry, f=feed: run_separate(e, f)}, n)
         figures[f"batch_{batch}"] = {
             "ms_per_token": {name: 1000 * seconds / NEW_TOKENS for name, seconds in loops.items()},
-            "loop_ms_by_phase": {name: {k: 1000 * v for k, v in s.items()} for name, s in spent.items()},
             "phase_ms": {entry: {name: 1000 * s for name, s in t.items()} for entry, t in phases.items()},
+        }
+    return figures
+
+
+def measure(folder: Path, repeats: int, trials: int, threads: int | None) -> dict[str, Any]:
+    """Sizes, and the median over trials of each time (the trials' own figures kept under "trials")."""
+    import onnxmeta_runtime as rt
+
+    metadata = sum(e.field.end - e.field.start for e in rt.scan_model(folder / "model.onnx").entries)
+    figures: dict[str, Any] = {"sizes": {
+        "one_file": (folder / "model.onnx").stat().st_size,
+        "one_file_metadata": metadata,
+        "separate_files": {p.name: p.stat().st_size for p in sorted((folder / "export").glob("*.onnx"))},
+        "unique_weights": unique_weight_bytes(folder / "export"),
+    }}
+    runs = [trial(folder, repeats, threads, one_first=i % 2 == 0) for i in range(trials)]
+    figures["trials"] = runs
+
+    def median(path: tuple[str, ...]) -> float:
+        values = []
+        for run in runs:
+            value: Any = run
+            for key in path:
+                value = value[key]
+            values.append(value)
+        return statistics.median(values)
+
+    for batch in ("batch_1", "batch_8"):
+        figures[batch] = {
+            "ms_per_token": {name: median((batch, "ms_per_token", name)) for name in ("one_file", "separate")},
+            "phase_ms": {entry: {name: median((batch, "phase_ms", entry, name)) for name in ("one_file", "separate")}
+                         for entry in ("encoder", "decoder", "decoder_with_past")},
+            "ratio_per_trial": [run[batch]["ms_per_token"]["one_file"] / run[batch]["ms_per_token"]["separate"]
+                                for run in runs],
         }
     return figures
 
@@ -225,7 +252,9 @@ def report(figures: dict[str, Any]) -> None:
     for batch in (1, 8):
         f = figures[f"batch_{batch}"]
         one, sep = f["ms_per_token"]["one_file"], f["ms_per_token"]["separate"]
-        print(f"batch {batch}: {one:.2f} ms/token one file, {sep:.2f} separate files: {one / sep:.3f}x (target <= 1.05)")
+        trials = ", ".join(f"{r:.3f}" for r in f["ratio_per_trial"])
+        print(f"batch {batch}: {one:.2f} ms/token one file, {sep:.2f} separate files: {one / sep:.3f}x (target <= 1.05; "
+              f"trials {trials})")
         for entry, t in f["phase_ms"].items():
             print(f"  {entry:<18} one file {t['one_file']:8.2f} ms, separate {t['separate']:8.2f} ms: "
                   f"{t['one_file'] / t['separate']:.3f}x")
@@ -233,12 +262,13 @@ def report(figures: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved greedy runs per contender (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved greedy runs per contender and trial (median)")
+    parser.add_argument("--trials", type=int, default=3, help="trials, each with fresh sessions (median of their medians)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-seq2seq.json"))
     args = parser.parse_args(argv)
     sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
-    figures = measure(build(), args.repeats, args.threads)
+    figures = measure(build(), args.repeats, args.trials, args.threads)
     report(figures)
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"\nwrote {args.json}")
