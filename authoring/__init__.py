@@ -20,6 +20,7 @@ from onnxmeta_runtime import (
 from .discovery import EMBEDDING_LEVELS, DiscoveryResult, EmbeddingLevel, MetadataDiscovery, discover
 from .embedder import EmbedReport, FolderResult, embed, embed_folder, embed_metadata, write_props
 from .inspection import describe, validate
+from .seq2seq import MergeReport, describe_layout, merge_export
 from .tasks import detect_task
 
 __all__ = (
@@ -29,6 +30,7 @@ __all__ = (
     "EmbedReport",
     "EmbeddingLevel",
     "FolderResult",
+    "MergeReport",
     "MetadataDiscovery",
     "MetadataEmbeddingError",
     "MetadataError",
@@ -39,11 +41,13 @@ __all__ = (
     "TaskDetectionError",
     "UnsupportedVersionError",
     "describe",
+    "describe_layout",
     "detect_task",
     "discover",
     "embed",
     "embed_folder",
     "embed_metadata",
+    "merge_export",
     "read_metadata",
     "validate",
     "write_props",

@@ -16,6 +16,7 @@ from onnxmeta_runtime import MetadataError
 from .discovery import EMBEDDING_LEVELS, MetadataDiscovery
 from .embedder import FolderResult, compress_threshold, embed, embed_folder
 from .inspection import checks_as_dicts, describe, validate
+from .seq2seq import is_seq2seq_export, merge_export
 
 
 def _safe(value: Any) -> str:
@@ -28,9 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
-    p.add_argument("onnx", help="the ONNX file, or a folder of them (an Optimum export): every .onnx file in it")
+    p.add_argument("onnx", help="the ONNX file, or a folder of them (an Optimum export): every .onnx file in it; an "
+                                "encoder-decoder export (encoder_model.onnx + decoders) is merged into ONE file")
     p.add_argument("model", help="a local model folder or a hub id (bert-base-uncased)")
-    p.add_argument("--output", "-o", help="write here instead of replacing the input (a folder for a folder)")
+    p.add_argument("--output", "-o", help="write here instead of replacing the input (a folder for a folder; the one "
+                                          "file for an encoder-decoder export, default <folder>/model.onnx)")
     p.add_argument("--jobs", "-j", type=int, help="files embedded at once for a folder (default: up to 8)")
     p.add_argument("--in-place", action="store_true",
                    help="rewrite only the metadata at the end of the file, through an undo journal (fast; a reader "
@@ -68,10 +71,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     level = "full" if args.include_vocab else (args.level or "essential")
     if args.include_vocab and args.level not in (None, "full"):
         raise rt.MetadataExtractionError(f"--include-vocab means --level full, not {args.level}")
+    seq2seq = Path(args.onnx).is_dir() and is_seq2seq_export(args.onnx)
+    if seq2seq and (args.in_place or args.jobs is not None):
+        raise rt.MetadataEmbeddingError(
+            f"{_safe(args.onnx)} is an encoder-decoder export, merged into one new file: --in-place and --jobs do not apply")
     if not Path(args.onnx).is_dir():
         rt.scan_model(args.onnx)  # a bad ONNX path fails before the slow discovery
     metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task)
     threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
+    if seq2seq:
+        return _merge_folder(args, metadata, threshold)
     if Path(args.onnx).is_dir():
         return _embed_folder(args, metadata, threshold)
     report = embed(args.onnx, metadata, args.output, compress_threshold=threshold, in_place=args.in_place)
@@ -85,6 +94,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(f"  external data {_safe(name)}: {action} (its location in the graph is unchanged)")
     if report.preserved_keys:
         print(f"  kept {len(report.preserved_keys)} other metadata_props: {', '.join(map(_safe, report.preserved_keys))}")
+    return 0
+
+
+def _merge_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold: int | None) -> int:
+    """Merge an encoder-decoder export into one file with the metadata embedded."""
+    report = merge_export(args.onnx, args.output, metadata, compress_threshold=threshold)
+    mb = 1024 * 1024
+    print(f"merged {_safe(args.onnx)} into ONE file {_safe(report.output_path)}: {report.file_bytes / mb:.1f} MB "
+          f"(the export's files: {report.export_bytes / mb:.1f} MB, its weights once: {report.unique_weight_bytes / mb:.1f} MB)")
+    print(f"  task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}, level: {metadata[rt.KEY_EMBEDDING_LEVEL]}")
+    for entry, point in report.layout["entry_points"].items():
+        names = [_safe(n) for role, n in point["inputs"].items() if not role.startswith("past_key_values.")]
+        past = len(point["inputs"]) - len(names)
+        print(f"  {report.layout['phase_input']}={point['phase']}: {entry}({', '.join(names + ([f'{past} past'] if past else []))})")
+    if report.data_file is not None:
+        print(f"  weights in {_safe(report.data_file)} beside it (over 2 GB: keep the two files together)")
     return 0
 
 

@@ -21,6 +21,7 @@ from onnxmeta_runtime import MetadataEmbeddingError, MetadataError
 
 from .discovery import EMBEDDING_LEVELS, MetadataDiscovery, embedding_level
 from .external import copy_data_files, data_files
+from .seq2seq import file_layout
 
 logger = logging.getLogger("onnxmeta")
 
@@ -360,13 +361,20 @@ def embed(
 ) -> EmbedReport:
     """Embed a metadata dict (as discovered) into an ONNX file; compress_threshold in bytes or None.
 
-    export_config, unless given, records how the graph was exported (ir_version, opsets, producer).
+    export_config, unless given, records how the graph was exported (ir_version, opsets, producer);
+    hf_graph_layout, unless given, is kept for a file that has one (recognised again from the graph's names).
     in_place rewrites only the metadata at the end of the file (see write_props) instead of replacing
     the file atomically.
     """
     recover(onnx_path)
     if rt.KEY_EXPORT_CONFIG not in metadata:
         metadata = {**metadata, rt.KEY_EXPORT_CONFIG: rt.model_info(onnx_path)}
+    if rt.KEY_GRAPH_LAYOUT not in metadata and any(
+            e.key.removesuffix(rt.COMPRESSED_SUFFIX) == rt.KEY_GRAPH_LAYOUT for e in rt.scan_model(onnx_path).entries):
+        # an encoder-decoder in one file keeps its layout, recognised again from the graph's names
+        layout = file_layout(onnx_path)
+        if layout is not None:
+            metadata = {**metadata, rt.KEY_GRAPH_LAYOUT: layout}
     props = rt.encode_metadata(metadata, compress_threshold=compress_threshold)
     # External data stays where the graph says it is, relative to the model: an output in another folder
     # gets copies of the data files (before the model, so that a model never points at missing data).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataError
@@ -159,10 +159,19 @@ def _dims(value_info: Any) -> list[int | str | None]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim]
 
 
+def _nodes(graph: Any) -> Iterator[Any]:
+    """The nodes of a graph and of its subgraphs (an encoder-decoder file's If branches)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
 def _embedding_rows(graph: Any) -> tuple[str, int] | None:
     """The token embedding table: an initializer gathered by input_ids, as (name, number of rows)."""
     tables = {t.name: list(t.dims) for t in graph.initializer}
-    for node in graph.node:
+    for node in _nodes(graph):
         if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == "input_ids":
             dims = tables.get(node.input[0])
             if dims and len(dims) == 2:
@@ -189,6 +198,20 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     failures: list[str] = []
     checked: list[str] = []
     unchecked: list[str] = []
+    layout = metadata.get(rt.KEY_GRAPH_LAYOUT)
+    if layout is not None:  # an encoder-decoder in one file: the tokenizer feeds the encoder entry point
+        names = {i.name for i in graph.input}
+        missing = sorted({n for point in layout.get("entry_points", {}).values() for n in point.get("inputs", {}).values()
+                          if n not in names} | {n for point in layout.get("entry_points", {}).values()
+                                                for n in point.get("outputs", {}).values() if n not in outputs})
+        if missing:
+            failures.append(f"{rt.KEY_GRAPH_LAYOUT} names {missing}, which the graph lacks")
+        else:
+            checked.append(f"{rt.KEY_GRAPH_LAYOUT}: {', '.join(layout.get('entry_points', {}))} fit the graph")
+        encoder = layout.get("entry_points", {}).get("encoder", {})
+        inputs = list(encoder.get("inputs", {}).values())
+        outputs = {n: outputs[n] for n in layout.get("entry_points", {}).get("decoder", {}).get("outputs", {}).values()
+                   if n in outputs}
 
     if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
         main = rt.load_feature_extractor(metadata).model_input_names[0]

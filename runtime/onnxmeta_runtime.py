@@ -153,6 +153,7 @@ KEY_PIPELINE_CONFIG = "hf_pipeline_config"
 KEY_EXPORT_CONFIG = "export_config"
 KEY_EMBEDDING_LEVEL = "hf_embedding_level"
 KEY_SENTENCE_TRANSFORMERS = "hf_sentence_transformers_config"
+KEY_GRAPH_LAYOUT = "hf_graph_layout"
 KEY_DIGEST = "hf_metadata_sha256"
 
 # Values stored as plain text. hf_tokenizer_json is the tokenizer.json document as text: it goes
@@ -165,6 +166,7 @@ STRING_KEYS = frozenset({
 JSON_KEYS = frozenset({
     KEY_MODEL_CONFIG, KEY_TOKENIZER_CONFIG, KEY_IMAGE_PROCESSOR_CONFIG, KEY_FEATURE_EXTRACTOR_CONFIG,
     KEY_GENERATION_CONFIG, KEY_FEATURE_ENGINEERING, KEY_PIPELINE_CONFIG, KEY_EXPORT_CONFIG, KEY_SENTENCE_TRANSFORMERS,
+    KEY_GRAPH_LAYOUT,
 })
 KEYS = STRING_KEYS | JSON_KEYS
 # The two keys the original design named without the hf_ prefix. Every other key of the format,

@@ -28,6 +28,8 @@ SAMPLE = {
     rt.KEY_EXPORT_CONFIG: {"opset": 17},
     rt.KEY_EMBEDDING_LEVEL: "full",
     rt.KEY_SENTENCE_TRANSFORMERS: {"pooling": {"pooling_mode": "mean"}, "normalize": True, "prompts": {"query": "q: "}},
+    rt.KEY_GRAPH_LAYOUT: {"phase_input": "phase", "entry_points": {"encoder": {"phase": 0, "inputs": {"input_ids": "input_ids"},
+                                                                              "outputs": {}}}, "past": []},
 }
 
 

@@ -1,0 +1,279 @@
+"""Benchmark an encoder-decoder as ONE file against Optimum's separate files, with plain onnxruntime.
+
+    python bench/bench_seq2seq.py [--repeats 3] [--trials 3] [--threads N] [--json bench/results-seq2seq.json]
+
+Builds (once, cached under ~/.cache/onnxmeta/bench/t5-small-random/) a random-weight T5 of t5-small's
+size (the real t5-small config.json from /work/shared/data: d_model 512, 6 layers, 8 heads, vocab 32128)
+with the t5-small tokenizer, exports it with Optimum (text2text-generation-with-past, in the Optimum
+environment ~/.cache/onnxmeta/venv-optimum) and merges the export into one file with full metadata.
+
+Prints and writes to --json:
+
+* sizes: the one file (its embedded metadata apart), the export's separate graph files, and the
+  export's weights counted once by content (the floor for any one-file form);
+* time per generated token of the same plain numpy greedy loop (encoder once, first decoder step, then
+  the decoder with past; 32 new tokens, no early stop) over the one file and over the separate files, at
+  batch 1 and 8, in interleaved runs (median of --repeats);
+* each phase's time (encoder, first decoder step, one decoder step with a past of 16), one file against
+  the separate file, each the median of many interleaved calls.
+
+Both contenders run in this process with the same onnxruntime session options, in --trials trials with
+fresh sessions created in alternating order (two sessions of the SAME file differ by up to 20% here,
+by where their memory lands); each figure is the median over trials. On a machine shared with other
+work the absolute times move from run to run; the interleaved ratios are the figures to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "t5-small-random"
+T5_SMALL = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data")) / "t5-small"
+OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
+    / "bin" / "python"
+NEW_TOKENS = 32
+SOURCE_LENGTH = 64
+EXPORT = """
+import sys
+from optimum.exporters.onnx import main_export
+main_export(sys.argv[1], sys.argv[2], task="text2text-generation-with-past", library_name="transformers",
+            do_validation=False, no_post_process=True)
+"""
+
+
+def build() -> Path:
+    """The cached folder: model/ (config, weights, tokenizer), export/ (Optimum's files), model.onnx (one file)."""
+    one_file = CACHE / "model.onnx"
+    if one_file.is_file():
+        return CACHE
+    import torch
+    import transformers
+
+    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
+    from authoring import discover
+    from authoring.seq2seq import merge_export
+
+    model_folder, export = CACHE / "model", CACHE / "export"
+    model_folder.mkdir(parents=True, exist_ok=True)
+    transformers.AutoTokenizer.from_pretrained(T5_SMALL).save_pretrained(model_folder)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config.from_pretrained(T5_SMALL)).eval()
+    model.save_pretrained(model_folder)
+    # transformers 4.57 (the Optimum environment) reads T5's extra_special_tokens as a dict of named tokens
+    config_path = model_folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+        config_path.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(OPTIMUM_PYTHON), "-c", EXPORT, str(model_folder), str(export)], check=True,
+                   env={**env, "HF_HUB_OFFLINE": "1"})
+    merge_export(export, one_file, discover(model_folder, level="full"))
+    return CACHE
+
+
+def unique_weight_bytes(folder: Path) -> int:
+    """The export's initializers counted once by content."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    seen: dict[str, int] = {}
+    for path in folder.glob("*.onnx"):
+        for tensor in onnx.load(str(path)).graph.initializer:
+            data = numpy_helper.to_array(tensor)
+            seen[hashlib.sha256(str((data.dtype, data.shape)).encode() + data.tobytes()).hexdigest()] = data.nbytes
+    return sum(seen.values())
+
+
+Run = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def runners(folder: Path, threads: int | None, one_first: bool) -> tuple[Run, Run, dict[str, Any]]:
+    """Entry points by role of the one file (phase fed) and of the separate files, and the file's layout.
+
+    Sessions are created in the order asked: where a session's memory lands moves its speed by up to
+    20% here, so trials alternate the order.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    import onnxmeta_runtime as rt
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    layout = rt.read_metadata(folder / "model.onnx")["hf_graph_layout"]
+    files = {"encoder": "encoder_model.onnx", "decoder": "decoder_model.onnx",
+             "decoder_with_past": "decoder_with_past_model.onnx"}
+
+    def load(path: Path) -> Any:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    one = load(folder / "model.onnx") if one_first else None
+    separate = {entry: load(folder / "export" / name) for entry, name in files.items()}
+    one = one or load(folder / "model.onnx")
+    names = {entry: [o.name for o in s.get_outputs()] for entry, s in separate.items()}
+    phases = {entry: np.array(point["phase"], np.int64) for entry, point in layout["entry_points"].items()}
+
+    def run_one(entry: str, feed: dict[str, Any]) -> dict[str, Any]:
+        point = layout["entry_points"][entry]
+        feeds = {point["inputs"][role]: value for role, value in feed.items() if role in point["inputs"]}
+        outputs = one.run(list(point["outputs"].values()), {layout["phase_input"]: phases[entry], **feeds})
+        return dict(zip(point["outputs"], outputs))
+
+    def run_separate(entry: str, feed: dict[str, Any]) -> dict[str, Any]:
+        wanted = {i.name for i in separate[entry].get_inputs()}
+        return dict(zip(names[entry], separate[entry].run(None, {k: v for k, v in feed.items() if k in wanted})))
+
+    return run_one, run_separate, layout
+
+
+def greedy(run: Run, layout: dict[str, Any], ids: Any, mask: Any) -> Any:
+    """NEW_TOKENS greedy tokens (no early stop): encoder once, the first decoder step, then the decoder with past."""
+    import numpy as np
+
+    hidden = run("encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+    tokens = np.zeros((len(ids), 1), np.int64)
+    out = run("decoder", {"input_ids": tokens, "encoder_hidden_states": hidden, "encoder_attention_mask": mask})
+    past = {p["input"]: out[p["output"]] for p in layout["past"]}
+    for step in range(NEW_TOKENS):
+        token = out["logits"][:, -1].argmax(-1)
+        tokens = np.concatenate([tokens, token[:, None]], 1)
+        if step == NEW_TOKENS - 1:
+            return tokens
+        out = run("decoder_with_past", {"input_ids": token[:, None], "encoder_attention_mask": mask, **past})
+        past.update({p["input"]: out[p["output"]] for p in layout["past"] if not p["cross"]})
+    return tokens
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, the calls alternating (order flipped every round)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(repeats):
+        for name in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def trial(folder: Path, repeats: int, threads: int | None, one_first: bool) -> dict[str, Any]:
+    """One trial: fresh sessions, the greedy loop and each phase timed at batch 1 and 8."""
+    import numpy as np
+
+    run_one, run_separate, layout = runners(folder, threads, one_first)
+    figures: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    for batch in (1, 8):
+        ids = rng.integers(5, 32000, (batch, SOURCE_LENGTH)).astype(np.int64)
+        mask = np.ones_like(ids)
+        a = greedy(run_one, layout, ids, mask)  # warm-up, and the tokens must agree
+        b = greedy(run_separate, layout, ids, mask)
+        if not np.array_equal(a, b):
+            raise SystemExit(f"the one file and the separate files disagree at batch {batch}")
+        loops = interleaved({"one_file": lambda i=ids, m=mask: greedy(run_one, layout, i, m),
+                             "separate": lambda i=ids, m=mask: greedy(run_separate, layout, i, m)}, repeats)
+        hidden = run_separate("encoder", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+        first = {"input_ids": np.zeros((batch, 1), np.int64), "encoder_hidden_states": hidden, "encoder_attention_mask": mask}
+        out = run_separate("decoder", first)
+        past = {p["input"]: out[p["output"]] for p in layout["past"]}
+        step = {"input_ids": np.ones((batch, 1), np.int64), "encoder_attention_mask": mask, **past}
+        for _ in range(15):  # a self-attention past of 16
+            out = run_separate("decoder_with_past", step)
+            step.update({p["input"]: out[p["output"]] for p in layout["past"] if not p["cross"]})
+        phases = {}
+        for entry, feed, n in (("encoder", {"input_ids": ids, "attention_mask": mask}, 3 * repeats),
+                               ("decoder", first, 6 * repeats), ("decoder_with_past", step, 12 * repeats)):
+            phases[entry] = interleaved({"one_file": lambda e=entry, f=feed: run_one(e, f),
+                                         "separate": lambda e=entry, f=feed: run_separate(e, f)}, n)
+        figures[f"batch_{batch}"] = {
+            "ms_per_token": {name: 1000 * seconds / NEW_TOKENS for name, seconds in loops.items()},
+            "phase_ms": {entry: {name: 1000 * s for name, s in t.items()} for entry, t in phases.items()},
+        }
+    return figures
+
+
+def measure(folder: Path, repeats: int, trials: int, threads: int | None) -> dict[str, Any]:
+    """Sizes, and the median over trials of each time (the trials' own figures kept under "trials")."""
+    import onnxmeta_runtime as rt
+
+    metadata = sum(e.field.end - e.field.start for e in rt.scan_model(folder / "model.onnx").entries)
+    figures: dict[str, Any] = {"sizes": {
+        "one_file": (folder / "model.onnx").stat().st_size,
+        "one_file_metadata": metadata,
+        "separate_files": {p.name: p.stat().st_size for p in sorted((folder / "export").glob("*.onnx"))},
+        "unique_weights": unique_weight_bytes(folder / "export"),
+    }}
+    runs = [trial(folder, repeats, threads, one_first=i % 2 == 0) for i in range(trials)]
+    figures["trials"] = runs
+
+    def median(path: tuple[str, ...]) -> float:
+        values = []
+        for run in runs:
+            value: Any = run
+            for key in path:
+                value = value[key]
+            values.append(value)
+        return statistics.median(values)
+
+    for batch in ("batch_1", "batch_8"):
+        figures[batch] = {
+            "ms_per_token": {name: median((batch, "ms_per_token", name)) for name in ("one_file", "separate")},
+            "phase_ms": {entry: {name: median((batch, "phase_ms", entry, name)) for name in ("one_file", "separate")}
+                         for entry in ("encoder", "decoder", "decoder_with_past")},
+            "ratio_per_trial": [run[batch]["ms_per_token"]["one_file"] / run[batch]["ms_per_token"]["separate"]
+                                for run in runs],
+        }
+    return figures
+
+
+def report(figures: dict[str, Any]) -> None:
+    mb = 1024 * 1024
+    sizes = figures["sizes"]
+    separate = sum(sizes["separate_files"].values())
+    weights = sizes["one_file"] - sizes["one_file_metadata"]
+    print(f"sizes: one file {sizes['one_file'] / mb:.1f} MB ({sizes['one_file_metadata'] / mb:.2f} MB of it metadata, "
+          f"the model {weights / mb:.1f} MB = {weights / sizes['unique_weights']:.4f} x the unique weights "
+          f"{sizes['unique_weights'] / mb:.1f} MB); separate files {separate / mb:.1f} MB "
+          f"({', '.join(f'{n} {s / mb:.1f}' for n, s in sizes['separate_files'].items())})")
+    for batch in (1, 8):
+        f = figures[f"batch_{batch}"]
+        one, sep = f["ms_per_token"]["one_file"], f["ms_per_token"]["separate"]
+        trials = ", ".join(f"{r:.3f}" for r in f["ratio_per_trial"])
+        print(f"batch {batch}: {one:.2f} ms/token one file, {sep:.2f} separate files: {one / sep:.3f}x (target <= 1.05; "
+              f"trials {trials})")
+        for entry, t in f["phase_ms"].items():
+            print(f"  {entry:<18} one file {t['one_file']:8.2f} ms, separate {t['separate']:8.2f} ms: "
+                  f"{t['one_file'] / t['separate']:.3f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved greedy runs per contender and trial (median)")
+    parser.add_argument("--trials", type=int, default=3, help="trials, each with fresh sessions (median of their medians)")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-seq2seq.json"))
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
+    figures = measure(build(), args.repeats, args.trials, args.threads)
+    report(figures)
+    args.json.write_text(json.dumps(figures, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
