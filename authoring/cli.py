@@ -107,7 +107,8 @@ def _merge_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold:
     for entry, point in report.layout["entry_points"].items():
         names = [_safe(n) for role, n in point["inputs"].items() if not role.startswith("past_key_values.")]
         past = len(point["inputs"]) - len(names)
-        print(f"  {report.layout['phase_input']}={point['phase']}: {entry}({', '.join(names + ([f'{past} past'] if past else []))})")
+        shown = ", ".join(names + ([f"{past} past"] if past else []))
+        print(f"  {report.layout['phase_input']}={point['phase']}: {entry}({shown})")
     if report.data_file is not None:
         print(f"  weights in {_safe(report.data_file)} beside it (over 2 GB: keep the two files together)")
     return 0

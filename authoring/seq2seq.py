@@ -221,19 +221,17 @@ _GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_NAME = 7, 11, 12, 1  # ModelProto.gr
 
 def graph_io_names(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """The names of a model's graph inputs and outputs, read by walking field heads: the weights are seeked past."""
-    from .external import _fields
-
     scan = rt.scan_model(path)
     names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_OUTPUT: []}
     with open(path, "rb") as f:
-        for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt._WIRE_LEN):
-            for number, wire, start, end in _fields(f, graph.data_start, graph.end):
-                if number not in names or wire != rt._WIRE_LEN:
+        for graph in (fl for fl in scan.fields if fl.number == _GRAPH and fl.wire_type == rt.WIRE_LEN):
+            for field in rt.iter_fields(f, graph.data_start, graph.end):
+                if field.number not in names or field.wire_type != rt.WIRE_LEN:
                     continue
-                for inner, inner_wire, name_start, name_end in _fields(f, start, end):
-                    if inner == _VALUE_NAME and inner_wire == rt._WIRE_LEN:
-                        f.seek(name_start)
-                        names[number].append(f.read(name_end - name_start).decode("utf-8", "replace"))
+                for inner in rt.iter_fields(f, field.data_start, field.end):
+                    if inner.number == _VALUE_NAME and inner.wire_type == rt.WIRE_LEN:
+                        f.seek(inner.data_start)
+                        names[field.number].append(f.read(inner.end - inner.data_start).decode("utf-8", "replace"))
     return names[_GRAPH_INPUT], names[_GRAPH_OUTPUT]
 
 
