@@ -1285,7 +1285,7 @@ class _MinLength:
         short = ids.shape[1] - self.pad < self.minimums
         if short.any():
             scores = scores.copy()
-            scores[np.ix_(short, _in_vocab(self.eos, scores))] = -np.inf
+            scores[np.ix_(np.flatnonzero(short), _in_vocab(self.eos, scores))] = -np.inf
         return scores
 
 
@@ -1515,14 +1515,16 @@ class _Stopping:
     """The stopping criteria generate() builds: max length, eos token, stop strings; per row."""
 
     def __init__(self, max_lengths: np.ndarray, pad: np.ndarray, eos: Sequence[int], stop: _StopStrings | None) -> None:
-        self.max_lengths, self.pad, self.eos, self.stop = max_lengths, pad, list(eos), stop
+        import numpy as np
+
+        self.max_lengths, self.pad, self.eos, self.stop = max_lengths, pad, np.array(eos, dtype=np.int64), stop
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         import numpy as np
 
         done: np.ndarray = ids.shape[1] - self.pad >= self.max_lengths
-        if self.eos:
-            done |= np.isin(ids[:, -1], self.eos)
+        if len(self.eos):
+            done |= (ids[:, -1:] == self.eos).any(axis=-1)
         if self.stop is not None:
             for row in np.flatnonzero(~done):
                 done[row] = self.stop(ids[row, self.pad[row]:])
@@ -1740,12 +1742,48 @@ _PAST_NAMES = ((re.compile(r"past_key_values\.(\d+)\.(key|value)"), "present.{}.
 _DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "use_cache_branch")
 
 
-class _DecoderState:
-    """One call's rows in a decoder-only graph: the tokens so far (needed without a cache), attention mask,
-    position ids and past key values (OrtValues, kept in onnxruntime's memory between steps)."""
+class _Binding:
+    """One call's onnxruntime I/O binding: outputs stay in onnxruntime's memory, to be fed back as inputs. It is
+    driven through onnxruntime's C binding object (IOBinding._iobinding, there since onnxruntime 1.3): the Python
+    wrapper builds an object per output and a device per bind, ~10 us a value, which costs a model with 24 past
+    tensors half a millisecond a token."""
 
-    def __init__(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: bool) -> None:
-        self.ids, self.mask, self.positions, self.cache = ids, mask, positions, cache
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.binding = session.io_binding()
+        self.raw = self.binding._iobinding
+        self.cpu = _onnxruntime().OrtDevice.make("cpu", 0)._get_c_device()
+
+    def run(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
+        """Run on numpy arrays (not copied: they must live until the run ends) and onnxruntime values; the
+        outputs as onnxruntime values (``.numpy()`` views them)."""
+        import numpy as np
+
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray):
+                self.raw.bind_input(name, value)
+            else:
+                self.raw.bind_ortvalue_input(name, value)
+        for name in outputs:  # every run: a bound output keeps the shape of the last run's
+            self.raw.bind_output(name, self.cpu)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
+            raise MetadataValidationError(
+                f"onnxruntime cannot run the model on this input: {exc}; the embedded tokenizer and the graph may "
+                "disagree (python -m authoring validate --check-graph)"
+            ) from None
+        values = self.raw.get_outputs()
+        return [values[i] for i in range(len(values))]
+
+
+class _DecoderState:
+    """One call's rows in a decoder-only graph: the attention mask, the position ids (all of them without a
+    cache, else the next), the tokens so far (without a cache), the past key values (onnxruntime values kept
+    in its memory between steps, or arrays after a reorder) and the I/O binding."""
+
+    def __init__(self, binding: _Binding, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: bool) -> None:
+        self.binding, self.ids, self.mask, self.positions, self.cache = binding, ids, mask, positions, cache
         self.past: list[Any] | None = None
 
 
@@ -1809,66 +1847,55 @@ class _DecoderOnly(_Step):
                 )
             self.past_shape = (2, 1, heads, 0, head_dim) if len(first.shape) == 5 else (1, heads, 0, head_dim)
         self.batch_axis = len(self.past_shape) - 4
+        self.outputs = [self.logits, *(present for _, present in self.past)]
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_DecoderState, np.ndarray]:
         import numpy as np
 
         positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
-        state = _DecoderState(ids, mask, positions, use_cache and bool(self.past))
-        return state, self._run(state, ids, positions)
+        state = _DecoderState(_Binding(self.session), ids, mask, positions, use_cache and bool(self.past))
+        logits = self._run(state, ids, positions)
+        if state.cache:
+            state.positions = positions[:, -1:] + 1
+        return state, logits
 
     def advance(self, state: _DecoderState, tokens: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        rows = len(tokens)
-        state.mask = np.concatenate([state.mask, np.ones((rows, 1), dtype=state.mask.dtype)], axis=1)
-        state.positions = np.concatenate([state.positions, state.positions[:, -1:] + 1], axis=1)
-        state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
+        state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=state.mask.dtype)], axis=1)
         if state.cache:
-            return self._run(state, tokens[:, None], state.positions[:, -1:])
+            logits = self._run(state, tokens[:, None], state.positions)
+            state.positions = state.positions + 1
+            return logits
+        state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
+        state.positions = np.concatenate([state.positions, state.positions[:, -1:] + 1], axis=1)
         return self._run(state, state.ids, state.positions)
 
     def reorder(self, state: _DecoderState, rows: np.ndarray) -> None:
         import numpy as np
 
         state.ids, state.mask, state.positions = state.ids[rows], state.mask[rows], state.positions[rows]
-        if state.past is not None:
-            ort = _onnxruntime()
-            state.past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy().take(rows, axis=self.batch_axis)))
-                          for v in state.past]
+        if state.past is not None:  # onnxruntime values after a run, arrays after a reorder
+            state.past = [(v if isinstance(v, np.ndarray) else v.numpy()).take(rows, axis=self.batch_axis) for v in state.past]
 
     def _run(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Run the graph on the new tokens (all of them without a cache); the last position's logits, float32."""
         import numpy as np
 
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=self.int_types["input_ids"]))
+        feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(ids, dtype=self.int_types["input_ids"])}
         if "attention_mask" in self.int_types:
-            binding.bind_cpu_input("attention_mask", np.ascontiguousarray(state.mask, dtype=self.int_types["attention_mask"]))
+            feed["attention_mask"] = np.ascontiguousarray(state.mask, dtype=self.int_types["attention_mask"])
         if "position_ids" in self.int_types:
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=self.int_types["position_ids"]))
+            feed["position_ids"] = np.ascontiguousarray(positions, dtype=self.int_types["position_ids"])
         if self.branch:
-            binding.bind_cpu_input("use_cache_branch", np.array([state.past is not None]))
+            feed["use_cache_branch"] = np.array([state.past is not None])
         past = state.past
         if past is None and self.past:
             shape = list(self.past_shape)
             shape[self.batch_axis] = len(ids)
-            empty = _onnxruntime().OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self.past_dtype))
-            past = [empty] * len(self.past)
-        for (name, _), value in zip(self.past, past or ()):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self.logits, "cpu")
-        if state.cache:
-            for _, present in self.past:
-                binding.bind_output(present, "cpu")
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
-            raise MetadataValidationError(
-                f"onnxruntime cannot run the model on this input: {exc}; the embedded tokenizer and the graph may "
-                "disagree (python -m authoring validate --check-graph)"
-            ) from None
-        values = binding.get_outputs()
+            past = [np.zeros(shape, dtype=self.past_dtype)] * len(self.past)
+        feed.update(zip((name for name, _ in self.past), past or ()))
+        values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
         if state.cache:
             state.past = values[1:]
         return np.array(values[0].numpy()[:, -1], dtype=np.float32)
@@ -2942,6 +2969,8 @@ class _TextGeneration(_Task):
         options = {o.name: o.default if kwargs.get(o.name) is None else o.check(o.name, kwargs[o.name]) for o in self.options}
         if options["prefix"] is None:
             options["prefix"] = self.prefix
+        # the pipeline hands a max_length it is called with to the tokenizer too, which then cuts string prompts
+        options["max_length"] = kwargs.get("max_length")
         generation = {k: v for k, v in kwargs.items() if k in _GENERATION_OPTION_NAMES}
         if options["stop_sequence"] is not None:
             generation["stop_strings"] = options["stop_sequence"]
@@ -3003,7 +3032,10 @@ class _TextGeneration(_Task):
         for item in items:
             continue_final = False
             if isinstance(item, str):
-                ids = self.tokenizer.encode([(options["prefix"] or "") + item])[0].ids
+                tokenizer = self.tokenizer
+                if options["max_length"] is not None:
+                    tokenizer = tokenizer.with_truncation("longest_first", window=options["max_length"])
+                ids = tokenizer.encode([(options["prefix"] or "") + item])[0].ids
             else:
                 continue_final = options["continue_final_message"]
                 if continue_final is None:
