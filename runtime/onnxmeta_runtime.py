@@ -1809,6 +1809,12 @@ class _DecoderOnly(_Step):
                     raise MetadataValidationError(f"graph input {name!r} has type {inputs[name].type}; expected int64 or int32")
                 self.int_types[name] = dtype
         self.logits = "logits" if "logits" in outputs else outputs[0]
+        shape = next(o.shape for o in session.get_outputs() if o.name == self.logits)
+        if shape and len(shape) != 3:
+            raise MetadataValidationError(
+                f"text generation needs logits for every position, (batch, sequence, vocabulary); output {self.logits!r} "
+                f"has shape {shape}; was the graph exported for another task?"
+            )
         self.branch = "use_cache_branch" in inputs
         self.past: list[tuple[str, str]] = []
         for name in inputs:
@@ -1898,7 +1904,10 @@ class _DecoderOnly(_Step):
         values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
         if state.cache:
             state.past = values[1:]
-        return np.array(values[0].numpy()[:, -1], dtype=np.float32)
+        logits = values[0].numpy()
+        if logits.ndim != 3:
+            raise MetadataValidationError(f"the graph's logits have shape {logits.shape}; text generation needs (batch, sequence, vocabulary)")
+        return np.array(logits[:, -1], dtype=np.float32)
 
 
 def _config_int(config: Mapping[str, Any], *names: str) -> int | None:

@@ -414,3 +414,9 @@ def test_onnxruntime_gpt2_with_stacked_past_matches_recomputing(tmp_path):
         assert cached == [runtime(p, return_tensors=True, **options) for p in PROMPTS]
     new = cached[0][0]["generated_token_ids"]
     assert len(set(new)) > 5
+
+
+def test_a_graph_of_another_task_is_refused(bert_embedded):
+    with pytest.raises(rt.MetadataValidationError, match=r"text generation needs logits for every position, \(batch, sequence, "
+                                                         r"vocabulary\); output 'logits' has shape \['batch', 3\]"):
+        rt.Runtime(bert_embedded, task="text-generation")
