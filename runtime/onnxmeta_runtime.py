@@ -1188,7 +1188,9 @@ def _prompts(sequences: Sequence[Sequence[int]], config: _GenerationConfig, pad_
 
 
 # Logits processors: each a callable (ids, scores) -> scores on the last position's scores (rows, vocab),
-# float32, ids the rows so far (rows, length) including their left padding (transformers' input_ids).
+# float32, ids the rows so far (rows, length) including their left padding (transformers' input_ids). The loop
+# owns the scores, so a processor may change them in place (a copy of the whole row per step is what a small
+# model's loop would otherwise spend its time on).
 _Processor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
 
 
@@ -1236,7 +1238,6 @@ class _NoRepeatNGram:
         rows, starts = np.nonzero(matches)
         banned = windows[rows, starts, -1]
         keep = banned < scores.shape[-1]
-        scores = scores.copy()
         scores[rows[keep], banned[keep]] = -np.inf
         return scores
 
@@ -1263,7 +1264,6 @@ class _BadWords:
         if self.tokens and self.tokens[-1] >= scores.shape[-1]:
             outside = [t for t in self.tokens if t >= scores.shape[-1]]
             raise InvalidInputError(f"bad_words_ids has token ids outside the model's {scores.shape[-1]}-token vocabulary: {outside}")
-        scores = scores.copy()
         scores[:, self.single] = -np.inf
         for prefixes, last in self.multi:
             if prefixes.shape[1] > ids.shape[1]:
@@ -1284,7 +1284,6 @@ class _MinLength:
 
         short = ids.shape[1] - self.pad < self.minimums
         if short.any():
-            scores = scores.copy()
             scores[np.ix_(np.flatnonzero(short), _in_vocab(self.eos, scores))] = -np.inf
         return scores
 
@@ -1301,7 +1300,6 @@ class _ForcedTokens:
 
         rows = ids.shape[1] - self.pad == self.at
         if rows.any():
-            scores = scores.copy()
             scores[rows] = -np.inf
             scores[np.ix_(rows, _in_vocab(self.tokens, scores))] = 0
         return scores
@@ -1318,7 +1316,6 @@ class _SuppressTokens:
         import numpy as np
 
         rows = slice(None) if self.at is None or self.pad is None else ids.shape[1] - self.pad == self.at
-        scores = scores.copy()
         scores[np.ix_(np.arange(len(scores))[rows], _in_vocab(self.tokens, scores))] = -np.inf
         return scores
 
@@ -1904,10 +1901,12 @@ class _DecoderOnly(_Step):
         values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
         if state.cache:
             state.past = values[1:]
-        logits = values[0].numpy()
+        logits: np.ndarray = values[0].numpy()
         if logits.ndim != 3:
             raise MetadataValidationError(f"the graph's logits have shape {logits.shape}; text generation needs (batch, sequence, vocabulary)")
-        return np.array(logits[:, -1], dtype=np.float32)
+        # a view of onnxruntime's buffer (each run allocates a new one), the loop's to change; float32
+        last: np.ndarray = logits[:, -1]
+        return last if last.dtype == np.float32 else last.astype(np.float32)
 
 
 def _config_int(config: Mapping[str, Any], *names: str) -> int | None:

@@ -52,11 +52,11 @@ def test_repetition_penalty(penalty):
     )
 
     x, i = scores(), ids(high=70)  # ids past the vocabulary go to the spare column, as in transformers
-    same(rt._RepetitionPenalty(penalty, no_pad())(i, x), theirs(Theirs(penalty), i, x))
+    same(rt._RepetitionPenalty(penalty, no_pad())(i, x.copy()), theirs(Theirs(penalty), i, x))
     pad = np.array([0, 3, 1, 11])
     import torch
 
-    same(rt._RepetitionPenalty(penalty, pad)(i, x), theirs(Theirs(penalty, prompt_ignore_length=torch.tensor(pad)), i, x))
+    same(rt._RepetitionPenalty(penalty, pad)(i, x.copy()), theirs(Theirs(penalty, prompt_ignore_length=torch.tensor(pad)), i, x))
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 13])
@@ -67,7 +67,7 @@ def test_no_repeat_ngram(size):
 
     for seed in range(3):
         x, i = scores(seed), ids(seed, high=5 if seed else 70)
-        same(rt._NoRepeatNGram(size)(i, x), theirs(Theirs(size), i, x))
+        same(rt._NoRepeatNGram(size)(i, x.copy()), theirs(Theirs(size), i, x))
 
 
 def test_bad_words():
@@ -79,7 +79,7 @@ def test_bad_words():
         x, i = scores(seed), ids(seed)
         banned = [[3], [int(i[0, -1]), 5], [int(i[1, -2]), int(i[1, -1]), 7], [9], [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]
         for eos in (None, 9, [9, 3]):
-            same(rt._BadWords(banned, [] if eos is None else [eos] if isinstance(eos, int) else eos)(i, x),
+            same(rt._BadWords(banned, [] if eos is None else [eos] if isinstance(eos, int) else eos)(i, x.copy()),
                  theirs(Theirs(banned, eos), i, x))
 
 
@@ -92,12 +92,12 @@ def test_min_length_and_min_new_tokens():
     x, i = scores(), ids()
     for minimum in (5, 12, 13, 20):
         for eos in ([4], [4, 59, 61]):
-            ours = rt._MinLength(np.full(ROWS, minimum), eos, no_pad())(i, x)
+            ours = rt._MinLength(np.full(ROWS, minimum), eos, no_pad())(i, x.copy())
             same(ours, theirs(MinLengthLogitsProcessor(minimum, eos), i, x))
             same(ours, theirs(MinNewTokensLengthLogitsProcessor(2, minimum - 2, eos), i, x))
     # per row: padding does not count, as each prompt alone would have it
     pad = np.array([0, 2, 5, 0])
-    ours = rt._MinLength(np.array([12, 12, 12, 13]), [4], pad)(i, x)
+    ours = rt._MinLength(np.array([12, 12, 12, 13]), [4], pad)(i, x.copy())
     for row in range(ROWS):
         alone = MinLengthLogitsProcessor(12 if row < 3 else 13, [4])
         same(ours[row: row + 1], theirs(alone, i[row: row + 1, pad[row]:], x[row: row + 1]))
@@ -108,15 +108,15 @@ def test_forced_tokens_and_suppression():
 
     x = scores()
     one, eleven = ids(length=1), ids(length=11)
-    same(rt._ForcedTokens([7], np.ones(ROWS, dtype=np.int64), no_pad())(one, x), theirs(lp.ForcedBOSTokenLogitsProcessor(7), one, x))
-    same(rt._ForcedTokens([7], np.ones(ROWS, dtype=np.int64), no_pad())(eleven, x), x)
+    same(rt._ForcedTokens([7], np.ones(ROWS, dtype=np.int64), no_pad())(one, x.copy()), theirs(lp.ForcedBOSTokenLogitsProcessor(7), one, x))
+    same(rt._ForcedTokens([7], np.ones(ROWS, dtype=np.int64), no_pad())(eleven, x.copy()), x)
     for eos in ([3], [3, 8]):
         forced = rt._ForcedTokens(eos, np.full(ROWS, 11), no_pad())
-        same(forced(eleven, x), theirs(lp.ForcedEOSTokenLogitsProcessor(12, eos), eleven, x))
-        same(forced(ids(length=10), x), x)
-    same(rt._SuppressTokens([1, 5, 70])(eleven, x), theirs(lp.SuppressTokensLogitsProcessor([1, 5, 70]), eleven, x))
+        same(forced(eleven, x.copy()), theirs(lp.ForcedEOSTokenLogitsProcessor(12, eos), eleven, x))
+        same(forced(ids(length=10), x.copy()), x)
+    same(rt._SuppressTokens([1, 5, 70])(eleven, x.copy()), theirs(lp.SuppressTokensLogitsProcessor([1, 5, 70]), eleven, x))
     for begin in (11, 12):
-        ours = rt._SuppressTokens([0, 2], np.full(ROWS, begin), no_pad())(eleven, x)
+        ours = rt._SuppressTokens([0, 2], np.full(ROWS, begin), no_pad())(eleven, x.copy())
         same(ours, theirs(lp.SuppressTokensAtBeginLogitsProcessor([0, 2], begin), eleven, x))
 
 
@@ -129,13 +129,13 @@ def test_warpers(keep):
         x = scores(seed)
         x[0, :5] = x[0, 5]  # ties
         x[1, 10:] = -np.inf  # already filtered
-        same(rt._Temperature(0.6)(i, x), theirs(lp.TemperatureLogitsWarper(0.6), i, x))
+        same(rt._Temperature(0.6)(i, x.copy()), theirs(lp.TemperatureLogitsWarper(0.6), i, x))
         for k in (1, 5, 59, 100):
-            same(rt._TopK(k, keep)(i, x), theirs(lp.TopKLogitsWarper(k, min_tokens_to_keep=keep), i, x))
+            same(rt._TopK(k, keep)(i, x.copy()), theirs(lp.TopKLogitsWarper(k, min_tokens_to_keep=keep), i, x))
         for p in (0.05, 0.3, 0.9, 0.999):
-            same(rt._TopP(p, keep)(i, x), theirs(lp.TopPLogitsWarper(p, min_tokens_to_keep=keep), i, x))
+            same(rt._TopP(p, keep)(i, x.copy()), theirs(lp.TopPLogitsWarper(p, min_tokens_to_keep=keep), i, x))
         for mass in (0.2, 0.5, 0.95):
-            same(rt._Typical(mass, keep)(i, x), theirs(lp.TypicalLogitsWarper(mass, min_tokens_to_keep=keep), i, x))
+            same(rt._Typical(mass, keep)(i, x.copy()), theirs(lp.TypicalLogitsWarper(mass, min_tokens_to_keep=keep), i, x))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -149,21 +149,21 @@ def test_filtering_against_a_direct_numpy_computation():
     for row in x:
         order = np.argsort(-row)
         # top-k: the k best
-        kept = rt._TopK(7, 1)(ids()[:1], row[None])[0] > -np.inf
+        kept = rt._TopK(7, 1)(ids()[:1], row[None].copy())[0] > -np.inf
         assert set(np.flatnonzero(kept)) == set(order[:7])
         # top-p: the likeliest tokens until their probability reaches p
         p = softmax(row)
         count = int(np.searchsorted(np.cumsum(p[order]), 0.8) + 1)
-        kept = rt._TopP(0.8, 1)(ids()[:1], row[None])[0] > -np.inf
+        kept = rt._TopP(0.8, 1)(ids()[:1], row[None].copy())[0] > -np.inf
         assert set(np.flatnonzero(kept)) == set(order[:count])
         # typical: by |-log p - entropy|, until the mass
         entropy = -(p * np.log(p)).sum()
         typical = np.argsort(np.abs(-np.log(p) - entropy), kind="stable")
         count = int(np.searchsorted(np.cumsum(p[typical]), 0.6, side="right") + 1)
-        kept = rt._Typical(0.6, 1)(ids()[:1], row[None])[0] > -np.inf
+        kept = rt._Typical(0.6, 1)(ids()[:1], row[None].copy())[0] > -np.inf
         assert set(np.flatnonzero(kept)) == set(typical[:count])
         # temperature: scores divided
-        np.testing.assert_allclose(rt._Temperature(0.5)(ids()[:1], row[None])[0], row / 0.5, rtol=1e-6)
+        np.testing.assert_allclose(rt._Temperature(0.5)(ids()[:1], row[None].copy())[0], row / 0.5, rtol=1e-6)
 
 
 def test_sampling_draws_from_the_distribution_and_a_seed_repeats_it():
@@ -224,7 +224,7 @@ def test_composed_in_transformers_order(tiny_gpt2):
     for step in range(6):
         x = scores(step)
         expected = theirs(reference, sequence, x)
-        got = x
+        got = x.copy()
         for processor in ours:
             got = processor(sequence, got)
         same(got, expected)
