@@ -1,6 +1,6 @@
 """Benchmark text generation: the runtime (with and without a cache) against Optimum and onnxruntime-genai.
 
-    python bench/bench_generation.py [--passes 3] [--new-tokens 128] [--json bench/results-generation.json]
+    python bench/bench_generation.py [--passes 3] [--new-tokens 128] [--models gpt2-124m small] [--json FILE]
 
 Two random-weight GPT-2 models, built once and cached under ~/.cache/onnxmeta/bench/ (real gpt2 tokenizer from
 /work/shared/data/gpt2): "gpt2-124m" (GPT-2 small's shape, 124M parameters) and "small" (2 layers, hidden 256).
@@ -47,7 +47,8 @@ MODELS = {
 }
 PROMPT_TOKENS = 32
 CORES = os.cpu_count() or 1
-WORDS = "the quick brown fox jumps over a lazy dog while seven small cats quietly sleep on the warm red mat in an old house".split()
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "small", "cats", "quietly",
+         "sleep", "on", "the", "warm", "red", "mat", "in", "an", "old", "house")
 
 
 def prompts(batch: int) -> list[str]:
@@ -346,9 +347,9 @@ def contender(name: str, folder: Path, new_tokens: int) -> dict[str, Any] | None
 CONTENDERS = ("runtime", "numpy-loop", "optimum", "genai", "genai-default")
 
 
-def run(passes: int = 3, new_tokens: int = 128) -> dict[str, Any]:
+def run(passes: int = 3, new_tokens: int = 128, models: tuple[str, ...] = tuple(MODELS)) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for model in MODELS:
+    for model in models:
         folder = build(model)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (*CONTENDERS, "runtime-nocache")}
         for p in range(passes):
@@ -360,7 +361,7 @@ def run(passes: int = 3, new_tokens: int = 128) -> dict[str, Any]:
     results["ratios"] = {
         f"{model}_bs{batch}_vs_{peer}": results[model]["runtime"][str(batch)]["tokens_per_second"]
         / results[model][peer][str(batch)]["tokens_per_second"]
-        for model in MODELS for batch in (1, 8) for peer in ("optimum", "genai", "genai-default", "numpy-loop")
+        for model in models for batch in (1, 8) for peer in ("optimum", "genai", "genai-default", "numpy-loop")
         if results[model].get(peer) and results[model].get("runtime")
     }
     return results
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-generation.json"))
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contender:
         contender_main(args.contender, args.model, args.new_tokens)
         return 0
-    results = run(args.passes, args.new_tokens)
+    results = run(args.passes, args.new_tokens, tuple(args.models))
     print("\n== runtime vs peers (tokens/s ratio; targets: >= 1.0x genai, >= 1.4x optimum on gpt2-124m, >= 2x optimum on small) ==")
     for key, value in results["ratios"].items():
         print(f"{key:<36}{value:>7.2f}x")
