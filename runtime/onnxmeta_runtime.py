@@ -2914,6 +2914,10 @@ def _chat_environment() -> Any:
         raise ProcessorReconstructionError(
             "chat messages need the 'jinja2' package to render the model's chat template; pip install jinja2"
         ) from None
+    # a chat template comes from the file: older jinja2 sandboxes have known escapes (transformers refuses them too)
+    if tuple(int(n) for n in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):
+        raise ProcessorReconstructionError(f"rendering a chat template needs jinja2 >= 3.1.6 (its sandbox), not "
+                                           f"{jinja2.__version__}; pip install -U jinja2")
 
     class GenerationTag(Extension):
         """{% generation %}...{% endgeneration %} marks the assistant's text for training masks; rendered as is."""
