@@ -112,6 +112,14 @@ def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
         ) from None
 
 
+def _add_chat_template(config: dict[str, Any], folder: Path) -> None:
+    """Put the chat template where the runtime reads it, config["chat_template"]: transformers 5 saves it
+    beside the tokenizer config as chat_template.jinja, older versions inside it."""
+    template = folder / "chat_template.jinja"
+    if "chat_template" not in config and template.is_file():
+        config["chat_template"] = template.read_text(encoding="utf-8")
+
+
 def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
     """hf_tokenizer_config, and with include_vocab the tokenizer.json text, as transformers saves them."""
     from transformers import AutoTokenizer
@@ -123,6 +131,7 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         config = _read_json(Path(tmp, "tokenizer_config.json")) or {}
+        _add_chat_template(config, Path(tmp))
         tokenizer_json = Path(tmp, "tokenizer.json")
         text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
     for key in _LOADING_KEYS:

@@ -286,6 +286,24 @@ def _string(name: str, value: Any) -> str:
     return value
 
 
+def _boolean(name: str, value: Any) -> bool:
+    """True or False, nothing else (generate()'s flags)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class _Option(NamedTuple):
+    """An option a task takes: its name; the check a given value passes, which returns the value to use;
+    and its default: a value, _REQUIRED, or a function of the task and the options resolved before it
+    (defaults taken from the embedded configs). A caller's None means the default unless none is set."""
+
+    name: str
+    check: _Check
+    default: Any = None
+    none: bool = False
+
+
 ########################################################################################################
 # Protobuf scanner
 ########################################################################################################
@@ -1148,7 +1166,9 @@ class CTCDecoder:
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
     model_config = metadata.get(KEY_MODEL_CONFIG) or {}
-    positions = model_config.get("max_position_embeddings")
+    # GPT-2 style configs call it n_positions (n_ctx)
+    positions = next((model_config.get(k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if model_config.get(k) is not None), None)
     if isinstance(positions, int) and model_config.get("model_type") in _OFFSET_POSITIONS:
         positions -= int(model_config.get("pad_token_id") or 0) + 1
     candidates = (
@@ -1160,7 +1180,7 @@ def _max_length(metadata: Mapping[str, Any]) -> int:
     if not limits:
         raise ProcessorReconstructionError(
             "no maximum sequence length in the tokenizer config (model_max_length) or model config "
-            "(max_position_embeddings); re-embed from a model that declares one"
+            "(max_position_embeddings, n_positions); re-embed from a model that declares one"
         )
     return min(limits)
 
@@ -2307,10 +2327,14 @@ class Session:
         try:
             return list(self.ort.run(None if outputs is None else list(outputs), dict(feed)))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types, e.g. a token id past the embedding table
-            raise MetadataValidationError(
-                f"onnxruntime cannot run the model on this input: {exc}; the embedded {self._fed_by} and the graph "
-                "may disagree (python -m authoring validate --check-graph)"
-            ) from None
+            raise self.failure(exc) from None
+
+    def failure(self, exc: Exception) -> MetadataValidationError:
+        """The project's error for onnxruntime's failure to run the graph on an input."""
+        return MetadataValidationError(
+            f"onnxruntime cannot run the model on this input: {exc}; the embedded {self._fed_by} and the graph "
+            "may disagree (python -m authoring validate --check-graph)"
+        )
 
 
 _OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -2383,6 +2407,1032 @@ def open_sessions(
 
 
 ########################################################################################################
+# Generation
+########################################################################################################
+# The decoding loop that generative tasks share, as transformers' generate() runs it: options resolved
+# like a GenerationConfig, logits processors in _get_logits_processor's order, stopping criteria, greedy
+# search, sampling and beam search, and the streaming text holdback. The loop reaches the model through
+# a step object (_Step); _DecoderOnly runs a decoder-only graph and keeps its past key values. An
+# encoder-decoder step plugs in the same way: its state carries the encoder outputs, computed once.
+#
+# Rows are the prompts of one call, left-padded to a common width. Everything that transformers measures
+# on input_ids (min_length, max_length, forced tokens, stop strings) is measured here on each row without
+# its padding, so that a batch gives what each prompt gives alone, as the pipeline runs them.
+
+
+# --- Options ------------------------------------------------------------------------------------------
+
+def _number(low: float, *, low_open: bool = False, high: float | None = None) -> _Check:
+    """A real number (not a bool) in an interval."""
+    def check(name: str, value: Any) -> float:
+        real = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not real or not (value > low if low_open else value >= low) or (high is not None and not value <= high):
+            interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+            raise InvalidInputError(f"{name} must be a number in {interval}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _token_list(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        raise InvalidInputError(f"{name} must be a list of token ids (integers >= 0), got {value!r}")
+    return tuple(value)
+
+
+def _token_ids(name: str, value: Any) -> tuple[int, ...]:
+    """A token id or a non-empty list of them (eos_token_id may name several)."""
+    ids = _token_list(name, [value] if isinstance(value, int) and not isinstance(value, bool) else value)
+    if not ids:
+        raise InvalidInputError(f"{name} must be a token id or a non-empty list of token ids, got {value!r}")
+    return ids
+
+
+def _token_sequences(name: str, value: Any) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, (list, tuple)) and s for s in value):
+        raise InvalidInputError(f"{name} must be a non-empty list of non-empty lists of token ids, got {value!r}")
+    return tuple(_token_list(name, s) for s in value)
+
+
+def _early_stopping(name: str, value: Any) -> bool | str:
+    if value not in (True, False, "never") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        raise InvalidInputError(f"{name} must be True, False or 'never', got {value!r}")
+    return bool(value) if value != "never" else "never"
+
+
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise InvalidInputError(f"{name} must be a non-empty string or a list of them, got {value!r}")
+    return tuple(texts)
+
+
+_GENERATION_OPTIONS = (  # name, check, transformers' global default (GenerationConfig)
+    _Option("max_new_tokens", _integer(1), None),
+    _Option("max_length", _integer(1), 20),
+    _Option("min_new_tokens", _integer(0), None),
+    _Option("min_length", _integer(0), 0),
+    _Option("do_sample", _boolean, False),
+    _Option("temperature", _number(0.0), 1.0),
+    _Option("top_k", _integer(0), 50),
+    _Option("top_p", _number(0.0, low_open=True, high=1.0), 1.0),
+    _Option("typical_p", _number(0.0, low_open=True, high=1.0), 1.0),
+    _Option("repetition_penalty", _number(0.0, low_open=True), 1.0),
+    _Option("no_repeat_ngram_size", _integer(0), 0),
+    _Option("num_beams", _integer(1), 1),
+    _Option("length_penalty", _number(float("-inf")), 1.0),
+    _Option("early_stopping", _early_stopping, False),
+    _Option("num_return_sequences", _integer(1), 1),
+    _Option("bos_token_id", _integer(0), None),
+    _Option("eos_token_id", _token_ids, None),
+    _Option("pad_token_id", _integer(0), None),
+    _Option("bad_words_ids", _token_sequences, None),
+    _Option("suppress_tokens", _token_list, None),
+    _Option("begin_suppress_tokens", _token_list, None),
+    _Option("forced_bos_token_id", _integer(0), None),
+    _Option("forced_eos_token_id", _token_ids, None),
+    _Option("stop_strings", _strings, None),
+    _Option("use_cache", _boolean, True),
+    # not transformers': sampling here draws from numpy, so a seed makes it reproducible
+    _Option("seed", _integer(0), None),
+)
+_GENERATION_OPTION_NAMES = tuple(o.name for o in _GENERATION_OPTIONS)
+
+_SAMPLING_OPTIONS = frozenset({"temperature", "top_k", "top_p", "typical_p"})
+# Keys of a generation_config.json that change nothing here: bookkeeping, and outputs a pipeline never returns.
+_INERT_GENERATION_KEYS = frozenset({
+    "transformers_version", "_from_model_config", "output_attentions", "output_hidden_states", "output_scores",
+    "output_logits", "return_dict_in_generate", "decoder_start_token_id", "cache_implementation", "is_assistant",
+})
+
+
+class _GenerationConfig(NamedTuple):
+    """Generation options resolved as generate() resolves them; ``explicit`` names those not left to the
+    global defaults (set by the caller, the model's generation config or the task)."""
+
+    max_new_tokens: int | None
+    max_length: int
+    min_new_tokens: int | None
+    min_length: int
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    typical_p: float
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    num_beams: int
+    length_penalty: float
+    early_stopping: bool | str
+    num_return_sequences: int
+    bos_token_id: int | None
+    eos_token_id: tuple[int, ...] | None
+    pad_token_id: int | None
+    bad_words_ids: tuple[tuple[int, ...], ...] | None
+    suppress_tokens: tuple[int, ...] | None
+    begin_suppress_tokens: tuple[int, ...] | None
+    forced_bos_token_id: int | None
+    forced_eos_token_id: tuple[int, ...] | None
+    stop_strings: tuple[str, ...] | None
+    use_cache: bool
+    seed: int | None
+    explicit: frozenset[str]
+
+    @property
+    def pad(self) -> int | None:
+        """The token finished rows are filled with: pad_token_id, else the first eos (as generate() sets it)."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self.eos_token_id[0] if self.eos_token_id else None
+
+
+def _model_generation_defaults(generation_config: Mapping[str, Any] | None, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a model sets: its generation_config.json, or else the generation keys of its config.json
+    (GenerationConfig.from_model_config). Checked: a bad value is a MetadataValidationError naming it."""
+    source = generation_config if generation_config is not None else {
+        k: v for k, v in model_config.items() if k in _GENERATION_OPTION_NAMES or k in _INERT_GENERATION_KEYS
+    }
+    checks = {o.name: o.check for o in _GENERATION_OPTIONS}
+    values: dict[str, Any] = {}
+    ignored = []
+    for key, value in source.items():
+        if value is None or key in _INERT_GENERATION_KEYS:
+            continue
+        if key not in checks or key == "seed":
+            ignored.append(key)
+            continue
+        try:
+            checks[key](key, value)
+        except InvalidInputError as exc:
+            raise MetadataValidationError(
+                f"the embedded generation config is wrong: {exc}; re-embed a fixed generation_config.json"
+            ) from None
+        values[key] = value
+    if ignored and generation_config is not None:
+        warnings.warn(f"the generation config sets {', '.join(sorted(ignored))}, which this runtime does not apply", stacklevel=4)
+    return values
+
+
+def _generation_config(model: Mapping[str, Any], user: Mapping[str, Any], task_defaults: Mapping[str, Any]) -> _GenerationConfig:
+    """Options as the pipeline and generate() resolve them: the caller's (checked; None meaning unset) over the model's
+    over the task's defaults (applied only where neither set the option: not max_new_tokens when max_length is
+    set, the sampling ones only when sampling) over transformers' global defaults; each checked, then together."""
+    checks = {o.name: o.check for o in _GENERATION_OPTIONS}
+    explicit = {**model, **{k: v for k, v in user.items() if v is not None}}
+    added = {k: v for k, v in task_defaults.items()
+             if k not in explicit and not (k == "max_new_tokens" and "max_length" in explicit)}
+    if not {**added, **explicit}.get("do_sample"):
+        added = {k: v for k, v in added.items() if k not in _SAMPLING_OPTIONS}
+    values = {o.name: o.default for o in _GENERATION_OPTIONS}
+    values.update({k: None if v is None else checks[k](k, v) for k, v in {**added, **explicit}.items()})
+    config = _GenerationConfig(**values, explicit=frozenset(added) | frozenset(explicit))
+    sequences, beams = config.num_return_sequences, config.num_beams
+    if sequences > 1 and beams == 1 and not config.do_sample:
+        raise InvalidInputError(
+            f"num_return_sequences={sequences} needs do_sample=True or num_beams >= {sequences}: greedy search returns "
+            "one sequence"
+        )
+    if beams > 1 and sequences > beams:
+        raise InvalidInputError(f"num_return_sequences ({sequences}) must be at most num_beams ({beams})")
+    if config.do_sample and config.temperature == 0:
+        raise InvalidInputError("temperature must be > 0 when do_sample=True; for greedy decoding pass do_sample=False")
+    return config
+
+
+class _Prompts(NamedTuple):
+    """The rows of one generation call: input_ids and attention_mask left-padded to one width, each row's
+    padding, and the total lengths (prompt + new tokens, without padding) it may not pass and must reach."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    pad: np.ndarray
+    max_lengths: np.ndarray
+    min_lengths: np.ndarray
+
+
+def _prompts(sequences: Sequence[Sequence[int]], config: _GenerationConfig, pad_id: int, positions: int | None) -> _Prompts:
+    """Left-pad token id lists into rows and give each its length limits, as generate()'s
+    _prepare_generated_length does for one prompt (max_new_tokens over max_length; the default max_length,
+    20 new tokens, capped at the model's positions)."""
+    import numpy as np
+
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    width = int(lengths.max())
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, tokens in enumerate(sequences):
+        if len(tokens):
+            ids[row, width - len(tokens):] = tokens
+            mask[row, width - len(tokens):] = 1
+    if config.max_new_tokens is not None:
+        max_lengths = lengths + config.max_new_tokens
+    elif "max_length" in config.explicit:
+        max_lengths = np.full_like(lengths, config.max_length)
+    else:
+        max_lengths = lengths + config.max_length
+        if positions is not None:
+            max_lengths = np.minimum(max_lengths, positions)
+    if config.min_new_tokens is not None:
+        min_lengths = lengths + config.min_new_tokens
+    else:
+        min_lengths = np.full_like(lengths, config.min_length)
+    longest = int(np.argmax(lengths - max_lengths))
+    if lengths[longest] >= max_lengths[longest]:
+        raise InvalidInputError(
+            f"the input has {lengths[longest]} tokens but max_length is {max_lengths[longest]}, so nothing can be "
+            "generated; raise max_length or pass max_new_tokens"
+        )
+    return _Prompts(ids, mask, width - lengths, max_lengths, min_lengths)
+
+
+# --- Logits processors --------------------------------------------------------------------------------
+
+# Logits processors: each a callable (ids, scores) -> scores on the last position's scores (rows, vocab),
+# float32, ids the rows so far (rows, length) including their left padding (transformers' input_ids). The loop
+# owns the scores, so a processor may change them in place (a copy of the whole row per step is what a small
+# model's loop would otherwise spend its time on).
+_Processor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
+
+
+def _in_vocab(tokens: Sequence[int], scores: np.ndarray) -> np.ndarray:
+    """The tokens that have a column in scores."""
+    import numpy as np
+
+    return np.array([t for t in tokens if t < scores.shape[-1]], dtype=np.int64)
+
+
+class _RepetitionPenalty:
+    """RepetitionPenaltyLogitsProcessor: scores of tokens already in the row divided by the penalty (multiplied
+    when negative); the left padding is not counted (prompt_ignore_length)."""
+
+    def __init__(self, penalty: float, pad: np.ndarray) -> None:
+        self.penalty, self.pad = penalty, pad
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        vocab = scores.shape[-1]
+        # ids past the scores' width and padding go to a spare column, dropped at the end
+        ids = np.where(np.arange(ids.shape[1]) < self.pad[:, None], vocab, np.minimum(ids, vocab))
+        padded = np.concatenate([scores, np.zeros((len(scores), 1), dtype=scores.dtype)], axis=1)
+        rows = np.arange(len(ids))[:, None]
+        picked = padded[rows, ids]
+        padded[rows, ids] = np.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return padded[:, :vocab]
+
+
+class _NoRepeatNGram:
+    """NoRepeatNGramLogitsProcessor: a token that would repeat an n-gram of the row is banned."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        n, length = self.size, ids.shape[1]
+        if length < n:
+            return scores
+        windows = np.lib.stride_tricks.sliding_window_view(ids, n, axis=1)
+        matches = (windows[..., :-1] == ids[:, None, length + 1 - n:]).all(axis=-1)
+        rows, starts = np.nonzero(matches)
+        banned = windows[rows, starts, -1]
+        keep = banned < scores.shape[-1]
+        scores[rows[keep], banned[keep]] = -np.inf
+        return scores
+
+
+class _BadWords:
+    """NoBadWordsLogitsProcessor: the last token of a banned sequence is banned where the row ends with the
+    rest of it (a one-token sequence always); sequences that are just an eos token are ignored."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], eos: Sequence[int]) -> None:
+        import numpy as np
+
+        sequences = [s for s in sequences if not (len(s) == 1 and s[0] in eos)]
+        self.tokens = sorted({t for s in sequences for t in s})
+        self.single = [s[0] for s in sequences if len(s) == 1]
+        by_length: dict[int, list[Sequence[int]]] = {}
+        for s in sequences:
+            if len(s) > 1:
+                by_length.setdefault(len(s) - 1, []).append(s)
+        self.multi = [(np.array([s[:-1] for s in group]), np.array([s[-1] for s in group])) for group in by_length.values()]
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if self.tokens and self.tokens[-1] >= scores.shape[-1]:
+            outside = [t for t in self.tokens if t >= scores.shape[-1]]
+            raise InvalidInputError(
+                f"bad_words_ids has token ids outside the model's {scores.shape[-1]}-token vocabulary: {outside}"
+            )
+        scores[:, self.single] = -np.inf
+        for prefixes, last in self.multi:
+            if prefixes.shape[1] > ids.shape[1]:
+                continue
+            rows, which = np.nonzero((ids[:, None, ids.shape[1] - prefixes.shape[1]:] == prefixes[None]).all(axis=-1))
+            scores[rows, last[which]] = -np.inf
+        return scores
+
+
+class _MinLength:
+    """MinLengthLogitsProcessor and MinNewTokensLengthLogitsProcessor: eos banned in rows shorter than their minimum."""
+
+    def __init__(self, minimums: np.ndarray, eos: Sequence[int], pad: np.ndarray) -> None:
+        self.minimums, self.eos, self.pad = minimums, list(eos), pad
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        short = ids.shape[1] - self.pad < self.minimums
+        if short.any():
+            scores[np.ix_(np.flatnonzero(short), _in_vocab(self.eos, scores))] = -np.inf
+        return scores
+
+
+class _ForcedTokens:
+    """ForcedBOSTokenLogitsProcessor / ForcedEOSTokenLogitsProcessor: rows that reach a length (without
+    padding) may only emit the forced tokens."""
+
+    def __init__(self, tokens: Sequence[int], at: np.ndarray, pad: np.ndarray) -> None:
+        self.tokens, self.at, self.pad = list(tokens), at, pad
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        rows = ids.shape[1] - self.pad == self.at
+        if rows.any():
+            scores[rows] = -np.inf
+            scores[np.ix_(rows, _in_vocab(self.tokens, scores))] = 0
+        return scores
+
+
+class _SuppressTokens:
+    """SuppressTokensLogitsProcessor, and SuppressTokensAtBeginLogitsProcessor when ``at`` gives the row
+    length (without padding) where it applies."""
+
+    def __init__(self, tokens: Sequence[int], at: np.ndarray | None = None, pad: np.ndarray | None = None) -> None:
+        self.tokens, self.at, self.pad = list(tokens), at, pad
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        rows = slice(None) if self.at is None or self.pad is None else ids.shape[1] - self.pad == self.at
+        scores[np.ix_(np.arange(len(scores))[rows], _in_vocab(self.tokens, scores))] = -np.inf
+        return scores
+
+
+class _Temperature:
+    """TemperatureLogitsWarper."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return scores / self.temperature
+
+
+class _TopK:
+    """TopKLogitsWarper: scores below the k-th largest of the row removed (ties kept)."""
+
+    def __init__(self, top_k: int, min_tokens_to_keep: int) -> None:
+        self.top_k = max(top_k, min_tokens_to_keep)
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        k = min(self.top_k, scores.shape[-1])
+        kth = np.partition(scores, scores.shape[-1] - k, axis=-1)[:, scores.shape[-1] - k, None]
+        return np.where(scores < kth, -np.inf, scores).astype(scores.dtype, copy=False)
+
+
+def _softmax_sorted_cumsum(sorted_scores: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(sorted_scores - sorted_scores.max(axis=-1, keepdims=True))
+    return np.cumsum(e / e.sum(axis=-1, keepdims=True), axis=-1)
+
+
+def _unsort(mask: np.ndarray, order: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    out = np.empty_like(mask)
+    np.put_along_axis(out, order, mask, axis=-1)
+    return out
+
+
+class _TopP:
+    """TopPLogitsWarper: the smallest set of likeliest tokens whose probabilities add up to top_p is kept."""
+
+    def __init__(self, top_p: float, min_tokens_to_keep: int) -> None:
+        self.top_p, self.keep = top_p, min_tokens_to_keep
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        order = np.argsort(scores, axis=-1, kind="stable")
+        remove = _softmax_sorted_cumsum(np.take_along_axis(scores, order, axis=-1)) <= 1 - self.top_p
+        remove[:, -self.keep:] = False
+        return np.where(_unsort(remove, order), -np.inf, scores).astype(scores.dtype, copy=False)
+
+
+class _Typical:
+    """TypicalLogitsWarper: tokens kept by how close their information is to the row's entropy, up to a mass."""
+
+    def __init__(self, mass: float, min_tokens_to_keep: int) -> None:
+        self.mass, self.keep = mass, min_tokens_to_keep
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            shifted = scores - scores.max(axis=-1, keepdims=True)
+            normalized = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            p = np.exp(normalized)
+            entropy = -np.nansum(normalized * p, axis=-1, keepdims=True)
+            distance = np.abs(-normalized - entropy)
+        order = np.argsort(distance, axis=-1, kind="stable")
+        sorted_distance = np.take_along_axis(distance, order, axis=-1)
+        cumulative = _softmax_sorted_cumsum(np.take_along_axis(scores, order, axis=-1))
+        last = np.minimum((cumulative < self.mass).sum(axis=-1), scores.shape[-1] - 1)
+        remove = sorted_distance > np.take_along_axis(sorted_distance, last[:, None], axis=-1)
+        remove[:, : self.keep] = False
+        return np.where(_unsort(remove, order), -np.inf, scores).astype(scores.dtype, copy=False)
+
+
+def _logits_processors(config: _GenerationConfig, prompts: _Prompts, rows: np.ndarray) -> list[_Processor]:
+    """The processors generate() builds for these options, in _get_logits_processor's order (warpers last,
+    when sampling); rows maps each decoding row to its prompt."""
+    pad, lengths = prompts.pad[rows], prompts.ids.shape[1] - prompts.pad[rows]
+    eos = config.eos_token_id or ()
+    processors: list[_Processor] = []
+    if config.repetition_penalty != 1.0:
+        processors.append(_RepetitionPenalty(config.repetition_penalty, pad))
+    if config.no_repeat_ngram_size > 0:
+        processors.append(_NoRepeatNGram(config.no_repeat_ngram_size))
+    if config.bad_words_ids is not None:
+        processors.append(_BadWords(config.bad_words_ids, eos))
+    if eos and (prompts.min_lengths[rows] > lengths).any():
+        processors.append(_MinLength(prompts.min_lengths[rows], eos, pad))
+    if config.forced_bos_token_id is not None:
+        processors.append(_ForcedTokens([config.forced_bos_token_id], lengths * 0 + 1, pad))
+    if config.forced_eos_token_id is not None:
+        processors.append(_ForcedTokens(config.forced_eos_token_id, prompts.max_lengths[rows] - 1, pad))
+    if config.suppress_tokens is not None:
+        processors.append(_SuppressTokens(config.suppress_tokens))
+    if config.begin_suppress_tokens is not None:
+        # the first new token, or the second when a forced bos follows a prompt of one token
+        late = (lengths <= 1) & (config.forced_bos_token_id is not None)
+        processors.append(_SuppressTokens(config.begin_suppress_tokens, lengths + late, pad))
+    if config.do_sample:
+        # beams keep at least one token that is not eos, to go on with
+        keep = len(eos) + 1 if config.num_beams > 1 else 1
+        if config.temperature != 1.0:
+            processors.append(_Temperature(config.temperature))
+        if config.top_k != 0:
+            processors.append(_TopK(config.top_k, keep))
+        if config.top_p < 1.0:
+            processors.append(_TopP(config.top_p, keep))
+        if config.typical_p < 1.0:
+            processors.append(_Typical(config.typical_p, keep))
+    return processors
+
+
+# --- Stopping -----------------------------------------------------------------------------------------
+
+_BYTE_LEVEL_TABLE: dict[str, int] = {}
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (bytes_to_unicode) reversed: the character standing for each byte."""
+    if not _BYTE_LEVEL_TABLE:
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+        extra = [b for b in range(256) if b not in printable]
+        table = {chr(b): b for b in printable}
+        table.update({chr(256 + i): b for i, b in enumerate(extra)})
+        _BYTE_LEVEL_TABLE.update(table)
+    return _BYTE_LEVEL_TABLE
+
+
+class _TokenText:
+    """The text each token stands for, as StopStringCriteria.clean_tokenizer_vocab finds it: bytes for
+    byte-level and byte-fallback vocabularies (so that a character split over tokens matches), else the
+    token decoded after a static prefix (which keeps its leading space). Found once per token and kept."""
+
+    _PREFIX = "abcdef"
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        decoder = tokenizer.backend.decoder
+        state = decoder.__getstate__() if decoder is not None else b"{}"
+        kinds = set(re.findall(r'"type":\s*"(\w+)"', state.decode("utf-8") if isinstance(state, bytes) else str(state)))
+        if type(decoder).__name__ == "ByteLevel":
+            self.mode: str | None = "byte_level"
+        else:
+            self.mode = "byte_fallback" if "ByteFallback" in kinds else "byte_level" if "ByteLevel" in kinds else None
+        self.tokenizer = tokenizer
+        prefix_ids = tokenizer.encode([self._PREFIX], add_special_tokens=False)[0].ids
+        self.base = [tokenizer.backend.id_to_token(i) for i in prefix_ids]
+        self.texts: dict[int, str | bytes] = {}
+
+    def __call__(self, token_id: int) -> str | bytes:
+        text = self.texts.get(token_id)
+        if text is None:
+            token = self.tokenizer.backend.id_to_token(token_id) or ""
+            table = _byte_level_decoder()
+            if self.mode == "byte_level" and all(c in table for c in token):
+                text = bytes(table[c] for c in token)
+            elif self.mode == "byte_fallback" and re.fullmatch(r"<0x[0-9a-fA-F]{2}>", token):
+                text = bytes([int(token[3:5], 16)])
+            else:
+                joined = self.tokenizer.tokens_to_string([*self.base, token])
+                text = joined[joined.index(self._PREFIX) + len(self._PREFIX):] if self._PREFIX in joined else token
+                if self.mode is not None:
+                    text = text.encode("utf-8")
+            self.texts[token_id] = text
+        return text
+
+
+class _StopStrings:
+    """StopStringCriteria: a row stops when one of the strings ends inside its last token (matched on the
+    text of its last tokens, as many as the longest string has characters)."""
+
+    def __init__(self, strings: Sequence[str], token_text: _TokenText) -> None:
+        self.token_text = token_text
+        self.targets: list[Any] = [s.encode("utf-8") for s in strings] if token_text.mode else list(strings)
+        self.window = max(len(t) for t in self.targets)
+
+    def __call__(self, tokens: np.ndarray) -> bool:
+        pieces = [self.token_text(int(t)) for t in tokens[-self.window:]]
+        if not pieces:
+            return False
+        text: Any = b"".join(p for p in pieces if isinstance(p, bytes)) if self.token_text.mode else "".join(
+            p for p in pieces if isinstance(p, str))
+        last = len(text) - len(pieces[-1])
+        return any(text.find(t, max(0, last - len(t) + 1)) >= 0 for t in self.targets)
+
+
+class _Stopping:
+    """The stopping criteria generate() builds: max length, eos token, stop strings; per row."""
+
+    def __init__(self, max_lengths: np.ndarray, pad: np.ndarray, eos: Sequence[int], stop: _StopStrings | None) -> None:
+        import numpy as np
+
+        self.max_lengths, self.pad, self.eos, self.stop = max_lengths, pad, np.array(eos, dtype=np.int64), stop
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        done: np.ndarray = ids.shape[1] - self.pad >= self.max_lengths
+        if len(self.eos):
+            done |= (ids[:, -1:] == self.eos).any(axis=-1)
+        if self.stop is not None:
+            for row in np.flatnonzero(~done):
+                done[row] = self.stop(ids[row, self.pad[row]:])
+        return done
+
+
+# --- Search -------------------------------------------------------------------------------------------
+
+class _Step:
+    """What the decoding loop needs from a model. prefill runs the prompts (rows, width) and returns an
+    opaque state and the last position's logits (rows, vocab); advance appends one token per row; reorder
+    keeps the given rows (repeating or dropping them: beams, several sequences per prompt). An encoder-decoder
+    step takes the decoder prompt (start tokens) here, and carries the encoder outputs in its state."""
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[Any, np.ndarray]:
+        raise NotImplementedError
+
+    def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def reorder(self, state: Any, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    shifted = x - x.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of each row, largest first (ties: lower index first)."""
+    import numpy as np
+
+    part = np.argpartition(-values, k - 1, axis=-1)[:, :k] if k < values.shape[-1] else np.broadcast_to(
+        np.arange(values.shape[-1]), values.shape)
+    picked = np.take_along_axis(values, part, axis=-1)
+    order = np.lexsort((part, -picked), axis=-1)
+    return np.take_along_axis(part, order, axis=-1)
+
+
+class _Search:
+    """One generation call: iterating runs it step by step, yielding the new token of every row; then
+    ``sequences`` holds the new tokens of each returned sequence, num_return_sequences per prompt in prompt
+    order, cut as the prompt alone would be (a batch pads finished rows while others go on)."""
+
+    def __init__(self, step: _Step, prompts: _Prompts, config: _GenerationConfig, stop: _StopStrings | None) -> None:
+        self.step, self.prompts, self.config, self.stop = step, prompts, config, stop
+        self.sequences: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._beam_search() if self.config.num_beams > 1 else self._sample()
+
+    def run(self) -> list[np.ndarray]:
+        """Run to the end; the sequences."""
+        for _ in self:
+            pass
+        return self.sequences
+
+    def _sample(self) -> Iterator[np.ndarray]:
+        """Greedy search or multinomial sampling (transformers' _sample)."""
+        import numpy as np
+
+        config, prompts = self.config, self.prompts
+        count = config.num_return_sequences if config.do_sample else 1
+        rows = np.repeat(np.arange(len(prompts.ids)), count)
+        state, logits = self.step.prefill(prompts.ids, prompts.mask, config.use_cache)
+        if count > 1:
+            self.step.reorder(state, rows)
+            logits = logits[rows]
+        pad, width = prompts.pad[rows], prompts.ids.shape[1]
+        new_tokens = prompts.max_lengths[rows] - (width - pad)
+        ids = np.empty((len(rows), width + int(new_tokens.max())), dtype=np.int64)
+        ids[:, :width] = prompts.ids[rows]
+        processors = _logits_processors(config, prompts, rows)
+        stopping = _Stopping(prompts.max_lengths[rows], pad, config.eos_token_id or (), self.stop)
+        rng = np.random.default_rng(config.seed) if config.do_sample else None
+        fill = config.pad if config.pad is not None else 0
+        unfinished = np.ones(len(rows), dtype=bool)
+        generated = np.zeros(len(rows), dtype=np.int64)
+        length = width
+        while True:
+            scores = logits.astype(np.float32, copy=False)
+            for processor in processors:
+                scores = processor(ids[:, :length], scores)
+            tokens = scores.argmax(axis=-1) if rng is None else _draw(scores, rng)
+            if config.eos_token_id:
+                tokens = np.where(unfinished, tokens, fill)
+            ids[:, length] = tokens
+            length += 1
+            generated[unfinished] += 1
+            yield tokens
+            unfinished &= ~stopping(ids[:, :length])
+            if not unfinished.any():
+                break
+            logits = self.step.advance(state, tokens)
+        group = generated.reshape(-1, count).max(axis=1).repeat(count)
+        self.sequences = [ids[row, width: width + group[row]] for row in range(len(rows))]
+
+    def _beam_search(self) -> Iterator[np.ndarray]:
+        """Beam search (and beam sampling), as transformers 5's vectorized _beam_search."""
+        import numpy as np
+
+        config, prompts, step = self.config, self.prompts, self.step
+        batch, beams, width = len(prompts.ids), config.num_beams, prompts.ids.shape[1]
+        eos = config.eos_token_id or ()
+        keep = max(2, 1 + len(eos)) * beams
+        fill = (config.pad or eos[0]) if eos else -1  # generate's `pad_token_id or eos_token_id[0]`
+        max_new = prompts.max_lengths - (width - prompts.pad)
+        rows = np.repeat(np.arange(batch), beams)
+        state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache)
+        step.reorder(state, rows)
+        logits = logits[rows]
+        processors = _logits_processors(config, prompts, rows)
+        candidate_rows = np.repeat(np.arange(batch), keep)
+        stopping = _Stopping(prompts.max_lengths[candidate_rows], prompts.pad[candidate_rows], eos, self.stop)
+        rng = np.random.default_rng(config.seed) if config.do_sample else None
+        running = np.zeros((batch, beams, 0), dtype=np.int64)
+        running_scores = np.zeros((batch, beams), dtype=np.float32)
+        running_scores[:, 1:] = -1e9
+        done = np.full((batch, beams, int(max_new.max())), fill, dtype=np.int64)
+        done_lengths = np.zeros((batch, beams), dtype=np.int64)
+        done_scores = np.full((batch, beams), -1e9, dtype=np.float32)
+        finished = np.zeros((batch, beams), dtype=bool)
+        improvable = np.ones((batch, 1), dtype=bool)
+        top_beams = np.arange(keep) < beams
+        t = 0
+        while True:
+            flat = np.concatenate([prompts.ids[rows], running.reshape(batch * beams, t)], axis=1)
+            log_probs = _log_softmax(logits.astype(np.float32, copy=False))
+            for processor in processors:
+                log_probs = processor(flat, log_probs)
+            vocab = log_probs.shape[-1]
+            accumulated = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
+            if rng is None:
+                chosen = _top(accumulated, keep)
+            else:
+                chosen = _draw_without_replacement(accumulated, keep, rng)
+                chosen = np.take_along_axis(chosen, _top(np.take_along_axis(accumulated, chosen, axis=-1), keep), axis=-1)
+            candidate_scores = np.take_along_axis(accumulated, chosen, axis=-1)
+            source, tokens = chosen // vocab, chosen % vocab
+            candidates = np.concatenate([np.take_along_axis(running, source[:, :, None], axis=1), tokens[:, :, None]], axis=2)
+            hits = stopping(np.concatenate([prompts.ids[candidate_rows], candidates.reshape(batch * keep, t + 1)],
+                                           axis=1)).reshape(batch, keep)
+            # the best candidates that did not stop go on
+            open_scores = candidate_scores + hits.astype(np.float32) * np.float32(-1e9)
+            best = _top(open_scores, beams)
+            running = np.take_along_axis(candidates, best[:, :, None], axis=1)
+            running_scores = np.take_along_axis(open_scores, best, axis=-1)
+            beam_source = np.take_along_axis(source, best, axis=-1)
+            # the best candidates among the top num_beams that stopped may replace finished sequences
+            just = hits & top_beams[None, :]
+            scores = candidate_scores / ((t + 1) ** config.length_penalty)
+            full = finished.all(axis=-1, keepdims=True) & (config.early_stopping is True)
+            scores = scores + full.astype(np.float32) * np.float32(-1e9)
+            scores = scores + (~improvable).astype(np.float32) * np.float32(-1e9)
+            scores = scores + (~just).astype(np.float32) * np.float32(-1e9)
+            grown = np.full((batch, keep, done.shape[2]), fill, dtype=np.int64)
+            grown[:, :, : t + 1] = candidates
+            merged_scores = np.concatenate([done_scores, scores], axis=1)
+            kept = _top(merged_scores, beams)
+            done = np.take_along_axis(np.concatenate([done, grown], axis=1), kept[:, :, None], axis=1)
+            done_scores = np.take_along_axis(merged_scores, kept, axis=-1)
+            done_lengths = np.take_along_axis(np.concatenate([done_lengths, np.full((batch, keep), t + 1)], axis=1), kept,
+                                              axis=-1)
+            finished = np.take_along_axis(np.concatenate([finished, just], axis=1), kept, axis=-1)
+            t += 1
+            yield running[:, :, -1].reshape(-1)
+            # whether a running beam could still beat the worst finished one
+            if config.early_stopping == "never" and config.length_penalty > 0.0:
+                hypothetical = (max_new[:, None].astype(np.float64) ** config.length_penalty).astype(np.float32)
+            else:
+                hypothetical = np.float32(t ** config.length_penalty)
+            best_running = running_scores[:, :1] / hypothetical
+            worst_done = np.where(finished, done_scores.min(axis=1, keepdims=True), np.float32(-1e9))
+            improvable = improvable & (best_running > worst_done).any(axis=-1, keepdims=True)
+            if not (improvable.any() and not (finished.all() and config.early_stopping is True) and not hits.all()):
+                break
+            flat_source = (np.arange(batch)[:, None] * beams + beam_source).reshape(-1)
+            step.reorder(state, flat_source)
+            logits = step.advance(state, running[:, :, -1].reshape(-1))
+        count = config.num_return_sequences
+        lengths = done_lengths[:, :count].max(axis=1)
+        self.sequences = [done[b, i, : lengths[b]] for b in range(batch) for i in range(count)]
+
+
+def _draw(scores: np.ndarray, rng: Any) -> np.ndarray:
+    """One token per row drawn from softmax(scores) (torch.multinomial's distribution, numpy's generator)."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        weights = np.exp(scores.astype(np.float64) - scores.max(axis=-1, keepdims=True))
+    cumulative = np.cumsum(weights, axis=-1)
+    total = cumulative[:, -1]
+    if not np.all(np.isfinite(total) & (total > 0)):
+        raise InvalidInputError(
+            "every token was filtered out of a sampling step; loosen top_k, top_p, typical_p or the banned tokens"
+        )
+    drawn: np.ndarray = (cumulative <= (rng.random(len(scores)) * total)[:, None]).sum(axis=-1)
+    return drawn
+
+
+def _draw_without_replacement(scores: np.ndarray, k: int, rng: Any) -> np.ndarray:
+    """k indices per row drawn without replacement from softmax(scores), as torch.multinomial draws them:
+    the Gumbel top-k trick gives the same distribution."""
+    import numpy as np
+
+    with np.errstate(divide="ignore"):
+        keys = _log_softmax(scores.astype(np.float64)) - np.log(-np.log(rng.random(scores.shape)))
+    return _top(keys, k)
+
+
+# --- Decoder-only models ------------------------------------------------------------------------------
+
+# past key value input -> present output; Optimum and onnxruntime-genai name them past_key_values.N.key/value
+# (present.N.key/value), onnxruntime's GPT-2 export stacks key and value as past_N (present_N)
+_PAST_NAMES = ((re.compile(r"past_key_values\.(\d+)\.(key|value)"), "present.{}.{}"), (re.compile(r"past_(\d+)"), "present_{}"))
+_DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "use_cache_branch")
+
+
+class _Binding:
+    """One call's onnxruntime I/O binding: outputs stay in onnxruntime's memory, to be fed back as inputs. It is
+    driven through onnxruntime's C binding object (IOBinding._iobinding, there since onnxruntime 1.3): the Python
+    wrapper builds an object per output and a device per bind, ~10 us a value, which costs a model with 24 past
+    tensors half a millisecond a token."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.binding = session.ort.io_binding()
+        self.raw = self.binding._iobinding
+        self.cpu = _onnxruntime().OrtDevice.make("cpu", 0)._get_c_device()
+
+    def run(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
+        """Run on numpy arrays (not copied: they must live until the run ends) and onnxruntime values; the
+        outputs as onnxruntime values (``.numpy()`` views them)."""
+        import numpy as np
+
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray):
+                self.raw.bind_input(name, value)
+            else:
+                self.raw.bind_ortvalue_input(name, value)
+        for name in outputs:  # every run: a bound output keeps the shape of the last run's
+            self.raw.bind_output(name, self.cpu)
+        try:
+            self.session.ort.run_with_iobinding(self.binding)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
+            raise self.session.failure(exc) from None
+        values = self.raw.get_outputs()
+        return [values[i] for i in range(len(values))]
+
+
+class _DecoderState:
+    """One call's rows in a decoder-only graph: the attention mask, the position ids (all of them without a
+    cache, else the next), the tokens so far (without a cache), the past key values (onnxruntime values kept
+    in its memory between steps, or arrays after a reorder) and the I/O binding."""
+
+    def __init__(self, binding: _Binding, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: bool) -> None:
+        self.binding, self.ids, self.mask, self.positions, self.cache = binding, ids, mask, positions, cache
+        self.past: list[Any] | None = None
+
+
+class _DecoderOnly(_Step):
+    """A decoder-only graph as a step of the decoding loop, its feeds resolved once from the session's input
+    and output names, shapes and dtypes: no past (the whole sequence each step), Optimum's
+    past_key_values.N.key/value and present.N.*, the legacy merged decoder (use_cache_branch), onnxruntime's
+    GPT-2 with stacked past_N [2, batch, heads, sequence, head_dim] and int32 inputs; position_ids when the
+    graph takes them. An empty past at the first step has the graph's own dtype and head shape (the config's
+    num_key_value_heads and head size where the graph leaves them symbolic)."""
+
+    def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
+        inputs, outputs = session.inputs, list(session.outputs)
+        self.session = session
+        if "input_ids" not in inputs:
+            raise MetadataValidationError(f"text generation needs a graph that takes input_ids; this one takes {sorted(inputs)}")
+        self.int_types: dict[str, str] = {}
+        for name in ("input_ids", "attention_mask", "position_ids"):
+            if name in inputs:
+                dtype = inputs[name].dtype
+                if dtype not in ("int64", "int32"):
+                    raise MetadataValidationError(f"graph input {name!r} has type {inputs[name].type}; expected int64 or int32")
+                self.int_types[name] = str(dtype)
+        self.logits = session.output("logits")
+        shape = session.outputs[self.logits].shape
+        if shape and len(shape) != 3:
+            raise MetadataValidationError(
+                f"text generation needs logits for every position, (batch, sequence, vocabulary); output {self.logits!r} "
+                f"has shape {list(shape)}; was the graph exported for another task?"
+            )
+        self.branch = "use_cache_branch" in inputs
+        self.past: list[tuple[str, str]] = []
+        for name in inputs:
+            present = next((fmt.format(*m.groups()) for pattern, fmt in _PAST_NAMES if (m := pattern.fullmatch(name))), None)
+            if present is None:
+                continue
+            if present not in outputs:
+                raise MetadataValidationError(f"graph input {name!r} has no matching output {present!r} to carry the past on")
+            self.past.append((name, present))
+        unknown = sorted(set(inputs) - set(_DECODER_INPUTS) - {p for p, _ in self.past})
+        if unknown:
+            raise MetadataValidationError(
+                f"text generation does not know how to feed graph inputs {unknown}; it feeds {', '.join(_DECODER_INPUTS)} "
+                "and past key values (past_key_values.N.key/value or past_N)"
+            )
+        self.past_dtype = "float32"
+        self.past_shape: tuple[int, ...] = ()
+        if self.past:
+            first = inputs[self.past[0][0]]
+            dtype = first.dtype
+            if dtype not in ("float32", "float16") or len(first.shape) not in (4, 5):
+                raise MetadataValidationError(
+                    f"past input {first.name!r} is {first.type} {list(first.shape)}; expected float32 or float16 "
+                    "[batch, heads, sequence, head_dim] or [2, batch, heads, sequence, head_dim]"
+                )
+            self.past_dtype = str(dtype)
+            # the shape of an empty past with batch 1 and sequence 0
+            dims = first.shape[1:] if len(first.shape) == 5 else first.shape
+            heads, head_dim = (d if isinstance(d, int) else None for d in (dims[1], dims[3]))
+            heads = heads or _config_int(config, "num_key_value_heads", "num_attention_heads", "n_head")
+            head_dim = head_dim or _config_int(config, "head_dim") or _head_size(config)
+            if not heads or not head_dim:
+                raise MetadataValidationError(
+                    f"past input {first.name!r} has shape {list(first.shape)} and the config gives no num_key_value_heads "
+                    "and head size to build an empty past from; re-embed with the model's config.json"
+                )
+            self.past_shape = (2, 1, heads, 0, head_dim) if len(first.shape) == 5 else (1, heads, 0, head_dim)
+        self.batch_axis = len(self.past_shape) - 4
+        self.outputs = [self.logits, *(present for _, present in self.past)]
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_DecoderState, np.ndarray]:
+        import numpy as np
+
+        positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
+        state = _DecoderState(_Binding(self.session), ids, mask, positions, use_cache and bool(self.past))
+        logits = self._run(state, ids, positions)
+        if state.cache:
+            state.positions = positions[:, -1:] + 1
+        return state, logits
+
+    def advance(self, state: _DecoderState, tokens: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=state.mask.dtype)], axis=1)
+        if state.cache:
+            logits = self._run(state, tokens[:, None], state.positions)
+            state.positions = state.positions + 1
+            return logits
+        state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
+        state.positions = np.concatenate([state.positions, state.positions[:, -1:] + 1], axis=1)
+        return self._run(state, state.ids, state.positions)
+
+    def reorder(self, state: _DecoderState, rows: np.ndarray) -> None:
+        import numpy as np
+
+        state.ids, state.mask, state.positions = state.ids[rows], state.mask[rows], state.positions[rows]
+        if state.past is not None:  # onnxruntime values after a run, arrays after a reorder
+            state.past = [(v if isinstance(v, np.ndarray) else v.numpy()).take(rows, axis=self.batch_axis) for v in state.past]
+
+    def _run(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run the graph on the new tokens (all of them without a cache); the last position's logits, float32."""
+        import numpy as np
+
+        feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(ids, dtype=self.int_types["input_ids"])}
+        if "attention_mask" in self.int_types:
+            feed["attention_mask"] = np.ascontiguousarray(state.mask, dtype=self.int_types["attention_mask"])
+        if "position_ids" in self.int_types:
+            feed["position_ids"] = np.ascontiguousarray(positions, dtype=self.int_types["position_ids"])
+        if self.branch:
+            feed["use_cache_branch"] = np.array([state.past is not None])
+        past = state.past
+        if past is None and self.past:
+            shape = list(self.past_shape)
+            shape[self.batch_axis] = len(ids)
+            past = [np.zeros(shape, dtype=self.past_dtype)] * len(self.past)
+        feed.update(zip((name for name, _ in self.past), past or ()))
+        values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
+        if state.cache:
+            state.past = values[1:]
+        logits: np.ndarray = values[0].numpy()
+        if logits.ndim != 3:
+            raise MetadataValidationError(
+                f"the graph's logits have shape {logits.shape}; text generation needs (batch, sequence, vocabulary)"
+            )
+        # a view of onnxruntime's buffer (each run allocates a new one), the loop's to change; float32
+        last: np.ndarray = logits[:, -1]
+        return last if last.dtype == np.float32 else last.astype(np.float32)
+
+
+def _config_int(config: Mapping[str, Any], *names: str) -> int | None:
+    """The first of the config's fields that is a positive integer."""
+    return next((v for v in (config.get(n) for n in names) if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+
+
+def _head_size(config: Mapping[str, Any]) -> int | None:
+    hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
+    heads = _config_int(config, "num_attention_heads", "n_head")
+    return hidden // heads if hidden and heads else None
+
+
+# --- Streaming ----------------------------------------------------------------------------------------
+
+def _is_cjk(code: int) -> bool:
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF or 0x2A700 <= code <= 0x2B73F
+            or 0x2B740 <= code <= 0x2B81F or 0x2B820 <= code <= 0x2CEAF or 0xF900 <= code <= 0xFAFF
+            or 0x2F800 <= code <= 0x2FA1F)
+
+
+class _TextStreamer:
+    """transformers' TextStreamer holdback: new tokens are decoded with those before them, and text is let out
+    once stable: at a newline (keeping the last token as context), at a CJK character, when it holds only
+    letters, marks, digits and spaces, else up to its last space (so an incomplete character, U+FFFD, waits)."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def put(self, tokens: Iterable[int]) -> str:
+        """The text the new tokens make printable."""
+        import unicodedata
+
+        self.tokens.extend(int(t) for t in tokens)
+        text = self.decode(self.tokens)
+        if text.endswith("\n"):
+            out = text[self.printed:]
+            self.tokens = self.tokens[-1:]
+            self.printed = len(self.decode(self.tokens))
+            return out
+        if (text and _is_cjk(ord(text[-1]))) or all(
+                c.isspace() or unicodedata.category(c)[0] in "LMN" for c in text[self.printed:]):
+            out = text[self.printed:]
+        else:
+            out = text[self.printed: text.rfind(" ") + 1]
+        self.printed += len(out)
+        return out
+
+    def end(self) -> str:
+        """What is left when generation ends."""
+        out = self.decode(self.tokens)[self.printed:] if self.tokens else ""
+        self.tokens, self.printed = [], 0
+        return out
+
+
+########################################################################################################
 # Tasks
 ########################################################################################################
 # A task is a class in TASKS with one contract. It names the processors it needs and declares its options
@@ -2393,17 +3443,6 @@ def open_sessions(
 # below, its helpers just above its class.
 
 # --- The task contract --------------------------------------------------------------------------------
-
-class _Option(NamedTuple):
-    """An option a task takes: its name; the check a given value passes, which returns the value to use;
-    and its default: a value, _REQUIRED, or a function of the task and the options resolved before it
-    (defaults taken from the embedded configs). A caller's None means the default unless none is set."""
-
-    name: str
-    check: _Check
-    default: Any = None
-    none: bool = False
-
 
 class _Context:
     """What a task needs, built once per Runtime: metadata, model config, the processors the task named,
@@ -2460,6 +3499,12 @@ class _Task:
     def cli_inputs(cls, values: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The call's arguments for inputs given on the command line: one value alone, several as a list."""
         return (values[0] if len(values) == 1 else list(values),), {}
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+        """What the command line prints for inputs given there: the result as JSON (a generating task prints
+        text as it comes)."""
+        args, kwargs = self.cli_inputs(values)
+        yield json.dumps(self(*args, **{**options, **kwargs}), indent=2, ensure_ascii=False) + "\n"
 
     def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The value of every declared option: checked when given, its default otherwise."""
@@ -3416,6 +4461,344 @@ class _ZeroShotClassification(_TextTask):
         return results
 
 
+# --- Text generation ----------------------------------------------------------------------------------
+
+
+def _long_generation(name: str, value: Any) -> str:
+    if value != "hole":
+        raise InvalidInputError(f"{name} must be None or 'hole', got {value!r}")
+    return "hole"
+
+
+# TextGenerationPipeline's own options, then generate()'s: those unset (None) are left to the embedded
+# generation config and the pipeline's defaults (_generation_config).
+_TEXT_GENERATION_OPTIONS = (
+    _Option("return_full_text", _boolean),
+    _Option("return_tensors", _boolean),
+    _Option("return_text", _boolean),
+    _Option("prefix", _string, lambda task, _: task.prefix),
+    _Option("stop_sequence", _strings),
+    _Option("handle_long_generation", _long_generation),
+    _Option("continue_final_message", _boolean),
+    _Option("skip_special_tokens", _boolean, True),
+    *(option._replace(default=None) for option in _GENERATION_OPTIONS),
+)
+# The chat template's tag marking where the final message ends, when the model continues it.
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+_SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class _Prompt(NamedTuple):
+    """One input: the prompt as given (a string, or chat messages), the token ids generation starts from,
+    how many of them the text skips (an empty prompt starts from bos, which is decoded), whether it is a chat
+    and whether its final message is continued."""
+
+    given: Any
+    ids: list[int]
+    skip: int
+    chat: bool
+    continue_final: bool
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def _chat_environment() -> Any:
+    """A jinja2 environment as transformers renders chat templates in: sandboxed, trim_blocks and lstrip_blocks,
+    loop controls, its tojson filter, raise_exception, strftime_now and the {% generation %} tag."""
+    try:
+        import jinja2
+        from jinja2.ext import Extension, loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ProcessorReconstructionError(
+            "chat messages need the 'jinja2' package to render the model's chat template; pip install jinja2"
+        ) from None
+    # a chat template comes from the file: older jinja2 sandboxes have known escapes (transformers refuses them too)
+    if tuple(int(n) for n in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):
+        raise ProcessorReconstructionError(f"rendering a chat template needs jinja2 >= 3.1.6 (its sandbox), not "
+                                           f"{jinja2.__version__}; pip install -U jinja2")
+
+    class GenerationTag(Extension):
+        """{% generation %}...{% endgeneration %} marks the assistant's text for training masks; rendered as is."""
+
+        tags = {"generation"}  # noqa: RUF012 - jinja2.ext.Extension declares it a class-level set
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller: Callable[[], str]) -> str:
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    environment.filters["tojson"] = tojson
+    environment.globals["raise_exception"] = raise_exception
+    environment.globals["strftime_now"] = time.strftime
+    return environment
+
+
+class _Generation(NamedTuple):
+    """Text-generation inputs made ready: the prompts as token ids and the call's generation config."""
+
+    prompts: list[_Prompt]
+    config: _GenerationConfig
+
+
+class _TextGeneration(_Task):
+    """text-generation, as transformers.TextGenerationPipeline: continues strings or chats (rendered with the
+    embedded chat template) with the generation options of GenerationConfig, defaults from the embedded
+    generation config. Lists run together, left-padded, in batches of batch_size."""
+
+    name = "text-generation"
+    processors = ("tokenizer",)
+    options = _TEXT_GENERATION_OPTIONS
+    # the pipeline's defaults, where neither the caller nor the model's generation config sets them
+    defaults: ClassVar[Mapping[str, Any]] = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        # a prompt is never cut silently: the position check below says when one is too long
+        self.tokenizer = _text_tokenizer(ctx, self.name).with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
+        self.step = _DecoderOnly(ctx.session(), ctx.config)
+        self.model_defaults = _model_generation_defaults(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
+        pad = self.tokenizer.token_id("pad_token")
+        self.task_defaults = {**self.defaults, **({} if pad is None else {"pad_token_id": pad})}
+        self.positions = _config_int(ctx.config, "max_position_embeddings", "n_positions", "n_ctx")
+        prefix = ctx.config.get("prefix")
+        self.prefix = prefix if isinstance(prefix, str) else None
+        template = self.tokenizer.config.get("chat_template")
+        if isinstance(template, list):  # named templates, as transformers 4 saved several
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+        self.chat_template = template if isinstance(template, str) else None
+        self._template: Any = None
+        self._token_text: _TokenText | None = None
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """A string or a chat (a list of messages) is one prompt; a list of them, several."""
+        items, _ = super().inputs(args, kwargs)
+        single = len(args) == 1 and (isinstance(args[0], str) or _is_chat(args[0]))
+        items = [args[0]] if single else items
+        if not all(isinstance(i, str) or _is_chat(i) for i in items):
+            raise InvalidInputError(
+                "text-generation takes a string, chat messages ([{'role': ..., 'content': ...}, ...]) or a list of "
+                f"either; got {type(args[0]).__name__}"
+            )
+        return items, single
+
+    def config(self, options: Mapping[str, Any]) -> _GenerationConfig:
+        """The call's generation config; the pipeline options that exclude each other refused."""
+        full, tensors, text = options["return_full_text"], options["return_tensors"], options["return_text"]
+        if full is not None and text is not None:
+            raise InvalidInputError("return_text is mutually exclusive with return_full_text")
+        if full is not None and tensors:
+            raise InvalidInputError("return_full_text is mutually exclusive with return_tensors")
+        if tensors and text is not None:
+            raise InvalidInputError("return_text is mutually exclusive with return_tensors")
+        generation = {name: options[name] for name in _GENERATION_OPTION_NAMES}
+        if options["stop_sequence"] is not None:
+            generation["stop_strings"] = options["stop_sequence"]
+        return self.with_prefix(_generation_config(self.model_defaults, generation, self.task_defaults), options)
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Generation:
+        """The prompts as token ids (strings behind the prefix, chats rendered with the chat template), and
+        the generation config."""
+        config = self.config(options)
+        prompts = []
+        for item in items:
+            continue_final = False
+            if isinstance(item, str):
+                tokenizer = self.tokenizer
+                if options["max_length"] is not None:  # the pipeline hands max_length to the tokenizer too
+                    tokenizer = tokenizer.with_truncation("longest_first", window=options["max_length"])
+                ids = tokenizer.encode([(options["prefix"] or "") + item])[0].ids
+            else:
+                continue_final = options["continue_final_message"]
+                if continue_final is None:
+                    continue_final = item[-1]["role"] == "assistant"
+                ids = self.tokenizer.encode([self.render(item, continue_final)], add_special_tokens=False)[0].ids
+            if options["handle_long_generation"] == "hole":
+                ids = self.hole(ids, config)
+            if ids:
+                prompts.append(_Prompt(item, ids, len(ids), not isinstance(item, str), continue_final))
+            elif config.bos_token_id is not None:  # generate() starts an empty prompt with bos
+                prompts.append(_Prompt(item, [config.bos_token_id], 0, not isinstance(item, str), continue_final))
+            else:
+                raise InvalidInputError("the prompt is empty and the model has no bos_token_id to start from; pass some text")
+        return _Generation(prompts, config)
+
+    def hole(self, ids: list[int], config: _GenerationConfig) -> list[int]:
+        """handle_long_generation='hole': the prompt's start dropped to leave room for the new tokens."""
+        new_tokens = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - len(ids)
+        if new_tokens < 0:
+            raise InvalidInputError(
+                "handle_long_generation='hole' cannot tell how many new tokens are expected; pass max_new_tokens"
+            )
+        limit = self.tokenizer.max_length
+        if len(ids) + new_tokens <= limit:
+            return ids
+        if limit - new_tokens <= 0:
+            raise InvalidInputError(
+                f"handle_long_generation='hole' cannot make room for {new_tokens} new tokens in the model's {limit}; "
+                "lower max_new_tokens"
+            )
+        return ids[len(ids) + new_tokens - limit:]
+
+    def with_prefix(self, config: _GenerationConfig, options: Mapping[str, Any]) -> _GenerationConfig:
+        """As the pipeline: a total length (max_length, min_length) set without its new-token twin counts the prefix too."""
+        if not options["prefix"]:
+            return config
+        extra = len(self.tokenizer.encode([options["prefix"]], add_special_tokens=False)[0].ids)
+        if config.max_new_tokens is None and "max_length" in config.explicit:
+            config = config._replace(max_length=config.max_length + extra)
+        if config.min_new_tokens is None and "min_length" in config.explicit:
+            config = config._replace(min_length=config.min_length + extra)
+        return config
+
+    def render(self, messages: Sequence[Mapping[str, Any]], continue_final: bool) -> str:
+        """Chat messages as text through the embedded chat template, as apply_chat_template renders them."""
+        if self.chat_template is None:
+            raise InvalidInputError(
+                "this model has no chat template, so it cannot take chat messages; pass the prompt as a string "
+                "(or re-embed from a tokenizer with a chat_template)"
+            )
+        if self._template is None:
+            self._template = _chat_environment().from_string(self.chat_template)
+        chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        final = chat[-1]["content"]
+        if continue_final:
+            if "content" not in self.chat_template or not isinstance(final, str):
+                raise InvalidInputError(
+                    "continue_final_message needs a final message with text content that the chat template reads"
+                )
+            chat[-1]["content"] = final + _CONTINUE_TAG
+        special = {n: t for n in _SPECIAL_TOKEN_NAMES if (t := _token_content(self.tokenizer.config.get(n))) is not None}
+        try:
+            text = str(self._template.render(messages=chat, tools=None, documents=None,
+                                             add_generation_prompt=not continue_final, **special))
+        except Exception as exc:  # noqa: BLE001 - jinja2's TemplateError, or whatever a template's code raises
+            raise InvalidInputError(f"the chat template cannot render these messages: {exc}") from None
+        if continue_final:
+            tag = _CONTINUE_TAG.strip()
+            if final.strip() not in text or tag not in text:
+                raise InvalidInputError("continue_final_message: the chat template drops part of the final message")
+            at = text.rindex(tag)
+            text = text[:at] if text[at: at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
+        return text
+
+    def search(self, prompts: Sequence[_Prompt], config: _GenerationConfig) -> _Search:
+        """The decoding loop for prompts that run together."""
+        if self._token_text is None and config.stop_strings:
+            self._token_text = _TokenText(self.tokenizer)
+        stop = _StopStrings(config.stop_strings, self._token_text) if config.stop_strings and self._token_text else None
+        sequences = [p.ids for p in prompts]
+        rows = _prompts(sequences, config, self.tokenizer.pad_token_id, self.positions)
+        if self.positions is not None and int(rows.max_lengths.max()) > self.positions:
+            longest = int(rows.max_lengths.argmax())
+            raise InvalidInputError(
+                f"the prompt has {len(sequences[longest])} tokens and may grow to {rows.max_lengths[longest]}, past "
+                f"the model's {self.positions} positions; shorten it, lower max_new_tokens (or max_length), or pass "
+                "handle_long_generation='hole' to drop its start"
+            )
+        return _Search(self.step, rows, config, stop)
+
+    def forward(self, batch: _Generation, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """The new tokens of num_return_sequences sequences per prompt. Prompts run in batches of batch_size;
+        a graph without position_ids numbers positions from the first column, so only prompts of one length
+        run together there (left padding would shift them)."""
+        prompts, config = batch.prompts, batch.config
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else None
+            if (last is None or len(last) >= self.ctx.batch_size
+                    or ("position_ids" not in self.step.int_types and len(prompts[last[0]].ids) != len(prompts[i].ids))):
+                batches.append([i])
+            else:
+                last.append(i)
+        results: list[list[np.ndarray]] = [[] for _ in prompts]
+        count = config.num_return_sequences
+        for group in batches:
+            sequences = self.search([prompts[i] for i in group], config).run()
+            for position, i in enumerate(group):
+                results[i] = sequences[position * count: (position + 1) * count]
+        return results
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool) -> str:
+        # beam search fills short sequences with -1 when the model has no eos or pad token
+        return self.tokenizer.decode([int(t) for t in ids if t >= 0], skip_special_tokens=skip_special_tokens)
+
+    def postprocess(self, batch: _Generation, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """One record per sequence: token ids (prompt included), the new text, or the prompt continued."""
+        return [self._records(prompt, sequences, options) for prompt, sequences in zip(batch.prompts, outputs)]
+
+    def _records(self, prompt: _Prompt, sequences: Sequence[np.ndarray], options: Mapping[str, Any]) -> list[dict[str, Any]]:
+        records = []
+        for new in sequences:
+            if options["return_tensors"]:
+                records.append({"generated_token_ids": [*prompt.ids, *(int(t) for t in new)]})
+                continue
+            text = self.decode([*prompt.ids[prompt.skip:], *new], options["skip_special_tokens"])
+            generated: Any = text
+            if options["return_full_text"] is not False:
+                if not prompt.chat:
+                    generated = prompt.given + text
+                elif prompt.continue_final:
+                    final = prompt.given[-1]
+                    generated = [*prompt.given[:-1], {"role": final["role"], "content": final["content"] + text}]
+                else:
+                    generated = [*prompt.given, {"role": "assistant", "content": text}]
+            records.append({"generated_text": generated})
+        return records
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        """The new text of one prompt as it is generated, held back until stable (_TextStreamer)."""
+        items, single = self.inputs(args, kwargs)
+        options = self.check_options(kwargs)
+        if not single:
+            raise InvalidInputError("stream() takes one prompt (a string or one chat), not a list")
+        if not self.streamable(options):
+            raise InvalidInputError("stream() yields the text of one sequence: pass num_beams=1 and "
+                                    "num_return_sequences=1, and no return_tensors")
+        batch = self.preprocess(items, options)
+        return self._stream(self.search(batch.prompts, batch.config), options["skip_special_tokens"])
+
+    def streamable(self, options: Mapping[str, Any]) -> bool:
+        """Whether these options give one sequence, as text: what stream() can yield."""
+        config = self.config(options)
+        return config.num_beams == 1 and config.num_return_sequences == 1 and not options["return_tensors"]
+
+    def _stream(self, search: _Search, skip: bool) -> Iterator[str]:
+        streamer = _TextStreamer(lambda ids: self.decode(ids, skip))
+        for tokens in search:
+            text = streamer.put(tokens[:1])
+            if text:
+                yield text
+        text = streamer.end()
+        if text:
+            yield text
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+        """One prompt on the command line prints as it is generated: the prompt, then the new text."""
+        checked = self.check_options(options)
+        if len(values) != 1 or not self.streamable(checked):
+            yield from super().cli(values, options)
+            return
+        yield "" if checked["return_full_text"] is False else values[0]
+        yield from self.stream(values[0], **{k: v for k, v in options.items() if k != "return_full_text"})
+        yield "\n"
+
+
 # --- Image tasks ------------------------------------------------------------------------------------
 
 
@@ -4019,6 +5402,7 @@ TASKS: dict[str, type[_Task]] = {
     "question-answering": _QuestionAnswering,
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
+    "text-generation": _TextGeneration,
     "image-classification": _ImageClassification,
     "image-feature-extraction": _ImageFeatureExtraction,
     "zero-shot-image-classification": _ZeroShotImageClassification,
@@ -4130,6 +5514,18 @@ class Runtime:
                 f"encode() needs a feature-extraction or image-feature-extraction model; this one is {self.task}"
             )
         return self._task.encode(inputs, prompt_name=prompt_name, prompt=prompt, normalize_embeddings=normalize_embeddings)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        """The new text of one prompt as it is generated: ``for text in Runtime("gpt2.onnx").stream("Once"): ...``.
+
+        Text is held back until stable, as transformers' TextIteratorStreamer does (incomplete characters and
+        words wait); the pieces join to what ``runtime(prompt, return_full_text=False)`` returns.
+        """
+        stream = getattr(self._task, "stream", None)
+        if stream is None:
+            raise TaskDetectionError(f"stream() needs a text-generation model; this one is {self.task}")
+        result: Iterator[str] = stream(*args, **kwargs)
+        return result
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference: the path, the arguments and the metadata digest. A worker (multiprocessing,
@@ -4286,8 +5682,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         runtime = Runtime(args.model, task=args.task)
         if lines:
             return _json_lines(runtime, options, sys.stdin, sys.stdout)
-        call_args, call_kwargs = runtime._task.cli_inputs(args.inputs)
-        print(json.dumps(runtime(*call_args, **{**options, **call_kwargs}), indent=2, ensure_ascii=False))
+        for text in runtime._task.cli(args.inputs, options):
+            print(text, end="", flush=True)
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -62,11 +62,11 @@ def test_file_without_metadata(bert_classifier):
 
 def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
     with pytest.raises(rt.TaskDetectionError) as info:
-        rt.Runtime(bert_embedded, task="text-generation")
-    assert str(info.value) == ("task 'text-generation' is not supported by this runtime; supported: "
+        rt.Runtime(bert_embedded, task="table-question-answering")
+    assert str(info.value) == ("task 'table-question-answering' is not supported by this runtime; supported: "
                                "audio-classification, automatic-speech-recognition, feature-extraction, fill-mask, "
                                "image-classification, image-feature-extraction, question-answering, text-classification, "
-                               "token-classification, zero-shot-classification, zero-shot-image-classification")
+                               "text-generation, token-classification, zero-shot-classification, zero-shot-image-classification")
     from authoring import embed
 
     from authoring.discovery import discover

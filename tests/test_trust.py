@@ -118,9 +118,10 @@ def test_the_runtime_has_no_way_to_run_code_from_data():
     # (a JSON document) and onnxruntime, never from a class named in the metadata.
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    # jinja2 renders chat templates, in its sandbox, as transformers does
     assert imported <= {"__future__", "argparse", "base64", "binascii", "collections", "copy", "hashlib", "json", "os",
-                        "re", "stat", "sys", "threading", "time", "warnings", "zlib", "typing", "numpy", "onnxruntime",
-                        "tokenizers", "io", "math", "PIL", "soundfile"}, imported
+                        "re", "stat", "sys", "threading", "time", "warnings", "zlib", "typing", "unicodedata", "numpy",
+                        "onnxruntime", "tokenizers", "jinja2", "io", "math", "PIL", "soundfile"}, imported
     assert "tokenizer_class" not in source.replace('"tokenizer_class": (str,)', "").replace(
         "get('tokenizer_class', 'tokenizer')", "")  # read only for a type check and a repr
 
