@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,34 @@ def shared(name: str) -> Path:
     return path
 
 
+def families(trained: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
+    """Parity families: those whose tokenizer is trained in the test always, those built from real Hugging Face
+    files where ../shared/data is present (tests/test_shared_data.py says which were left out without it)."""
+    return {**trained, **(real if SHARED.is_dir() else {})}
+
+
+# What the trained tokenizers learn from: the words of every parity test's texts, so that they split into a
+# few pieces rather than bytes or [UNK].
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
+    "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
+    "paris is the capital of france, a city on the river.", "it's a test, isn't it? yes! no.",
+    "my name is wolfgang and i live in berlin. berlin is the capital of germany.",
+    "hugging face inc. is a company based in new york city. its headquarters are in dumbo, close to the manhattan bridge.",
+    "sentence mentions angela merkel, microsoft and the rhine in dusseldorf yesterday.",
+    "where do i live? what is my name? how many people live in berlin? about 3.7 million inhabitants; its river is the spree.",
+    "paragraph: the museum number 17 opened in 1900 near the old harbour of hamburg. when did museum 3 open?",
+    "who are you voting for in 2020? the new graphics card renders games at 200 frames per second.",
+    "politics, technology, cooking, sports. this example is about politics. this text is about technology.",
+    "a man is playing a guitar. someone plays an instrument. the cat sleeps on the mat.",
+    "the stock market fell sharply today. a completely unrelated and much longer second sentence about finance.",
+    "how do i bake bread? knead the dough, let it rise, bake at 220 c.",
+    "der kölner dom wurde 1248 begonnen — 東京 ist weit weg, naïve gäste trinken café crème.",
+    "ünïcödé façade — naïve café in zürich and düsseldorf 🤗 unknownish-wordpieces",
+]
+CORPUS += [s.capitalize() for s in CORPUS] + [s.title() for s in CORPUS] + [s.upper() for s in CORPUS[:3]]
+
+
 def trained_wordpiece(folder: Path) -> None:
     """A small uncased WordPiece tokenizer trained here, saved like transformers saves BertTokenizer."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
@@ -31,18 +60,46 @@ def trained_wordpiece(folder: Path) -> None:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    corpus = [
-        "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
-        "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
-        "paris is the capital of france, a city on the river.", "it's a test, isn't it? yes! no.",
-    ] * 20
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.train_from_iterator(CORPUS * 20, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     tok.decoder = decoders.WordPiece()
     BertTokenizerFast(tokenizer_object=tok, model_max_length=512).save_pretrained(folder)
+
+
+def trained_bpe(folder: Path) -> None:
+    """A small byte-level BPE tokenizer trained here, built and saved by transformers' RobertaTokenizer: "Ġ" word
+    starts, <s> A </s></s> B </s>, a <mask> that takes the space before it (lstrip), as roberta-base has it."""
+    from tokenizers import AddedToken, Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import RobertaTokenizer
+
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+    RobertaTokenizer(vocab=tok.get_vocab(), merges=merges, model_max_length=512,
+                     mask_token=AddedToken("<mask>", lstrip=True, special=True)).save_pretrained(folder)
+
+
+def trained_unigram(folder: Path) -> None:
+    """A small SentencePiece-style Unigram tokenizer trained here, built and saved by transformers'
+    XLMRobertaTokenizer: "▁" word starts (Metaspace), <s> A </s></s> B </s>, <mask>."""
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import Unigram
+    from transformers import XLMRobertaTokenizer
+
+    tok = Tokenizer(Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLMRobertaTokenizer expects <unk> at id 3
+    tok.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(vocab_size=500, special_tokens=specials, unk_token="<unk>"))
+    vocab = [(piece, score) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    XLMRobertaTokenizer(vocab=vocab, model_max_length=512).save_pretrained(folder)
 
 
 def bert_tokenizer_folder(folder: Path) -> None:
