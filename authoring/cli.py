@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -179,6 +180,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     args.prog = parser.prog
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    # transformers, imported only for tokenizers without tokenizer.json, notes that torch is missing and that it
+    # does not know a config's model type: nothing this command needs
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     commands = {"embed": _cmd_embed, "inspect": _cmd_inspect, "analyze": _cmd_inspect, "validate": _cmd_validate,
                 "demo": _cmd_demo}
     try:

@@ -28,6 +28,15 @@ def families(trained: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
     return {**trained, **(real if SHARED.is_dir() else {})}
 
 
+def real_files(params: list[Any]) -> list[Any]:
+    """Parametrize values that each need a folder of ../shared/data: all of them where it is present, else one
+    skipped placeholder that says so."""
+    if SHARED.is_dir():
+        return params
+    return [pytest.param(*[None] * len(params[0]), id="real-files",
+                         marks=pytest.mark.skip(reason=f"{SHARED} is absent (real Hugging Face files)"))]
+
+
 # What the trained tokenizers learn from: the words of every parity test's texts, so that they split into a
 # few pieces rather than bytes or [UNK].
 CORPUS = [
