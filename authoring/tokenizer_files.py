@@ -156,8 +156,10 @@ def files_metadata(
     config.update({k: v for k, v in tokens.items() if v is not None or k in config})
     if "model_max_length" in tokenizer_config:
         max_length = tokenizer_config["model_max_length"]
+    elif entry["model_max_length"] is not None:  # a class that passes its own limit to transformers
+        max_length = entry["model_max_length"]
     else:
-        max_length = tokenizer_config.get("max_len", entry["model_max_length"])
+        max_length = tokenizer_config.get("max_len")  # what older transformers wrote
     config["model_max_length"] = VERY_LARGE_INTEGER if max_length is None else max_length
     config["tokenizer_class"] = entry["class"]
     # tokenizer.json spells sides "Right" and "Left"; transformers takes them from the tokenizers object: "right"

@@ -10,8 +10,9 @@ present, else a trained WordPiece tokenizer), as a local model folder has them.
 
 Bytecode caches are on, as users have them: PYTHONDONTWRITEBYTECODE is unset and each command runs once,
 untimed, to write its .pyc files and bring the model into the page cache. Runs alternate between the
-commands; the medians of wall time and of peak RSS (GNU time's %M) are reported, and the time of `python -c "import authoring.cli"` shows how much of the command is
-process start and imports. Always exits 0: this is a benchmark, not a test.
+commands; the medians of wall time and of peak RSS (GNU time's %M) are reported, and the time of
+`python -c "import authoring.cli"` shows how much of the command is process start and imports. Always
+exits 0: this is a benchmark, not a test.
 """
 
 from __future__ import annotations
