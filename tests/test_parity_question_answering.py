@@ -81,11 +81,12 @@ FAMILIES = families({
 WORDPIECE = "bert-wordpiece" if "bert-wordpiece" in FAMILIES else "wordpiece-trained"
 
 
-def oracle_answers(folder: Path, cases: list[dict[str, Any]]) -> list[Any]:
-    """What transformers 4.57's pipeline answers for each case, from the Optimum environment."""
+def oracle_answers(folders: list[Path], cases: list[dict[str, Any]]) -> list[list[Any]]:
+    """What transformers 4.57's pipeline answers for each case, for each folder, from the Optimum environment."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [str(optimum_python()), str(ROOT / "tests" / "oracles" / "question_answering.py"), str(for_transformers_4(folder))],
+        [str(optimum_python()), str(ROOT / "tests" / "oracles" / "question_answering.py"),
+         *(str(for_transformers_4(folder)) for folder in folders)],
         input=json.dumps(cases), capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"},
     )
     if result.returncode != 0:
@@ -94,30 +95,50 @@ def oracle_answers(folder: Path, cases: list[dict[str, Any]]) -> list[Any]:
 
 
 class Family:
-    """A QA model folder, its embedded ONNX export, and the oracle's answers to CASES (asked for on first
-    use: only the tests marked optimum need the Optimum environment)."""
+    """A QA model folder, its embedded ONNX export, and the oracle's answers to CASES."""
 
-    def __init__(self, name: str, folder: Path, path: Path) -> None:
-        self.name, self.folder, self.path = name, folder, path
+    def __init__(self, name: str, folder: Path, path: Path, oracle: Oracle) -> None:
+        self.name, self.folder, self.path, self.oracle = name, folder, path, oracle
         self.runtime = rt.Runtime(path)
 
-    @functools.cached_property
+    @property
     def expected(self) -> list[Any]:
-        return oracle_answers(self.folder, CASES)
+        return self.oracle.answers[self.name]
+
+
+class Oracle:
+    """The oracle's answers for every family, asked for on first use (only the tests marked optimum need the
+    Optimum environment), in one process."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, Path] = {}
+
+    @functools.cached_property
+    def answers(self) -> dict[str, list[Any]]:
+        return dict(zip(self.folders, oracle_answers(list(self.folders.values()), CASES)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Family]:
+    """Every family's model, built once: the oracle answers for all of them in one process."""
+    from authoring import embed_metadata
+
+    oracle, families = Oracle(), {}
+    for name, (tokenizer_folder_fn, model_type, inputs) in FAMILIES.items():
+        root = tmp_path_factory.mktemp(f"qa_{name}")
+        model = tiny_model(root / "hf", "AutoModelForQuestionAnswering", limited(tokenizer_folder_fn), model_type=model_type,
+                           seed=5)
+        plain = export_onnx(model, root / "plain.onnx", inputs, output=("start_logits", "end_logits"))
+        metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True)
+        assert metadata[rt.KEY_PIPELINE_TASK] == "question-answering"
+        oracle.folders[name] = root / "hf"
+        families[name] = Family(name, root / "hf", root / "model.onnx", oracle)
+    return families
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory) -> Family:
-    from authoring import embed_metadata
-
-    tokenizer_folder_fn, model_type, inputs = FAMILIES[request.param]
-    root = tmp_path_factory.mktemp(f"qa_{request.param}")
-    model = tiny_model(root / "hf", "AutoModelForQuestionAnswering", limited(tokenizer_folder_fn), model_type=model_type,
-                       seed=5)
-    plain = export_onnx(model, root / "plain.onnx", inputs, output=("start_logits", "end_logits"))
-    metadata = embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True)
-    assert metadata[rt.KEY_PIPELINE_TASK] == "question-answering"
-    return Family(request.param, root / "hf", root / "model.onnx")
+def family(request, built) -> Family:
+    return built[request.param]
 
 
 def call(runtime: Any, case: dict[str, Any]) -> Any:
