@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 import onnxmeta_runtime as rt
 
 from .discovery import MetadataDiscovery
@@ -29,14 +30,7 @@ EXAMPLES = ("I love this movie!", "This was a terrible waste of time.", "The foo
 
 def build_source(folder: Path) -> None:
     """Write a Hugging Face model folder: config.json and a BERT-style WordPiece tokenizer."""
-    from tokenizers import (
-        AddedToken,
-        Tokenizer,
-        decoders,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
     vocab = {token: i for i, token in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}

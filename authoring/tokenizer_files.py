@@ -21,12 +21,8 @@ from typing import Any, Iterator, Mapping
 
 import onnxmeta_runtime as rt
 
-from ._tokenizer_classes import (
-    INCORRECT_HUB_CLASS_MODEL_TYPES,
-    MODEL_TYPE_TOKENIZERS,
-    TOKENIZER_CLASSES,
-    TOKENIZERS_BACKEND_MODEL_IDS,
-)
+from ._tokenizer_classes import (INCORRECT_HUB_CLASS_MODEL_TYPES, MODEL_TYPE_TOKENIZERS, TOKENIZER_CLASSES,
+                                 TOKENIZERS_BACKEND_MODEL_IDS)
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length for "no limit"

@@ -18,18 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import onnxmeta_runtime as rt
 import pytest
-from helpers import (
-    ROOT,
-    SHARED,
-    families,
-    trained_bpe,
-    trained_unigram,
-    trained_wordpiece,
-)
 
+import onnxmeta_runtime as rt
 from authoring.discovery import _tokenizer_from_files, _tokenizer_metadata
+from helpers import ROOT, SHARED, families, trained_bpe, trained_unigram, trained_wordpiece
 
 # Every field of hf_tokenizer_config the runtime reads.
 RUNTIME_FIELDS = (
