@@ -3,9 +3,10 @@ gives the runtime the same tokenizer as metadata built by loading and saving the
 
 For every folder: the fields of hf_tokenizer_config that the runtime reads are equal, and the runtime's
 tokenizers, rebuilt from either metadata, encode, pad, truncate and decode a set of texts identically.
-The embedded tokenizer.json differs in spelling only where transformers 5 re-serializes an older file (merges as
-pairs instead of "a b" strings, Metaspace's prepend_scheme instead of add_prefix_space): the tokenizers library
-reads both into the same tokenizer, which the encodings below show.
+The fast path embeds tokenizer.json as the folder holds it; transformers re-serializes it through the tokenizers
+library, which spells an older file anew (merges as pairs instead of "a b" strings, fields added since written
+with their defaults, Metaspace's prepend_scheme for add_prefix_space). tokenizers reads both spellings into the
+same tokenizer, which the encodings below show.
 """
 
 from __future__ import annotations
