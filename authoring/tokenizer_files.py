@@ -104,6 +104,14 @@ def _content(token: Any) -> Any:
     return token.get("content") if isinstance(token, dict) else token
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _array(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def files_metadata(
     tokenizer_json: Mapping[str, Any], tokenizer_config: Mapping[str, Any], special_tokens_map: Mapping[str, Any],
     model_config: Mapping[str, Any], *, include_vocab: bool,
@@ -117,8 +125,7 @@ def files_metadata(
         return None
     if not all(isinstance(t, dict) for t in added):
         return None
-    padding = tokenizer_json.get("padding") if isinstance(tokenizer_json.get("padding"), dict) else {}
-    truncation = tokenizer_json.get("truncation") if isinstance(tokenizer_json.get("truncation"), dict) else {}
+    padding, truncation = (_object(tokenizer_json.get(key)) for key in ("padding", "truncation"))
 
     # transformers reads special_tokens_map.json only when tokenizer_config.json has no added_tokens_decoder,
     # and then lets it override tokenizer_config.json's special tokens
@@ -127,7 +134,7 @@ def files_metadata(
     tokens = {k: _content(named[k]) if k in named else entry["special_tokens"][k] for k in SPECIAL_TOKENS}
     extra = [_content(t) for source in (tokenizer_config, special_tokens_map)
              for key in ("additional_special_tokens", "extra_special_tokens")
-             for t in (source.get(key) if isinstance(source.get(key), list) else ())]
+             for t in _array(source.get(key))]
 
     # transformers adds every special token missing from the vocabulary, and re-flags named ones as special
     vocab = model.get("vocab")
