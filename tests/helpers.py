@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,55 +59,92 @@ CORPUS = [
 CORPUS += [s.capitalize() for s in CORPUS] + [s.title() for s in CORPUS] + [s.upper() for s in CORPUS[:3]]
 
 
-def trained_wordpiece(folder: Path) -> None:
-    """A small uncased WordPiece tokenizer trained here, saved like transformers saves BertTokenizer."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
-    from tokenizers.models import WordPiece
-    from transformers import BertTokenizerFast
+def learn_merges(words: Counter[tuple[str, ...]], count: int, join: Any = str.__add__) -> list[tuple[str, str]]:
+    """BPE training on word counts: merge the most frequent adjacent pair of symbols, count times.
 
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS * 20, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    tok.decoder = decoders.WordPiece()
-    BertTokenizerFast(tokenizer_object=tok, model_max_length=512).save_pretrained(folder)
+    tokenizers' trainers break ties between equally frequent pairs in hash-map order, which changes from one
+    process to the next; this one breaks them by the pair itself, so every run learns the same vocabulary
+    (tiny random models need the same tokens to give the same, non-degenerate outputs).
+    """
+    merges: list[tuple[str, str]] = []
+    for _ in range(count):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, n in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, n in words.items():
+            out: list[str] = []
+            for symbol in symbols:
+                if out and (out[-1], symbol) == best:
+                    out[-1] = join(out[-1], symbol)
+                else:
+                    out.append(symbol)
+            merged[tuple(out)] += n
+        words = merged
+    return merges
+
+
+def _corpus_words(pre_tokenizer: Any, normalizer: Any = None) -> Counter[str]:
+    """How often each word of CORPUS occurs, as the tokenizer's normalizer and pre-tokenizer split it."""
+    words: Counter[str] = Counter()
+    for line in CORPUS:
+        text = normalizer.normalize_str(line) if normalizer is not None else line
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return words
+
+
+def trained_wordpiece(folder: Path) -> None:
+    """A small uncased WordPiece tokenizer trained here on CORPUS ("##" continuations), built and saved by
+    transformers' BertTokenizer."""
+    from tokenizers import normalizers, pre_tokenizers
+    from transformers import BertTokenizer
+
+    words = _corpus_words(pre_tokenizers.BertPreTokenizer(), normalizers.BertNormalizer(lowercase=True))
+    spelled = Counter({(w[0], *(f"##{c}" for c in w[1:])): n for w, n in words.items()})
+    merges = learn_merges(spelled, 420, lambda a, b: a + b[2:])
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({s for w in spelled for s in w})]
+    vocab += [a + b[2:] for a, b in merges if a + b[2:] not in vocab]
+    BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, model_max_length=512).save_pretrained(folder)
 
 
 def trained_bpe(folder: Path) -> None:
-    """A small byte-level BPE tokenizer trained here, built and saved by transformers' RobertaTokenizer: "Ġ" word
-    starts, <s> A </s></s> B </s>, a <mask> that takes the space before it (lstrip), as roberta-base has it."""
-    from tokenizers import AddedToken, Tokenizer, pre_tokenizers, trainers
-    from tokenizers.models import BPE
+    """A small byte-level BPE tokenizer trained here on CORPUS, built and saved by transformers' RobertaTokenizer:
+    "Ġ" word starts, <s> A </s></s> B </s>, a <mask> that takes the space before it (lstrip), as roberta-base has it."""
+    from tokenizers import AddedToken, pre_tokenizers
     from transformers import RobertaTokenizer
 
-    tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
-    RobertaTokenizer(vocab=tok.get_vocab(), merges=merges, model_max_length=512,
+    words = _corpus_words(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    merges = learn_merges(Counter({tuple(w): n for w, n in words.items()}), 440)
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    vocab += [a + b for a, b in merges if a + b not in vocab]
+    RobertaTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=512,
                      mask_token=AddedToken("<mask>", lstrip=True, special=True)).save_pretrained(folder)
 
 
 def trained_unigram(folder: Path) -> None:
-    """A small SentencePiece-style Unigram tokenizer trained here, built and saved by transformers'
-    XLMRobertaTokenizer: "▁" word starts (Metaspace), <s> A </s></s> B </s>, <mask>."""
-    from tokenizers import Tokenizer, pre_tokenizers, trainers
-    from tokenizers.models import Unigram
+    """A small SentencePiece-style Unigram tokenizer trained here on CORPUS ("▁" word starts, Metaspace), built and
+    saved by transformers' XLMRobertaTokenizer: <s> A </s></s> B </s>, <mask>.
+
+    Its pieces are the characters and the BPE merges of the corpus's words, each scored by the log of how often it
+    occurs in them, so that frequent words are one piece and rare ones several.
+    """
+    import math
+
+    from tokenizers import pre_tokenizers
     from transformers import XLMRobertaTokenizer
 
-    tok = Tokenizer(Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLMRobertaTokenizer expects <unk> at id 3
-    tok.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(vocab_size=500, special_tokens=specials, unk_token="<unk>"))
-    vocab = [(piece, score) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    words = _corpus_words(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"))
+    merges = learn_merges(Counter({tuple(w): n for w, n in words.items()}), 380)
+    pieces = sorted({c for w in words for c in w}) + [a + b for a, b in merges]
+    counts = {p: sum(n * w.count(p) for w, n in words.items()) for p in dict.fromkeys(pieces)}
+    total = sum(counts.values())
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0)]  # <unk> at id 3
+    vocab = specials + [(p, round(math.log(c / total), 6)) for p, c in counts.items()]
     XLMRobertaTokenizer(vocab=vocab, model_max_length=512).save_pretrained(folder)
 
 
