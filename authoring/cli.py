@@ -1,10 +1,11 @@
-"""Command line: python -m authoring {embed,inspect,validate,demo}."""
+"""Command line: python -m authoring (or onnxmeta) {embed,inspect,validate,demo}."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +25,8 @@ def _safe(value: Any) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m authoring", description="Make ONNX models self-contained.")
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Make ONNX models self-contained.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, aliases=aliases, help="show what a file carries")
         p.add_argument("onnx")
         p.add_argument("--show-metadata", action="store_true", help="print every embedded value")
-        p.add_argument("--show-task", action="store_true", help="print the task only")
+        p.add_argument("--show-task", action="store_true", help="print the task")
         p.add_argument("--show-processor", action="store_true", help="print the processor configuration")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -149,17 +150,22 @@ def _embed_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    """The whole report, or only the parts the --show-* flags ask for."""
+    metadata = rt.read_metadata(args.onnx, verify=False)
+    if not metadata:
+        raise rt.MetadataReadError(f"{args.onnx} has no onnxmeta metadata; embed it: "
+                                   f"{args.prog} embed {args.onnx} <model> --include-vocab")
     info = describe(args.onnx)
-    if args.show_metadata or args.show_processor:
-        metadata = rt.read_metadata(args.onnx, verify=False)
+    if args.show_metadata or args.show_processor or args.show_task:
         keys = [rt.KEY_TOKENIZER_CONFIG, rt.KEY_IMAGE_PROCESSOR_CONFIG, rt.KEY_FEATURE_EXTRACTOR_CONFIG,
                 rt.KEY_FEATURE_ENGINEERING]
-        shown = metadata if args.show_metadata else {k: metadata[k] for k in keys if k in metadata}
-        info["metadata" if args.show_metadata else "processor"] = {
-            k: (f"<tokenizer.json, {len(v):,} characters>" if k == rt.KEY_TOKENIZER_JSON else v) for k, v in shown.items()
-        }
-    if args.show_task and not (args.show_metadata or args.show_processor):
-        info = {"task": info["task"]}
+        shown = {"task": info["task"]} if args.show_task else {}
+        if args.show_processor:
+            shown["processor"] = {k: metadata[k] for k in keys if k in metadata}
+        if args.show_metadata:
+            shown["metadata"] = {k: (f"<tokenizer.json, {len(v):,} characters>" if k == rt.KEY_TOKENIZER_JSON else v)
+                                 for k, v in metadata.items()}
+        info = shown
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=True))
         return 0
@@ -195,10 +201,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point; returns the exit status. prog names the command in messages (default: the program's file
+    name, onnxmeta for the console script)."""
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    # transformers, imported only for tokenizers without tokenizer.json, notes that torch is missing and that it
+    # does not know a config's model type: nothing this command needs
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     commands = {"embed": _cmd_embed, "inspect": _cmd_inspect, "analyze": _cmd_inspect, "validate": _cmd_validate,
                 "demo": _cmd_demo}
     try:

@@ -1,8 +1,9 @@
 """An offline demo: build a tiny bag-of-words sentiment model, embed its metadata, run it.
 
 Nothing is downloaded: the vocabulary and weights are written here, the tokenizer is assembled with
-the tokenizers library and saved the way transformers saves it, and the graph is built with
-onnx.helper. The result is one self-contained .onnx file that the runtime runs on its own.
+the tokenizers library and saved as a Hugging Face folder (tokenizer.json, tokenizer_config.json), and
+the graph is built with onnx.helper. The result is one self-contained .onnx file that the runtime runs
+on its own.
 """
 
 from __future__ import annotations
@@ -28,24 +29,25 @@ EXAMPLES = ("I love this movie!", "This was a terrible waste of time.", "The foo
 
 
 def build_source(folder: Path) -> None:
-    """Write a Hugging Face model folder: config.json and a WordPiece tokenizer."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    """Write a Hugging Face model folder: config.json and a BERT-style WordPiece tokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
     tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tokenizer.decoder = decoders.WordPiece()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=64,
-    ).save_pretrained(folder)
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64,
+        "unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+    }
     config = {
         "architectures": ["BagOfWordsForSequenceClassification"],
         "model_type": "onnxmeta-demo",
@@ -54,7 +56,8 @@ def build_source(folder: Path) -> None:
         "vocab_size": len(vocab),
         "max_position_embeddings": 64,
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name, value in (("tokenizer_config.json", tokenizer_config), ("config.json", config)):
+        (folder / name).write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def build_graph(path: Path, vocab_size: int) -> None:
@@ -94,9 +97,6 @@ def build_graph(path: Path, vocab_size: int) -> None:
 
 def run_demo(output_dir: str | Path = "onnxmeta-demo") -> list[dict[str, object]]:
     """Build, embed and run the demo model; print what happens and return the results."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # the demo's custom model_type is not a transformers model
     out = Path(output_dir)
     source = out / "hf-model"
     source.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataExtractionError
 
 from .tasks import detect_task, resolve_task
+from .tokenizer_files import files_metadata
 
 logger = logging.getLogger("onnxmeta")
 
@@ -108,7 +110,7 @@ def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types: offline, not found, gated, network
         raise MetadataExtractionError(
             f"cannot get {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "if you are offline, download it first (huggingface-cli download) or pass a local model folder"
+            f"if you are offline, download it first (hf download {name}) or pass a local model folder"
         ) from None
 
 
@@ -121,7 +123,7 @@ def _add_chat_template(config: dict[str, Any], folder: Path) -> None:
 
 
 def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
-    """hf_tokenizer_config, and with include_vocab the tokenizer.json text, as transformers saves them."""
+    """hf_tokenizer_config, and with include_vocab the tokenizer.json text, as transformers loads and saves them."""
     from transformers import AutoTokenizer
 
     try:
@@ -136,18 +138,20 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
         text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
     for key in _LOADING_KEYS:
         config.pop(key, None)
-    # what the tokenizer returns, which is what the pipeline feeds the model (no token_type_ids for RoBERTa...)
+    # what transformers uses but saves only when the folder said it: the class's defaults, written out so that
+    # a runtime needs no table of classes (no token_type_ids for RoBERTa, left padding for Llama...)
     config.setdefault("model_input_names", list(tokenizer.model_input_names))
+    config.setdefault("padding_side", tokenizer.padding_side)
+    config.setdefault("truncation_side", tokenizer.truncation_side)
+    config.setdefault("clean_up_tokenization_spaces", tokenizer.clean_up_tokenization_spaces)
     out: dict[str, Any] = {rt.KEY_TOKENIZER_CONFIG: config}
     if include_vocab:
         if text is None:
             raise MetadataExtractionError(
                 f"{type(tokenizer).__name__} has no tokenizer.json (fast tokenizer), so its vocabulary cannot be embedded"
             )
-        import tokenizers
-
         out[rt.KEY_TOKENIZER_JSON] = rt.canonical_json(json.loads(text))
-        out[rt.KEY_TOKENIZERS_VERSION] = tokenizers.__version__
+        out[rt.KEY_TOKENIZERS_VERSION] = importlib.metadata.version("tokenizers")
     return out
 
 
@@ -188,6 +192,27 @@ def _ctc_tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]
 # Fields only image processors have: an old config saying "ViTFeatureExtractor", or no type, is an image processor.
 _IMAGE_PROCESSOR_KEYS = ("image_mean", "image_std", "do_resize", "size", "crop_size", "do_center_crop", "resample",
                          "do_rescale", "do_normalize")
+
+
+def _tokenizer_from_files(folder: Path, model_config: Mapping[str, Any], include_vocab: bool) -> dict[str, Any] | None:
+    """The tokenizer metadata from tokenizer.json and its configs alone (see tokenizer_files); None when
+    transformers has to load the tokenizer to know it."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        tokenizer_json = json.loads(path.read_text(encoding="utf-8"))
+        tokenizer_config = _read_json(folder / "tokenizer_config.json") or {}
+        special_tokens_map = _read_json(folder / "special_tokens_map.json") or {}
+    except (OSError, ValueError, MetadataExtractionError):
+        return None  # transformers reports what is wrong with the files
+    if not isinstance(tokenizer_json, dict):
+        return None
+    metadata = files_metadata(tokenizer_json, tokenizer_config, special_tokens_map, model_config,
+                              include_vocab=include_vocab)
+    if metadata is not None:
+        _add_chat_template(metadata[rt.KEY_TOKENIZER_CONFIG], folder)
+    return metadata
 
 
 def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
@@ -317,17 +342,15 @@ class MetadataDiscovery:
         processors: dict[str, Any] = {}
         if wanted.include_processor_config:
             try:
-                processors = self._processors(folder, wanted.include_vocabulary)
+                processors = self._processors(folder, config, wanted.include_vocabulary)
             except MetadataExtractionError as exc:
                 logger.warning("%s; falling back to the minimal level", exc)
                 wanted = EMBEDDING_LEVELS["minimal"]
 
-        import transformers
-
         metadata: dict[str, Any] = {
             rt.KEY_VERSION: rt.FORMAT_VERSION,
             rt.KEY_TIMESTAMP: export_timestamp(),
-            rt.KEY_TRANSFORMERS_VERSION: transformers.__version__,
+            rt.KEY_TRANSFORMERS_VERSION: importlib.metadata.version("transformers"),
             rt.KEY_EMBEDDING_LEVEL: wanted.name,
         }
         if wanted.include_model_config:
@@ -347,12 +370,13 @@ class MetadataDiscovery:
         return metadata
 
     @staticmethod
-    def _processors(folder: Path, include_vocab: bool) -> dict[str, Any]:
+    def _processors(folder: Path, config: Mapping[str, Any], include_vocab: bool) -> dict[str, Any]:
         processors = _preprocessor_metadata(folder)
         if _is_ctc_tokenizer(folder):
             processors.update(_ctc_tokenizer_metadata(folder, include_vocab))
         elif any((folder / name).is_file() for name in TOKENIZER_FILES):
-            processors.update(_tokenizer_metadata(folder, include_vocab))
+            processors.update(_tokenizer_from_files(folder, config, include_vocab)
+                              or _tokenizer_metadata(folder, include_vocab))
         if not processors:
             raise MetadataExtractionError(f"{folder.name} has no tokenizer or preprocessor files")
         processors.update(_sentence_transformers_metadata(folder))

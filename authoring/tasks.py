@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
 from onnxmeta_runtime import TASK_ALIASES, TaskDetectionError
 
-# transformers' auto-model mappings, in priority order: an architecture listed in several takes the
-# first task. Built from transformers itself, so every architecture it ships is covered.
-_MAPPING_TASKS = (
-    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "text-classification"),
-    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "token-classification"),
-    ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "question-answering"),
-    ("MODEL_FOR_TABLE_QUESTION_ANSWERING_MAPPING_NAMES", "table-question-answering"),
-    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "fill-mask"),
-    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "text2text-generation"),
-    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "text-generation"),
-    ("MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "automatic-speech-recognition"),
-    ("MODEL_FOR_CTC_MAPPING_NAMES", "automatic-speech-recognition"),
-    ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "audio-classification"),
-    ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-classification"),
-    ("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES", "zero-shot-image-classification"),
-    ("MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES", "object-detection"),
-    ("MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES", "zero-shot-object-detection"),
-    ("MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES", "image-segmentation"),
-    ("MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES", "image-segmentation"),
-    ("MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES", "image-segmentation"),
-    ("MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES", "depth-estimation"),
-    ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "image-text-to-text"),
-    ("MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES", "video-classification"),
-    ("MODEL_FOR_DOCUMENT_QUESTION_ANSWERING_MAPPING_NAMES", "document-question-answering"),
-    ("MODEL_FOR_VISUAL_QUESTION_ANSWERING_MAPPING_NAMES", "visual-question-answering"),
-    ("MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES", "text-to-audio"),
-    ("MODEL_FOR_TEXT_TO_SPECTROGRAM_MAPPING_NAMES", "text-to-audio"),
-    ("MODEL_FOR_MASK_GENERATION_MAPPING_NAMES", "mask-generation"),
-    ("MODEL_FOR_IMAGE_TO_IMAGE_MAPPING_NAMES", "image-to-image"),
-    ("MODEL_MAPPING_NAMES", "feature-extraction"),
-)
+from ._architectures import ARCHITECTURE_TASKS
 
 # Step 2: substrings of a lower-cased architecture name, for classes transformers does not list
 # (custom heads, renamed forks).
@@ -70,23 +39,15 @@ MODEL_TYPE_TASK_MAP = {
 }
 
 # Tasks transformers pipelines know (including those transformers 5 removed but users still run).
-PIPELINE_TASKS = frozenset(
-    {task for _, task in _MAPPING_TASKS}
-    | {"sentiment-analysis", "summarization", "translation", "zero-shot-classification", "image-feature-extraction"}
-)
-
-
-@functools.lru_cache(maxsize=1)
-def architecture_task_map() -> dict[str, str]:
-    """Architecture class name -> pipeline task, from transformers' auto mappings."""
-    from transformers.models.auto import modeling_auto
-
-    table: dict[str, str] = {}
-    for mapping_name, task in _MAPPING_TASKS:
-        for classes in getattr(modeling_auto, mapping_name, {}).values():
-            for cls in (classes,) if isinstance(classes, str) else classes:
-                table.setdefault(cls, task)
-    return table
+PIPELINE_TASKS = frozenset({
+    "audio-classification", "automatic-speech-recognition", "depth-estimation", "document-question-answering",
+    "feature-extraction", "fill-mask", "image-classification", "image-feature-extraction", "image-segmentation",
+    "image-text-to-text", "image-to-image", "mask-generation", "object-detection", "question-answering",
+    "sentiment-analysis", "summarization", "table-question-answering", "text-classification", "text-generation",
+    "text-to-audio", "text2text-generation", "token-classification", "translation", "video-classification",
+    "visual-question-answering", "zero-shot-classification", "zero-shot-image-classification",
+    "zero-shot-object-detection",
+})
 
 
 def detect_task(config: Mapping[str, Any]) -> str | None:
@@ -97,9 +58,9 @@ def detect_task(config: Mapping[str, Any]) -> str | None:
     """
     architectures = config.get("architectures") or []
     if architectures and isinstance(architectures[0], str):
-        task = architecture_task_map().get(architectures[0])
+        task = ARCHITECTURE_TASKS.get(architectures[0])
         if task == "feature-extraction" and ("num_channels" in config or "image_size" in config):
-            return "image-feature-extraction"  # a vision backbone (ViTModel, Dinov2Model, CLIPVisionModel...)
+            return "image-feature-extraction"  # a vision backbone the mappings list as a plain model
         if task:
             return task
         lowered = architectures[0].lower()

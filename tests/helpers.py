@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,28 +22,130 @@ def shared(name: str) -> Path:
     return path
 
 
-def trained_wordpiece(folder: Path) -> None:
-    """A small uncased WordPiece tokenizer trained here, saved like transformers saves BertTokenizer."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
-    from tokenizers.models import WordPiece
-    from transformers import BertTokenizerFast
+def families(trained: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
+    """Parity families: those whose tokenizer is trained in the test always, those built from real Hugging Face
+    files where ../shared/data is present (tests/test_shared_data.py says which were left out without it)."""
+    return {**trained, **(real if SHARED.is_dir() else {})}
 
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    corpus = [
-        "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
-        "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
-        "paris is the capital of france, a city on the river.", "it's a test, isn't it? yes! no.",
-    ] * 20
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    tok.decoder = decoders.WordPiece()
-    BertTokenizerFast(tokenizer_object=tok, model_max_length=512).save_pretrained(folder)
+
+def real_files(params: list[Any]) -> list[Any]:
+    """Parametrize values that each need a folder of ../shared/data: all of them where it is present, else one
+    skipped placeholder that says so."""
+    if SHARED.is_dir():
+        return params
+    return [pytest.param(*[None] * len(params[0]), id="real-files",
+                         marks=pytest.mark.skip(reason=f"{SHARED} is absent (real Hugging Face files)"))]
+
+
+# What the trained tokenizers learn from: the words of every parity test's texts, so that they split into a
+# few pieces rather than bytes or [UNK].
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog", "i love this movie", "this was terrible",
+    "hello world, this is a test.", "a wonderful day at the beach", "the food was good but slow",
+    "paris is the capital of france, a city on the river.", "it's a test, isn't it? yes! no.",
+    "my name is wolfgang and i live in berlin. berlin is the capital of germany.",
+    "hugging face inc. is a company based in new york city. its headquarters are in dumbo, close to the manhattan bridge.",
+    "sentence mentions angela merkel, microsoft and the rhine in dusseldorf yesterday.",
+    "where do i live? what is my name? how many people live in berlin? about 3.7 million inhabitants; its river is the spree.",
+    "paragraph: the museum number 17 opened in 1900 near the old harbour of hamburg. when did museum 3 open?",
+    "who are you voting for in 2020? the new graphics card renders games at 200 frames per second.",
+    "politics, technology, cooking, sports. this example is about politics. this text is about technology.",
+    "a man is playing a guitar. someone plays an instrument. the cat sleeps on the mat.",
+    "the stock market fell sharply today. a completely unrelated and much longer second sentence about finance.",
+    "how do i bake bread? knead the dough, let it rise, bake at 220 c.",
+    "der kölner dom wurde 1248 begonnen — 東京 ist weit weg, naïve gäste trinken café crème.",
+    "ünïcödé façade — naïve café in zürich and düsseldorf 🤗 unknownish-wordpieces",
+]
+CORPUS += [s.capitalize() for s in CORPUS] + [s.title() for s in CORPUS] + [s.upper() for s in CORPUS[:3]]
+
+
+def learn_merges(words: Counter[tuple[str, ...]], count: int, join: Any = str.__add__) -> list[tuple[str, str]]:
+    """BPE training on word counts: merge the most frequent adjacent pair of symbols, count times.
+
+    tokenizers' trainers break ties between equally frequent pairs in hash-map order, which changes from one
+    process to the next; this one breaks them by the pair itself, so every run learns the same vocabulary
+    (tiny random models need the same tokens to give the same, non-degenerate outputs).
+    """
+    merges: list[tuple[str, str]] = []
+    for _ in range(count):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, n in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, n in words.items():
+            out: list[str] = []
+            for symbol in symbols:
+                if out and (out[-1], symbol) == best:
+                    out[-1] = join(out[-1], symbol)
+                else:
+                    out.append(symbol)
+            merged[tuple(out)] += n
+        words = merged
+    return merges
+
+
+def _corpus_words(pre_tokenizer: Any, normalizer: Any = None) -> Counter[str]:
+    """How often each word of CORPUS occurs, as the tokenizer's normalizer and pre-tokenizer split it."""
+    words: Counter[str] = Counter()
+    for line in CORPUS:
+        text = normalizer.normalize_str(line) if normalizer is not None else line
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return words
+
+
+def trained_wordpiece(folder: Path) -> None:
+    """A small uncased WordPiece tokenizer trained here on CORPUS ("##" continuations), built and saved by
+    transformers' BertTokenizer."""
+    from tokenizers import normalizers, pre_tokenizers
+    from transformers import BertTokenizer
+
+    words = _corpus_words(pre_tokenizers.BertPreTokenizer(), normalizers.BertNormalizer(lowercase=True))
+    spelled = Counter({(w[0], *(f"##{c}" for c in w[1:])): n for w, n in words.items()})
+    merges = learn_merges(spelled, 420, lambda a, b: a + b[2:])
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({s for w in spelled for s in w})]
+    vocab += [a + b[2:] for a, b in merges if a + b[2:] not in vocab]
+    BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, model_max_length=512).save_pretrained(folder)
+
+
+def trained_bpe(folder: Path) -> None:
+    """A small byte-level BPE tokenizer trained here on CORPUS, built and saved by transformers' RobertaTokenizer:
+    "Ġ" word starts, <s> A </s></s> B </s>, a <mask> that takes the space before it (lstrip), as roberta-base has it."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import RobertaTokenizer
+
+    words = _corpus_words(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    merges = learn_merges(Counter({tuple(w): n for w, n in words.items()}), 440)
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    vocab += [a + b for a, b in merges if a + b not in vocab]
+    RobertaTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=512,
+                     mask_token=AddedToken("<mask>", lstrip=True, special=True)).save_pretrained(folder)
+
+
+def trained_unigram(folder: Path) -> None:
+    """A small SentencePiece-style Unigram tokenizer trained here on CORPUS ("▁" word starts, Metaspace), built and
+    saved by transformers' XLMRobertaTokenizer: <s> A </s></s> B </s>, <mask>.
+
+    Its pieces are the characters and the BPE merges of the corpus's words, each scored by the log of how often it
+    occurs in them, so that frequent words are one piece and rare ones several.
+    """
+    import math
+
+    from tokenizers import pre_tokenizers
+    from transformers import XLMRobertaTokenizer
+
+    words = _corpus_words(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"))
+    merges = learn_merges(Counter({tuple(w): n for w, n in words.items()}), 380)
+    pieces = sorted({c for w in words for c in w}) + [a + b for a, b in merges]
+    counts = {p: sum(n * w.count(p) for w, n in words.items()) for p in dict.fromkeys(pieces)}
+    total = sum(counts.values())
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0)]  # <unk> at id 3
+    vocab = specials + [(p, round(math.log(c / total), 6)) for p, c in counts.items()]
+    XLMRobertaTokenizer(vocab=vocab, model_max_length=512).save_pretrained(folder)
 
 
 def bert_tokenizer_folder(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import onnxmeta_runtime as rt
 from authoring.cli import main
@@ -31,11 +32,17 @@ def test_embed_inspect_validate(bert_classifier, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"task": "text-classification"}
 
     assert main(["inspect", str(out), "--show-processor", "--json"]) == 0
-    processor = json.loads(capsys.readouterr().out)["processor"]
-    assert processor[rt.KEY_TOKENIZER_CONFIG]["tokenizer_class"] == "BertTokenizer"
+    shown = json.loads(capsys.readouterr().out)
+    assert list(shown) == ["processor"]  # only what was asked for, as --show-task
+    assert shown["processor"][rt.KEY_TOKENIZER_CONFIG]["tokenizer_class"] == "BertTokenizer"
+    assert main(["inspect", str(out), "--show-processor"]) == 0
+    assert capsys.readouterr().out.startswith("processor: {")
 
     assert main(["inspect", str(out), "--show-metadata"]) == 0
-    assert "<tokenizer.json, " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("metadata: {") and "<tokenizer.json, " in printed
+    assert main(["inspect", str(out), "--show-task", "--show-processor", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["processor", "task"]
 
     assert main(["validate", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -90,10 +97,35 @@ def test_no_compress_and_threshold_flags(bert_classifier, tmp_path, capsys):
     assert all(e.key.endswith(rt.COMPRESSED_SUFFIX) for e in rt.scan_model(tiny).entries)
 
 
-def test_human_output_escapes_control_characters(bert_classifier, tmp_path, capsys):
+def test_inspect_a_file_without_metadata(bert_classifier, capsys):
+    for argv in (["inspect", str(bert_classifier.onnx)], ["inspect", str(bert_classifier.onnx), "--json", "--show-task"]):
+        assert main(argv, prog="onnxmeta") == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (f"error: {bert_classifier.onnx} has no onnxmeta metadata; embed it: "
+                                f"onnxmeta embed {bert_classifier.onnx} <model> --include-vocab\n")
+
+
+def test_usage_names_the_command_as_it_was_run(tmp_path):
+    """python -m authoring says so; the console script says onnxmeta (its file name, argparse's default)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)])}
+    module = subprocess.run([sys.executable, "-m", "authoring"], capture_output=True, text=True, env=env, check=False)
+    assert module.returncode == 2 and module.stderr.startswith("usage: python -m authoring [-h]")
+    script = tmp_path / "onnxmeta"
+    script.write_text("import sys\nfrom authoring.cli import main\nsys.exit(main())\n")
+    console = subprocess.run([sys.executable, str(script), "inspect"], capture_output=True, text=True, env=env, check=False)
+    assert console.returncode == 2 and console.stderr.startswith("usage: onnxmeta inspect [-h]")
+
+
+def test_human_output_escapes_control_characters(bert_embedded, tmp_path, capsys):
     import onnx
 
-    model = onnx.load(bert_classifier.onnx)
+    model = onnx.load(bert_embedded)
     entry = model.metadata_props.add()
     entry.key, entry.value = "evil\x1b[2J", "x"
     onnx.save(model, tmp_path / "evil.onnx")

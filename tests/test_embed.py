@@ -232,7 +232,7 @@ def test_hub_id_offline_fails_clearly(tmp_path, monkeypatch):
         authoring.discover("bert-base-uncased")
     message = str(info.value)
     assert message.startswith("cannot get 'bert-base-uncased' from the Hugging Face hub (")
-    assert message.endswith("if you are offline, download it first (huggingface-cli download) or pass a local model folder")
+    assert message.endswith("if you are offline, download it first (hf download bert-base-uncased) or pass a local model folder")
 
 
 def test_discover_from_in_memory_objects(bert_classifier):

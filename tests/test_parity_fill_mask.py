@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from helpers import assert_parity, bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, tiny_model
+from helpers import (assert_parity, bert_tokenizer_folder, export_onnx, families, hub_tokenizer_folder, tiny_model,
+                     trained_bpe, trained_unigram)
 from runtime_under_test import rt
 
 TEXTS = [
@@ -45,16 +46,23 @@ def sentencepiece_with_mask(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-FAMILIES = {
-    # WordPiece; transformers 5 saves clean_up_tokenization_spaces=False
-    "bert": (bert_tokenizer_folder, "bert", ["input_ids", "attention_mask", "token_type_ids"]),
+BERT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+FAMILIES = families({
+    # WordPiece (bert-base-uncased's where ../shared is present, else trained); transformers 5 saves
+    # clean_up_tokenization_spaces=False
+    "bert": (bert_tokenizer_folder, "bert", BERT_INPUTS),
     # WordPiece with the clean-up on: " ," -> ",", " ' " -> "'"
-    "bert-clean-up": (with_clean_up(bert_tokenizer_folder), "bert", ["input_ids", "attention_mask", "token_type_ids"]),
+    "bert-clean-up": (with_clean_up(bert_tokenizer_folder), "bert", BERT_INPUTS),
     # byte-level BPE, <mask> with lstrip; clean_up_tokenization_spaces=True, which transformers 5 ignores for BPE
-    "roberta": (with_clean_up(hub_tokenizer_folder("roberta-base", "RobertaTokenizer")), "roberta", ["input_ids", "attention_mask"]),
-    # SentencePiece Unigram ("▁" word starts, Metaspace decoder) with an added <mask>
+    "bpe-trained": (with_clean_up(trained_bpe), "roberta", ["input_ids", "attention_mask"]),
+    # SentencePiece-style Unigram ("▁" word starts, Metaspace decoder), XLM-RoBERTa's <mask>
+    "unigram-trained": (with_clean_up(trained_unigram), "xlm-roberta", ["input_ids", "attention_mask"]),
+}, {
+    "roberta": (with_clean_up(hub_tokenizer_folder("roberta-base", "RobertaTokenizer")), "roberta",
+                ["input_ids", "attention_mask"]),
+    # T5's Unigram with an added <mask>
     "t5-unigram": (sentencepiece_with_mask, "bert", ["input_ids", "attention_mask"]),
-}
+})
 
 
 class Pair:
@@ -122,7 +130,7 @@ def test_lists_keep_order_across_length_buckets(pair):
 def test_targets(pair):
     text = pair.texts(TEXTS)[0]
     vocabulary = pair.oracle.tokenizer.get_vocab()
-    words = [w for w in ("the", "Ġthe", "▁the", "capital", "Ġcapital", "▁capital", "of", "Ġof", "▁of", "city")
+    words = [w for w in ("the", "Ġthe", "▁the", "capital", "Ġcapital", "▁capital", "of", "Ġof", "▁of", "city", "▁is")
              if w in vocabulary]
     assert len(words) >= 3
     assert_parity(pair.runtime(text, targets=words), pair.oracle(text, targets=words))
@@ -187,7 +195,9 @@ def test_clean_up_tokenization_spaces(pair):
         "bert": "it ' s a test, isn ' t it? yes!",  # the WordPiece decoder cleans up within tokens only
         "bert-clean-up": "it's a test, isn't it? yes!",
         "roberta": "It's a test, isn't it ? Yes !",
+        "bpe-trained": "It's a test, isn't it ? Yes !",
         "t5-unigram": "It's a test, isn't it? Yes!",  # Metaspace decoding, then the clean-up
+        "unigram-trained": "It's a test, isn't it? Yes!",
     }[pair.family]
 
 

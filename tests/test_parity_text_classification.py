@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_parity, export_onnx, tiny_classifier
+from helpers import (assert_parity, export_onnx, families, hub_tokenizer_folder, tiny_classifier, trained_bpe,
+                     trained_unigram)
 from runtime_under_test import rt
 
 TEXTS = [
@@ -137,12 +138,16 @@ def test_optimum_export(bert_classifier, oracle, tmp_path):
         assert_parity(runtime(PAIRS, top_k=None), oracle(PAIRS, top_k=None))
 
 
-FAMILIES = {
+FAMILIES = families({
     # byte-level BPE with leading-space tokens; no token_type_ids
-    "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
-    # SentencePiece Unigram (T5's spiece) in front of a BERT encoder
-    "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
-}
+    "bpe-trained": (trained_bpe, "roberta", ["input_ids", "attention_mask"]),
+    # SentencePiece-style Unigram, XLM-RoBERTa's template
+    "unigram-trained": (trained_unigram, "xlm-roberta", ["input_ids", "attention_mask"]),
+}, {
+    "roberta-bpe": (hub_tokenizer_folder("roberta-base", "RobertaTokenizer"), "roberta", ["input_ids", "attention_mask"]),
+    # T5's SentencePiece Unigram in front of a BERT encoder
+    "t5-unigram": (hub_tokenizer_folder("t5-small", "T5Tokenizer"), "bert", ["input_ids", "attention_mask"]),
+})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -150,10 +155,8 @@ def test_tokenizer_families(family, tmp_path):
     from authoring import embed_metadata
     from transformers import AutoTokenizer, pipeline
 
-    from helpers import hub_tokenizer_folder
-
-    name, tokenizer_class, model_type, inputs = FAMILIES[family]
-    model = tiny_classifier(tmp_path / "hf", hub_tokenizer_folder(name, tokenizer_class), model_type=model_type, seed=2)
+    tokenizer_folder_fn, model_type, inputs = FAMILIES[family]
+    model = tiny_classifier(tmp_path / "hf", tokenizer_folder_fn, model_type=model_type, seed=2)
     plain = export_onnx(model, tmp_path / "plain.onnx", inputs)
     embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
     runtime = rt.Runtime(tmp_path / "model.onnx")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import assert_parity, bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, tiny_classifier
+from helpers import (assert_parity, bert_tokenizer_folder, export_onnx, families, hub_tokenizer_folder, tiny_classifier,
+                     trained_bpe, trained_unigram)
 from runtime_under_test import rt
 
 SEQUENCES = ["Who are you voting for in 2020?", "The new graphics card renders games at 200 frames per second."]
 LABELS = ["politics", "technology", "cooking", "sports"]
 
-FAMILIES = {
+FAMILIES = families({
     "bert-wordpiece": (bert_tokenizer_folder, "bert", ["input_ids", "attention_mask", "token_type_ids"]),
+    "bpe-trained": (trained_bpe, "roberta", ["input_ids", "attention_mask"]),
+    "unigram-trained": (trained_unigram, "xlm-roberta", ["input_ids", "attention_mask"]),
+}, {
     "roberta-bpe": (hub_tokenizer_folder("roberta-base", "RobertaTokenizer"), "roberta", ["input_ids", "attention_mask"]),
     "t5-unigram": (hub_tokenizer_folder("t5-small", "T5Tokenizer"), "bert", ["input_ids", "attention_mask"]),
-}
+})
 
 
 def nli_model(folder, tokenizer_folder_fn=bert_tokenizer_folder, model_type="bert"):

@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import bert_tokenizer_folder, export_onnx, hub_tokenizer_folder, shared, tiny_model
+from helpers import (bert_tokenizer_folder, export_onnx, families, hub_tokenizer_folder, shared, tiny_model, trained_bpe,
+                     trained_unigram)
 from runtime_under_test import rt
 
 SENTENCES = [
@@ -159,10 +160,13 @@ def test_encode_errors(minilm, bert_embedded):
     assert runtime.encode([]).shape == (0,)
 
 
-ENCODER_FAMILIES = {
-    "roberta-bpe": ("roberta-base", "RobertaTokenizer", "roberta", ["input_ids", "attention_mask"]),
-    "t5-unigram": ("t5-small", "T5Tokenizer", "bert", ["input_ids", "attention_mask"]),
-}
+ENCODER_FAMILIES = families({
+    "bpe-trained": (trained_bpe, "roberta", ["input_ids", "attention_mask"]),
+    "unigram-trained": (trained_unigram, "xlm-roberta", ["input_ids", "attention_mask"]),
+}, {
+    "roberta-bpe": (hub_tokenizer_folder("roberta-base", "RobertaTokenizer"), "roberta", ["input_ids", "attention_mask"]),
+    "t5-unigram": (hub_tokenizer_folder("t5-small", "T5Tokenizer"), "bert", ["input_ids", "attention_mask"]),
+})
 
 
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
@@ -173,8 +177,8 @@ def test_tokenizer_families(family, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, pipeline
 
-    name, tokenizer_class, model_type, inputs = ENCODER_FAMILIES[family]
-    model = tiny_model(tmp_path / "hf", "AutoModel", hub_tokenizer_folder(name, tokenizer_class), model_type=model_type, seed=6)
+    tokenizer_folder_fn, model_type, inputs = ENCODER_FAMILIES[family]
+    model = tiny_model(tmp_path / "hf", "AutoModel", tokenizer_folder_fn, model_type=model_type, seed=6)
     plain = export_onnx(model, tmp_path / "plain.onnx", inputs, output="last_hidden_state")
     metadata = embed_metadata(plain, tmp_path / "hf", tmp_path / "model.onnx", include_vocab=True)
     assert metadata[rt.KEY_PIPELINE_TASK] == "feature-extraction"

@@ -3,10 +3,11 @@
 Run by the test suite with the Python of the Optimum environment (tests/helpers.optimum_python(), which has
 transformers 4.57); nothing it computes is checked in:
 
-    python tests/oracles/question_answering.py MODEL_FOLDER < cases.json > answers.json
+    python tests/oracles/question_answering.py MODEL_FOLDER [MODEL_FOLDER ...] < cases.json > answers.json
 
-cases.json is a list of {"args": [...], "kwargs": {...}}, each one pipeline call; answers.json the list of
-what each call returned, numbers as JSON floats and ints, or {"error": "..."} where the call raised.
+cases.json is a list of {"args": [...], "kwargs": {...}}, each one pipeline call; answers.json has, for each
+model folder, the list of what each call returned, numbers as JSON floats and ints, or {"error": "..."}
+where the call raised. One process serves every folder: importing transformers and torch is most of its time.
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ def main() -> int:
         print(f"needs transformers 4.x (the last with the question-answering pipeline), found {transformers.__version__}",
               file=sys.stderr)
         return 2
-    folder = sys.argv[1]
-    model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
-    oracle = pipeline("question-answering", model=model, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu")
-    answers = []
-    for case in json.load(sys.stdin):
-        try:
-            answers.append(plain(oracle(*case.get("args", []), **case.get("kwargs", {}))))
-        except Exception as exc:  # the error is the oracle's answer for that case
-            answers.append({"error": f"{type(exc).__name__}: {exc}"})
-    json.dump(answers, sys.stdout)
+    cases = json.load(sys.stdin)
+    every = []
+    for folder in sys.argv[1:]:
+        model = AutoModelForQuestionAnswering.from_pretrained(folder).eval()
+        oracle = pipeline("question-answering", model=model, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu")
+        answers = []
+        for case in cases:
+            try:
+                answers.append(plain(oracle(*case.get("args", []), **case.get("kwargs", {}))))
+            except Exception as exc:  # the error is the oracle's answer for that case
+                answers.append({"error": f"{type(exc).__name__}: {exc}"})
+        every.append(answers)
+    json.dump(every, sys.stdout)
     return 0
 
 
