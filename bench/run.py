@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command, every figure measured on this machine in this run.
 
-    python bench/run.py [--repeats 3] [--size-mb 400] [--json bench/results.json]
+    python bench/run.py [--repeats 3] [--size-mb 400] [--json bench/results.json] [--all | --parts NAME ...]
 
 1. read_metadata vs onnx.load on a ~400 MB model (time, peak RSS)       bench_metadata.py
 2. streaming embed (new file, in place) vs onnx.load+save and a copy    bench_metadata.py
@@ -11,6 +11,14 @@
 1-4 time the operation inside a process whose imports are done (in-process figures); 5 times what a user
 waits for: process start, imports and work (whole-process figures).
 
+With --all (or --parts NAME ...), each modality's own bench script runs after them, as its own process,
+printing its table (in-process and whole-process figures, each labelled) and writing its JSON:
+
+6. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
+7. images: preprocessing vs transformers, end to end vs Optimum          bench_images.py
+8. audio: feature extraction vs transformers, end to end                 bench_audio.py
+9. encoder-decoder: one file vs separate files, tokens/s vs Optimum      bench_seq2seq.py
+
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,13 +38,37 @@ import bench_metadata
 import bench_process
 import bench_runtime
 
+# the modality parts: each script measures and prints its own table and writes its own JSON
+MODALITIES = {
+    "generation": "bench_generation.py",
+    "images": "bench_images.py",
+    "audio": "bench_audio.py",
+    "seq2seq": "bench_seq2seq.py",
+}
+
+
+def run_modalities(names: list[str]) -> dict[str, int]:
+    """Each named modality's bench script as its own process; their exit codes."""
+    codes = {}
+    for name in names:
+        print(f"\n== {name}: {MODALITIES[name]} ==", flush=True)
+        codes[name] = subprocess.run([sys.executable, str(Path(__file__).with_name(MODALITIES[name]))]).returncode
+    return codes
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
+    parser.add_argument("--all", action="store_true", help="also every modality part (6-9)")
+    parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
+                        help="modality parts to run after 1-5")
+    parser.add_argument("--only-parts", action="store_true", help="skip 1-5")
     args = parser.parse_args(argv)
+    parts = list(MODALITIES) if args.all else args.parts
+    if args.only_parts:
+        return max(run_modalities(parts).values(), default=0)
     start = time.perf_counter()
     print("== 1-2: metadata I/O ==")
     io = bench_metadata.run(args.size_mb, args.repeats)
@@ -75,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "embed_process": proc,
                                      "seconds": time.perf_counter() - start}, indent=2))
     print(f"\nwrote {args.json}")
-    return 0
+    return max(run_modalities(parts).values(), default=0)
 
 
 if __name__ == "__main__":
