@@ -1,0 +1,62 @@
+"""examples/: the Ray Data corpus embedding (local mode) gives one process's vectors; the edge app, serving a
+vendored copy of the runtime over HTTP, answers as Runtime does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, export_onnx, tiny_model, trained_wordpiece
+from runtime_under_test import rt
+
+EXAMPLES = ROOT / "examples"
+CORPUS = [f"{subject} {verb} the {thing} {n} times." for n in range(3)
+          for subject in ("The cat", "A very old man", "Ünïcödé café")
+          for verb in ("sees", "carefully repaired")
+          for thing in ("car", "small wooden boat near the river")] + ["", "word " * 200]
+
+
+@pytest.fixture(scope="module")
+def feature_model(tmp_path_factory) -> Path:
+    """A tiny BERT encoder with a tokenizer trained in the tests, embedded as feature-extraction."""
+    from authoring import embed_metadata
+
+    root = tmp_path_factory.mktemp("examples")
+    model = tiny_model(root / "hf", "AutoModel", trained_wordpiece, seed=7)
+    plain = export_onnx(model, root / "plain.onnx", ["input_ids", "attention_mask", "token_type_ids"],
+                        output="last_hidden_state")
+    embed_metadata(plain, root / "hf", root / "model.onnx", include_vocab=True, task="feature-extraction")
+    return root / "model.onnx"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ray_data_embeds_a_corpus_as_one_process(feature_model):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ray[data]' (in the [test] extra)")
+    example = _example("ray_embed")
+    runtime = example.Runtime(feature_model, intra_op_num_threads=1)
+    expected = runtime.encode(CORPUS)
+    assert len({tuple(np.round(v, 3)) for v in expected}) > len(CORPUS) // 2  # different texts, different vectors
+    example.start_ray(3)
+    try:
+        vectors = example.embed_corpus(runtime, CORPUS, actors=2, batch_size=8)
+    finally:
+        ray.shutdown()
+    assert vectors.shape == expected.shape and vectors.dtype == np.float32
+    # other batches pad differently: equal up to float rounding
+    np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
