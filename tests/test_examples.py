@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import ROOT, export_onnx, tiny_model, trained_wordpiece
 from runtime_under_test import rt
 
@@ -60,3 +59,42 @@ def test_ray_data_embeds_a_corpus_as_one_process(feature_model):
     assert vectors.shape == expected.shape and vectors.dtype == np.float32
     # other batches pad differently: equal up to float rounding
     np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
+
+
+def _request(url: str, body: object = None) -> tuple[int, object]:
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_edge_app_serves_a_model_with_the_runtime_file_copied_alone(bert_embedded, tmp_path):
+    """The app and the runtime file copied into an empty folder, started there: its answers are Runtime's."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy2(EXAMPLES / "edge_app" / "app.py", app)
+    shutil.copy2(rt.__file__, app / "onnxmeta_runtime.py")
+    model = Path(shutil.copy2(bert_embedded, tmp_path / "model.onnx"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    server = subprocess.Popen([sys.executable, "-s", "app.py", str(model), "--port", "0"], cwd=app, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = server.stdout.readline()  # "serving Runtime(...) on http://127.0.0.1:PORT" once it listens
+        assert " on http://" in started, server.stderr.read()
+        url = started.rsplit(" on ", 1)[1].strip()
+        runtime = rt.Runtime(model)
+        assert _request(url) == (200, {"model": "model.onnx", "task": "text-classification",
+                                       "labels": ["NEGATIVE", "NEUTRAL", "POSITIVE"]})
+        calls = [("I love this movie!", {}), (["this was terrible", "hello world", "the food was good"], {"top_k": None}),
+                 ({"text": "a premise", "text_pair": "a hypothesis"}, {"function_to_apply": "sigmoid"})]
+        answers = [_request(url, {"inputs": inputs, "parameters": parameters}) for inputs, parameters in calls]
+        assert answers == [(200, json.loads(json.dumps(runtime(inputs, **parameters)))) for inputs, parameters in calls]
+        assert len({label["label"] for label in answers[1][1][0]}) == 3
+        status, error = _request(url, {"inputs": "text", "parameters": {"top_k": "two"}})
+        assert status == 400 and "top_k" in error["error"], error
+        assert _request(url, {"text": "no inputs key"}) == (400, {"error": 'send {"inputs": ..., "parameters": {...}}'})
+    finally:
+        server.terminate()
+        server.wait(10)
