@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, for_transformers_4, optimum_python, trained_bpe, trained_wordpiece
 
 import onnxmeta_runtime as rt
-from helpers import ROOT, for_transformers_4, optimum_python, trained_bpe, trained_wordpiece
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
