@@ -45,8 +45,13 @@ def _example(name: str):
     return module
 
 
-def test_ray_data_embeds_a_corpus_as_one_process(feature_model):
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ray[data]' (in the [test] extra)")
+@pytest.fixture(scope="module")
+def ray():
+    """Ray, or the test skipped with the reason before any model is built."""
+    return pytest.importorskip("ray", reason="Ray is not installed: pip install 'ray[data]' (in the [test] extra)")
+
+
+def test_ray_data_embeds_a_corpus_as_one_process(ray, feature_model):
     example = _example("ray_embed")
     runtime = example.Runtime(feature_model, intra_op_num_threads=1)
     expected = runtime.encode(CORPUS)
