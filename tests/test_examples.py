@@ -51,16 +51,17 @@ def ray():
     return pytest.importorskip("ray", reason="Ray is not installed: pip install 'ray[data]' (in the [test] extra)")
 
 
-def test_ray_data_embeds_a_corpus_as_one_process(ray, feature_model):
+def test_ray_data_embeds_a_corpus_as_one_process(ray, feature_model, tmp_path):
+    """The example's command line, in local mode: its vectors are one process's encode() of the corpus."""
     example = _example("ray_embed")
-    runtime = example.Runtime(feature_model, intra_op_num_threads=1)
-    expected = runtime.encode(CORPUS)
+    expected = rt.Runtime(feature_model).encode(CORPUS)
     assert len({tuple(np.round(v, 3)) for v in expected}) > len(CORPUS) // 2  # different texts, different vectors
-    example.start_ray(3)
-    try:
-        vectors = example.embed_corpus(runtime, CORPUS, actors=2, batch_size=8)
-    finally:
-        ray.shutdown()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{text}\n" for text in CORPUS), encoding="utf-8")
+    assert example.main([str(feature_model), str(corpus), str(tmp_path / "vectors.npy"), "--actors", "2",
+                         "--batch-size", "8"]) == 0
+    assert not ray.is_initialized()
+    vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape == expected.shape and vectors.dtype == np.float32
     # other batches pad differently: equal up to float rounding
     np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
