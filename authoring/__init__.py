@@ -14,6 +14,7 @@ from onnxmeta_runtime import (
     ProcessorReconstructionError,
     TaskDetectionError,
     UnsupportedVersionError,
+    __version__,
     read_metadata,
 )
 
@@ -40,6 +41,7 @@ __all__ = (
     "ProcessorReconstructionError",
     "TaskDetectionError",
     "UnsupportedVersionError",
+    "__version__",
     "describe",
     "describe_layout",
     "detect_task",

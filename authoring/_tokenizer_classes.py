@@ -6,6 +6,8 @@ tests/test_tables.py checks it against the installed transformers.
 
 from typing import Any
 
+TRANSFORMERS_VERSION = '5.24.0'  # the release these tables were read from
+
 # tokenizer_class (without "Fast") -> the class AutoTokenizer loads (as saved), its model_input_names,
 # padding and truncation sides, model_max_length (None: no limit), clean_up_tokenization_spaces, special
 # tokens, and the constructor options it applies to the tokenizers backend, with their defaults

@@ -27,6 +27,7 @@ def _safe(value: Any) -> str:
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Make ONNX models self-contained.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {rt.__version__} (metadata format {rt.FORMAT_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")

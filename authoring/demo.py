@@ -116,5 +116,6 @@ def run_demo(output_dir: str | Path = "onnxmeta-demo") -> list[dict[str, object]
     print(f"\n{runtime!r} with only the runtime file, onnxruntime and tokenizers:")
     for text, result in zip(EXAMPLES, results):
         print(f"  {text!r:50} -> {result['label']} ({result['score']:.3f})")
-    print(f"\ntry: python runtime/onnxmeta_runtime.py {final} \"what a wonderful day\"")
+    # -m: the runtime file is wherever it was installed (runtime/ in a clone, site-packages from a wheel)
+    print(f"\ntry: python -m onnxmeta_runtime {final} \"what a wonderful day\"")
     return results

@@ -17,6 +17,7 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataExtractionError
 
+from ._tokenizer_classes import TRANSFORMERS_VERSION as TABLES_TRANSFORMERS_VERSION
 from .tasks import detect_task, resolve_task
 from .tokenizer_files import files_metadata
 
@@ -114,6 +115,15 @@ def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
         ) from None
 
 
+def _transformers_version() -> str:
+    """The transformers release whose rules resolve the tokenizer config: the installed one, else the one the
+    tokenizer tables were generated from (without transformers, only tokenizer.json folders are read)."""
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return TABLES_TRANSFORMERS_VERSION
+
+
 def _add_chat_template(config: dict[str, Any], folder: Path) -> None:
     """Put the chat template where the runtime reads it, config["chat_template"]: transformers 5 saves it
     beside the tokenizer config as chat_template.jinja, older versions inside it."""
@@ -124,8 +134,14 @@ def _add_chat_template(config: dict[str, Any], folder: Path) -> None:
 
 def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
     """hf_tokenizer_config, and with include_vocab the tokenizer.json text, as transformers loads and saves them."""
-    from transformers import AutoTokenizer
-
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        # not MetadataExtractionError: that falls back to the minimal level, and this is fixed by installing
+        raise rt.MetadataError(
+            f"the tokenizer in {folder} can only be read by transformers (no tokenizer.json, or settings the files alone "
+            "do not resolve); pip install 'onnxmeta[transformers]'"
+        ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises ValueError, OSError, KeyError... for unknown classes
@@ -136,7 +152,7 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
         _add_chat_template(config, Path(tmp))
         tokenizer_json = Path(tmp, "tokenizer.json")
         text = tokenizer_json.read_text(encoding="utf-8") if tokenizer_json.is_file() else None
-    for key in _LOADING_KEYS:
+    for key in (*_LOADING_KEYS, "added_tokens_decoder"):  # transformers 4 saves the added tokens, also in tokenizer.json
         config.pop(key, None)
     # what transformers uses but saves only when the folder said it: the class's defaults, written out so that
     # a runtime needs no table of classes (no token_type_ids for RoBERTa, left padding for Llama...)
@@ -350,7 +366,7 @@ class MetadataDiscovery:
         metadata: dict[str, Any] = {
             rt.KEY_VERSION: rt.FORMAT_VERSION,
             rt.KEY_TIMESTAMP: export_timestamp(),
-            rt.KEY_TRANSFORMERS_VERSION: importlib.metadata.version("transformers"),
+            rt.KEY_TRANSFORMERS_VERSION: _transformers_version(),
             rt.KEY_EMBEDDING_LEVEL: wanted.name,
         }
         if wanted.include_model_config:

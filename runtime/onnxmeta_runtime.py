@@ -1267,7 +1267,9 @@ def _pil() -> Any:
     try:
         from PIL import Image
     except ImportError:
-        raise ProcessorReconstructionError("image models need Pillow; pip install Pillow") from None
+        raise ProcessorReconstructionError(
+            "image models need Pillow; pip install Pillow (or the onnxmeta[vision] extra)"
+        ) from None
     return Image
 
 
@@ -1788,7 +1790,7 @@ def _read_audio_file(data: bytes, name: str) -> tuple[np.ndarray, int]:
     except ImportError:
         raise InvalidInputError(
             f"{name} is not a WAV file this runtime decodes; other formats (FLAC, OGG, MP3, ...) are read through "
-            "the soundfile package: pip install soundfile"
+            "the soundfile package: pip install soundfile (or the onnxmeta[audio] extra)"
         ) from None
     import io
 
@@ -5650,6 +5652,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                "input (a text, a {\"question\": ..., \"context\": ...} object, ...) and each result is written as "
                "one JSON line.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (metadata format {FORMAT_VERSION})")
     parser.add_argument("model", help="a self-contained .onnx file")
     parser.add_argument("inputs", nargs="*",
                         help="what to run the model on: texts (question-answering: a question and a context); "

@@ -160,13 +160,17 @@ def _dict_lines(name: str, annotation: str, value: dict[str, Any]) -> list[str]:
     return lines + ["}"]
 
 
-def _header(what: str) -> list[str]:
+def _transformers_version() -> str:
     import transformers
 
+    return str(transformers.__version__)
+
+
+def _header(what: str) -> list[str]:
     return [
         f'"""{what}',
         "",
-        f"Generated from transformers {transformers.__version__} by `{COMMAND}`; do not edit by hand.",
+        f"Generated from transformers {_transformers_version()} by `{COMMAND}`; do not edit by hand.",
         "tests/test_tables.py checks it against the installed transformers.",
         '"""',
         "",
@@ -183,6 +187,7 @@ def render_tokenizer_classes() -> str:
     tables = tokenizer_tables()
     lines = _header("What transformers' tokenizer classes default to, for building metadata from tokenizer.json alone.")
     lines += ["from typing import Any", ""]
+    lines += [f"TRANSFORMERS_VERSION = {_transformers_version()!r}  # the release these tables were read from", ""]
     lines += ["# tokenizer_class (without \"Fast\") -> the class AutoTokenizer loads (as saved), its model_input_names,",
               "# padding and truncation sides, model_max_length (None: no limit), clean_up_tokenization_spaces, special",
               "# tokens, and the constructor options it applies to the tokenizers backend, with their defaults"]

@@ -365,7 +365,7 @@ def test_wave_bytes_helpers_are_stdlib_only():
     try:
         np.testing.assert_array_equal(rt.load_audio(buffer.getvalue(), 16000), np.arange(-5, 5) / 32768)
         with pytest.raises(rt.InvalidInputError, match=r"'.*jfk.flac' is not a WAV file this runtime decodes; other formats "
-                           r"\(FLAC, OGG, MP3, ...\) are read through the soundfile package: pip install soundfile"):
+                           r"\(FLAC, OGG, MP3, ...\) are read through the soundfile package: pip install soundfile \(or the onnxmeta\[audio\] extra\)"):
             rt.load_audio(asset(JFK_FLAC), 16000)
     finally:
         if saved is None:

@@ -111,7 +111,7 @@ def test_bad_files(ctc, tmp_path, wav_bytes):
     out = subprocess.run([sys.executable, "-c", script, str(ROOT / "runtime"), str(tmp_path / "notes.txt")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("is not a WAV file this runtime decodes; other formats (FLAC, OGG, MP3, ...) are read "
-                                "through the soundfile package: pip install soundfile")
+                                "through the soundfile package: pip install soundfile (or the onnxmeta[audio] extra)")
 
 
 def test_bad_options(ctc, classifier):

@@ -501,7 +501,7 @@ def test_pillow_is_imported_only_when_an_image_is_used():
         "try:\n    rt.load_image(np.zeros((4, 4, 3), np.uint8))\n"
         "except rt.ProcessorReconstructionError as exc:\n    print(exc)\n"
     )
-    assert result.stdout.strip() == "image models need Pillow; pip install Pillow", result.stderr
+    assert result.stdout.strip() == "image models need Pillow; pip install Pillow (or the onnxmeta[vision] extra)", result.stderr
 
 
 # --- authoring: old and new preprocessor files are image processors ----------------------------------------

@@ -1,9 +1,11 @@
-"""Prove that ``runtime/onnxmeta_runtime.py`` works when vendored alone.
+"""Prove that ``runtime/onnxmeta_runtime.py`` works when vendored alone, for text, image and audio models.
 
-Builds the demo model (or takes ``--model``), prepares a clean virtual environment that holds only
-numpy, onnxruntime and tokenizers (same versions as this interpreter; cached and reused), copies the
-runtime file and the model into an empty temporary folder and runs them there in isolated mode,
-checking that transformers, torch, onnx and the authoring package cannot be imported.
+Builds the demo text model (or takes ``--model``) and tiny image and audio classifiers, prepares one clean
+virtual environment a kind with only what the README says that kind needs (same versions as this interpreter;
+cached and reused): numpy, onnxruntime and tokenizers for text; numpy, onnxruntime and Pillow for images; numpy
+and onnxruntime alone for audio. It copies the runtime file and a model into an empty temporary folder and runs
+them there in isolated mode, checking that transformers, torch, onnx, the authoring package and the packages the
+kind does not need cannot be imported.
 
 Usage: ``python vendor_check/check.py [--model PATH] [--venv DIR] [--fresh]``. Exits 0 on success.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,43 +23,84 @@ import tempfile
 import time
 import venv
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = REPO / "runtime" / "onnxmeta_runtime.py"
-PACKAGES = ("numpy", "onnxruntime", "tokenizers")
 DEFAULT_VENV = Path.home() / ".cache" / "onnxmeta" / "vendor-venv"
+# What each kind of model needs beside the runtime file; the venvs of images and audio sit beside --venv's.
+PACKAGES = {"text": ("numpy", "onnxruntime", "tokenizers"), "image": ("numpy", "onnxruntime", "Pillow"),
+            "audio": ("numpy", "onnxruntime")}
+ABSENT = ("transformers", "torch", "onnx", "authoring")
 
-# Runs inside the clean venv with cwd = the vendor folder; argv: vendor folder, model file name.
-VENDORED_CHECK = """
+# Run inside a clean venv with cwd = the vendor folder; argv: vendor folder, model file name, modules that must be absent.
+PRELUDE = """
 import importlib.util, json, subprocess, sys
 from pathlib import Path
-folder, model = Path(sys.argv[1]).resolve(), sys.argv[2]
-for name in ("transformers", "torch", "onnx", "authoring"):
+folder, model, absent = Path(sys.argv[1]).resolve(), sys.argv[2], sys.argv[3].split(",")
+for name in absent:
     assert importlib.util.find_spec(name) is None, f"{name} is importable from the clean venv"
 import numpy
 assert Path(numpy.__file__).resolve().is_relative_to(Path(sys.prefix).resolve()), numpy.__file__
 sys.path.insert(0, str(folder))
 import onnxmeta_runtime
 assert Path(onnxmeta_runtime.__file__).resolve().parent == folder, onnxmeta_runtime.__file__
+
+def cli(*inputs):
+    done = subprocess.run([sys.executable, "-I", "onnxmeta_runtime.py", model, *inputs], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+"""
+
+VENDORED_CHECKS = {
+    "text": PRELUDE + """
 task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
 assert task == "text-classification", f"hf_pipeline_task is {task!r}"
 out = onnxmeta_runtime.Runtime(model)(["I love this movie!", "This was a terrible waste of time."])
 assert [r["label"] for r in out] == ["POSITIVE", "NEGATIVE"], out
-cli = subprocess.run([sys.executable, "-I", "onnxmeta_runtime.py", model, "I love this movie!"],
-                     capture_output=True, text=True, check=True)
-assert json.loads(cli.stdout)[0]["label"] == "POSITIVE", cli.stdout
-print(f"  api: {out}")
-print(f"  cli: {json.loads(cli.stdout)}")
-"""
+line = cli("I love this movie!")
+assert line[0]["label"] == "POSITIVE", line
+print(f"  text api: {[r['label'] for r in out]}; cli: {line[0]['label']}")
+""",
+    "image": PRELUDE + """
+from PIL import Image
+task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
+assert task == "image-classification", f"hf_pipeline_task is {task!r}"
+Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
+blue = numpy.zeros((40, 50, 3), numpy.uint8)
+blue[..., 2] = 255
+out = onnxmeta_runtime.Runtime(model)(["red.png", blue], top_k=1)
+assert [r[0]["label"] for r in out] == ["RED", "BLUE"], out
+line = cli("red.png")
+assert line[0]["label"] == "RED", line
+print(f"  image api: {[r[0]['label'] for r in out]}; cli: {line[0]['label']}")
+""",
+    "audio": PRELUDE + """
+import wave
+task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
+assert task == "audio-classification", f"hf_pipeline_task is {task!r}"
+tone = (0.5 * numpy.sin(2 * numpy.pi * 440 * numpy.arange(16000) / 16000) * 32767).astype("<i2")
+with wave.open("tone.wav", "wb") as file:
+    file.setnchannels(1)
+    file.setsampwidth(2)
+    file.setframerate(16000)
+    file.writeframes(tone.tobytes())
+out = onnxmeta_runtime.Runtime(model)(["tone.wav", numpy.zeros(16000, numpy.float32)], top_k=1)
+assert [r[0]["label"] for r in out] == ["LOUD", "QUIET"], out
+line = cli("tone.wav")
+assert line[0]["label"] == "LOUD", line
+print(f"  audio api: {[r[0]['label'] for r in out]}; cli: {line[0]['label']}")
+""",
+}
 
 
 class CheckError(Exception):
     """A step of the check failed; the message says which and why."""
 
 
-def run(cmd: list[str], step: str, cwd: Path | None = None) -> str:
+def run(cmd: list[str], step: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     """Run ``cmd`` and return its stdout, or raise CheckError with its output."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CheckError(f"{step} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -64,13 +108,79 @@ def run(cmd: list[str], step: str, cwd: Path | None = None) -> str:
 
 def build_demo(out_dir: Path) -> Path:
     """Build the demo model with the current interpreter and return its path."""
-    run([sys.executable, "-m", "authoring", "demo", "--output-dir", str(out_dir)], "building the demo model", cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}  # this checkout's
+    run([sys.executable, "-m", "authoring", "demo", "--output-dir", str(out_dir)], "building the demo model", cwd=REPO,
+        env=env)
     return out_dir / "sentiment.onnx"
 
 
-def wanted_versions() -> dict[str, str]:
-    """The versions of the runtime dependencies installed in the current interpreter."""
-    return {name: importlib.metadata.version(name) for name in PACKAGES}
+def _classifier(path: Path, input_name: str, shape: list[object], nodes: list[Any], weights: dict[str, Any]) -> None:
+    """A graph from `input_name` to (batch, 2) logits, written to path."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, path.stem, inputs=[helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(np.array(value, dtype=np.float32), name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def _embedded(out_dir: Path, name: str, config: dict[str, Any], processor: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """A Hugging Face folder (config.json, preprocessor_config.json) and the paths of its plain and embedded graphs."""
+    folder = out_dir / f"{name}-hf"
+    folder.mkdir(parents=True)
+    labels = config["id2label"]
+    config = {**config, "label2id": {label: int(i) for i, label in labels.items()}}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return folder, out_dir / f"{name}-plain.onnx", out_dir / f"{name}.onnx"
+
+
+def build_image_and_audio(out_dir: Path) -> dict[str, Path]:
+    """Tiny image and audio classifiers built with onnx.helper, embedded by authoring: RED/BLUE from the mean colour
+    of a ViT-processed image, LOUD/QUIET from the mean magnitude of a 16 kHz waveform."""
+    from onnx import helper
+
+    sys.path[:0] = [str(REPO / "runtime"), str(REPO)]
+    from authoring import embed_metadata
+
+    image, image_plain, image_model = _embedded(
+        out_dir, "image",
+        {"architectures": ["ViTForImageClassification"], "model_type": "vit", "image_size": 32, "num_channels": 3,
+         "id2label": {"0": "RED", "1": "BLUE"}},
+        {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+         "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    _classifier(image_plain, "pixel_values", ["batch", 3, 32, 32],
+                [helper.make_node("ReduceMean", ["pixel_values"], ["means"], axes=[2, 3], keepdims=0),
+                 helper.make_node("MatMul", ["means", "weights"], ["logits"])],
+                {"weights": [[4, 0], [0, 0], [0, 4]]})
+    audio, audio_plain, audio_model = _embedded(
+        out_dir, "audio",
+        {"architectures": ["Wav2Vec2ForSequenceClassification"], "model_type": "wav2vec2",
+         "id2label": {"0": "QUIET", "1": "LOUD"}},
+        {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000,
+         "padding_value": 0.0, "do_normalize": False, "return_attention_mask": False})
+    _classifier(audio_plain, "input_values", ["batch", "samples"],
+                [helper.make_node("Abs", ["input_values"], ["magnitude"]),
+                 helper.make_node("ReduceMean", ["magnitude"], ["level"], axes=[1], keepdims=1),
+                 helper.make_node("MatMul", ["level", "weights"], ["scaled"]),
+                 helper.make_node("Add", ["scaled", "bias"], ["logits"])],
+                {"weights": [[-20, 20]], "bias": [1, -1]})
+    for folder, plain, model in ((image, image_plain, image_model), (audio, audio_plain, audio_model)):
+        embed_metadata(plain, folder, model, include_vocab=True)
+    return {"image": image_model, "audio": audio_model}
+
+
+def wanted_versions(kind: str) -> dict[str, str]:
+    """The versions, in the current interpreter, of what a kind of model needs."""
+    return {name: importlib.metadata.version(name) for name in PACKAGES[kind]}
 
 
 def venv_python(venv_dir: Path) -> Path:
@@ -78,12 +188,12 @@ def venv_python(venv_dir: Path) -> Path:
     return venv_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
 
 
-def installed_versions(python: Path) -> dict[str, str]:
-    """The versions of PACKAGES in the venv (missing ones left out)."""
+def installed_versions(python: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The versions of `names` in the venv (missing ones left out)."""
     code = (
         "import importlib.metadata as m, json\n"
         "v = {}\n"
-        f"for n in {PACKAGES!r}:\n"
+        f"for n in {names!r}:\n"
         "    try: v[n] = m.version(n)\n"
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps(v))"
@@ -91,51 +201,62 @@ def installed_versions(python: Path) -> dict[str, str]:
     return json.loads(run([str(python), "-I", "-c", code], "reading the venv's packages"))
 
 
-def prepare_venv(venv_dir: Path, fresh: bool) -> tuple[Path, str]:
+def prepare_venv(venv_dir: Path, kind: str, fresh: bool) -> tuple[Path, str]:
     """Create (or reuse) a clean venv holding exactly the wanted versions; return its python and what was done."""
-    python, wanted = venv_python(venv_dir), wanted_versions()
+    python, wanted = venv_python(venv_dir), wanted_versions(kind)
     if fresh or not python.exists():
         venv.create(venv_dir, clear=True, with_pip=True, system_site_packages=False)
-    elif installed_versions(python) == wanted:
+    elif installed_versions(python, PACKAGES[kind]) == wanted:
         return python, "reused"
     pins = [f"{name}=={version}" for name, version in wanted.items()]
     run([str(python), "-I", "-m", "pip", "install", "--disable-pip-version-check", "-q", *pins], "pip install")
-    if installed_versions(python) != wanted:
-        raise CheckError(f"venv packages {installed_versions(python)} != wanted {wanted}")
+    if installed_versions(python, PACKAGES[kind]) != wanted:
+        raise CheckError(f"venv packages {installed_versions(python, PACKAGES[kind])} != wanted {wanted}")
     return python, "installed " + " ".join(pins)
 
 
-def check_vendored(python: Path, model: Path) -> str:
-    """Copy the runtime file and the model into an empty folder and run the checks there."""
+def absent(kind: str) -> list[str]:
+    """What must not be importable beside a kind's packages: the heavy ones and the other kinds' optional ones."""
+    optional = {"tokenizers": "tokenizers", "Pillow": "PIL"}
+    return [*ABSENT, "soundfile", *(module for name, module in optional.items() if name not in PACKAGES[kind])]
+
+
+def check_vendored(python: Path, kind: str, model: Path) -> str:
+    """Copy the runtime file and the model into an empty folder and run the kind's checks there."""
     with tempfile.TemporaryDirectory(prefix="onnxmeta-vendored-") as tmp:
         folder = Path(tmp)
         shutil.copy2(RUNTIME, folder)
         shutil.copy2(model, folder)
-        cmd = [str(python), "-I", "-c", VENDORED_CHECK, str(folder), model.name]
-        return run(cmd, "the vendored runtime check", cwd=folder)
+        cmd = [str(python), "-I", "-c", VENDORED_CHECKS[kind], str(folder), model.name, ",".join(absent(kind))]
+        return run(cmd, f"the vendored runtime check ({kind})", cwd=folder)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="self-contained model to use (default: build the demo)")
-    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"clean venv folder (default: {DEFAULT_VENV})")
-    parser.add_argument("--fresh", action="store_true", help="recreate the venv")
+    parser.add_argument("--model", type=Path, help="self-contained text model to use (default: build the demo)")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
+                        help=f"clean venv folder for text (default: {DEFAULT_VENV}); image and audio use <venv>-image, "
+                             "<venv>-audio")
+    parser.add_argument("--fresh", action="store_true", help="recreate the venvs")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="onnxmeta-demo-") as build_dir:
-            model = args.model.resolve() if args.model else build_demo(Path(build_dir))
-            if not model.is_file():
-                raise CheckError(f"no model at {model}")
-            print(f"model:   {model}")
-            python, action = prepare_venv(args.venv.expanduser(), args.fresh)
-            print(f"venv:    {args.venv.expanduser()} ({action})")
-            print(f"vendored {RUNTIME.name} alone; no transformers/torch/onnx/authoring:")
-            print(check_vendored(python, model), end="")
+            models = build_image_and_audio(Path(build_dir))
+            models["text"] = args.model.resolve() if args.model else build_demo(Path(build_dir) / "demo")
+            if not models["text"].is_file():
+                raise CheckError(f"no model at {models['text']}")
+            base = args.venv.expanduser()
+            for kind in ("text", "image", "audio"):
+                venv_dir = base if kind == "text" else base.with_name(f"{base.name}-{kind}")
+                python, action = prepare_venv(venv_dir, kind, args.fresh)
+                print(f"{kind}: {models[kind].name}; venv {venv_dir} with {' '.join(PACKAGES[kind])} ({action})")
+                print(f"  vendored {RUNTIME.name} alone; not importable: {', '.join(absent(kind))}")
+                print(check_vendored(python, kind, models[kind]), end="")
     except CheckError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
-    print(f"OK: the vendored runtime works alone ({time.perf_counter() - start:.1f}s)")
+    print(f"OK: the vendored runtime works alone for text, image and audio ({time.perf_counter() - start:.1f}s)")
     return 0
 
 
