@@ -112,7 +112,7 @@ class ExportReport:
     file_bytes: int
     """The output's size, its external data files included."""
     plain_bytes: int
-    """The exported graph's size before optimization and quantization (its data files included)."""
+    """The size the file has without optimization and quantization (the same metadata; data files included)."""
     entries: list[EmbeddedEntry]
     accuracy: Accuracy | None = None
     checks: list[Check] = field(default_factory=list)
@@ -332,7 +332,8 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
     auto_class, wanted = _TORCH_TASKS[task]
     with _quiet():
         try:
-            model = getattr(transformers, auto_class).from_pretrained(os.fspath(folder)).eval()
+            # eager attention: onnxruntime's optimizer fuses its pattern into Attention, not the one of SDPA
+            model = getattr(transformers, auto_class).from_pretrained(os.fspath(folder), attn_implementation="eager").eval()
         except Exception as exc:  # noqa: BLE001 - from_pretrained raises ValueError, OSError, KeyError...
             raise MetadataExtractionError(f"transformers cannot load {folder.name} as {auto_class} for {task}: "
                                           f"{str(exc).strip()[:300]}") from None
@@ -472,7 +473,7 @@ def quantize_graph(src: Path, dst: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------
 
 PROBE_TEXTS = ("I love this movie, it was wonderful!", "The service was slow and the food arrived cold.",
-               "Paris is the capital of France.", "hello")
+               "Paris is the capital of France.", "My name is Wolfgang and I live in Berlin.", "hello")
 
 
 def _token(value: Any) -> str | None:
@@ -680,10 +681,11 @@ def export(
         staged = tmp / "out" / output.name
         with progress.step("embedding the metadata"):
             report = embed(final, {**metadata, rt.KEY_EXPORT_CONFIG: export_config}, staged, compress_threshold=threshold)
-        accuracy = None
+        accuracy, plain_bytes = None, None
         if final != graph:
             plain = tmp / "plain" / output.name
             embed(graph, metadata, plain, compress_threshold=threshold)
+            plain_bytes = _file_bytes(plain)
             with progress.step("measuring the accuracy cost on probe inputs"):
                 accuracy = compare(plain, staged)
         checks: list[Check] = []
@@ -697,7 +699,7 @@ def export(
                     f"the exported file fails validation, so {output} was not written: "
                     + "; ".join(f"{c.name}: {c.message}" for c in failed) + " (--no-validate writes it anyway)"
                 )
-        file_bytes, plain_bytes = _file_bytes(staged), _file_bytes(graph)
+        file_bytes = _file_bytes(staged)
         _move_into_place(staged, output)
-    return ExportReport(os.fspath(output), chosen, how["exporter"], export_config, file_bytes, plain_bytes, report.entries,
-                        accuracy, checks, layout)
+    return ExportReport(os.fspath(output), chosen, how["exporter"], export_config, file_bytes, plain_bytes or file_bytes,
+                        report.entries, accuracy, checks, layout)
