@@ -271,7 +271,8 @@ def _optimum_export(folder: Path, out: Path, task: str, config: Mapping[str, Any
     try:
         with _quiet(), _optimum_notes():
             main_export(os.fspath(folder), out, task=optimum_task, opset=opset, library_name="transformers", device="cpu",
-                        do_validation=check, no_post_process=config.get("is_encoder_decoder") is True, **shapes)
+                        do_validation=check, no_post_process=config.get("is_encoder_decoder") is True,
+                        trust_remote_code=False, **shapes)
     except Exception as exc:  # Optimum, transformers and torch raise anything
         logger.debug("Optimum's export failed", exc_info=True)
         raise MetadataExtractionError(
@@ -333,7 +334,8 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
     with _quiet():
         try:
             # eager attention: onnxruntime's optimizer fuses its pattern into Attention, not the one of SDPA
-            model = getattr(transformers, auto_class).from_pretrained(os.fspath(folder), attn_implementation="eager").eval()
+            model = getattr(transformers, auto_class).from_pretrained(os.fspath(folder), attn_implementation="eager",
+                                                                      trust_remote_code=False).eval()
         except Exception as exc:  # noqa: BLE001 - from_pretrained raises ValueError, OSError, KeyError...
             raise MetadataExtractionError(f"transformers cannot load {folder.name} as {auto_class} for {task}: "
                                           f"{str(exc).strip()[:300]}") from None
