@@ -1,4 +1,4 @@
-"""Command line: python -m authoring (or onnxmeta) {embed,inspect,validate,demo}."""
+"""Command line: python -m authoring (or onnxmeta) {export,embed,inspect,validate,demo}."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataError
 
+from . import progress
 from .discovery import EMBEDDING_LEVELS, MetadataDiscovery
 from .embedder import FolderResult, compress_threshold, embed, embed_folder
+from .export import DEFAULT_OPSET, OPTIMIZE_LEVELS, QUANTIZE_MODES
 from .inspection import checks_as_dicts, describe, validate
 from .seq2seq import is_seq2seq_export, merge_export
 
@@ -25,10 +27,33 @@ def _safe(value: Any) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
+def _loudness(parser: argparse.ArgumentParser, default: Any) -> None:
+    """-v/-q, before the command or after it (a command's default is SUPPRESS: it keeps the main parser's value)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log every step (and the exporters' warnings)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="log errors only; no progress display")
+
+
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Make ONNX models self-contained.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {rt.__version__} (metadata format {rt.FORMAT_VERSION})")
+    _loudness(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a hub id or model folder to ONE self-contained ONNX file")
+    p.add_argument("model", help="a hub id (bert-base-uncased, through the Hugging Face cache) or a local model folder")
+    p.add_argument("output", help="the ONNX file to write (e.g. model.onnx); replaced atomically when everything passed")
+    p.add_argument("--task", help="pipeline task to export for instead of the detected one (e.g. zero-shot-classification)")
+    p.add_argument("--revision", help="a branch, tag or commit of the hub id (default: main)")
+    p.add_argument("--opset", type=int, help=f"ONNX opset (default: Optimum's for the model, {DEFAULT_OPSET} with torch.onnx)")
+    p.add_argument("--level", choices=list(EMBEDDING_LEVELS), default="full",
+                   help="how much metadata to embed (default: full, with the vocabulary)")
+    p.add_argument("--optimize", choices=OPTIMIZE_LEVELS,
+                   help="onnxruntime's transformer optimizer: O1 basic graph optimizations, O2 extended ones and "
+                        "transformer fusions, O3 also the GELU approximation")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="dynamic int8 quantization of the weights")
+    p.add_argument("--no-validate", action="store_true", help="skip the exporter's check and the file's validation")
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
     p.add_argument("onnx", help="the ONNX file, or a folder of them (an Optimum export): every .onnx file in it; an "
@@ -47,6 +72,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--compress-threshold", type=float, metavar="KB",
                    help="compress values larger than this (default: the level's, 10 for full)")
     p.add_argument("--task", help="pipeline task to embed instead of the detected one")
+    p.add_argument("--revision", help="a branch, tag or commit of the hub id (default: main)")
 
     for name, aliases in (("inspect", ["analyze"]),):
         p = sub.add_parser(name, aliases=aliases, help="show what a file carries")
@@ -66,7 +92,33 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build a tiny sentiment model offline, embed, run it")
     p.add_argument("--output-dir", default="onnxmeta-demo", help="where to write the demo model")
+    for command in {id(c): c for c in sub.choices.values()}.values():  # an alias shares its command's parser
+        _loudness(command, argparse.SUPPRESS)
     return parser
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    report = export(args.model, args.output, task=args.task, revision=args.revision, opset=args.opset, level=args.level,
+                    optimize=args.optimize, quantize=args.quantize, validate=not args.no_validate)
+    config, mb = report.export_config, 1024 * 1024
+    made = " + ".join(filter(None, [config["exporter"], args.optimize, args.quantize]))
+    print(f"exported {_safe(args.model)} ({report.task}) with {made} into ONE file {_safe(report.output_path)}: "
+          f"{report.file_bytes / mb:.1f} MB, {len(report.entries)} metadata entries")
+    source = ", ".join(f"{k} {_safe(config[k])}" for k in ("revision", "commit") if k in config)
+    if source:
+        print(f"  source: {source}")
+    if report.layout is not None:
+        print(f"  encoder-decoder entry points: {', '.join(report.layout['entry_points'])}")
+    if report.accuracy is not None:
+        a = report.accuracy
+        worst = "no scores to compare" if a.max_score_difference is None else f"max score difference {a.max_score_difference:.2e}"
+        print(f"  vs the plain export ({report.plain_bytes / mb:.1f} MB) on {a.probes} probe inputs: {worst}; "
+              f"answers changed: {a.changed} of {a.probes}")
+    for c in report.checks:
+        print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}: {_safe(c.message)}")
+    return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -79,13 +131,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             f"{_safe(args.onnx)} is an encoder-decoder export, merged into one new file: --in-place and --jobs do not apply")
     if not Path(args.onnx).is_dir():
         rt.scan_model(args.onnx)  # a bad ONNX path fails before the slow discovery
-    metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task)
+    metadata = MetadataDiscovery().discover(args.model, level=level, task=args.task, revision=args.revision)
     threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], not args.no_compress, args.compress_threshold)
     if seq2seq:
         return _merge_folder(args, metadata, threshold)
     if Path(args.onnx).is_dir():
         return _embed_folder(args, metadata, threshold)
-    report = embed(args.onnx, metadata, args.output, compress_threshold=threshold, in_place=args.in_place)
+    with progress.step(f"embedding into {Path(args.onnx).name}"):
+        report = embed(args.onnx, metadata, args.output, compress_threshold=threshold, in_place=args.in_place)
     print(f"embedded {len(report.entries)} entries ({report.total_bytes / 1024:.1f} KB) into {report.output_path}")
     print(f"  task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}, level: {metadata[rt.KEY_EMBEDDING_LEVEL]}")
     for e in report.entries:
@@ -101,7 +154,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _merge_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold: int | None) -> int:
     """Merge an encoder-decoder export into one file with the metadata embedded."""
-    report = merge_export(args.onnx, args.output, metadata, compress_threshold=threshold)
+    with progress.step("merging the encoder-decoder into one file"):
+        report = merge_export(args.onnx, args.output, metadata, compress_threshold=threshold)
     mb = 1024 * 1024
     print(f"merged {_safe(args.onnx)} into ONE file {_safe(report.output_path)}: {report.file_bytes / mb:.1f} MB "
           f"(the export's files: {report.export_bytes / mb:.1f} MB, its weights once: {report.unique_weight_bytes / mb:.1f} MB)")
@@ -121,7 +175,8 @@ def _embed_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold:
     if args.jobs is not None and args.jobs < 1:
         raise rt.MetadataEmbeddingError(f"--jobs must be at least 1, got {args.jobs}")
 
-    def progress(done: int, total: int, result: FolderResult) -> None:
+    def done_one(done: int, total: int, result: FolderResult) -> None:
+        step.count(done, total)
         name = _safe(Path(result.onnx_path).name)
         if result.report is None:
             print(f"[{done}/{total}] {name}: failed: {_safe(result.error)}", file=sys.stderr, flush=True)
@@ -130,9 +185,9 @@ def _embed_folder(args: argparse.Namespace, metadata: dict[str, Any], threshold:
             print(f"[{done}/{total}] {name}: {len(result.report.entries)} entries, "
                   f"{result.report.total_bytes / 1024:.1f} KB{copied}", file=sys.stderr, flush=True)
 
-    results = embed_folder(args.onnx, metadata, args.output, compress_threshold=threshold, max_workers=args.jobs,
-                           in_place=args.in_place,
-                           progress=progress)
+    with progress.step(f"embedding the files of {Path(args.onnx).name}") as step:
+        results = embed_folder(args.onnx, metadata, args.output, compress_threshold=threshold, max_workers=args.jobs,
+                               in_place=args.in_place, progress=done_one)
     done = [r for r in results if r.report is not None]
     print(f"embedded level {metadata[rt.KEY_EMBEDDING_LEVEL]} metadata (task: {metadata.get(rt.KEY_PIPELINE_TASK) or '(none)'}) "
           f"into {len(done)} of {len(results)} files of {_safe(args.onnx)}, discovered once:")
@@ -185,8 +240,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     chosen = (args.check_metadata, args.check_task, args.check_processor, args.check_graph)
     every = not any(chosen)
-    checks = validate(args.onnx, check_metadata=every or args.check_metadata, check_task=every or args.check_task,
-                      check_processor=every or args.check_processor, check_graph=every or args.check_graph)
+    with progress.step(f"validating {Path(args.onnx).name}"):
+        checks = validate(args.onnx, check_metadata=every or args.check_metadata, check_task=every or args.check_task,
+                          check_processor=every or args.check_processor, check_graph=every or args.check_graph)
     if args.json:
         print(json.dumps({"ok": all(c.ok for c in checks), "checks": checks_as_dicts(checks)}, indent=2, sort_keys=True))
     else:
@@ -202,18 +258,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Formatter(logging.Formatter):
+    """warning: message, error: message (debug and info with the logger's name too, for -v)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _configure_output(verbose: bool, quiet: bool) -> None:
+    """Logging for the onnxmeta logger (-v: debug, -q: errors only, else warnings) on stderr, above the progress
+    line that long commands show on a terminal (not with -q)."""
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: an application (or pytest) that set up logging keeps its own
+        handler = progress.handler()
+        handler.setFormatter(_Formatter())
+        root.addHandler(handler)
+    logging.getLogger("onnxmeta").setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    if quiet:
+        progress.disable()
+    else:
+        progress.enable()
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point; returns the exit status. prog names the command in messages (default: the program's file
     name, onnxmeta for the console script)."""
     parser = _parser(prog)
     args = parser.parse_args(argv)
     args.prog = parser.prog
-    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    _configure_output(args.verbose, args.quiet)
     # transformers, imported only for tokenizers without tokenizer.json, notes that torch is missing and that it
     # does not know a config's model type: nothing this command needs
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    commands = {"embed": _cmd_embed, "inspect": _cmd_inspect, "analyze": _cmd_inspect, "validate": _cmd_validate,
-                "demo": _cmd_demo}
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if args.verbose else "error")
+    commands = {"export": _cmd_export, "embed": _cmd_embed, "inspect": _cmd_inspect, "analyze": _cmd_inspect,
+                "validate": _cmd_validate, "demo": _cmd_demo}
     try:
         return commands[args.command](args)
     except MetadataError as exc:

@@ -54,7 +54,7 @@ TOKENIZER_FILES = (
     "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
 )
 # What a hub download fetches: configs and tokenizer files, never weights.
-HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken")
+HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 # Written by transformers about how a tokenizer was loaded, not about the tokenizer.
 _LOADING_KEYS = ("is_local", "local_files_only", "name_or_path")
 
@@ -92,27 +92,60 @@ def _read_json(path: Path, kind: type = dict) -> Any:
     return value
 
 
-def resolve_model_folder(model_name_or_path: str | os.PathLike[str]) -> Path:
+def resolve_model_folder(model_name_or_path: str | os.PathLike[str], *, revision: str | None = None) -> Path:
     """A local folder holding the model's config and processor files (hub ids go through the cache)."""
     path = Path(model_name_or_path)
     if path.is_dir():
+        if revision is not None:
+            raise MetadataExtractionError(f"{path} is a local folder: --revision applies only to hub ids")
         return path
     if path.exists():
         raise MetadataExtractionError(
             f"{path} is a file; pass the model's folder (with config.json) or a hub id such as bert-base-uncased"
         )
-    name = os.fspath(model_name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
-        raise MetadataExtractionError(f"no such folder: {name}")
-    try:
-        from huggingface_hub import snapshot_download
+    return hub_snapshot(os.fspath(model_name_or_path), revision, HUB_PATTERNS)
 
-        return Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS)))
+
+def _is_hub_id(name: str) -> bool:
+    """Whether name can be a hub id (name or owner/name), rather than a path to a folder that does not exist."""
+    return not (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""))
+
+
+def hub_snapshot(repo_id: str, revision: str | None, patterns: Sequence[str]) -> Path:
+    """The files of a hub model that match patterns, through the Hugging Face cache (huggingface_hub's token and
+    cache settings: HF_TOKEN or a cached login, HF_HUB_CACHE, HF_HUB_OFFLINE); the folder is the cached snapshot,
+    named by its commit."""
+    if not _is_hub_id(repo_id):
+        raise MetadataExtractionError(f"no such folder: {repo_id}")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns)))
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types: offline, not found, gated, network
-        raise MetadataExtractionError(
-            f"cannot get {name!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            f"if you are offline, download it first (hf download {name}) or pass a local model folder"
-        ) from None
+        raise MetadataExtractionError(_hub_error(repo_id, revision, exc, constants)) from None
+
+
+def _hub_error(repo_id: str, revision: str | None, exc: Exception, constants: Any) -> str:
+    """What went wrong getting a hub model, and what to do: the download command, the cache it must reach."""
+    at = f" at revision {revision}" if revision else ""
+    download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    kind = type(exc).__name__
+    reason = str(exc).splitlines()[0][:200] if str(exc) else kind
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        return (f"cannot get {repo_id!r}{at} from the Hugging Face hub: {why} and it is not in the cache "
+                f"{constants.HF_HUB_CACHE}; download it first where the hub can be reached: {download} (into that "
+                "cache), or pass a local model folder")
+    if kind == "GatedRepoError":
+        return (f"{repo_id!r} is gated on the Hugging Face hub: accept its conditions on its page, then log in "
+                "(hf auth login) or set HF_TOKEN")
+    if kind == "RepositoryNotFoundError":
+        return (f"no model {repo_id!r} on the Hugging Face hub, or it is private: check the id, or log in (hf auth "
+                "login) or set HF_TOKEN; a local folder must exist")
+    if kind == "RevisionNotFoundError":
+        return f"{repo_id!r} has no revision {revision!r} on the Hugging Face hub (a branch, tag or commit)"
+    return (f"cannot get {repo_id!r}{at} from the Hugging Face hub ({kind}: {reason}); if you are offline, download "
+            f"it first ({download}) or pass a local model folder")
 
 
 def _transformers_version() -> str:
@@ -327,10 +360,11 @@ class MetadataDiscovery:
             return list(pool.map(one, models))
 
     def discover(
-        self, model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None
+        self, model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None,
+        revision: str | None = None,
     ) -> dict[str, Any]:
-        """Metadata for a local model folder or a hub id, at an embedding level."""
-        folder = resolve_model_folder(model_name_or_path)
+        """Metadata for a local model folder or a hub id (at a revision), at an embedding level."""
+        folder = resolve_model_folder(model_name_or_path, revision=revision)
         return self.discover_folder(folder, level=level, task=task)
 
     def discover_from_hf(
@@ -410,6 +444,7 @@ class MetadataDiscovery:
         return out
 
 
-def discover(model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None) -> dict[str, Any]:
-    """Metadata for a local model folder or a hub id."""
-    return MetadataDiscovery().discover(model_name_or_path, level=level, task=task)
+def discover(model_name_or_path: str | os.PathLike[str], *, level: str = "essential", task: str | None = None,
+             revision: str | None = None) -> dict[str, Any]:
+    """Metadata for a local model folder or a hub id (at a revision)."""
+    return MetadataDiscovery().discover(model_name_or_path, level=level, task=task, revision=revision)

@@ -7,8 +7,10 @@
 3. cold start of a Runtime vs Optimum + transformers pipeline           bench_runtime.py
 4. throughput on 256 texts vs Optimum (batch 32, 1) and a hand loop     bench_runtime.py
 5. the embed command as a whole process vs an onnx.load+save process    bench_process.py
+6. optimized (O1-O3) and dynamic-int8 exports vs the plain export        bench_export.py
+   (texts/s at batch 8 and 1, file size, max score difference)
 
-1-4 time the operation inside a process whose imports are done (in-process figures); 5 times what a user
+1-4 and 6 time the operation inside a process whose imports are done (in-process figures); 5 times what a user
 waits for: process start, imports and work (whole-process figures).
 
 With --all (or --parts NAME ...), each modality's own bench script runs after them, as its own process,
@@ -34,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_export
 import bench_metadata
 import bench_process
 import bench_runtime
@@ -76,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     rt = bench_runtime.run(args.repeats)
     print("\n== 5: the embed command, whole process ==")
     proc = bench_process.run(max(args.repeats, 5))
+    print("\n== 6: optimized and quantized exports ==")
+    exported = bench_export.run(args.repeats)
     r, q, p = io["ratios"], rt["ratios"], proc["ratios"]
+    x, variants = exported["ratios"], exported["variants"]
     rows = [
         ("1 read_metadata speed vs onnx.load", f"{r['read_speedup_vs_onnx_load']:.0f}x faster", ">= 100x",
          r["read_speedup_vs_onnx_load"] >= 100),
@@ -99,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         ("5 embed command vs onnx load+save proc", f"{p['embed_process_vs_onnx_process']:.2f}x", "<= 0.5x",
          p["embed_process_vs_onnx_process"] <= 0.5),
         ("5 embed command peak RSS", f"{p['embed_process_rss_mb']:.0f} MB", "< 150 MB", p["embed_process_rss_mb"] < 150),
+        *[(f"6 {name} vs plain, batch 8 / 1", f"{x[name]['speed_vs_plain_bs8']:.2f}x / {x[name]['speed_vs_plain_bs1']:.2f}x",
+           "", None) for name in ("O2", "O3", "int8", "O2+int8")],
+        *[(f"6 {name} size vs plain; max diff", f"{x[name]['size_vs_plain']:.2f}x; "
+           f"{variants[name]['max_score_difference']:.0e}", "", None) for name in ("int8", "O2+int8")],
     ]
     print(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
     print(f"{'measure':<38}{'measured':>14}{'target':>16}  verdict")
     for name, value, target, ok in rows:
         print(f"{name:<38}{value:>14}{target:>16}  {'' if ok is None else 'PASS' if ok else 'MISS'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "embed_process": proc,
+    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "embed_process": proc, "export": exported,
                                      "seconds": time.perf_counter() - start}, indent=2))
     print(f"\nwrote {args.json}")
     return max(run_modalities(parts).values(), default=0)

@@ -231,8 +231,10 @@ def test_hub_id_offline_fails_clearly(tmp_path, monkeypatch):
     with pytest.raises(rt.MetadataExtractionError) as info:
         authoring.discover("bert-base-uncased")
     message = str(info.value)
-    assert message.startswith("cannot get 'bert-base-uncased' from the Hugging Face hub (")
-    assert message.endswith("if you are offline, download it first (hf download bert-base-uncased) or pass a local model folder")
+    assert message == (
+        "cannot get 'bert-base-uncased' from the Hugging Face hub: offline mode is on (HF_HUB_OFFLINE=1) and it is not in "
+        f"the cache {huggingface_hub.constants.HF_HUB_CACHE}; download it first where the hub can be reached: hf download "
+        "bert-base-uncased (into that cache), or pass a local model folder")
 
 
 def test_discover_from_in_memory_objects(bert_classifier):

@@ -1,0 +1,707 @@
+"""From a model id or folder to ONE self-contained ONNX file: export, optimize, quantize, embed, validate.
+
+The graph comes from Optimum's exporter when it is installed (the ``[export]`` extra), else from
+``torch.onnx.export`` for the tasks that are one graph. An encoder-decoder export (Optimum only) is merged
+into one file (``seq2seq.merge_export``). onnxruntime's transformer optimizer (``--optimize O1|O2|O3``,
+Optimum's levels) and dynamic int8 quantization run on the graph before the metadata is embedded, and their
+accuracy cost is measured through the runtime on a few probe inputs. Everything happens in a temporary folder
+beside the output; the output appears (atomically) only when every step passed.
+
+This is the one command that needs torch (and Optimum, transformers' modeling code): they are imported here,
+inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxmeta_runtime as rt
+from onnxmeta_runtime import MetadataEmbeddingError, MetadataExtractionError, MetadataValidationError, TaskDetectionError
+
+from . import progress
+from .discovery import HUB_PATTERNS, MetadataDiscovery, embedding_level, hub_snapshot
+from .embedder import EmbeddedEntry, compress_threshold, embed
+from .external import data_files
+from .inspection import Check
+from .inspection import validate as validate_file
+from .seq2seq import is_seq2seq_export, merge_export
+
+logger = logging.getLogger("onnxmeta")
+
+OPTIMIZE_LEVELS = ("O1", "O2", "O3")
+QUANTIZE_MODES = ("dynamic-int8",)
+DEFAULT_OPSET = 17
+# torch (the [export] extra) is what every export needs; Optimum pins transformers<4.58, against onnxmeta's
+# transformers>=5, so it cannot be an extra of the same environment: it gets one of its own (README, export).
+EXPORT_EXTRA = "pip install 'onnxmeta[export]'"
+OPTIMUM_INSTALL = ("pip install 'optimum-onnx[onnxruntime]' && pip install --no-deps onnxmeta, in an environment of "
+                   "its own (Optimum pins transformers<4.58; see the README's export section)")
+SEQ2SEQ_TASKS = ("text2text-generation", "summarization", "translation")
+# Weights fetched for a hub id: safetensors, else (older repositories) PyTorch's pickles.
+_WEIGHTS = (("*.safetensors",), ("pytorch_model*.bin",))
+
+# Pipeline task -> Optimum's task, where the names differ ("-with-past" is added where Optimum offers it).
+_OPTIMUM_TASKS = {"zero-shot-classification": "text-classification", "image-feature-extraction": "feature-extraction",
+                  "summarization": "text2text-generation", "translation": "text2text-generation"}
+
+_BATCH = {0: "batch"}
+_TOKENS = {0: "batch", 1: "sequence"}
+# The tasks torch.onnx.export makes here: the transformers auto class, and the outputs the runtime reads with
+# their dynamic axes (an output the model does not return is left out: a ViT without pooler).
+_TORCH_TASKS: dict[str, tuple[str, dict[str, dict[int, str]]]] = {
+    "text-classification": ("AutoModelForSequenceClassification", {"logits": _BATCH}),
+    "zero-shot-classification": ("AutoModelForSequenceClassification", {"logits": _BATCH}),
+    "token-classification": ("AutoModelForTokenClassification", {"logits": _TOKENS}),
+    "question-answering": ("AutoModelForQuestionAnswering", {"start_logits": _TOKENS, "end_logits": _TOKENS}),
+    "fill-mask": ("AutoModelForMaskedLM", {"logits": _TOKENS}),
+    "feature-extraction": ("AutoModel", {"last_hidden_state": _TOKENS}),
+    "text-generation": ("AutoModelForCausalLM", {"logits": _TOKENS}),
+    "image-classification": ("AutoModelForImageClassification", {"logits": _BATCH}),
+    "image-feature-extraction": ("AutoModel", {"last_hidden_state": _BATCH, "pooler_output": _BATCH,
+                                               "image_embeds": _BATCH}),
+    "zero-shot-image-classification": ("AutoModel", {"logits_per_image": {0: "batch", 1: "texts"}}),
+    "audio-classification": ("AutoModelForAudioClassification", {"logits": _BATCH}),
+    "automatic-speech-recognition": ("AutoModelForCTC", {"logits": {0: "batch", 1: "frames"}}),
+}
+
+# model_type -> the model type onnxruntime's transformer optimizer fuses it as (Optimum's ORTConfigManager).
+_ORT_MODEL_TYPES = {
+    **dict.fromkeys(("albert", "bert", "big_bird", "camembert", "deberta", "deberta-v2", "distilbert", "electra",
+                     "modernbert", "mpnet", "nystromformer", "roberta", "xlm-roberta"), "bert"),
+    **dict.fromkeys(("bloom", "codegen", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "granite", "llama",
+                     "mistral"), "gpt2"),
+    **dict.fromkeys(("dinov2", "segformer", "vit"), "vit"),
+    "clip": "clip",
+}
+
+
+# ------------------------------------------------------------------------------------------------------
+# What was done, for the caller
+# ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Accuracy:
+    """The optimized or quantized file against the plain export, through the runtime on probe inputs."""
+
+    probes: int
+    max_score_difference: float | None
+    """The largest difference of any score (or embedding value); None when the task's outputs have none."""
+    changed: int
+    """How many probe answers differ other than in their scores (labels, tokens, ranking, text)."""
+
+
+@dataclass
+class ExportReport:
+    """What export() wrote."""
+
+    output_path: str
+    task: str
+    exporter: str
+    export_config: dict[str, Any]
+    file_bytes: int
+    """The output's size, its external data files included."""
+    plain_bytes: int
+    """The size the file has without optimization and quantization (the same metadata; data files included)."""
+    entries: list[EmbeddedEntry]
+    accuracy: Accuracy | None = None
+    checks: list[Check] = field(default_factory=list)
+    layout: dict[str, Any] | None = None
+    """The entry points of an encoder-decoder merged into the file."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# The model's files
+# ------------------------------------------------------------------------------------------------------
+
+def _has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for patterns in _WEIGHTS for pattern in patterns)
+
+
+def _source(model: str | os.PathLike[str], revision: str | None) -> tuple[Path, dict[str, Any]]:
+    """The model's folder (a hub id through the cache, weights included) and where it came from."""
+    path = Path(model)
+    if path.is_dir():
+        if revision is not None:
+            raise MetadataExtractionError(f"{path} is a local folder: --revision applies only to hub ids")
+        return path, {"source": os.fspath(model)}
+    if path.exists():
+        raise MetadataExtractionError(f"{path} is a file; pass the model's folder (with config.json) or a hub id")
+    name = os.fspath(model)
+    for weights in _WEIGHTS:
+        folder = hub_snapshot(name, revision, (*HUB_PATTERNS, *weights))
+        if _has_weights(folder):
+            break
+    else:
+        download = f"hf download {name}" + (f" --revision {revision}" if revision else "")
+        raise MetadataExtractionError(f"{name!r} has no weights (*.safetensors, pytorch_model*.bin) in {folder}; "
+                                      f"download them: {download}")
+    provenance = {"source": name, "revision": revision or "main"}
+    if re.fullmatch(r"[0-9a-f]{40}", folder.name):  # the cache names a snapshot by its commit
+        provenance["commit"] = folder.name
+    return folder, provenance
+
+
+def _versions(*names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Exporters
+# ------------------------------------------------------------------------------------------------------
+
+def optimum_available() -> bool:
+    """Whether Optimum's ONNX exporter is installed (the [export] extra); a broken install is an error."""
+    if importlib.util.find_spec("optimum") is None:
+        return False
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError as exc:
+        raise MetadataExtractionError(
+            f"Optimum is installed but its ONNX exporter cannot be imported ({exc}); install it in a fresh "
+            f"environment: {OPTIMUM_INSTALL}"
+        ) from None
+    return True
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' warnings and notes (tracer warnings, deprecations) only with -v (the onnxmeta logger at DEBUG)."""
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        levels = {}
+        for name in ("transformers", "torch.onnx", "onnxruntime"):
+            levels[name] = logging.getLogger(name).level
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            if bars:
+                transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _scratch(beside: Path) -> Iterator[Path]:
+    """Run onnxruntime's tools in a scratch working directory, removed afterwards: its symbolic shape inference
+    saves sym_shape_infer_temp.onnx and a <uuid>.data file into the working directory when it gives up, and they
+    must not litter the caller's. The paths given to the tools must be absolute."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=".onnxruntime.", dir=beside) as folder:
+        os.chdir(folder)
+        try:
+            yield Path(folder).absolute()
+        finally:
+            os.chdir(previous)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _optimum_notes() -> Iterator[None]:
+    """Optimum's log (its own handler on stderr) kept back unless -v; what its check of the export against PyTorch
+    found beyond its tolerance comes out as one warning."""
+    optimum = logging.getLogger("optimum")
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    saved = optimum.handlers[:], optimum.level, optimum.propagate
+    records = _Records()
+    optimum.handlers[:] = [records]
+    optimum.setLevel(logging.WARNING)
+    optimum.propagate = False
+    try:
+        yield
+    finally:
+        optimum.handlers[:], optimum.level, optimum.propagate = saved
+        for message in records.messages:
+            if "succeeded with the warning:" in message:
+                found = " ".join(message.split("succeeded with the warning:", 1)[1].split("The exported model")[0].split())
+                logger.warning("Optimum's check of the export against PyTorch: %s", found.rstrip(". "))
+
+
+def _optimum_export(folder: Path, out: Path, task: str, config: Mapping[str, Any], opset: int | None,
+                    check: bool) -> dict[str, Any]:
+    """Optimum's main_export of a local folder into out; returns what export_config records of it."""
+    from optimum.exporters.onnx import main_export
+    from optimum.exporters.tasks import TasksManager
+
+    model_type = str(config.get("model_type", ""))
+    wanted = _OPTIMUM_TASKS.get(task, task)
+    try:
+        supported = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
+    except KeyError:
+        raise MetadataExtractionError(f"Optimum's exporter does not know the model type {model_type!r}") from None
+    optimum_task = f"{wanted}-with-past" if f"{wanted}-with-past" in supported else wanted
+    if optimum_task not in supported:
+        raise MetadataExtractionError(f"Optimum cannot export a {model_type} model for {task} (as {wanted}); it "
+                                      f"exports {model_type} for: {', '.join(supported)}")
+    shapes = {}
+    if model_type == "whisper":  # its dummy input must fit the encoder's positions (3000 frames for 1500)
+        shapes["nb_max_frames"] = 2 * int(config.get("max_source_positions", 1500))
+    try:
+        with _quiet(), _optimum_notes():
+            main_export(os.fspath(folder), out, task=optimum_task, opset=opset, library_name="transformers", device="cpu",
+                        do_validation=check, no_post_process=config.get("is_encoder_decoder") is True,
+                        trust_remote_code=False, **shapes)
+    except Exception as exc:  # Optimum, transformers and torch raise anything
+        logger.debug("Optimum's export failed", exc_info=True)
+        raise MetadataExtractionError(
+            f"Optimum's exporter failed on {folder.name} ({task}): {type(exc).__name__}: {str(exc).strip()[:400]}"
+        ) from None
+    return {"exporter": "optimum", "exporter_task": optimum_task}
+
+
+def _text_inputs(metadata: Mapping[str, Any], parameters: Sequence[str], task: str) -> list[str]:
+    """The tokenizer's outputs the model's forward takes (plus position_ids for a decoder without a cache)."""
+    made = (metadata.get(rt.KEY_TOKENIZER_CONFIG) or {}).get("model_input_names") or [
+        "input_ids", "attention_mask", "token_type_ids"]
+    names = [n for n in made if n in parameters]
+    if task == "text-generation" and "position_ids" in parameters:
+        names.append("position_ids")
+    return names
+
+
+def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inputs to trace with, made by the runtime's own processors where shapes matter, and their dynamic axes."""
+    import numpy as np
+    import torch
+
+    inputs: dict[str, Any] = {}
+    axes: dict[str, Any] = {}
+    if task in ("image-classification", "image-feature-extraction", "zero-shot-image-classification"):
+        processor = rt.load_image_processor(metadata)
+        if processor is None:
+            raise MetadataExtractionError(f"{task} needs the model's preprocessor_config.json, which the folder lacks")
+        pixels = processor([np.zeros((224, 224, 3), dtype=np.uint8)])["pixel_values"]
+        inputs["pixel_values"] = torch.randn(2, *pixels.shape[1:])
+        axes["pixel_values"] = _BATCH
+    if task in ("audio-classification", "automatic-speech-recognition"):
+        extractor = rt.load_feature_extractor(metadata)
+        if extractor is None:
+            raise MetadataExtractionError(f"{task} needs the model's preprocessor_config.json, which the folder lacks")
+        features = extractor([np.zeros(extractor.sampling_rate, dtype=np.float32)] * 2)
+        for name, array in features.items():
+            if name in parameters:
+                inputs[name] = torch.from_numpy(np.ascontiguousarray(array))
+                axes[name] = _TOKENS if array.ndim == 2 else _BATCH  # a waveform's samples vary, a spectrogram is fixed
+    elif task not in ("image-classification", "image-feature-extraction"):
+        clip = task == "zero-shot-image-classification"
+        for name in _text_inputs(metadata, parameters, task):
+            fill = 0 if name == "token_type_ids" else 1
+            inputs[name] = torch.full((3 if clip else 2, 7), fill, dtype=torch.long)
+            axes[name] = {0: "texts", 1: "sequence"} if clip else _TOKENS
+    return inputs, axes
+
+
+def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, Any], opset: int | None) -> dict[str, Any]:
+    """torch.onnx.export (TorchScript) of the model's head for task; returns what export_config records of it."""
+    import inspect
+
+    import torch
+    import transformers
+
+    auto_class, wanted = _TORCH_TASKS[task]
+    with _quiet():
+        try:
+            # eager attention: onnxruntime's optimizer fuses its pattern into Attention, not the one of SDPA
+            model = getattr(transformers, auto_class).from_pretrained(os.fspath(folder), attn_implementation="eager",
+                                                                      trust_remote_code=False).eval()
+        except Exception as exc:  # noqa: BLE001 - from_pretrained raises ValueError, OSError, KeyError...
+            raise MetadataExtractionError(f"transformers cannot load {folder.name} as {auto_class} for {task}: "
+                                          f"{str(exc).strip()[:300]}") from None
+    parameters = list(inspect.signature(model.forward).parameters)
+    inputs, axes = _dummy_inputs(task, metadata, parameters)
+    options = {"use_cache": False} if task == "text-generation" else {}
+    with torch.no_grad():
+        result = model(**inputs, **options)
+    outputs = [name for name in wanted if getattr(result, name, None) is not None]
+    if not outputs:
+        raise MetadataExtractionError(f"{type(model).__name__} returns none of {', '.join(wanted)}, which {task} reads")
+    names = list(inputs)
+
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: Any) -> Any:
+            result = self.model(**dict(zip(names, tensors)), **options)
+            return tuple(getattr(result, name) for name in outputs)
+
+    try:
+        with _quiet():
+            torch.onnx.export(Heads().eval(), tuple(inputs.values()), os.fspath(path), input_names=names,
+                              output_names=outputs, dynamic_axes={**axes, **{n: wanted[n] for n in outputs}},
+                              opset_version=opset or DEFAULT_OPSET, dynamo=False)
+    except Exception as exc:  # the exporter raises torch's errors, onnx's, RuntimeError...
+        logger.debug("torch.onnx.export failed", exc_info=True)
+        raise MetadataExtractionError(
+            f"torch.onnx.export failed on {type(model).__name__} ({task}): {type(exc).__name__}: {str(exc).strip()[:400]}; "
+            f"Optimum's exporter may handle it: {OPTIMUM_INSTALL}"
+        ) from None
+    return {"exporter": "torch.onnx", "exporter_task": task}
+
+
+def _check_torch_task(task: str, config: Mapping[str, Any]) -> None:
+    """Refuse what the torch path cannot make: encoder-decoders, and tasks without a recipe here."""
+    if task in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True:
+        raise MetadataExtractionError(
+            f"{config.get('model_type', 'this')} is an encoder-decoder ({task}): it is exported with Optimum's exporter, "
+            f"which is not installed: {OPTIMUM_INSTALL}"
+        )
+    if task not in _TORCH_TASKS:
+        raise MetadataExtractionError(
+            f"without Optimum, export makes {', '.join(_TORCH_TASKS)}; for {task} install Optimum's exporter: {OPTIMUM_INSTALL}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Optimization and quantization (onnxruntime), before the metadata is embedded
+# ------------------------------------------------------------------------------------------------------
+
+def _config_value(config: Mapping[str, Any], *names: str) -> int:
+    return next((int(config[n]) for n in names if isinstance(config.get(n), int)), 0)
+
+
+def optimize_graph(src: Path, dst: Path, level: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """onnxruntime's transformer optimizer at Optimum's level: O1 its basic graph optimizations, O2 the extended
+    ones and the transformer fusions (attention, layer norm, GELU...), O3 also the GELU approximation.
+    Returns what export_config records."""
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    src, dst = src.absolute(), dst.absolute()
+    model_type = str(config.get("model_type", ""))
+    ort_type = _ORT_MODEL_TYPES.get(model_type)
+    if ort_type is None and level != "O1":
+        raise MetadataExtractionError(
+            f"onnxruntime's transformer optimizer has no fusions for {model_type!r} models (it fuses "
+            f"{', '.join(sorted(_ORT_MODEL_TYPES))}); use --optimize O1 (generic graph optimizations) or none"
+        )
+    options = FusionOptions(ort_type or "bert")
+    # Optimum's defaults where they differ from onnxruntime's: no embedding fusion (it changes the inputs).
+    options.enable_embed_layer_norm = False
+    options.enable_gelu_approximation = level == "O3"
+    # The raw mask: right for any padding side (onnxruntime's BERT default, a mask index, needs right padding).
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask
+    if ort_type == "clip":
+        options.enable_group_norm = options.enable_packed_kv = False
+    text = config.get("text_config") if ort_type == "clip" else config
+    heads = _config_value(text or {}, "num_attention_heads", "n_head", "num_heads")
+    hidden = _config_value(text or {}, "hidden_size", "n_embd", "d_model")
+    large = bool(data_files(src))
+    try:
+        with _quiet(), _scratch(dst.parent):
+            optimizer = optimize_model(os.fspath(src), ort_type or "bert", heads, hidden, optimization_options=options,
+                                       opt_level=1 if level == "O1" else 2, use_gpu=False, only_onnxruntime=level == "O1")
+            optimizer.save_model_to_file(os.fspath(dst), use_external_data_format=large)
+    except Exception as exc:  # the optimizer raises onnx's, onnxruntime's and its own errors
+        logger.debug("onnxruntime's optimizer failed", exc_info=True)
+        raise MetadataExtractionError(f"onnxruntime's transformer optimizer failed ({level}, {ort_type or 'generic'}): "
+                                      f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
+    fused = {op: n for op, n in optimizer.get_fused_operator_statistics().items() if n} if level != "O1" else {}
+    logger.info("optimized %s (%s as %s): %s", src.name, level, ort_type or "generic",
+                ", ".join(f"{n} {op}" for op, n in sorted(fused.items())) or "no fusions")
+    return {"level": level, "model_type": ort_type or "generic", "fused": fused}
+
+
+def quantize_graph(src: Path, dst: Path) -> dict[str, Any]:
+    """Dynamic int8 quantization (onnxruntime.quantization.quantize_dynamic) of the MatMul, Attention and Gather
+    (embedding) weights: signed int8 per tensor, activations quantized at run time (Conv is left in float: its int8
+    kernel is missing on CPU). Per-channel weights measured worse here (larger score differences on BERTs), so
+    onnxruntime's default, per tensor, is kept. Returns what export_config records."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = src.absolute(), dst.absolute()
+    settings = {"mode": "dynamic-int8", "weight_type": "QInt8", "per_channel": False, "reduce_range": False,
+                "op_types": ["MatMul", "Attention", "Gather"], "shape_inference": "symbolic"}
+    large = bool(data_files(src))
+    try:
+        with _quiet(), _scratch(dst.parent) as scratch:
+            inferred = scratch / "shapes.onnx"
+            # shape inference first (onnxruntime's advice): the quantizer needs the types of fused ops' outputs.
+            # Symbolic inference gives up on some graphs (Optimum's wav2vec2, an unknown op): onnx's then.
+            try:
+                quant_pre_process(os.fspath(src), os.fspath(inferred), skip_optimization=True, auto_merge=True,
+                                  save_as_external_data=large)
+            except Exception:  # its inference raises a bare Exception, TypeError, ZeroDivisionError...
+                logger.debug("symbolic shape inference failed; onnx's shape inference instead", exc_info=True)
+                settings["shape_inference"] = "onnx"
+                quant_pre_process(os.fspath(src), os.fspath(inferred), skip_optimization=True, skip_symbolic_shape=True,
+                                  save_as_external_data=large)
+            quantize_dynamic(os.fspath(inferred), os.fspath(dst), weight_type=QuantType.QInt8, per_channel=False,
+                             reduce_range=False, op_types_to_quantize=settings["op_types"],
+                             use_external_data_format=large)
+    except Exception as exc:  # the quantizer raises onnx's, onnxruntime's and its own errors
+        logger.debug("quantize_dynamic failed", exc_info=True)
+        raise MetadataExtractionError(f"dynamic int8 quantization failed: {type(exc).__name__}: {str(exc).strip()[:300]}") \
+            from None
+    return settings
+
+
+# ------------------------------------------------------------------------------------------------------
+# The accuracy cost: plain and optimized files through the runtime on a few probe inputs
+# ------------------------------------------------------------------------------------------------------
+
+PROBE_TEXTS = ("I love this movie, it was wonderful!", "The service was slow and the food arrived cold.",
+               "Paris is the capital of France.", "My name is Wolfgang and I live in Berlin.", "hello")
+
+
+def _token(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """A few calls that exercise the runtime's task: texts, synthetic images, synthetic tones."""
+    import numpy as np
+
+    task = runtime.task
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8) for size in (40, 64, 96)]
+    if task in ("image-classification", "image-feature-extraction"):
+        return [((list(images),), {"top_k": None} if task == "image-classification" else {})]
+    if task == "zero-shot-image-classification":
+        return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"]})]
+    if task in ("audio-classification", "automatic-speech-recognition"):
+        rate = int(runtime.metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG].get("sampling_rate") or 16000)
+        t = np.arange(rate) / rate
+        tones = [(0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(rate)).astype(np.float32)
+                 for f in (220.0, 440.0, 1000.0)]
+        return [((tones,), {"top_k": None} if task == "audio-classification" else {})]
+    texts = list(PROBE_TEXTS)
+    if task == "fill-mask":
+        mask = _token((runtime.tokenizer.config if runtime.tokenizer else {}).get("mask_token")) or "[MASK]"
+        return [(([f"The capital of France is {mask}.", f"I {mask} this movie.", f"{mask} is a city."],), {})]
+    if task == "question-answering":
+        return [((), {"question": ["Where is Paris?", "What was slow?"], "context": " ".join(texts)})]
+    if task == "zero-shot-classification":
+        return [((texts,), {"candidate_labels": ["food", "cinema", "travel"]})]
+    if task == "text-generation":
+        return [((texts[:3],), {"do_sample": False, "max_new_tokens": 8})]
+    if task == "text-classification":
+        return [((texts,), {"top_k": None})]
+    return [((texts,), {})]
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars as lists and numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _answer(value: Any) -> Any:
+    """An output without its scores: what a caller reads as the answer (labels, tokens, ranking, text)."""
+    if isinstance(value, dict):
+        return {k: _answer(v) for k, v in value.items() if not isinstance(v, float)}
+    if isinstance(value, list):
+        kept = [_answer(v) for v in value if not isinstance(v, float)]
+        return kept
+    return value
+
+
+def _by_label(value: list[Any]) -> list[Any]:
+    """A ranked list of labelled scores in label order, so that scores are compared label by label."""
+    if value and all(isinstance(v, dict) and isinstance(v.get("label"), str) for v in value):
+        return sorted(value, key=lambda v: v["label"])
+    return value
+
+
+def _difference(a: Any, b: Any) -> float | None:
+    """The largest difference between the floats of two outputs of the same shape; None when they have none."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = [_difference(a[k], b[k]) for k in a.keys() & b.keys()]
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        found = [_difference(x, y) for x, y in zip(_by_label(a), _by_label(b))]
+    else:
+        return None
+    numbers = [f for f in found if f is not None]
+    return max(numbers) if numbers else None
+
+
+def compare(plain: str | os.PathLike[str], changed: str | os.PathLike[str]) -> Accuracy:
+    """Run both files (self-contained, same task) on the task's probe inputs; how far the changed one's answers are."""
+    a, b = rt.Runtime(plain), rt.Runtime(changed)
+    probes, worst, differ = 0, None, 0
+    for args, kwargs in probe_calls(a):
+        first, second = _plain(a(*args, **kwargs)), _plain(b(*args, **kwargs))
+        for x, y in zip(first, second) if isinstance(first, list) else [(first, second)]:
+            probes += 1
+            found = _difference(x, y)
+            if found is not None:
+                worst = found if worst is None else max(worst, found)
+            differ += _answer(x) != _answer(y)
+    return Accuracy(probes, worst, differ)
+
+
+# ------------------------------------------------------------------------------------------------------
+# export()
+# ------------------------------------------------------------------------------------------------------
+
+def _file_bytes(path: Path) -> int:
+    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in data_files(path))
+
+
+def _move_into_place(staged: Path, output: Path) -> None:
+    """Rename the staged file (and its data files, first) over the output: same file system, atomic each."""
+    from .embedder import _fsync_dir
+
+    for name in data_files(staged):
+        target = output.parent / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.parent / name, target)
+    os.replace(staged, output)
+    _fsync_dir(output.parent)
+
+
+def _check_choices(optimize: str | None, quantize: str | None, opset: int | None) -> None:
+    if optimize is not None and optimize not in OPTIMIZE_LEVELS:
+        raise MetadataExtractionError(f"unknown optimization level {optimize!r}; choose {', '.join(OPTIMIZE_LEVELS)}")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise MetadataExtractionError(f"unknown quantization {quantize!r}; choose {', '.join(QUANTIZE_MODES)}")
+    if opset is not None and not 7 <= opset <= 30:
+        raise MetadataExtractionError(f"--opset must be an ONNX opset version (7 to 30), got {opset}")
+
+
+def export(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    revision: str | None = None,
+    opset: int | None = None,
+    level: str = "full",
+    optimize: str | None = None,
+    quantize: str | None = None,
+    validate: bool = True,
+) -> ExportReport:
+    """Export a hub id or local model folder to ONE ONNX file with its metadata embedded.
+
+    Optimum's exporter when it is installed, else torch.onnx.export (tasks of one graph); an encoder-decoder
+    is merged into one file. optimize ("O1", "O2", "O3") and quantize ("dynamic-int8") apply onnxruntime's
+    optimizer and dynamic quantization first, and report their accuracy cost against the plain export.
+    validate checks the file (and Optimum's exporter its outputs against PyTorch's) before it replaces output.
+    """
+    _check_choices(optimize, quantize, opset)
+    embedding_level(level)
+    if importlib.util.find_spec("torch") is None:
+        raise MetadataExtractionError(f"export runs the model's PyTorch code, and torch is not installed: {EXPORT_EXTRA}")
+    output = Path(output)
+    if output.is_dir():
+        raise MetadataEmbeddingError(f"{output} is a folder; name the file to write, e.g. {output / 'model.onnx'}")
+    folder, provenance = _source(model, revision)  # a download shows huggingface_hub's own progress bars
+    with progress.step("discovering its metadata"):
+        metadata = MetadataDiscovery().discover_folder(folder, level=level, task=task)
+    chosen = metadata.get(rt.KEY_PIPELINE_TASK)
+    if chosen is None:
+        raise TaskDetectionError(f"no pipeline task found for {os.fspath(model)}; pass --task")
+    config = metadata[rt.KEY_MODEL_CONFIG]
+    seq2seq = chosen in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True
+    if seq2seq and (optimize or quantize):
+        raise MetadataExtractionError(
+            f"--optimize and --quantize are not available for encoder-decoders ({chosen}) yet: the parts would be "
+            "changed before the merge, and the runtime cannot yet measure what that costs; export without them"
+        )
+    use_optimum = optimum_available()
+    if not use_optimum:
+        _check_torch_task(chosen, config)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".export", dir=output.parent) as tmp_name:
+        tmp = Path(tmp_name).resolve()  # absolute: onnxruntime's tools run in a scratch folder (_scratch)
+        exported = tmp / "export"
+        exported.mkdir()
+        with progress.step(f"exporting {chosen} with {'Optimum' if use_optimum else 'torch.onnx'}"):
+            if use_optimum:
+                how = _optimum_export(folder, exported, chosen, config, opset, validate)
+            else:
+                how = _torch_export(folder, exported / "model.onnx", chosen, metadata, opset)
+        layout = None
+        if is_seq2seq_export(exported):
+            with progress.step("merging the encoder-decoder into one file"):
+                graph = tmp / "merged" / output.name
+                layout = merge_export(exported, graph, metadata).layout
+        elif (exported / "model.onnx").is_file():
+            graph = exported / "model.onnx"
+        else:
+            found = ", ".join(sorted(p.name for p in exported.glob("*.onnx"))) or "no .onnx file"
+            raise MetadataEmbeddingError(f"the export of {os.fspath(model)} wrote {found}, not one model.onnx; "
+                                         "it cannot be one file")
+        final = graph
+        changes: dict[str, Any] = {}
+        if optimize:
+            with progress.step(f"optimizing ({optimize})"):
+                changes["optimize"] = optimize_graph(final, tmp / "optimized.onnx", optimize, config)
+                final = tmp / "optimized.onnx"
+        if quantize:
+            with progress.step("quantizing (dynamic int8)"):
+                changes["quantize"] = quantize_graph(final, tmp / "quantized.onnx")
+                final = tmp / "quantized.onnx"
+        libraries = _versions("onnxmeta", "transformers", "torch", "optimum", "optimum-onnx", "onnxruntime", "onnx",
+                              "tokenizers", "huggingface_hub")
+        libraries["onnxmeta"] = rt.__version__
+        export_config = {**rt.model_info(final), **provenance, **how, **changes, "libraries": libraries}
+        threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], True, None)
+        staged = tmp / "out" / output.name
+        with progress.step("embedding the metadata"):
+            report = embed(final, {**metadata, rt.KEY_EXPORT_CONFIG: export_config}, staged, compress_threshold=threshold)
+        accuracy, plain_bytes = None, None
+        if final != graph:
+            plain = tmp / "plain" / output.name
+            embed(graph, metadata, plain, compress_threshold=threshold)
+            plain_bytes = _file_bytes(plain)
+            with progress.step("measuring the accuracy cost on probe inputs"):
+                accuracy = compare(plain, staged)
+        checks: list[Check] = []
+        if validate:
+            with progress.step("validating"):
+                # an essential-level file cannot rebuild its tokenizer by design: its processor is not checked
+                checks = validate_file(staged, check_processor=metadata[rt.KEY_EMBEDDING_LEVEL] == "full")
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                raise MetadataValidationError(
+                    f"the exported file fails validation, so {output} was not written: "
+                    + "; ".join(f"{c.name}: {c.message}" for c in failed) + " (--no-validate writes it anyway)"
+                )
+        file_bytes = _file_bytes(staged)
+        _move_into_place(staged, output)
+    return ExportReport(os.fspath(output), chosen, how["exporter"], export_config, file_bytes, plain_bytes or file_bytes,
+                        report.entries, accuracy, checks, layout)
