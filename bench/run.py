@@ -13,13 +13,13 @@
 1-4 and 6 time the operation inside a process whose imports are done (in-process figures); 5 times what a user
 waits for: process start, imports and work (whole-process figures).
 
-With --all (or --parts NAME ...), each modality's own bench script runs after them, as its own process,
+With --all (or --parts NAME ...), each modality's own bench script runs after 1-6, as its own process,
 printing its table (in-process and whole-process figures, each labelled) and writing its JSON:
 
-6. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
-7. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
-8. audio: feature extraction vs transformers, end to end                bench_audio.py
-9. encoder-decoder: one file vs separate files, tokens/s vs Optimum     bench_seq2seq.py
+7. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
+8. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
+9. audio: feature extraction vs transformers, end to end                bench_audio.py
+10. encoder-decoder:one file vs separate files, tokens/s vs Optimum     bench_seq2seq.py
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    parser.add_argument("--all", action="store_true", help="also every modality part (6-9)")
+    parser.add_argument("--all", action="store_true", help="also every modality part (7-10)")
     parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
-                        help="modality parts to run after 1-5")
-    parser.add_argument("--only-parts", action="store_true", help="skip 1-5")
+                        help="modality parts to run after 1-6")
+    parser.add_argument("--only-parts", action="store_true", help="skip 1-6")
     args = parser.parse_args(argv)
     parts = list(MODALITIES) if args.all else args.parts
     if args.only_parts:
