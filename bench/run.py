@@ -19,7 +19,7 @@ printing its table (in-process and whole-process figures, each labelled) and wri
 7. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
 8. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
 9. audio: feature extraction vs transformers, end to end                bench_audio.py
-10. encoder-decoder:one file vs separate files, tokens/s vs Optimum     bench_seq2seq.py
+10. encoder-decoder: one file vs separate files, tokens/s vs Optimum    bench_seq2seq.py
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
