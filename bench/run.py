@@ -6,9 +6,15 @@
 2. streaming embed (new file, in place) vs onnx.load+save and a copy    bench_metadata.py
 3. cold start of a Runtime vs Optimum + transformers pipeline           bench_runtime.py
 4. throughput on 256 texts vs Optimum (batch 32, 1) and a hand loop     bench_runtime.py
+5. T5 (t5-small-sized) as one file: tokens/s vs Optimum (batch 1, 8),   bench_seq2seq.py --quick
+   whole process vs Optimum, per token vs the separate files
 
-Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
-minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
+1-4 time the operation inside a process whose imports are done (in-process figures); 5 gives both those
+and whole-process ones (process start, imports, load, generate).
+
+Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
+minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
+everything to --json.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_metadata
 import bench_runtime
+import bench_seq2seq
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     io = bench_metadata.run(args.size_mb, args.repeats)
     print("\n== 3-4: runtime ==")
     rt = bench_runtime.run(args.repeats)
-    r, q = io["ratios"], rt["ratios"]
+    print("\n== 5: encoder-decoder (T5) ==")
+    s2s = bench_seq2seq.run(passes=3, repeats=2, trials=2)
+    r, q, t = io["ratios"], rt["ratios"], s2s["ratios"]
     rows = [
         ("1 read_metadata speed vs onnx.load", f"{r['read_speedup_vs_onnx_load']:.0f}x faster", ">= 100x",
          r["read_speedup_vs_onnx_load"] >= 100),
@@ -56,13 +65,21 @@ def main(argv: list[str] | None = None) -> int:
          q["throughput_vs_limit_bs32"] >= 0.9),
         ("4 throughput vs hand loop, batch 1", f"{q['throughput_vs_limit_bs1']:.2f}x", ">= 0.9x",
          q["throughput_vs_limit_bs1"] >= 0.9),
+        ("5 T5 tokens/s vs Optimum, batch 1", f"{t['bs1_vs_optimum']:.2f}x", ">= 1.3x", t["bs1_vs_optimum"] >= 1.3),
+        ("5 T5 tokens/s vs Optimum, batch 8", f"{t['bs8_vs_optimum']:.2f}x", ">= 1.3x", t["bs8_vs_optimum"] >= 1.3),
+        ("5 T5 whole process vs Optimum", f"{t['process_vs_optimum']:.2f}x", "(time)", None),
+        ("5 T5 one file vs separate, batch 1", f"{t['one_file_vs_separate_bs1']:.3f}x", "<= 1.05x",
+         t["one_file_vs_separate_bs1"] <= 1.05),
+        ("5 T5 one file vs separate, batch 8", f"{t['one_file_vs_separate_bs8']:.3f}x", "<= 1.05x",
+         t["one_file_vs_separate_bs8"] <= 1.05),
     ]
     print(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
     print(f"{'measure':<38}{'measured':>14}{'target':>16}  verdict")
     for name, value, target, ok in rows:
         print(f"{name:<38}{value:>14}{target:>16}  {'' if ok is None else 'PASS' if ok else 'MISS'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "seconds": time.perf_counter() - start}, indent=2))
+    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "seq2seq": s2s,
+                                     "seconds": time.perf_counter() - start}, indent=2))
     print(f"\nwrote {args.json}")
     return 0
 

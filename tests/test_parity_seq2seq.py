@@ -290,6 +290,27 @@ def test_the_command_line_prints_the_pipeline_output(families, capsys):
     assert json.loads(capsys.readouterr().out) == expected
 
 
+@pytest.mark.parametrize(("task", "prefix"), [
+    ("translation_en_to_de", "translate English to German: "),
+    ("translation_en_to_fr", "translate English to French: "),
+    ("summarization", "summarize: "),
+])
+def test_embed_task_overrides_the_detected_one(families, tmp_path, capsys, task, prefix):
+    """`embed <export> <model> --task X` writes X into the one file (T5's config alone would make it translation with
+    the first pair); the file run without a task runs X."""
+    from authoring.cli import main
+
+    family = families["t5"]
+    out = tmp_path / "model.onnx"
+    assert main(["embed", str(family.export), str(family.folder), "--task", task, "--include-vocab",
+                 "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert rt.read_metadata(out)["hf_pipeline_task"] == task
+    model = rt.Runtime(out)
+    assert model.task == task and model._task.prefix == prefix
+    assert model(TEXTS[0], **GREEDY) == runtime(family.model, task)(TEXTS[0], **GREEDY)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------------------
