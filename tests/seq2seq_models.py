@@ -40,7 +40,9 @@ def t5_tokenizer(folder: Path) -> None:
     tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
                                                             unk_token="<unk>"))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    tokenizer = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    # model_max_length as t5-small's tokenizer_config.json has it (T5's relative positions leave the config without one)
+    tokenizer = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                model_max_length=512)
     tokenizer.save_pretrained(folder)
 
 
