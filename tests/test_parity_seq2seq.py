@@ -204,7 +204,8 @@ def test_sampling_is_reproducible_with_a_seed(families):
     first = t2t(TEXTS[0], seed=3, num_return_sequences=3, return_tensors=True, **options)
     assert first == t2t(TEXTS[0], seed=3, num_return_sequences=3, return_tensors=True, **options)
     assert len({tuple(r["generated_token_ids"]) for r in first}) == 3
-    assert t2t(TEXTS[0], seed=4, **options) != t2t(TEXTS[0], seed=3, **options)
+    # token ids: a tokenizer trained here (a bare clone) has 200 of the model's 32128 ids, the rest decode to nothing
+    assert t2t(TEXTS[0], seed=4, return_tensors=True, **options) != t2t(TEXTS[0], seed=3, return_tensors=True, **options)
     beams = {**options, "num_beams": 2, "num_return_sequences": 2, "seed": 5}
     assert t2t(TEXTS[0], **beams) == t2t(TEXTS[0], **beams)
 
