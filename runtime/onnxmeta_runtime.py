@@ -2661,7 +2661,7 @@ def _export_metadata(folder: str, max_decompressed_size: int) -> dict[str, Any]:
     files = _export_files(folder)
     name = os.path.basename(os.path.normpath(folder))
     if ENCODER_FILE not in files:
-        raise MetadataReadError(f"{name} is a directory, not an encoder-decoder export ({ENCODER_FILE} and decoders); "
+        raise MetadataReadError(f"{folder} is a directory, not an encoder-decoder export ({ENCODER_FILE} and decoders); "
                                 "pass the .onnx file inside it")
     for file in files:
         metadata = read_metadata(os.path.join(folder, file), max_decompressed_size=max_decompressed_size)
