@@ -9,9 +9,9 @@ every input but ``phase`` has an empty default, so a call feeds only its entry p
 layout (entry points, their inputs and outputs, the past/present pairs) is embedded as
 ``hf_graph_layout``; see docs/FORMAT.md.
 
-``graph_layout`` recognises the same layout from graph names alone (a folder of separate files, or a
-single file without the key); it uses only the standard library, on signatures as onnxruntime reports
-them, so that it can move into the runtime.
+The runtime recognises the same layout from graph names alone (a folder of separate files, or a single
+file without the key): ``graph_layout``, ``session_signature`` and the naming rules are its public names,
+re-exported here.
 """
 
 from __future__ import annotations
@@ -25,173 +25,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnxmeta_runtime as rt
-from onnxmeta_runtime import KEY_GRAPH_LAYOUT, MetadataEmbeddingError, MetadataValidationError
+from onnxmeta_runtime import (
+    DECODER_FILE,
+    DECODER_MERGED_FILE,
+    DECODER_WITH_PAST_FILE,
+    ENCODER_FILE,
+    KEY_GRAPH_LAYOUT,
+    MERGED_BRANCH_INPUT,
+    PHASE_INPUT,
+    PHASES,
+    MetadataEmbeddingError,
+    graph_layout,
+    is_cross_attention,
+    is_decoder_input,
+    is_past_input,
+    is_present_output,
+    past_pairs,
+    present_for,
+    session_signature,
+)
 
 if TYPE_CHECKING:
     import onnx
 
-PHASE_INPUT = "phase"
-ENTRY_POINTS = ("encoder", "decoder", "decoder_with_past")
-PHASES = {"encoder": 0, "decoder": 1, "decoder_with_past": 2}
-# Optimum's file names for the parts of an encoder-decoder export.
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model.onnx"
-DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
-DECODER_MERGED_FILE = "decoder_model_merged.onnx"
-MERGED_BRANCH_INPUT = "use_cache_branch"
 DEFAULT_OUTPUT_NAME = "model.onnx"
 
 logger = logging.getLogger("onnxmeta")
 
-_PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
-_DECODER_PREFIX = "decoder_"
-
 
 # ######################################################################################################
-# Recognition from graph names (the standard library and onnxruntime's names, no onnx: it moves into the runtime)
+# Layouts of files and folders (recognised by the runtime's graph_layout)
 # ######################################################################################################
-
-# A graph's signature as onnxruntime reports it: {"inputs": [(name, type, shape)], "outputs": [...]},
-# type like "tensor(float)", shape a list of int (fixed), str (symbolic) or None.
-Signature = Mapping[str, Sequence[tuple[str, str, Sequence[Any]]]]
-
-
-def _is_past(name: str) -> bool:
-    return name.startswith(_PAST_PREFIX)
-
-
-def _is_present(name: str) -> bool:
-    return name.startswith(_PRESENT_PREFIX)
-
-
-def _is_cross(name: str) -> bool:
-    """A cross-attention past or present (computed once, from the encoder output) by Optimum's naming."""
-    return ".encoder." in name
-
-
-def _is_decoder_input(name: str) -> bool:
-    """A one-file input that feeds a decoder: decoder_*, encoder_* (hidden states, mask) or a past; others feed the encoder."""
-    return name.startswith((_DECODER_PREFIX, "encoder_")) or _is_past(name)
-
-
-def _present_for(past: str) -> str:
-    return _PRESENT_PREFIX + past[len(_PAST_PREFIX):]
-
-
-def _names(items: Sequence[tuple[str, str, Sequence[Any]]]) -> list[str]:
-    return [item[0] for item in items]
-
-
-def _entry(inputs: Mapping[str, str], outputs: Mapping[str, str], **extra: Any) -> dict[str, Any]:
-    """An entry point: {role: graph name} for what it takes and gives; a role is the name in Optimum's files."""
-    return {"inputs": dict(inputs), "outputs": dict(outputs), **extra}
-
-
-def _same(names: Sequence[str]) -> dict[str, str]:
-    return {n: n for n in names}
-
-
-def _past_pairs(past_roles: Sequence[str]) -> list[dict[str, Any]]:
-    """Which output feeds each past input at the next step (roles); cross-attention ones come once, from decoder."""
-    return [{"input": name, "output": _present_for(name), "cross": _is_cross(name)} for name in past_roles]
-
-
-def graph_layout(signatures: Mapping[str, Signature]) -> dict[str, Any]:
-    """The layout of an encoder-decoder from its graphs' names alone.
-
-    signatures maps file names to signatures: Optimum's files of a folder (``encoder_model.onnx`` and
-    ``decoder_model.onnx`` / ``decoder_with_past_model.onnx`` / ``decoder_model_merged.onnx``), or a
-    single file of this format (an int64 ``phase`` input). Returns the ``hf_graph_layout`` object;
-    raises MetadataValidationError when the names do not say what each part is.
-    """
-    if len(signatures) == 1:
-        (name, signature), = signatures.items()
-        if PHASE_INPUT in _names(signature["inputs"]):
-            return _one_file_layout(signature)
-        raise MetadataValidationError(
-            f"{name} is not an encoder-decoder in one file: it has no {PHASE_INPUT!r} input "
-            f"(inputs: {', '.join(_names(signature['inputs']))})"
-        )
-    return _folder_layout(signatures)
-
-
-def _one_file_layout(signature: Signature) -> dict[str, Any]:
-    """A file of this format by its names: decoder_* / encoder_* / past inputs feed the decoders (decoder_input_ids
-    is Optimum's input_ids), the rest the encoder; an output prefixed with an entry point (decoder_with_past.logits)
-    is that entry point's, logits and present.* the decoder's, the rest the encoder's."""
-    inputs = [n for n in _names(signature["inputs"]) if n != PHASE_INPUT]
-    decoder_in = [n for n in inputs if _is_decoder_input(n)]
-    encoder_in = [n for n in inputs if n not in decoder_in]
-    roles = {n: n.removeprefix(_DECODER_PREFIX) for n in decoder_in}
-    outputs: dict[str, dict[str, str]] = {entry: {} for entry in ENTRY_POINTS}
-    for name in _names(signature["outputs"]):
-        entry, dot, role = name.partition(".")
-        if dot and entry in outputs:
-            outputs[entry][role] = name
-        else:
-            outputs["decoder" if name == "logits" or _is_present(name) else "encoder"][name] = name
-    first = {roles[n]: n for n in decoder_in if not _is_past(n)}
-    step = {roles[n]: n for n in decoder_in if n != "encoder_hidden_states"}
-    entries = {
-        "encoder": _entry(_same(encoder_in), outputs["encoder"], phase=PHASES["encoder"]),
-        "decoder": _entry(first, outputs["decoder"], phase=PHASES["decoder"]),
-    }
-    if outputs["decoder_with_past"]:
-        entries["decoder_with_past"] = _entry(step, outputs["decoder_with_past"], phase=PHASES["decoder_with_past"])
-    past = [roles[n] for n in decoder_in if _is_past(n)] if "decoder_with_past" in entries else []
-    return {"phase_input": PHASE_INPUT, "entry_points": entries, "past": _past_pairs(past)}
-
-
-def _folder_layout(signatures: Mapping[str, Signature]) -> dict[str, Any]:
-    """Optimum's files by their names: separate decoders, or the merged one whose every input must be fed."""
-    files = set(signatures)
-    if ENCODER_FILE not in files or not files & {DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE}:
-        raise MetadataValidationError(
-            f"not an encoder-decoder export: expected {ENCODER_FILE} and {DECODER_FILE}, {DECODER_WITH_PAST_FILE} "
-            f"or {DECODER_MERGED_FILE}; found {', '.join(sorted(files)) or 'no .onnx files'}"
-        )
-
-    def names(file: str, kind: str) -> list[str]:
-        return _names(signatures[file][kind])
-
-    entries = {"encoder": _entry(_same(names(ENCODER_FILE, "inputs")), _same(names(ENCODER_FILE, "outputs")),
-                                 file=ENCODER_FILE)}
-    layout: dict[str, Any] = {"phase_input": None, "entry_points": entries, "past": []}
-    if DECODER_FILE in files:
-        entries["decoder"] = _entry(_same(names(DECODER_FILE, "inputs")), _same(names(DECODER_FILE, "outputs")),
-                                    file=DECODER_FILE)
-    if DECODER_WITH_PAST_FILE in files and DECODER_FILE in files:
-        inputs = names(DECODER_WITH_PAST_FILE, "inputs")
-        entries["decoder_with_past"] = _entry(_same(inputs), _same(names(DECODER_WITH_PAST_FILE, "outputs")),
-                                              file=DECODER_WITH_PAST_FILE)
-        layout["past"] = _past_pairs([n for n in inputs if _is_past(n)])
-    elif DECODER_MERGED_FILE in files:
-        inputs = [n for n in names(DECODER_MERGED_FILE, "inputs") if n != MERGED_BRANCH_INPUT]
-        outputs = names(DECODER_MERGED_FILE, "outputs")
-        past = [n for n in inputs if _is_past(n)]
-        hidden = [n for n in inputs if n == "encoder_hidden_states"]
-        # The merged graph needs every input fed: an entry point feeds the ones it does not use empty.
-        entries["decoder"] = _entry(_same([n for n in inputs if not _is_past(n)]), _same(outputs),
-                                    file=DECODER_MERGED_FILE, phase=False, empty_inputs=past)
-        entries["decoder_with_past"] = _entry(
-            _same([n for n in inputs if n not in hidden]), _same([n for n in outputs if not (_is_present(n) and _is_cross(n))]),
-            file=DECODER_MERGED_FILE, phase=True, empty_inputs=hidden)
-        layout["phase_input"] = MERGED_BRANCH_INPUT
-        layout["past"] = _past_pairs(past)
-    elif DECODER_FILE not in files:
-        raise MetadataValidationError(f"{DECODER_WITH_PAST_FILE} without {DECODER_FILE}: the first decoder step, which "
-                                      "computes the cross-attention past, is missing")
-    return layout
-
-
-def session_signature(session: Any) -> dict[str, list[tuple[str, str, list[Any]]]]:
-    """The signature of an onnxruntime session: inputs (overridable initializers included) and outputs."""
-    def arg(a: Any) -> tuple[str, str, list[Any]]:
-        return a.name, a.type, list(a.shape)
-
-    inputs = [arg(a) for a in session.get_inputs()] + [arg(a) for a in session.get_overridable_initializers()]
-    return {"inputs": inputs, "outputs": [arg(a) for a in session.get_outputs()]}
-
 
 def describe_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The layout of an encoder-decoder folder or file: the embedded hf_graph_layout, else from its graph names."""
@@ -213,7 +77,6 @@ def describe_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
         session = ort.InferenceSession(os.fspath(file), options, providers=["CPUExecutionProvider"])
         signatures[file.name] = session_signature(session)
     return graph_layout(signatures)
-
 
 
 _GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_NAME = 7, 11, 12, 1  # ModelProto.graph, GraphProto.input/output, .name
@@ -249,8 +112,7 @@ def is_seq2seq_export(folder: str | os.PathLike[str]) -> bool:
     folder = Path(folder)
     decoders = [folder / n for n in (DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE) if (folder / n).is_file()]
     return (folder / ENCODER_FILE).is_file() and any(
-        name == "encoder_hidden_states" or _is_past(name) for path in decoders for name in graph_io_names(path)[0])
-
+        name == "encoder_hidden_states" or is_past_input(name) for path in decoders for name in graph_io_names(path)[0])
 
 
 # ######################################################################################################
@@ -392,7 +254,7 @@ def _parts_from_merged(path: Path, model: onnx.ModelProto) -> list[_Part]:
         used = _read(branch.node)
         kept = [(b.name, outputs.get(name, b)) for b, name in zip(branch.output, node.output)]
         if entry == "decoder_with_past":  # its cross-attention presents are empty placeholders
-            kept = [(v, o) for v, o in kept if not (_is_present(o.name) and _is_cross(o.name))]
+            kept = [(v, o) for v, o in kept if not (is_present_output(o.name) and is_cross_attention(o.name))]
         own = {t.name: _weight(t, path.parent) for t in branch.initializer}
         parts.append(_Part(
             entry, path.name, list(branch.node),
@@ -490,10 +352,10 @@ def _check_fit(parts: Sequence[_Part]) -> None:
     dec_out = {o.name: o for _, o in dec.outputs}
     past_out = {o.name: o for _, o in past.outputs}
     for value in past.inputs:
-        if not _is_past(value.name):
+        if not is_past_input(value.name):
             continue
-        present = _present_for(value.name)
-        sources = [(dec, dec_out)] if _is_cross(value.name) else [(dec, dec_out), (past, past_out)]
+        present = present_for(value.name)
+        sources = [(dec, dec_out)] if is_cross_attention(value.name) else [(dec, dec_out), (past, past_out)]
         for part, outs in sources:
             if present not in outs:
                 raise refuse(dec, past, f"{past.file} takes {value.name}, but {part.file} gives no {present}")
@@ -596,8 +458,8 @@ def _build(parts: Sequence[_Part]) -> _Built:
         names = input_names[part.entry] = {}
         for value in part.inputs:
             encoder = part.entry == "encoder"
-            name = value.name if encoder or _is_decoder_input(value.name) else _DECODER_PREFIX + value.name
-            if encoder and _is_decoder_input(name):
+            name = value.name if encoder or is_decoder_input(value.name) else "decoder_" + value.name
+            if encoder and is_decoder_input(name):
                 raise MetadataEmbeddingError(f"{part.file} takes {name!r}, a decoder's name (decoder_*, encoder_*, "
                                              "past_key_values.*) in this format; it cannot be the encoder of one file")
             names[value.name] = name
@@ -708,9 +570,10 @@ def _build(parts: Sequence[_Part]) -> _Built:
     past = by_entry.get("decoder_with_past")
     layout = {
         "phase_input": PHASE_INPUT,
-        "entry_points": {part.entry: _entry(input_names[part.entry], {r: v.name for r, v in outputs[part.entry].items()},
-                                            phase=PHASES[part.entry]) for part in parts},
-        "past": _past_pairs([v.name for v in past.inputs if _is_past(v.name)] if past else []),
+        "entry_points": {part.entry: {"inputs": input_names[part.entry],
+                                      "outputs": {r: v.name for r, v in outputs[part.entry].items()},
+                                      "phase": PHASES[part.entry]} for part in parts},
+        "past": past_pairs([v.name for v in past.inputs if is_past_input(v.name)] if past else []),
     }
     return _Built(model, weights, layout)
 

@@ -53,25 +53,24 @@ PIPELINE_TASKS = frozenset({
 def detect_task(config: Mapping[str, Any]) -> str | None:
     """The pipeline task for a model config, or None when undetermined.
 
-    1. architecture exact match; 2. architecture name patterns; 3. task_specific_params;
-    4. model_type; 5. labels.
+    1. architecture exact match; 2. architecture name patterns; 3. task_specific_params (which also make a
+    text2text-generation model, T5 or BART, a translation or summarization one); 4. model_type; 5. labels.
     """
     architectures = config.get("architectures") or []
+    params = config.get("task_specific_params")
+    hint = next((h for h in ("translation", "summarization") if isinstance(params, dict)
+                 and any(str(k).startswith(h) for k in params)), None)
     if architectures and isinstance(architectures[0], str):
         task = ARCHITECTURE_TASKS.get(architectures[0])
         if task == "feature-extraction" and ("num_channels" in config or "image_size" in config):
-            return "image-feature-extraction"  # a vision backbone the mappings list as a plain model
+            return "image-feature-extraction"  # a vision backbone (ViTModel, Dinov2Model, CLIPVisionModel...)
+        if task is None:
+            lowered = architectures[0].lower()
+            task = next((t for pattern, t in ARCHITECTURE_PATTERNS if pattern in lowered), None)
         if task:
-            return task
-        lowered = architectures[0].lower()
-        for pattern, task in ARCHITECTURE_PATTERNS:
-            if pattern in lowered:
-                return task
-    params = config.get("task_specific_params")
-    if isinstance(params, dict):
-        for hint in ("translation", "summarization"):
-            if any(str(k).startswith(hint) for k in params):
-                return hint
+            return hint if task == "text2text-generation" and hint else task
+    if hint:
+        return hint
     model_type = str(config.get("model_type", "")).lower()
     if model_type in MODEL_TYPE_TASK_MAP:
         return MODEL_TYPE_TASK_MAP[model_type]
@@ -86,6 +85,9 @@ def resolve_task(config: Mapping[str, Any], override: str | None) -> str | None:
     if override is None:
         return detect_task(config)
     override = TASK_ALIASES.get(override, override)
+    parts = override.split("_")
+    if len(parts) == 4 and parts[0] == "translation" and parts[2] == "to":  # translation_XX_to_YY, as transformers
+        return override
     if override not in PIPELINE_TASKS:
         raise TaskDetectionError(
             f"unknown task {override!r}; known tasks: {', '.join(sorted(PIPELINE_TASKS))}"

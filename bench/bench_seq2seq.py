@@ -1,13 +1,30 @@
-"""Benchmark an encoder-decoder as ONE file against Optimum's separate files, with plain onnxruntime.
+"""Benchmark an encoder-decoder as ONE file: the runtime against Optimum, and the one file against the separate files.
 
-    python bench/bench_seq2seq.py [--repeats 3] [--trials 3] [--threads N] [--json bench/results-seq2seq.json]
+    python bench/bench_seq2seq.py [--passes 5] [--new-tokens 32] [--repeats 3] [--trials 3] [--threads N]
+                                  [--quick] [--json bench/results-seq2seq.json]
 
 Builds (once, cached under ~/.cache/onnxmeta/bench/t5-small-random/) a random-weight T5 of t5-small's
 size (the real t5-small config.json from /work/shared/data: d_model 512, 6 layers, 8 heads, vocab 32128)
 with the t5-small tokenizer, exports it with Optimum (text2text-generation-with-past, in the Optimum
 environment ~/.cache/onnxmeta/venv-optimum) and merges the export into one file with full metadata.
 
-Prints and writes to --json:
+Part 1, the runtime against Optimum (tokens per second). Two contenders, each in its own process, on the same
+export, greedy, max_new_tokens = min_new_tokens (so a random model's eos cannot end a row early and both make the
+same count), batch 1 and 8 (texts of 50 to 70 tokens), the same intra-op threads (--threads, default the cores):
+
+* runtime  Runtime(model.onnx, task="text2text-generation")(texts, num_beams=1, do_sample=False, ...): the one
+           file; texts in, texts out
+* optimum  ORTModelForSeq2SeqLM.from_pretrained(export).generate(**tokenizer(texts), ...), then batch_decode: the
+           separate files (its environment: transformers 4.57, Optimum's defaults, no I/O binding on CPU)
+
+In-process figures: each process imports, loads, warms up, then times --repeats calls per batch size (median):
+tokens/s (new tokens of all rows / wall time of the call) and the loop's own cost per token (the call's wall time
+minus the time inside onnxruntime's run calls, per step; tokenizing and decoding included). Whole-process figure:
+another process that starts, imports, loads, generates once at batch 1 and exits, timed from outside (what a user
+of a command line waits for). The two contenders run in --passes passes, their order flipped every pass; each
+figure is the median over passes. Target (issue 12): runtime >= 1.3x Optimum in tokens/s at batch 1 and 8.
+
+Part 2, the one file against the separate files, with plain onnxruntime. Prints and writes to --json:
 
 * sizes: the one file (its embedded metadata apart), the export's separate graph files, and the
   export's weights counted once by content (the floor for any one-file form);
@@ -81,6 +98,183 @@ def build() -> Path:
     merge_export(export, one_file, discover(model_folder, level="full"))
     return CACHE
 
+
+# ------------------------------------------------------------------------------------ part 1: against Optimum
+# Each contender runs in its own process: `python bench_seq2seq.py --contender NAME --model FOLDER ...` prints one
+# JSON line: {batch: {"seconds": [...], "onnxruntime_seconds": [...], "steps", "tokens", "ids"}} (warm), or nothing
+# but its exit status (cold: the whole process is the figure).
+
+CORES = os.cpu_count() or 1
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "small", "cats", "quietly",
+         "sleep", "on", "the", "warm", "red", "mat", "in", "an", "old", "house")
+
+
+def texts(batch: int) -> list[str]:
+    """batch texts of 50 to 70 t5 tokens, different lengths (about 1.2 tokens a word)."""
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(60 - 2 * i if batch > 1 else 60)) for i in range(batch)]
+
+
+class Timed:
+    """Adds up the time spent inside onnxruntime's run calls of the sessions given (run and run_with_iobinding)."""
+
+    def __init__(self, sessions: list[Any]) -> None:
+        self.seconds = 0.0
+        for session in {id(s): s for s in sessions}.values():
+            for method in ("run", "run_with_iobinding"):
+                setattr(session, method, self._timed(getattr(session, method)))
+
+    def _timed(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
+
+
+Generate = Callable[[list[str], int], list[list[int]]]
+
+
+def generator(name: str, folder: Path, threads: int) -> tuple[Generate, Callable[[], list[Any]]]:
+    """The contender's generate(texts, new_tokens) -> new token ids per row, and its onnxruntime sessions."""
+    if name == "runtime":
+        sys.path[:0] = [str(ROOT / "runtime")]
+        import onnxmeta_runtime as rt
+
+        runtime = rt.Runtime(folder / "model.onnx", task="text2text-generation", intra_op_num_threads=threads, batch_size=8)
+
+        def generate_runtime(batch: list[str], new_tokens: int) -> list[list[int]]:
+            out = runtime(batch, return_tensors=True, num_beams=1, do_sample=False, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens)
+            return [r["generated_token_ids"][1:] for r in (out if isinstance(out, list) else [out])]
+
+        def sessions_runtime() -> list[Any]:
+            return [s.ort for s in runtime._task.ctx.sessions.values()]
+
+        return generate_runtime, sessions_runtime
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    model = ORTModelForSeq2SeqLM.from_pretrained(folder / "export", session_options=options, provider="CPUExecutionProvider")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "export")
+
+    def generate_optimum(batch: list[str], new_tokens: int) -> list[list[int]]:
+        ids = model.generate(**tokenizer(batch, return_tensors="pt", padding=True), num_beams=1, do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [row[1:] for row in ids.tolist()]
+
+    def sessions_optimum() -> list[Any]:
+        return [part.session for part in (model.encoder, model.decoder, model.decoder_with_past) if part is not None]
+
+    return generate_optimum, sessions_optimum
+
+
+def contender_main(name: str, folder: Path, new_tokens: int, repeats: int, threads: int, cold: bool) -> None:
+    generate, sessions = generator(name, folder, threads)
+    if cold:
+        generate(texts(1), new_tokens)
+        return
+    timer = Timed(sessions())
+    out: dict[str, Any] = {}
+    for batch in (1, 8):
+        generate(texts(batch), 4)  # warm-up
+        seconds, inside, ids = [], [], []
+        for _ in range(repeats):
+            timer.seconds = 0.0
+            start = time.perf_counter()
+            ids = generate(texts(batch), new_tokens)
+            seconds.append(time.perf_counter() - start)
+            inside.append(timer.seconds)
+        out[str(batch)] = {"seconds": seconds, "onnxruntime_seconds": inside, "steps": new_tokens,
+                           "tokens": sum(len(row) for row in ids), "ids": ids}
+    print("RESULT " + json.dumps(out))
+
+
+def contender(name: str, folder: Path, new_tokens: int, repeats: int, threads: int, cold: bool) -> dict[str, Any] | None:
+    """One contender's process: its printed results (warm) and the whole process's wall time."""
+    python = OPTIMUM_PYTHON if name == "optimum" else Path(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [str(python), __file__, "--contender", name, "--model", str(folder), "--new-tokens", str(new_tokens),
+               "--repeats", str(repeats), "--threads", str(threads), *(["--cold"] if cold else [])]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, check=False)
+    wall = time.perf_counter() - start
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if result.returncode != 0 or (line is None and not cold):
+        print(f"  {name} failed:\n{result.stderr[-1500:]}", file=sys.stderr)
+        return None
+    out: dict[str, Any] = json.loads(line[len("RESULT "):]) if line else {}
+    out["process_seconds"] = wall
+    return out
+
+
+CONTENDERS = ("runtime", "optimum")
+
+
+def versus_optimum(folder: Path, passes: int, new_tokens: int, repeats: int, threads: int) -> dict[str, Any]:
+    """Both contenders in passes (order flipped every pass): per contender and batch size the median over passes of
+    tokens/s and loop cost per token, the whole-process seconds, and the ratios runtime / Optimum."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    cold: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for p in range(passes):
+        for name in CONTENDERS if p % 2 == 0 else reversed(CONTENDERS):
+            warm = contender(name, folder, new_tokens, repeats, threads, cold=False)
+            whole = contender(name, folder, new_tokens, repeats, threads, cold=True)
+            if warm is not None:
+                runs[name].append(warm)
+            if whole is not None:
+                cold[name].append(whole["process_seconds"])
+    figures: dict[str, Any] = {"new_tokens": new_tokens, "threads": threads, "passes": passes, "repeats": repeats}
+    for name in CONTENDERS:
+        if not runs[name]:
+            continue
+        figures[name] = {"process_seconds": statistics.median(cold[name]) if cold[name] else None}
+        for batch in ("1", "8"):
+            per_pass = [(statistics.median(r[batch]["seconds"]), statistics.median(
+                [s - o for s, o in zip(r[batch]["seconds"], r[batch]["onnxruntime_seconds"])]), r[batch]) for r in runs[name]]
+            figures[name][batch] = {
+                "tokens_per_second": statistics.median(b["tokens"] / s for s, _, b in per_pass),
+                "loop_ms_per_token": statistics.median(1000 * loop / b["steps"] for _, loop, b in per_pass),
+                "tokens": per_pass[0][2]["tokens"],
+            }
+    if runs["runtime"] and runs["optimum"]:
+        figures["tokens_agree"] = {batch: runs["runtime"][0][batch]["ids"] == runs["optimum"][0][batch]["ids"]
+                                   for batch in ("1", "8")}
+        figures["ratios"] = {
+            **{f"bs{batch}_vs_optimum": figures["runtime"][batch]["tokens_per_second"]
+               / figures["optimum"][batch]["tokens_per_second"] for batch in ("1", "8")},
+            "process_vs_optimum": figures["runtime"]["process_seconds"] / figures["optimum"]["process_seconds"]
+            if figures["runtime"]["process_seconds"] and figures["optimum"]["process_seconds"] else None,
+        }
+    return figures
+
+
+def report_versus(figures: dict[str, Any]) -> None:
+    print(f"runtime (one file) vs Optimum (separate files): {figures['new_tokens']} new tokens greedy, "
+          f"{figures['threads']} intra-op threads, medians of {figures['passes']} passes")
+    print(f"{'contender':<10}{'batch':>6}{'tok/s':>9}{'loop/token':>12}   (in-process, warm)")
+    for name in CONTENDERS:
+        for batch in ("1", "8"):
+            if name in figures:
+                f = figures[name][batch]
+                print(f"{name:<10}{batch:>6}{f['tokens_per_second']:>9.1f}{f['loop_ms_per_token']:>9.2f} ms")
+    for name in CONTENDERS:
+        if name in figures and figures[name]["process_seconds"]:
+            print(f"{name:<10} whole process (start, imports, load, batch 1 x {figures['new_tokens']} tokens, exit): "
+                  f"{figures[name]['process_seconds']:.2f} s")
+    if "ratios" in figures:
+        r = figures["ratios"]
+        print(f"ratio runtime / Optimum tokens/s: batch 1 {r['bs1_vs_optimum']:.2f}x, batch 8 {r['bs8_vs_optimum']:.2f}x "
+              f"(target >= 1.3x); whole process {r['process_vs_optimum']:.2f}x the time; same tokens: {figures['tokens_agree']}")
+
+
+# ------------------------------------------------------------------- part 2: one file against separate files
 
 def unique_weight_bytes(folder: Path) -> int:
     """The export's initializers counted once by content."""
@@ -260,16 +454,40 @@ def report(figures: dict[str, Any]) -> None:
                   f"{t['one_file'] / t['separate']:.3f}x")
 
 
+def run(passes: int = 5, new_tokens: int = 32, repeats: int = 3, trials: int = 3, threads: int = CORES) -> dict[str, Any]:
+    """Both parts, printed; their figures, with the ratios run.py tabulates under "ratios"."""
+    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
+    folder = build()
+    versus = versus_optimum(folder, passes, new_tokens, repeats, threads)
+    report_versus(versus)
+    files = measure(folder, repeats, trials, threads)
+    report(files)
+    ratios = dict(versus.get("ratios", {}))
+    for batch in ("1", "8"):
+        f = files[f"batch_{batch}"]["ms_per_token"]
+        ratios[f"one_file_vs_separate_bs{batch}"] = f["one_file"] / f["separate"]
+    return {"versus_optimum": versus, "one_file_vs_separate": files, "ratios": ratios}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved greedy runs per contender and trial (median)")
-    parser.add_argument("--trials", type=int, default=3, help="trials, each with fresh sessions (median of their medians)")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    parser.add_argument("--passes", type=int, default=5, help="runtime-and-Optimum passes, order flipped each (median)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="new tokens per row against Optimum (min = max)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per contender and batch size (median)")
+    parser.add_argument("--trials", type=int, default=3, help="one-file-vs-separate trials, each with fresh sessions")
+    parser.add_argument("--threads", type=int, default=CORES, help="onnxruntime intra-op threads of every contender")
+    parser.add_argument("--quick", action="store_true", help="3 passes, 2 repeats, 2 trials (what run.py runs)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-seq2seq.json"))
+    parser.add_argument("--contender", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
-    figures = measure(build(), args.repeats, args.trials, args.threads)
-    report(figures)
+    if args.contender:
+        contender_main(args.contender, args.model, args.new_tokens, args.repeats, args.threads, args.cold)
+        return 0
+    if args.quick:
+        args.passes, args.repeats, args.trials = 3, 2, 2
+    figures = run(args.passes, args.new_tokens, args.repeats, args.trials, args.threads)
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"\nwrote {args.json}")
     return 0

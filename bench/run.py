@@ -9,20 +9,22 @@
 5. the embed command as a whole process vs an onnx.load+save process    bench_process.py
 6. optimized (O1-O3) and dynamic-int8 exports vs the plain export        bench_export.py
    (texts/s at batch 8 and 1, file size, max score difference)
+7. T5 (t5-small-sized) as one file: tokens/s vs Optimum (batch 1, 8),   bench_seq2seq.py --quick
+   whole process vs Optimum, per token vs the separate files
 
 1-4 and 6 time the operation inside a process whose imports are done (in-process figures); 5 times what a user
-waits for: process start, imports and work (whole-process figures).
+waits for: process start, imports and work (whole-process figures); 7 gives both, each labelled.
 
-With --all (or --parts NAME ...), each modality's own bench script runs after 1-6, as its own process,
+With --all (or --parts NAME ...), each modality's own bench script runs after 1-7, as its own process,
 printing its table (in-process and whole-process figures, each labelled) and writing its JSON:
 
-7. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
-8. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
-9. audio: feature extraction vs transformers, end to end                bench_audio.py
-10. encoder-decoder: one file vs separate files, tokens/s vs Optimum    bench_seq2seq.py
+8. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
+9. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
+10. audio: feature extraction vs transformers, end to end               bench_audio.py
 
-Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
-minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
+Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
+minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
+everything to --json.
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ import bench_export
 import bench_metadata
 import bench_process
 import bench_runtime
+import bench_seq2seq
 
 # the modality parts: each script measures and prints its own table and writes its own JSON
 MODALITIES = {
     "generation": "bench_generation.py",
     "images": "bench_images.py",
     "audio": "bench_audio.py",
-    "seq2seq": "bench_seq2seq.py",
 }
 
 
@@ -64,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    parser.add_argument("--all", action="store_true", help="also every modality part (7-10)")
+    parser.add_argument("--all", action="store_true", help="also every modality part (8-10)")
     parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
-                        help="modality parts to run after 1-6")
-    parser.add_argument("--only-parts", action="store_true", help="skip 1-6")
+                        help="modality parts to run after 1-7")
+    parser.add_argument("--only-parts", action="store_true", help="skip 1-7")
     args = parser.parse_args(argv)
     parts = list(MODALITIES) if args.all else args.parts
     if args.only_parts:
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     proc = bench_process.run(max(args.repeats, 5))
     print("\n== 6: optimized and quantized exports ==")
     exported = bench_export.run(args.repeats)
-    r, q, p = io["ratios"], rt["ratios"], proc["ratios"]
+    print("\n== 7: encoder-decoder (T5) ==")
+    s2s = bench_seq2seq.run(passes=3, repeats=2, trials=2)
+    r, q, p, t = io["ratios"], rt["ratios"], proc["ratios"], s2s["ratios"]
     x, variants = exported["ratios"], exported["variants"]
     rows = [
         ("1 read_metadata speed vs onnx.load", f"{r['read_speedup_vs_onnx_load']:.0f}x faster", ">= 100x",
@@ -109,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
            "", None) for name in ("O2", "O3", "int8", "O2+int8")],
         *[(f"6 {name} size vs plain; max diff", f"{x[name]['size_vs_plain']:.2f}x; "
            f"{variants[name]['max_score_difference']:.0e}", "", None) for name in ("int8", "O2+int8")],
+        ("7 T5 tokens/s vs Optimum, batch 1", f"{t['bs1_vs_optimum']:.2f}x", ">= 1.3x", t["bs1_vs_optimum"] >= 1.3),
+        ("7 T5 tokens/s vs Optimum, batch 8", f"{t['bs8_vs_optimum']:.2f}x", ">= 1.3x", t["bs8_vs_optimum"] >= 1.3),
+        ("7 T5 whole process vs Optimum", f"{t['process_vs_optimum']:.2f}x", "(time)", None),
+        ("7 T5 one file vs separate, batch 1", f"{t['one_file_vs_separate_bs1']:.3f}x", "<= 1.05x",
+         t["one_file_vs_separate_bs1"] <= 1.05),
+        ("7 T5 one file vs separate, batch 8", f"{t['one_file_vs_separate_bs8']:.3f}x", "<= 1.05x",
+         t["one_file_vs_separate_bs8"] <= 1.05),
     ]
     print(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
     print(f"{'measure':<38}{'measured':>14}{'target':>16}  verdict")
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<38}{value:>14}{target:>16}  {'' if ok is None else 'PASS' if ok else 'MISS'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "embed_process": proc, "export": exported,
+                                     "seq2seq": s2s,
                                      "seconds": time.perf_counter() - start}, indent=2))
     print(f"\nwrote {args.json}")
     return max(run_modalities(parts).values(), default=0)

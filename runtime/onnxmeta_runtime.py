@@ -44,7 +44,11 @@ __version__ = "0.1.0"
 __all__ = (
     "COMPRESSED_SUFFIX",
     "COMPRESSION_LEVEL",
+    "DECODER_FILE",
+    "DECODER_MERGED_FILE",
+    "DECODER_WITH_PAST_FILE",
     "DEFAULT_COMPRESS_THRESHOLD",
+    "ENCODER_FILE",
     "FEATURE_EXTRACTORS",
     "FIELD_GRAPH",
     "FIELD_METADATA_PROPS",
@@ -71,7 +75,10 @@ __all__ = (
     "KEY_VERSION",
     "LEGACY_GZIP_PREFIX",
     "MAX_DECOMPRESSED_SIZE",
+    "MERGED_BRANCH_INPUT",
     "METADATA_CACHE_SIZE",
+    "PHASES",
+    "PHASE_INPUT",
     "PROCESSORS",
     "SENTENCE_TRANSFORMERS_MODULES",
     "STRING_KEYS",
@@ -109,7 +116,12 @@ __all__ = (
     "clear_metadata_cache",
     "decode_metadata",
     "encode_metadata",
+    "graph_layout",
+    "is_cross_attention",
+    "is_decoder_input",
     "is_format_key",
+    "is_past_input",
+    "is_present_output",
     "iter_fields",
     "load_audio",
     "load_feature_extractor",
@@ -121,11 +133,14 @@ __all__ = (
     "metadata_digest",
     "model_info",
     "open_sessions",
+    "past_pairs",
     "pipeline",
+    "present_for",
     "read_metadata",
     "read_varint",
     "resample",
     "scan_model",
+    "session_signature",
     "string_entry",
     "value_text",
 )
@@ -1002,15 +1017,17 @@ class TextTokenizer:
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to tokenize: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
 
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
-        """Token ids to text as transformers decodes them, clean_up_tokenization_spaces included."""
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Token ids to text as transformers decodes them, clean_up_tokenization_spaces included (the tokenizer
+        config's, as transformers 5 reads it, unless given)."""
         try:
             text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         except BaseException as exc:  # noqa: BLE001 - tokenizers' panics are BaseException; see below
             _reraise_unless_tokenizer_error(exc)
             raise ProcessorReconstructionError(f"the embedded tokenizer.json fails to decode: {exc}; re-embed a "
                                                "tokenizer that transformers can load") from None
-        if self.clean_up_spaces:
+        if self.clean_up_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
             for old, new in _CLEAN_UP:
                 text = text.replace(old, new)
         return text
@@ -2285,10 +2302,12 @@ def load_processor(metadata: Mapping[str, Any], kind: str | None = None) -> Any:
 ########################################################################################################
 # Sessions
 ########################################################################################################
-# onnxruntime is imported when a model is run, never at import. A Session wraps one InferenceSession: its
-# inputs and outputs by name with their types and shapes, read once, and runs that raise the project's
-# errors. A file may hold several graphs run in turn (an encoder, then decoder steps): open_sessions
-# returns them by name, and a single-graph file has one, "model".
+# onnxruntime is imported when a model is run, never at import. A Session wraps one InferenceSession, or one
+# entry point into it: its inputs and outputs by name with their types and shapes, read once, and runs that
+# raise the project's errors. A model may hold several graphs run in turn (an encoder, then decoder steps):
+# open_sessions returns them by name; a single-graph file has one, "model", an encoder-decoder "encoder",
+# "decoder" and "decoder_with_past", whether one file (an entry point per graph, see "Encoder-decoder layouts")
+# or a folder of Optimum's separate files. Tasks never see file or graph names of several graphs, only roles.
 
 _DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int64)": "int64",
@@ -2311,23 +2330,54 @@ class _Port(NamedTuple):
         return _DTYPES.get(self.type)
 
 
-class Session:
-    """One onnxruntime session of a model file: inputs and outputs by name, runs that raise MetadataError."""
+def _port(name: str, node: Any) -> _Port:
+    return _Port(name, node.type, tuple(node.shape or ()))
 
-    def __init__(self, ort_session: Any, *, fed_by: str = "inputs") -> None:
+
+class Session:
+    """One graph of a model, or one entry point into a file of several, as tasks see it: inputs and outputs by
+    name (an entry point's by role, the names of Optimum's separate files, each mapped to the graph's own name),
+    runs that raise MetadataError. An entry point feeds its ``fixed`` inputs itself (the phase that selects it);
+    ``past`` pairs an encoder-decoder's past inputs with the outputs that feed them at the next step, in roles,
+    and says which are cross-attention ones (computed once, by "decoder")."""
+
+    def __init__(self, ort_session: Any, *, fed_by: str = "inputs", inputs: Mapping[str, str] | None = None,
+                 outputs: Mapping[str, str] | None = None, fixed: Mapping[str, Any] | None = None,
+                 past: Sequence[tuple[str, str, bool]] = ()) -> None:
         self.ort = ort_session
-        self.inputs = {i.name: _Port(i.name, i.type, tuple(i.shape or ())) for i in ort_session.get_inputs()}
-        self.outputs = {o.name: _Port(o.name, o.type, tuple(o.shape or ())) for o in ort_session.get_outputs()}
+        graph_inputs = {i.name: i for i in ort_session.get_inputs()}
+        # an entry point into one file takes inputs that have empty defaults there (overridable initializers)
+        defaulted = {i.name: i for i in ort_session.get_overridable_initializers()} if inputs is not None else {}
+        graph_inputs.update(defaulted)
+        self.defaulted = frozenset(defaulted)
+        graph_outputs = {o.name: o for o in ort_session.get_outputs()}
+        self._input_names = dict(inputs) if inputs is not None else {n: n for n in graph_inputs}
+        self._output_names = dict(outputs) if outputs is not None else {n: n for n in graph_outputs}
+        self.inputs = {role: _port(role, graph_inputs[name]) for role, name in self._input_names.items()}
+        self.outputs = {role: _port(role, graph_outputs[name]) for role, name in self._output_names.items()}
+        self.fixed = dict(fixed or {})
+        self.past = tuple(past)
         self._fed_by = fed_by
 
     def output(self, preferred: str) -> str:
         """preferred when the graph has such an output, else its first output."""
         return preferred if preferred in self.outputs else next(iter(self.outputs))
 
+    def input_name(self, role: str) -> str:
+        """The graph's name of an input (the role itself for a graph of its own)."""
+        return self._input_names.get(role, role)
+
+    def output_name(self, role: str) -> str:
+        """The graph's name of an output (the role itself for a graph of its own)."""
+        return self._output_names.get(role, role)
+
     def run(self, outputs: Sequence[str] | None, feed: Mapping[str, Any]) -> list[Any]:
-        """The named outputs (all when None) for the feed, as numpy arrays."""
+        """The named outputs (all of the graph's or entry point's when None) for the feed, as numpy arrays."""
+        asked = list(self._output_names.values()) if outputs is None else [self.output_name(o) for o in outputs]
+        given = {self.input_name(name): value for name, value in feed.items()}
+        given.update(self.fixed)
         try:
-            return list(self.ort.run(None if outputs is None else list(outputs), dict(feed)))
+            return list(self.ort.run(asked, given))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types, e.g. a token id past the embedding table
             raise self.failure(exc) from None
 
@@ -2351,15 +2401,17 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def _session_options(session_options: Any, threads: int | None, level: str | None) -> Any:
-    """session_options, or new SessionOptions with the thread count and optimization level set."""
-    if threads is None and level is None:
-        return session_options
-    if session_options is not None:
+def _session_options(session_options: Any, threads: int | None, level: str | None, *, quiet: bool = False) -> Any:
+    """session_options as given; else new SessionOptions with the thread count and optimization level set, and
+    onnxruntime's warnings silenced when quiet (a one-file encoder-decoder logs one per defaulted input as it
+    loads); None when there is nothing to set."""
+    if session_options is not None and (threads is not None or level is not None):
         raise InvalidInputError(
             "pass either session_options or intra_op_num_threads/graph_optimization_level, not both; "
             "set them on your SessionOptions instead"
         )
+    if session_options is not None or (threads is None and level is None and not quiet):
+        return session_options
     if threads is not None:
         threads = _integer(0, hint=" (0: onnxruntime's default)")("intra_op_num_threads", threads)
     if level is not None:
@@ -2370,6 +2422,8 @@ def _session_options(session_options: Any, threads: int | None, level: str | Non
         options.intra_op_num_threads = threads
     if level is not None:
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
+    if quiet:
+        options.log_severity_level = 3
     return options
 
 
@@ -2398,14 +2452,338 @@ def _session(path: str, providers: Sequence[Any] | None, session_options: Any) -
     return session
 
 
+# --- Encoder-decoder layouts ---------------------------------------------------------------------------
+# An encoder-decoder's graphs are three entry points: "encoder" (run once per input), "decoder" (the first
+# decoder step: no past in, the self- and cross-attention past out) and "decoder_with_past" (every later step).
+# Each maps roles, the names of Optimum's separate files, to the graph's names (docs/FORMAT.md,
+# "Encoder-decoders in one file"). A one-file model carries the layout as hf_graph_layout (authoring writes
+# it); a file without the key, or a folder of Optimum's files, is recognised from its graph and file names by
+# these pure functions, which authoring uses too.
+
+PHASE_INPUT = "phase"
+"""The int64 scalar input of a one-file encoder-decoder whose value (PHASES) selects the entry point."""
+PHASES = {"encoder": 0, "decoder": 1, "decoder_with_past": 2}
+ENCODER_FILE = "encoder_model.onnx"
+DECODER_FILE = "decoder_model.onnx"
+DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
+DECODER_MERGED_FILE = "decoder_model_merged.onnx"
+"""Optimum's file names for the parts of an encoder-decoder export."""
+MERGED_BRANCH_INPUT = "use_cache_branch"
+"""The bool input of Optimum's merged decoder that selects the step with past."""
+_PAST_PREFIX, _PRESENT_PREFIX, _DECODER_PREFIX = "past_key_values.", "present.", "decoder_"
+# A graph's signature as onnxruntime reports it: {"inputs": [(name, type, shape)], "outputs": [...]}.
+_Signature = Mapping[str, Sequence[tuple[str, str, Sequence[Any]]]]
+
+
+def is_past_input(name: str) -> bool:
+    """A past key value input, by Optimum's naming (past_key_values.N.{decoder,encoder}.{key,value})."""
+    return name.startswith(_PAST_PREFIX)
+
+
+def is_present_output(name: str) -> bool:
+    return name.startswith(_PRESENT_PREFIX)
+
+
+def is_cross_attention(name: str) -> bool:
+    """A cross-attention past or present (computed once, from the encoder output), by Optimum's naming."""
+    return ".encoder." in name
+
+
+def is_decoder_input(name: str) -> bool:
+    """A one-file input that feeds a decoder: decoder_*, encoder_* (hidden states, mask) or a past; others feed the
+    encoder."""
+    return name.startswith((_DECODER_PREFIX, "encoder_")) or is_past_input(name)
+
+
+def present_for(past: str) -> str:
+    """The output that feeds a past input at the next step (past_key_values.0.decoder.key -> present.0.decoder.key)."""
+    return _PRESENT_PREFIX + past[len(_PAST_PREFIX):]
+
+
+def past_pairs(past_roles: Sequence[str]) -> list[dict[str, Any]]:
+    """The layout's past entries: which output feeds each past input at the next step; cross-attention ones come
+    once, from "decoder"."""
+    return [{"input": name, "output": present_for(name), "cross": is_cross_attention(name)} for name in past_roles]
+
+
+def _names(items: Sequence[tuple[str, str, Sequence[Any]]]) -> list[str]:
+    return [item[0] for item in items]
+
+
+def _same(names: Sequence[str]) -> dict[str, str]:
+    return {n: n for n in names}
+
+
+def graph_layout(signatures: Mapping[str, _Signature]) -> dict[str, Any]:
+    """The layout of an encoder-decoder from its graphs' names alone.
+
+    signatures maps file names to signatures: Optimum's files of a folder (``encoder_model.onnx`` and
+    ``decoder_model.onnx`` / ``decoder_with_past_model.onnx`` / ``decoder_model_merged.onnx``), or a single file
+    of this format (an int64 ``phase`` input). Returns the ``hf_graph_layout`` object; raises
+    MetadataValidationError when the names do not say what each part is.
+    """
+    if len(signatures) == 1:
+        (name, signature), = signatures.items()
+        if PHASE_INPUT in _names(signature["inputs"]):
+            return _one_file_layout(signature)
+        raise MetadataValidationError(
+            f"{name} is not an encoder-decoder in one file: it has no {PHASE_INPUT!r} input "
+            f"(inputs: {', '.join(_names(signature['inputs']))})"
+        )
+    return _folder_layout(signatures)
+
+
+def _one_file_layout(signature: _Signature) -> dict[str, Any]:
+    """A file of this format by its names: decoder_* / encoder_* / past inputs feed the decoders (decoder_input_ids
+    is Optimum's input_ids), the rest the encoder; an output prefixed with an entry point (decoder_with_past.logits)
+    is that entry point's, logits and present.* the decoder's, the rest the encoder's."""
+    inputs = [n for n in _names(signature["inputs"]) if n != PHASE_INPUT]
+    decoder_in = [n for n in inputs if is_decoder_input(n)]
+    encoder_in = [n for n in inputs if n not in decoder_in]
+    roles = {n: n.removeprefix(_DECODER_PREFIX) for n in decoder_in}
+    outputs: dict[str, dict[str, str]] = {entry: {} for entry in PHASES}
+    for name in _names(signature["outputs"]):
+        entry, dot, role = name.partition(".")
+        if dot and entry in outputs:
+            outputs[entry][role] = name
+        else:
+            outputs["decoder" if name == "logits" or is_present_output(name) else "encoder"][name] = name
+    first = {roles[n]: n for n in decoder_in if not is_past_input(n)}
+    step = {roles[n]: n for n in decoder_in if n != "encoder_hidden_states"}
+    entries = {
+        "encoder": {"inputs": _same(encoder_in), "outputs": outputs["encoder"], "phase": PHASES["encoder"]},
+        "decoder": {"inputs": first, "outputs": outputs["decoder"], "phase": PHASES["decoder"]},
+    }
+    if outputs["decoder_with_past"]:
+        entries["decoder_with_past"] = {"inputs": step, "outputs": outputs["decoder_with_past"],
+                                        "phase": PHASES["decoder_with_past"]}
+    past = [roles[n] for n in decoder_in if is_past_input(n)] if "decoder_with_past" in entries else []
+    return {"phase_input": PHASE_INPUT, "entry_points": entries, "past": past_pairs(past)}
+
+
+def _folder_layout(signatures: Mapping[str, _Signature]) -> dict[str, Any]:
+    """Optimum's files by their names: separate decoders, or the merged one whose every input must be fed."""
+    files = set(signatures)
+    if ENCODER_FILE not in files or not files & {DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE}:
+        raise MetadataValidationError(
+            f"not an encoder-decoder export: expected {ENCODER_FILE} and {DECODER_FILE}, {DECODER_WITH_PAST_FILE} "
+            f"or {DECODER_MERGED_FILE}; found {', '.join(sorted(files)) or 'no .onnx files'}"
+        )
+
+    def names(file: str, kind: str) -> list[str]:
+        return _names(signatures[file][kind])
+
+    def entry(file: str, inputs: Sequence[str], outputs: Sequence[str], **extra: Any) -> dict[str, Any]:
+        return {"inputs": _same(inputs), "outputs": _same(outputs), "file": file, **extra}
+
+    entries = {"encoder": entry(ENCODER_FILE, names(ENCODER_FILE, "inputs"), names(ENCODER_FILE, "outputs"))}
+    layout: dict[str, Any] = {"phase_input": None, "entry_points": entries, "past": []}
+    if DECODER_FILE in files:
+        entries["decoder"] = entry(DECODER_FILE, names(DECODER_FILE, "inputs"), names(DECODER_FILE, "outputs"))
+    if DECODER_WITH_PAST_FILE in files and DECODER_FILE in files:
+        inputs = names(DECODER_WITH_PAST_FILE, "inputs")
+        entries["decoder_with_past"] = entry(DECODER_WITH_PAST_FILE, inputs, names(DECODER_WITH_PAST_FILE, "outputs"))
+        layout["past"] = past_pairs([n for n in inputs if is_past_input(n)])
+    elif DECODER_MERGED_FILE in files:
+        inputs = [n for n in names(DECODER_MERGED_FILE, "inputs") if n != MERGED_BRANCH_INPUT]
+        outputs = names(DECODER_MERGED_FILE, "outputs")
+        past = [n for n in inputs if is_past_input(n)]
+        hidden = [n for n in inputs if n == "encoder_hidden_states"]
+        # The merged graph needs every input fed: an entry point feeds the ones it does not use empty.
+        entries["decoder"] = entry(DECODER_MERGED_FILE, [n for n in inputs if not is_past_input(n)], outputs, phase=False,
+                                   empty_inputs=past)
+        entries["decoder_with_past"] = entry(
+            DECODER_MERGED_FILE, [n for n in inputs if n not in hidden],
+            [n for n in outputs if not (is_present_output(n) and is_cross_attention(n))], phase=True, empty_inputs=hidden)
+        layout["phase_input"] = MERGED_BRANCH_INPUT
+        layout["past"] = past_pairs(past)
+    elif DECODER_FILE not in files:
+        raise MetadataValidationError(f"{DECODER_WITH_PAST_FILE} without {DECODER_FILE}: the first decoder step, which "
+                                      "computes the cross-attention past, is missing")
+    return layout
+
+
+def session_signature(session: Any) -> dict[str, list[tuple[str, str, list[Any]]]]:
+    """The signature of an onnxruntime session: inputs (overridable initializers included) and outputs."""
+    def arg(a: Any) -> tuple[str, str, list[Any]]:
+        return a.name, a.type, list(a.shape or ())
+
+    inputs = [arg(a) for a in session.get_inputs()] + [arg(a) for a in session.get_overridable_initializers()]
+    return {"inputs": inputs, "outputs": [arg(a) for a in session.get_outputs()]}
+
+
+def _checked_layout(layout: Any, where: str) -> dict[str, Any]:
+    """An hf_graph_layout value checked for the types the runtime reads (a file is hostile until read)."""
+    def bad(what: str) -> MetadataValidationError:
+        return MetadataValidationError(f"{KEY_GRAPH_LAYOUT} of {where} is malformed: {what}; merge the export again "
+                                       "(python -m authoring embed <export-folder> <model>)")
+
+    def names(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+    points = layout.get("entry_points") if isinstance(layout, dict) else None
+    if not isinstance(points, dict) or not {"encoder", "decoder"} <= set(points) or not set(points) <= set(PHASES):
+        raise bad("entry_points must name 'encoder', 'decoder' and optionally 'decoder_with_past'")
+    phase_input = layout.get("phase_input")
+    if phase_input is not None and not isinstance(phase_input, str):
+        raise bad("phase_input must be a string or null")
+    for entry, point in points.items():
+        if not isinstance(point, dict) or not names(point.get("inputs")) or not names(point.get("outputs")):
+            raise bad(f"entry point {entry!r} needs inputs and outputs mapping roles to graph names")
+        phase = point.get("phase")
+        if phase_input is not None and not isinstance(phase, (int, bool)):
+            raise bad(f"entry point {entry!r} needs a phase (the value of {phase_input!r} that selects it)")
+        empty = point.get("empty_inputs", [])
+        if not isinstance(point.get("file", ""), str) or not isinstance(empty, list) or not all(
+                isinstance(n, str) for n in empty):
+            raise bad(f"entry point {entry!r} has a file or empty_inputs of the wrong type")
+    past = layout.get("past", [])
+    if not isinstance(past, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("input"), str) and isinstance(p.get("output"), str)
+            and isinstance(p.get("cross"), bool) for p in past):
+        raise bad("past must be a list of {input, output, cross}")
+    return dict(layout)
+
+
+# --- Opening a model ----------------------------------------------------------------------------------
+
+
+def _export_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The files of an Optimum encoder-decoder export folder to run, in entry-point order: the encoder, then the
+    separate decoders (preferred: the merged decoder holds the same weights) or the merged one."""
+    present = [n for n in (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE, DECODER_MERGED_FILE)
+               if os.path.isfile(os.path.join(folder, n))]
+    if {DECODER_FILE, DECODER_WITH_PAST_FILE} <= set(present) and DECODER_MERGED_FILE in present:
+        present.remove(DECODER_MERGED_FILE)
+    return present
+
+
+def _export_metadata(folder: str, max_decompressed_size: int) -> dict[str, Any]:
+    """The metadata of an Optimum export folder: that of its first file (encoder first) that carries onnxmeta's."""
+    files = _export_files(folder)
+    name = os.path.basename(os.path.normpath(folder))
+    if ENCODER_FILE not in files:
+        raise MetadataReadError(f"{folder} is a directory, not an encoder-decoder export ({ENCODER_FILE} and decoders); "
+                                "pass the .onnx file inside it")
+    for file in files:
+        metadata = read_metadata(os.path.join(folder, file), max_decompressed_size=max_decompressed_size)
+        if KEY_VERSION in metadata:
+            return metadata
+    raise MetadataValidationError(
+        f"the export folder {name} has no onnxmeta metadata in {', '.join(files)}; merge it into ONE file with its "
+        f"metadata (python -m authoring embed {name} <model> --include-vocab), or embed its {ENCODER_FILE} "
+        f"(python -m authoring embed {name}/{ENCODER_FILE} <model> --include-vocab)"
+    )
+
+
 def open_sessions(
     path: str | os.PathLike[str], providers: Sequence[Any] | None = None, session_options: Any = None, *,
-    fed_by: str = "inputs",
+    fed_by: str = "inputs", metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Session]:
-    """The sessions of a model file by name ("model" for a single graph); fed_by names what makes the
+    """The sessions of a model by name: "model" for a single graph; "encoder", "decoder" and "decoder_with_past" for
+    an encoder-decoder in one file (its hf_graph_layout, from metadata, read from the file when not given; else
+    recognised from its graph names) or for a folder of Optimum's separate files. fed_by names what makes the
     inputs, for the hint of a failed run ("tokenizer")."""
     path = _model_path(path)
-    return {"model": Session(_session(path, providers, session_options), fed_by=fed_by)}
+    if os.path.isdir(path):
+        files = _export_files(path)
+        graphs = {name: _session(os.path.join(path, name), providers, session_options) for name in files}
+        layout = graph_layout({name: session_signature(graph) for name, graph in graphs.items()})
+        return _entry_points(graphs, layout, fed_by, os.path.basename(os.path.normpath(path)))
+    embedded = (read_metadata(path) if metadata is None else metadata).get(KEY_GRAPH_LAYOUT)
+    graph = _session(path, providers, session_options)
+    name = os.path.basename(path)
+    if embedded is not None:
+        return _entry_points({"": graph}, _checked_layout(embedded, name), fed_by, name)
+    defaulted = {i.name for i in graph.get_overridable_initializers()}
+    if not any(i.name == PHASE_INPUT for i in graph.get_inputs()) or "decoder_input_ids" not in defaulted:
+        return {"model": Session(graph, fed_by=fed_by)}
+    return _entry_points({"": graph}, graph_layout({name: session_signature(graph)}), fed_by, name)
+
+
+def _entry_points(graphs: Mapping[str, Any], layout: Mapping[str, Any], fed_by: str, where: str) -> dict[str, Session]:
+    """A Session per entry point of the layout, over the graphs by file name ("" for one file), checked to fit."""
+    import numpy as np
+
+    phase_input = layout.get("phase_input")
+    pairs = [(p["input"], p["output"], p["cross"]) for p in layout.get("past", [])]
+    sessions = {}
+    for entry, point in layout["entry_points"].items():
+        graph = graphs.get(point.get("file", ""))
+        if graph is None:
+            raise MetadataValidationError(f"{KEY_GRAPH_LAYOUT} of {where} names the file {point.get('file')!r} for the "
+                                          f"{entry}, which is not there")
+        ports = {p.name: p for p in (*graph.get_inputs(), *graph.get_overridable_initializers())}
+        given = {o.name for o in graph.get_outputs()}
+        for kind, names, known in (("input", point["inputs"], ports), ("output", point["outputs"], given)):
+            missing = sorted(n for n in names.values() if n not in known)
+            if missing:
+                raise MetadataValidationError(
+                    f"{KEY_GRAPH_LAYOUT} of {where} names {kind}s {missing} for the {entry}, which the graph does not "
+                    "have; merge the export again (python -m authoring embed <export-folder> <model>)")
+        fixed = {}
+        phase = [(phase_input, point["phase"])] if phase_input is not None and "phase" in point else []
+        for name, value in phase + [(n, None) for n in point.get("empty_inputs", [])]:
+            port = ports.get(name)
+            if port is None or _DTYPES.get(port.type) is None:
+                raise MetadataValidationError(f"{KEY_GRAPH_LAYOUT} of {where}: the graph has no tensor input {name!r} to "
+                                              f"feed the {entry}")
+            shape = [d if isinstance(d, int) else 0 for d in port.shape or ()]
+            # the phase: a scalar (this format) or a one-element tensor (Optimum's use_cache_branch); else empty
+            fixed[name] = (np.full([1] * len(shape), value, dtype=_DTYPES[port.type]) if value is not None
+                           else np.zeros(shape, dtype=_DTYPES[port.type]))
+        sessions[entry] = Session(graph, fed_by=fed_by, inputs=point["inputs"], outputs=point["outputs"], fixed=fixed,
+                                  past=pairs)
+    _check_fit(sessions, layout, where)
+    return sessions
+
+
+def _check_fit(sessions: Mapping[str, Session], layout: Mapping[str, Any], where: str) -> None:
+    """Refuse entry points that do not fit together, naming them and what does not match: the encoder's output
+    width against what the decoders take, past inputs no output feeds (or of another shape), logits widths."""
+    points = layout["entry_points"]
+
+    def part(entry: str) -> str:
+        return str(points[entry].get("file") or f"the {entry} of {where}")
+
+    def refuse(a: str, b: str, what: str) -> MetadataValidationError:
+        return MetadataValidationError(f"{part(a)} and {part(b)} do not fit together: {what}; are they from the same "
+                                       "export?")
+
+    def width(port: _Port | None) -> int | None:
+        last = port.shape[-1] if port is not None and port.shape else None
+        return last if isinstance(last, int) and last > 0 else None
+
+    encoder = sessions["encoder"]
+    hidden = encoder.outputs.get("last_hidden_state") or next(iter(encoder.outputs.values()), None)
+    for entry in ("decoder", "decoder_with_past"):
+        taken = sessions[entry].inputs.get("encoder_hidden_states") if entry in sessions else None
+        if width(hidden) and width(taken) and width(hidden) != width(taken) and hidden is not None:
+            raise refuse("encoder", entry, f"{part('encoder')} gives {hidden.name} of width {width(hidden)}, {part(entry)} "
+                                           f"takes encoder_hidden_states of width {width(taken)}")
+    step = sessions.get("decoder_with_past")
+    if step is None:
+        return
+    decoder = sessions["decoder"]
+    for past, present, cross in step.past:
+        if past not in step.inputs:
+            raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes no {past}, which "
+                                                         f"{KEY_GRAPH_LAYOUT} pairs with {present}")
+        for entry in ("decoder",) if cross else ("decoder", "decoder_with_past"):
+            gives = sessions[entry].outputs.get(present)
+            if gives is None:
+                raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes {past}, but {part(entry)} "
+                                                             f"gives no {present}")
+            mine, theirs = step.inputs[past].shape, gives.shape
+            if len(mine) == len(theirs) and any(isinstance(x, int) and isinstance(y, int) and x and y and x != y
+                                                for x, y in zip(mine, theirs)):
+                raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes {past} of shape "
+                                                             f"{list(mine)}, {part(entry)} gives {present} of shape "
+                                                             f"{list(theirs)}")
+    first, later = width(decoder.outputs.get("logits")), width(step.outputs.get("logits"))
+    if first and later and first != later:
+        raise refuse("decoder", "decoder_with_past", f"logits of width {first} in {part('decoder')}, {later} in "
+                                                     f"{part('decoder_with_past')}")
 
 
 ########################################################################################################
@@ -3221,20 +3599,28 @@ class _Binding:
         self.session = session
         self.binding = session.ort.io_binding()
         self.raw = self.binding._iobinding
-        self.cpu = _onnxruntime().OrtDevice.make("cpu", 0)._get_c_device()
+        ort = _onnxruntime()
+        self.cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+        self.values = ort.capi._pybind_state.OrtValue
+        for name, value in session.fixed.items():  # an entry point's phase: the session keeps the array alive
+            self.raw.bind_input(name, value)
 
     def run(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
-        """Run on numpy arrays (not copied: they must live until the run ends) and onnxruntime values; the
-        outputs as onnxruntime values (``.numpy()`` views them)."""
+        """Run on numpy arrays (not copied: they must live until the run ends) and onnxruntime values, by the
+        session's names (an entry point's roles); the outputs as onnxruntime values (``.numpy()`` views them)."""
         import numpy as np
 
+        session = self.session
         for name, value in inputs.items():
-            if isinstance(value, np.ndarray):
-                self.raw.bind_input(name, value)
+            graph_name = session.input_name(name)
+            if not isinstance(value, np.ndarray):
+                self.raw.bind_ortvalue_input(graph_name, value)
+            elif graph_name in session.defaulted:  # bind_input knows only the graph's true inputs
+                self.raw.bind_ortvalue_input(graph_name, self.values.ortvalue_from_numpy(value, self.cpu))
             else:
-                self.raw.bind_ortvalue_input(name, value)
+                self.raw.bind_input(graph_name, value)
         for name in outputs:  # every run: a bound output keeps the shape of the last run's
-            self.raw.bind_output(name, self.cpu)
+            self.raw.bind_output(session.output_name(name), self.cpu)
         try:
             self.session.ort.run_with_iobinding(self.binding)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
@@ -3369,14 +3755,21 @@ class _DecoderOnly(_Step):
         values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
         if state.cache:
             state.past = values[1:]
-        logits: np.ndarray = values[0].numpy()
-        if logits.ndim != 3:
-            raise MetadataValidationError(
-                f"the graph's logits have shape {logits.shape}; text generation needs (batch, sequence, vocabulary)"
-            )
-        # a view of onnxruntime's buffer (each run allocates a new one), the loop's to change; float32
-        last: np.ndarray = logits[:, -1]
-        return last if last.dtype == np.float32 else last.astype(np.float32)
+        return _last_logits(values[0])
+
+
+def _last_logits(value: Any) -> np.ndarray:
+    """The last position's logits of a run's (batch, sequence, vocabulary) output, float32: a view of onnxruntime's
+    buffer (each run allocates a new one), the loop's to change."""
+    import numpy as np
+
+    logits: np.ndarray = value.numpy()
+    if logits.ndim != 3:
+        raise MetadataValidationError(
+            f"the graph's logits have shape {logits.shape}; generation needs (batch, sequence, vocabulary)"
+        )
+    last: np.ndarray = logits[:, -1]
+    return last if last.dtype == np.float32 else last.astype(np.float32)
 
 
 def _config_int(config: Mapping[str, Any], *names: str) -> int | None:
@@ -3388,6 +3781,153 @@ def _head_size(config: Mapping[str, Any]) -> int | None:
     hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
     heads = _config_int(config, "num_attention_heads", "n_head")
     return hidden // heads if hidden and heads else None
+
+
+# --- Encoder-decoder models ---------------------------------------------------------------------------
+
+# what a decoder entry point takes besides its past: the tokens and the encoder's outputs
+_DECODER_ROLES = ("input_ids", "encoder_hidden_states", "encoder_attention_mask")
+
+
+class _EncoderDecoderModel:
+    """An encoder-decoder's entry points ("encoder", "decoder", and "decoder_with_past" when it was exported with
+    past) resolved once for the decoding loop: the encoder's output, what the decoders take, the past pairs
+    (self-attention ones carried from step to step, cross-attention ones computed once by "decoder"). The encoder
+    runs on whatever feed the task builds (token ids and mask, audio features)."""
+
+    def __init__(self, ctx: _Context, task: str) -> None:
+        if "encoder" not in ctx.sessions or "decoder" not in ctx.sessions:
+            raise MetadataValidationError(
+                f"{task} needs an encoder-decoder: a file merged from an export (python -m authoring embed "
+                f"<export-folder> <model>) or Optimum's export folder; this model has the graphs {sorted(ctx.sessions)}"
+            )
+        self.encoder, self.decoder = ctx.session("encoder"), ctx.session("decoder")
+        self.with_past = ctx.sessions.get("decoder_with_past")
+        self.hidden = self.encoder.output("last_hidden_state")
+        pairs = self.decoder.past if self.with_past is not None else ()
+        self.cross = [(past, present) for past, present, cross in pairs if cross]
+        self.self_past = [(past, present) for past, present, cross in pairs if not cross]
+        self.int_types: dict[str, str] = {}
+        for entry, session in (("decoder", self.decoder), ("decoder_with_past", self.with_past)):
+            if session is None:
+                continue
+            shape = session.outputs["logits"].shape if "logits" in session.outputs else None
+            if shape is None or (shape and len(shape) != 3):
+                raise MetadataValidationError(
+                    f"the {entry} needs a logits output (batch, sequence, vocabulary); it gives {sorted(session.outputs)}")
+            unknown = sorted(set(session.inputs) - set(_DECODER_ROLES) - {past for past, _, _ in pairs})
+            if unknown or "input_ids" not in session.inputs:
+                raise MetadataValidationError(
+                    f"the {entry} takes {sorted(session.inputs)}; generation feeds input_ids, encoder_hidden_states, "
+                    "encoder_attention_mask and past key values (past_key_values.N.*)")
+            for role in ("input_ids", "encoder_attention_mask"):
+                port = session.inputs.get(role)
+                if port is not None and port.dtype not in ("int64", "int32"):
+                    raise MetadataValidationError(f"the {entry}'s input {role!r} has type {port.type}; expected int64 or int32")
+                if port is not None:
+                    self.int_types[role] = str(port.dtype)
+        if "encoder_hidden_states" not in self.decoder.inputs:
+            raise MetadataValidationError(f"the decoder takes {sorted(self.decoder.inputs)}, not the encoder's output "
+                                          "(encoder_hidden_states)")
+        self.first_outputs = ["logits", *(present for _, present in self.cross), *(present for _, present in self.self_past)]
+        self.step_outputs = ["logits", *(present for _, present in self.self_past)]
+
+
+def _rows(value: Any, rows: np.ndarray | None) -> Any:
+    """An array or onnxruntime value (rows on axis 0) with rows picked; as it is for rows None."""
+    import numpy as np
+
+    return value if rows is None else (value if isinstance(value, np.ndarray) else value.numpy()).take(rows, axis=0)
+
+
+class _EncoderDecoderState:
+    """One call's rows in an encoder-decoder. The encoder's outputs (hidden states, attention mask) and the
+    cross-attention past are kept once per input row; ``owner`` maps each decoding row (beams, sequences) to its input
+    row (None: one each, in order), and the rows are gathered from them only when that mapping changes (a beam search
+    reorders beams within an input's, which keeps it). The self-attention past is kept per row, in onnxruntime's
+    memory between steps (arrays after a reorder); without it, the decoder reruns on all the tokens (``ids``)."""
+
+    def __init__(self, model: _EncoderDecoderModel, hidden: Any, mask: np.ndarray, ids: np.ndarray, cache: bool) -> None:
+        self.decoder = _Binding(model.decoder)
+        self.step = _Binding(model.with_past) if cache and model.with_past is not None else None
+        self.hidden, self.mask, self.ids = hidden, mask, ids
+        self.owner: np.ndarray | None = None
+        self.cross: list[Any] = []
+        self.past: list[Any] = []
+        self._view: tuple[np.ndarray | None, np.ndarray, list[Any]] | None = None
+
+    def rows(self) -> tuple[np.ndarray, list[Any]]:
+        """The encoder attention mask and the cross-attention past of the decoding rows (once the cross-attention past
+        is there)."""
+        import numpy as np
+
+        view = self._view
+        if view is None or not (view[0] is self.owner or (view[0] is not None and self.owner is not None
+                                                           and np.array_equal(view[0], self.owner))):
+            view = self._view = (self.owner, _rows(self.mask, self.owner), [_rows(v, self.owner) for v in self.cross])
+        return view[1], view[2]
+
+
+
+class _EncoderDecoder(_Step):
+    """One call of an encoder-decoder as a step of the decoding loop: prefill runs the encoder once on the task's
+    feed (rows = the inputs), then the first decoder step on the decoder prompts (the start tokens), which gives the
+    cross-attention past once; advance runs the decoder with past on the new token of each row."""
+
+    def __init__(self, model: _EncoderDecoderModel, encoder_feed: Mapping[str, np.ndarray]) -> None:
+        self.model, self.encoder_feed = model, encoder_feed
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_EncoderDecoderState, np.ndarray]:
+        import numpy as np
+
+        if not mask.all():
+            raise InvalidInputError("the decoder prompts of one call must have the same length")
+        model = self.model
+        hidden = _Binding(model.encoder).run(self.encoder_feed, [model.hidden])[0]
+        encoder_mask = self.encoder_feed.get("attention_mask")
+        if encoder_mask is None:  # an encoder without a mask (audio features): every position counts
+            encoder_mask = np.ones(hidden.shape()[:2])
+        encoder_mask = np.ascontiguousarray(encoder_mask, dtype=model.int_types.get("encoder_attention_mask", "int64"))
+        state = _EncoderDecoderState(model, hidden, encoder_mask, ids, use_cache)
+        values = state.decoder.run(self._decoder_feed(state, ids), model.first_outputs if state.step else ["logits"])
+        if state.step is not None:
+            state.cross = values[1: 1 + len(model.cross)]
+            state.past = values[1 + len(model.cross):]
+        return state, _last_logits(values[0])
+
+    def advance(self, state: _EncoderDecoderState, tokens: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        model = self.model
+        if state.step is None:  # no past: the decoder runs on every token so far
+            state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
+            return _last_logits(state.decoder.run(self._decoder_feed(state, state.ids), ["logits"])[0])
+        mask, cross = state.rows()
+        feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(tokens[:, None], dtype=model.int_types["input_ids"])}
+        if "encoder_attention_mask" in state.step.session.inputs:
+            feed["encoder_attention_mask"] = mask
+        feed.update(zip((past for past, _ in model.cross), cross))
+        feed.update(zip((past for past, _ in model.self_past), state.past))
+        values = state.step.run(feed, model.step_outputs)
+        state.past = values[1:]
+        return _last_logits(values[0])
+
+    def reorder(self, state: _EncoderDecoderState, rows: np.ndarray) -> None:
+        import numpy as np
+
+        state.owner = rows if state.owner is None else state.owner[rows]
+        state.ids = state.ids[rows]
+        state.past = [(v if isinstance(v, np.ndarray) else v.numpy()).take(rows, axis=0) for v in state.past]
+
+    def _decoder_feed(self, state: _EncoderDecoderState, ids: np.ndarray) -> dict[str, Any]:
+        """The first decoder step's feed (every step's without past): the tokens and the encoder's outputs."""
+        import numpy as np
+
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=self.model.int_types["input_ids"]),
+                "encoder_hidden_states": _rows(state.hidden, state.owner)}
+        if "encoder_attention_mask" in self.model.decoder.inputs:
+            feed["encoder_attention_mask"] = _rows(state.mask, state.owner)
+        return feed
 
 
 # --- Streaming ----------------------------------------------------------------------------------------
@@ -3448,15 +3988,16 @@ class _TextStreamer:
 
 class _Context:
     """What a task needs, built once per Runtime: metadata, model config, the processors the task named,
-    the model's sessions by name, and the batch size."""
+    the model's sessions by name, the batch size, and the task's name as asked (translation_en_to_de)."""
 
     def __init__(self, metadata: Mapping[str, Any], processors: Mapping[str, Any], sessions: Mapping[str, Session],
-                 batch_size: int) -> None:
+                 batch_size: int, task: str = "") -> None:
         self.metadata = metadata
         self.config: Mapping[str, Any] = metadata.get(KEY_MODEL_CONFIG) or {}
         self.processors = processors
         self.sessions = sessions
         self.batch_size = batch_size
+        self.task = task
 
     def session(self, name: str = "model") -> Session:
         """The session called name; a file without it is the wrong kind of model for the task."""
@@ -4801,6 +5342,281 @@ class _TextGeneration(_Task):
         yield "\n"
 
 
+# --- Text-to-text generation ---------------------------------------------------------------------------
+# transformers 4.57's Text2TextGenerationPipeline, SummarizationPipeline and TranslationPipeline (transformers 5
+# removed them) over an encoder-decoder (_EncoderDecoder): the pipeline's defaults, the model's generation config
+# and the config's task_specific_params merged as 4.57 merges them, then the caller's options.
+
+# transformers 4.57's _default_generation_config of the three pipelines
+_SEQ2SEQ_DEFAULTS: Mapping[str, Any] = {"max_new_tokens": 256, "num_beams": 4}
+# tokenizers whose translation inputs carry language codes (4.57's _build_translation_inputs)
+_LANGUAGE_CODE_TOKENIZERS = frozenset({"MBartTokenizer", "MBart50Tokenizer", "NllbTokenizer", "M2M100Tokenizer",
+                                       "SeamlessM4TTokenizer"})
+
+
+def _truncation(name: str, value: Any) -> str | None:
+    """transformers' truncation argument for one text: False or 'do_not_truncate' (the pipeline's default) keep the
+    whole text; True, 'longest_first' or 'only_first' cut it to the model's length."""
+    if value is False or value == "do_not_truncate":
+        return None
+    if value is True or value in ("longest_first", "only_first"):
+        return "longest_first"
+    raise InvalidInputError(f"{name} must be True, False, 'longest_first', 'only_first' or 'do_not_truncate'; got {value!r}")
+
+
+# The pipelines' own options, then generate()'s: those unset (None) are left to the model's generation config and
+# the pipeline's defaults (_pipeline_generation).
+_SEQ2SEQ_OPTIONS = (
+    _Option("return_tensors", _boolean),
+    _Option("return_text", _boolean),  # taken and ignored, as 4.57 does: the text is returned unless return_tensors
+    _Option("clean_up_tokenization_spaces", _boolean, False),
+    _Option("truncation", _truncation),
+    _Option("stop_sequence", _string),
+    _Option("decoder_start_token_id", _integer(0)),
+    *(option._replace(default=None) for option in _GENERATION_OPTIONS),
+)
+
+
+def _task_params(config: Mapping[str, Any], task: str) -> tuple[str | None, dict[str, Any]]:
+    """The prefix and the generation options of the model config's task_specific_params entry for task (the pipeline's
+    task name: summarization, translation_en_to_de); the config's own prefix and none when it has no entry."""
+    prefix = config.get("prefix") if isinstance(config.get("prefix"), str) else None
+    params = config.get("task_specific_params")
+    entry = params.get(task) if isinstance(params, dict) else None
+    if entry is None:
+        return prefix, {}
+    where = f"{KEY_MODEL_CONFIG}.task_specific_params.{task}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("prefix", ""), str):
+        raise MetadataValidationError(f"{where} must be an object whose prefix is a string; re-embed a fixed config.json")
+    checks = {o.name: o.check for o in _GENERATION_OPTIONS if o.name != "seed"}
+    options = {}
+    for key, value in entry.items():
+        if key in checks and value is not None:
+            try:
+                checks[key](key, value)
+            except InvalidInputError as exc:
+                raise MetadataValidationError(f"{where} is wrong: {exc}; re-embed a fixed config.json") from None
+            options[key] = value
+    return entry.get("prefix", prefix), options
+
+
+def _pipeline_generation(model: Mapping[str, Any], params: Mapping[str, Any], pad: int | None) -> dict[str, Any]:
+    """The generation options a transformers 4.57 pipeline calls generate() with, before the caller's: its defaults;
+    the model's where those are GenerationConfig's global defaults (so the pipeline's num_beams=4 and max_new_tokens=256
+    stay unless the model sets max_length); the task_specific_params entry over them; the tokenizer's pad token when
+    none is set; then, as generate() does, the model's again where the result is a global default. Options left at
+    the global defaults are left out (unset)."""
+    defaults = {o.name: o.default for o in _GENERATION_OPTIONS}
+    values = {**defaults, **_SEQ2SEQ_DEFAULTS}
+
+    def model_defaults() -> None:
+        for key, value in model.items():
+            if values.get(key) == defaults.get(key) and value != defaults.get(key):
+                values[key] = value
+
+    model_defaults()
+    if values["max_new_tokens"] == _SEQ2SEQ_DEFAULTS["max_new_tokens"] and values["max_length"] != defaults["max_length"]:
+        values["max_new_tokens"] = None  # a model's max_length wins over the pipeline's length default
+    values.update(params)
+    if values["pad_token_id"] is None:
+        values["pad_token_id"] = pad
+    model_defaults()
+    return {key: value for key, value in values.items() if value != defaults[key]}
+
+
+def _decoder_start(generation_config: Mapping[str, Any] | None, config: Mapping[str, Any]) -> int | None:
+    """The token the decoder starts from: decoder_start_token_id, else bos_token_id, of the generation config (the
+    model config's when the model has no generation_config.json), as generate() takes it."""
+    source = generation_config if generation_config is not None else config
+    for key in ("decoder_start_token_id", "bos_token_id"):
+        value = source.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise MetadataValidationError(f"the embedded {key} must be a token id, got {value!r}; re-embed a fixed "
+                                          "generation_config.json")
+        return value
+    return None
+
+
+class _Seq2SeqBatch(NamedTuple):
+    """Text-to-text inputs made ready: each text tokenized (prefix first), the start token, the generation config."""
+
+    encodings: list[Any]
+    start: int
+    config: _GenerationConfig
+
+
+class _Seq2Seq(_Task):
+    """The three text-to-text pipelines of transformers 4.57 over an encoder-decoder: each text (behind the prefix)
+    encoded once, tokens generated from the decoder start token with the generation options of GenerationConfig;
+    lists run together in batches of batch_size and give what each text gives alone. The result of a text is a list of
+    num_return_sequences records ``{"<returns>_text": ...}`` (``<returns>_token_ids`` with return_tensors, the start
+    token first); a list of texts gives a list of records when each has one, else a list of lists."""
+
+    processors = ("tokenizer",)
+    options: ClassVar[tuple[_Option, ...]] = _SEQ2SEQ_OPTIONS
+    returns: ClassVar[str] = ""  # the records' key: generated, summary, translation
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        tokenizer = _text_tokenizer(ctx, self.name)
+        self.truncating = tokenizer
+        # the pipeline does not truncate unless asked (truncation=True)
+        self.tokenizer = tokenizer.with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
+        self.model = _EncoderDecoderModel(ctx, self.name)
+        self.dtypes = {role: str(port.dtype) for role, port in self.model.encoder.inputs.items()}
+        if "input_ids" not in self.dtypes or not set(self.dtypes) <= {"input_ids", "attention_mask", "token_type_ids"} or any(
+                dtype not in ("int64", "int32") for dtype in self.dtypes.values()):
+            raise MetadataValidationError(f"{self.name} needs an encoder that takes token ids (input_ids, attention_mask); "
+                                          f"this one takes {sorted(self.model.encoder.inputs)}")
+        self.prefix, params = _task_params(ctx.config, self.task_name())
+        generation_config = ctx.metadata.get(KEY_GENERATION_CONFIG)
+        model = _model_generation_defaults(generation_config, ctx.config)
+        self.generation = _pipeline_generation(model, params, self.tokenizer.token_id("pad_token"))
+        self.start = _decoder_start(generation_config, ctx.config)
+        # learned positions (BART, Marian) end there; T5's relative ones do not
+        self.positions = _config_int(ctx.config, "max_position_embeddings")
+        self._token_text: _TokenText | None = None
+
+    def task_name(self) -> str:
+        """The pipeline task name whose task_specific_params apply."""
+        return self.name
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        items, single = super().inputs(args, kwargs)
+        return _texts(self.name, items), single
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__call__(*args, **kwargs)
+        if isinstance(args[0], list) and all(len(records) == 1 for records in result):
+            return [records[0] for records in result]
+        return result
+
+    def config(self, options: Mapping[str, Any]) -> _GenerationConfig:
+        """The call's generation config: the caller's options over _pipeline_generation's; a stop_sequence becomes the
+        eos token (its first token, as 4.57 does)."""
+        generation = {name: options[name] for name in _GENERATION_OPTION_NAMES}
+        if options["stop_sequence"] is not None:
+            ids = self.tokenizer.encode([options["stop_sequence"]], add_special_tokens=False)[0].ids
+            if not ids:
+                raise InvalidInputError(f"stop_sequence {options['stop_sequence']!r} has no tokens")
+            generation["eos_token_id"] = ids[0]
+        return _generation_config(self.generation, generation, {})
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Seq2SeqBatch:
+        """Each text tokenized behind the prefix (cut to the model's length only with truncation), and the call's
+        start token and generation config."""
+        for position, text in enumerate(items):
+            if not text.strip():
+                where = f" (item {position} of the list)" if len(items) > 1 else ""
+                raise InvalidInputError(f"{self.name} got an empty text{where}; pass some text")
+        config = self.config(options)
+        start = options["decoder_start_token_id"]
+        start = self.start if start is None else start
+        if start is None:
+            raise InvalidInputError("the model names no decoder_start_token_id or bos_token_id to start decoding from; "
+                                    "pass decoder_start_token_id")
+        tokenizer = self.tokenizer
+        if options["truncation"] is not None:
+            tokenizer = self.truncating.with_truncation(options["truncation"])
+        encodings = tokenizer.encode([(self.prefix or "") + text for text in items])
+        longest = max((len(e.ids) for e in encodings), default=0)
+        if self.positions is not None and longest > self.positions:
+            raise InvalidInputError(f"the text has {longest} tokens, more than the model's {self.positions} positions; "
+                                    "shorten it or pass truncation=True")
+        return _Seq2SeqBatch(encodings, start, config)
+
+    def forward(self, batch: _Seq2SeqBatch, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """The new tokens of num_return_sequences sequences per text; texts run in length-sorted batches of batch_size,
+        padded on the right for the encoder."""
+        config, encodings = batch.config, batch.encodings
+        if self._token_text is None and config.stop_strings:
+            self._token_text = _TokenText(self.tokenizer)
+        stop = _StopStrings(config.stop_strings, self._token_text) if config.stop_strings and self._token_text else None
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        results: list[list[np.ndarray]] = [[] for _ in encodings]
+        count = config.num_return_sequences
+        for first in range(0, len(order), self.ctx.batch_size):
+            group = order[first: first + self.ctx.batch_size]
+            prompts = _prompts([[batch.start]] * len(group), config, self.tokenizer.pad_token_id, self.positions)
+            if self.positions is not None and int(prompts.max_lengths.max()) > self.positions:
+                raise InvalidInputError(
+                    f"the output may grow to {int(prompts.max_lengths.max())} tokens, past the model's {self.positions} "
+                    "positions; lower max_new_tokens (or max_length)")
+            feed = self.tokenizer.pad([encodings[i] for i in group], self.dtypes, side="right")
+            sequences = _Search(_EncoderDecoder(self.model, feed), prompts, config, stop).run()
+            for position, i in enumerate(group):
+                results[i] = sequences[position * count: (position + 1) * count]
+        return results
+
+    def postprocess(self, batch: _Seq2SeqBatch, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """One list of records per text: token ids (the start token first), or the text decoded without special
+        tokens, cleaned up only when asked (clean_up_tokenization_spaces, False by default as in the pipelines)."""
+        results = []
+        for sequences in outputs:
+            records: list[dict[str, Any]] = []
+            for new in sequences:
+                if options["return_tensors"]:
+                    records.append({f"{self.returns}_token_ids": [batch.start, *(int(t) for t in new)]})
+                else:
+                    # beam search fills short sequences with -1 when the model has no eos or pad token
+                    text = self.tokenizer.decode([int(t) for t in new if t >= 0], skip_special_tokens=True,
+                                                 clean_up_tokenization_spaces=options["clean_up_tokenization_spaces"])
+                    records.append({f"{self.returns}_text": text})
+            results.append(records)
+        return results
+
+
+class _Text2TextGeneration(_Seq2Seq):
+    """text2text-generation, as transformers 4.57's Text2TextGenerationPipeline: ``[{"generated_text": ...}]``."""
+
+    name = "text2text-generation"
+    returns = "generated"
+
+
+class _Summarization(_Seq2Seq):
+    """summarization, as transformers 4.57's SummarizationPipeline: ``[{"summary_text": ...}]``, with the prefix and
+    options of the config's task_specific_params["summarization"] (T5: "summarize: ", beams, lengths). 4.57's
+    warnings about lengths are not repeated."""
+
+    name = "summarization"
+    returns = "summary"
+
+
+class _Translation(_Seq2Seq):
+    """translation and translation_XX_to_YY, as transformers 4.57's TranslationPipeline: ``[{"translation_text": ...}]``,
+    with the prefix and options of the config's task_specific_params entry for the pair (T5: "translate English to
+    German: "); "translation" takes the first translation_* entry, as the pipeline does. A pair the config has no entry
+    for, where it has entries for others, is refused. src_lang and tgt_lang are taken and change nothing, as for the
+    tokenizers that 4.57 does not give language codes to (tokenizers with language codes, mBART's, NLLB's, M2M100's,
+    are refused)."""
+
+    name = "translation"
+    returns = "translation"
+    options = (*_SEQ2SEQ_OPTIONS, _Option("src_lang", _string), _Option("tgt_lang", _string))
+
+    def __init__(self, ctx: _Context) -> None:
+        params = ctx.config.get("task_specific_params")
+        pairs = sorted(k for k in params if str(k).startswith("translation")) if isinstance(params, dict) else []
+        asked = ctx.task if ctx.task.startswith("translation_") else None
+        if asked is None:
+            self.pair = pairs[0] if pairs else self.name
+        elif pairs and asked not in pairs:
+            raise TaskDetectionError(f"{asked}: the model's task_specific_params have no entry for it (it has "
+                                     f"{', '.join(pairs)}); pass one of those as the task")
+        else:
+            self.pair = asked
+        tokenizer_class = str((ctx.metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("tokenizer_class") or "")
+        if tokenizer_class.removesuffix("Fast") in _LANGUAGE_CODE_TOKENIZERS:
+            raise TaskDetectionError(f"translation with {tokenizer_class} (language codes from src_lang and tgt_lang) is "
+                                     "not supported by this runtime yet")
+        super().__init__(ctx)
+
+    def task_name(self) -> str:
+        return self.pair
+
+
 # --- Image tasks ------------------------------------------------------------------------------------
 
 
@@ -5405,6 +6221,9 @@ TASKS: dict[str, type[_Task]] = {
     "feature-extraction": _FeatureExtraction,
     "zero-shot-classification": _ZeroShotClassification,
     "text-generation": _TextGeneration,
+    "text2text-generation": _Text2TextGeneration,
+    "summarization": _Summarization,
+    "translation": _Translation,
     "image-classification": _ImageClassification,
     "image-feature-extraction": _ImageFeatureExtraction,
     "zero-shot-image-classification": _ZeroShotImageClassification,
@@ -5413,6 +6232,15 @@ TASKS: dict[str, type[_Task]] = {
 }
 """The tasks this runtime runs, by pipeline name, in the order of their rooms above."""
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+
+
+def _task_class(name: str) -> type[_Task] | None:
+    """The task that runs a pipeline task name: TASKS' names, their aliases, and translation_XX_to_YY (as transformers
+    reads it: four parts joined by "_", "translation" and "to" among them)."""
+    parts = name.split("_")
+    if len(parts) == 4 and parts[0] == "translation" and parts[2] == "to":
+        name = "translation"
+    return TASKS.get(TASK_ALIASES.get(name, name))
 
 
 ########################################################################################################
@@ -5447,21 +6275,29 @@ class Runtime:
             "task": task, "providers": providers, "batch_size": batch_size, "max_decompressed_size": max_decompressed_size,
             "intra_op_num_threads": intra_op_num_threads, "graph_optimization_level": graph_optimization_level,
         }
-        metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
-        if KEY_VERSION not in metadata:
-            raise MetadataValidationError(
-                f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
-                f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
-            )
+        if os.path.isdir(self.path):
+            metadata = _export_metadata(self.path, max_decompressed_size)
+        else:
+            metadata = read_metadata(self.path, max_decompressed_size=max_decompressed_size)
+            if KEY_VERSION not in metadata:
+                raise MetadataValidationError(
+                    f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
+                    f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
+                )
         check_value_types(metadata)
         self.task = self._task_name(metadata, task)
         batch_size = _integer(1)("batch_size", batch_size)
-        task_class = TASKS[self.task]
+        task_class = _task_class(self.task)
+        if task_class is None:
+            raise TaskDetectionError(f"task {self.task!r} is not supported by this runtime; supported: "
+                                     f"{', '.join(sorted(TASKS))} (translation_XX_to_YY too)")
         processors = {kind: load_processor(metadata, kind) for kind in task_class.processors}
-        options = _session_options(session_options, intra_op_num_threads, graph_optimization_level)
+        # an encoder-decoder in one file: onnxruntime would log a warning per input with an empty default
+        quiet = KEY_GRAPH_LAYOUT in metadata or (metadata.get(KEY_MODEL_CONFIG) or {}).get("is_encoder_decoder") is True
+        options = _session_options(session_options, intra_op_num_threads, graph_optimization_level, quiet=quiet)
         fed_by = " and ".join(kind.replace("_", " ") for kind in task_class.processors) or "inputs"
-        sessions = open_sessions(self.path, providers, options, fed_by=fed_by)
-        self._task = task_class(_Context(metadata, processors, sessions, batch_size))
+        sessions = open_sessions(self.path, providers, options, fed_by=fed_by, metadata=metadata)
+        self._task = task_class(_Context(metadata, processors, sessions, batch_size, self.task))
 
     def _task_name(self, metadata: Mapping[str, Any], task: str | None) -> str:
         name = task or metadata.get(KEY_PIPELINE_TASK)
@@ -5469,10 +6305,7 @@ class Runtime:
             raise TaskDetectionError(
                 f"{os.path.basename(self.path)} names no pipeline task; pass task=... or re-embed with --task"
             )
-        name = TASK_ALIASES.get(name, name)
-        if name not in TASKS:
-            raise TaskDetectionError(f"task {name!r} is not supported by this runtime; supported: {', '.join(sorted(TASKS))}")
-        return name
+        return TASK_ALIASES.get(name, name)
 
     @property
     def metadata(self) -> Mapping[str, Any]:
@@ -5612,8 +6445,7 @@ def _summary(path: str) -> str:
         f"{os.path.basename(path)}: onnxmeta format {metadata[KEY_VERSION]}, level {metadata.get(KEY_EMBEDDING_LEVEL, '?')}, "
         f"{scan.size:,} bytes",
         f"  task: {metadata.get(KEY_PIPELINE_TASK) or '(none)'}"
-        + ("" if TASK_ALIASES.get(metadata.get(KEY_PIPELINE_TASK, ""), metadata.get(KEY_PIPELINE_TASK)) in TASKS
-           else " (not run by this runtime)"),
+        + ("" if _task_class(str(metadata.get(KEY_PIPELINE_TASK, ""))) is not None else " (not run by this runtime)"),
         f"  model: {', '.join(map(str, architectures)) or '?'} ({config.get('model_type', '?')})",
         f"  labels: {len(labels)}" + (f": {shown}" if labels else ""),
         f"  processors: {', '.join(kinds) or '(none)'}{tokenizer}",

@@ -37,3 +37,11 @@ def bert_embedded(bert_classifier, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bert_embedded") / "model.onnx"
     embed_metadata(bert_classifier.onnx, bert_classifier.folder, out, include_vocab=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def seq2seq_exports(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Tiny T5, BART and Whisper (model folder, Optimum export folder), exported in one Optimum process."""
+    from seq2seq_models import export_all
+
+    return export_all(tmp_path_factory.mktemp("seq2seq"))

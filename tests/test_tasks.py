@@ -61,6 +61,41 @@ def test_step3_task_specific_params():
     assert detect_task({"task_specific_params": {"summarization": {"max_length": 200}}}) == "summarization"
 
 
+T5_PARAMS = {"summarization": {"prefix": "summarize: "}, "translation_en_to_de": {"prefix": "translate English to German: "}}
+
+
+@pytest.mark.parametrize("config, task", [
+    # a generator's task_specific_params make it a translator or a summarizer, translation first (the seed's order)
+    ({"architectures": ["T5ForConditionalGeneration"], "task_specific_params": T5_PARAMS}, "translation"),
+    ({"architectures": ["BartForConditionalGeneration"], "task_specific_params": {"summarization": {"max_length": 142}}},
+     "summarization"),
+    ({"architectures": ["MyCustomForConditionalGeneration"], "task_specific_params": T5_PARAMS}, "translation"),
+    ({"model_type": "t5", "task_specific_params": {"summarization": {}}}, "summarization"),
+    # without them it stays a text-to-text generator
+    ({"architectures": ["BartForConditionalGeneration"]}, "text2text-generation"),
+    ({"architectures": ["T5ForConditionalGeneration"], "task_specific_params": {}}, "text2text-generation"),
+    ({"architectures": ["T5ForConditionalGeneration"], "task_specific_params": {"text-generation": {"do_sample": True}}},
+     "text2text-generation"),
+    # other architectures keep their own task
+    ({"architectures": ["BertForSequenceClassification"], "task_specific_params": T5_PARAMS}, "text-classification"),
+    ({"architectures": ["GPT2LMHeadModel"], "task_specific_params": {"text-generation": {"max_length": 50}}},
+     "text-generation"),
+])
+def test_step3_task_specific_params_of_an_encoder_decoder(config, task):
+    assert detect_task(config) == task
+
+
+def test_override_of_an_encoder_decoder():
+    t5 = {"architectures": ["T5ForConditionalGeneration"], "task_specific_params": T5_PARAMS}
+    assert resolve_task(t5, None) == "translation"
+    assert resolve_task(t5, "translation_en_to_de") == "translation_en_to_de"
+    assert resolve_task(t5, "translation_en_to_fr") == "translation_en_to_fr"  # the runtime says whether it has a prefix
+    assert resolve_task(t5, "summarization") == "summarization"
+    assert resolve_task(t5, "text2text-generation") == "text2text-generation"
+    with pytest.raises(rt.TaskDetectionError, match="unknown task 'translation_en_de'"):
+        resolve_task(t5, "translation_en_de")
+
+
 def test_step4_model_type():
     assert detect_task({"model_type": "gpt2"}) == "text-generation"
     assert detect_task({"model_type": "whisper"}) == "automatic-speech-recognition"
@@ -92,7 +127,7 @@ def test_override():
     ("distilbert-base-uncased-distilled-squad", "question-answering"),
     ("deepset__roberta-base-squad2", "question-answering"),
     ("gpt2", "text-generation"),
-    ("t5-small", "text2text-generation"),
+    ("t5-small", "translation"),  # its task_specific_params name translation_en_to_de (and summarization)
     ("openai__whisper-large-v3", "automatic-speech-recognition"),
     ("google__vit-base-patch16-224", "image-classification"),
     ("sentence-transformers__all-MiniLM-L6-v2", "feature-extraction"),
