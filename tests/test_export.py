@@ -82,7 +82,7 @@ def _nli(folder: Path) -> None:
 
 def _seq2seq(kind: str) -> Any:
     def build(folder: Path) -> None:
-        from test_seq2seq import build as build_seq2seq
+        from seq2seq_models import build as build_seq2seq
 
         build_seq2seq(kind, folder)
 
