@@ -65,8 +65,9 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
         rt.Runtime(bert_embedded, task="table-question-answering")
     assert str(info.value) == ("task 'table-question-answering' is not supported by this runtime; supported: "
                                "audio-classification, automatic-speech-recognition, feature-extraction, fill-mask, "
-                               "image-classification, image-feature-extraction, question-answering, text-classification, "
-                               "text-generation, token-classification, zero-shot-classification, zero-shot-image-classification")
+                               "image-classification, image-feature-extraction, question-answering, summarization, "
+                               "text-classification, text-generation, text2text-generation, token-classification, translation, "
+                               "zero-shot-classification, zero-shot-image-classification (translation_XX_to_YY too)")
     from authoring import embed
 
     from authoring.discovery import discover
