@@ -6740,8 +6740,10 @@ class _WhisperRecognition(_SpeechRecognition):
         return outputs
 
     def postprocess(self, batch: _Speech, outputs: list[Any], options: Mapping[str, Any]) -> list[Any]:
-        """_decode_asr of each input's pieces; a dict input's other keys come back, one value per piece."""
-        timestamps = bool(self._options(options)["return_timestamps"]) or self.settings.return_timestamps
+        """_decode_asr of each input's pieces; a dict input's other keys come back, one value per piece. Only the
+        return_timestamps option (or the generation config's) gives chunks: in generate_kwargs it reaches generate() alone,
+        as in the pipeline."""
+        timestamps = bool(options["return_timestamps"]) or self.settings.return_timestamps
         results = []
         for own, extra in zip(outputs, batch.extras):
             result = self.asr(own, timestamps)
