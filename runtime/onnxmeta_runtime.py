@@ -1183,8 +1183,8 @@ class CTCDecoder:
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
     model_config = metadata.get(KEY_MODEL_CONFIG) or {}
-    # GPT-2 style configs call it n_positions (n_ctx)
-    positions = next((model_config.get(k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+    # GPT-2 style configs call it n_positions (n_ctx); Whisper's text is its decoder's, max_target_positions
+    positions = next((model_config.get(k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "max_target_positions")
                       if model_config.get(k) is not None), None)
     if isinstance(positions, int) and model_config.get("model_type") in _OFFSET_POSITIONS:
         positions -= int(model_config.get("pad_token_id") or 0) + 1
