@@ -6030,6 +6030,148 @@ def _ctc_timestamps(name: str, value: Any) -> str:
     return str(value)
 
 
+class _Speech(NamedTuple):
+    """Speech inputs prepared: each input's pieces (its chunks, or the whole), and the other keys of a dict input."""
+
+    pieces: list[list[_AudioPiece]]
+    extras: list[dict[str, Any]]
+
+
+class _SpeechRecognition(_AudioTask):
+    """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline, for CTC models
+    (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC): greedy CTC decoding of each frame's likeliest token,
+    long audio in overlapping chunk_length_s windows, char or word timestamps; Whisper models get
+    _WhisperRecognition."""
+
+    name = "automatic-speech-recognition"
+    processors = ("feature_extractor", "tokenizer")
+    options: ClassVar[tuple[_Option, ...]] = (
+        _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
+        _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
+        _Option("return_timestamps", _ctc_timestamps),
+    )
+
+    def __new__(cls, ctx: _Context) -> _SpeechRecognition:
+        # the pipeline's model types: Whisper gets its own class (below), other encoder-decoders are refused
+        if cls is _SpeechRecognition and _speech_kind(ctx) == "seq2seq":
+            if ctx.config.get("model_type") != "whisper":
+                raise TaskDetectionError(
+                    "automatic-speech-recognition with a sequence-to-sequence model other than Whisper "
+                    f"({ctx.config.get('model_type') or 'encoder-decoder'}) is not supported by this runtime yet; CTC "
+                    "models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) and Whisper are")
+            return super().__new__(_WhisperRecognition)
+        return super().__new__(cls)
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        decoder = ctx.processors.get("tokenizer")
+        if not isinstance(decoder, CTCDecoder):
+            raise ProcessorReconstructionError(
+                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
+                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
+            )
+        self.decoder = decoder
+        # samples per logit frame, as the pipeline's _align_to (the config's inputs_to_logits_ratio, else 1)
+        self.align_to = 1
+        for _, stride in self.layers or ():
+            self.align_to *= stride
+        # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
+        self.pad_batches = self.pad_batches and self.layers is not None
+        shape = self.session.outputs[self.output_name].shape
+        if shape and len(shape) != 3:
+            raise MetadataValidationError(
+                f"{self.name} needs CTC logits (batch, frames, vocabulary); output {self.output_name!r} has shape "
+                f"{list(shape)}; was the graph exported for another task?"
+            )
+
+    def _chunking(self, options: Mapping[str, Any]) -> tuple[int, int, int]:
+        """(chunk_len, stride_left, stride_right) in samples; chunk_len 0: no chunking."""
+        chunk = options["chunk_length_s"]
+        if not chunk:
+            return 0, 0, 0
+        strides = options["stride_length_s"] or (chunk / 6, chunk / 6)
+        sizes = [round(seconds * self.features.sampling_rate / self.align_to) * self.align_to
+                 for seconds in (chunk, *strides)]
+        if sizes[0] <= sizes[1] + sizes[2]:
+            raise InvalidInputError(
+                f"chunk_length_s ({chunk}) must be longer than the left and right strides together "
+                f"({strides[0]} + {strides[1]} s)"
+            )
+        return sizes[0], sizes[1], sizes[2]
+
+    def _pieces(self, item: Any, chunking: tuple[int, int, int]) -> tuple[list[_AudioPiece], dict[str, Any]]:
+        """The pieces of one input (its chunks, or the whole) and the extra keys of a dict input, which the pipeline
+        returns beside the text."""
+        rate = self.features.sampling_rate
+        stride: tuple[int, int, int] | None = None
+        extra: dict[str, Any] = {}
+        if isinstance(item, dict):
+            samples, item_rate, extra = _audio_dict(item)
+            asked = extra.pop("stride", None)
+            audio = load_audio({"raw": samples, "sampling_rate": item_rate}, rate)
+            if asked is not None:
+                if not isinstance(asked, (list, tuple)) or len(asked) != 2 or not all(
+                        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in asked):
+                    raise InvalidInputError(f"stride must be (left, right) numbers of samples, got {asked!r}")
+                if asked[0] + asked[1] > len(audio):
+                    raise InvalidInputError(f"stride {tuple(asked)} is larger than the audio ({len(audio)} samples)")
+                ratio = rate / _sampling_rate(item_rate)
+                stride = (len(audio), round(asked[0] * ratio), round(asked[1] * ratio))
+        else:
+            audio = load_audio(item, rate)
+        chunk_len, left, right = chunking
+        if chunk_len:
+            return [self.piece(chunk, chunk_stride) for chunk, chunk_stride in _chunks(audio, chunk_len, left, right)], extra
+        return [self.piece(audio, stride)], extra
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Speech:
+        chunking = self._chunking(options)
+        prepared = [self._pieces(item, chunking) for item in items]
+        return _Speech([pieces for pieces, _ in prepared], [extra for _, extra in prepared])
+
+    def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[np.ndarray]:
+        """Each piece's likeliest token per frame, cut to the frames outside its stride; a waveform too short
+        for one frame has none (the model is not run on it)."""
+        import numpy as np
+
+        pieces = [piece for group in batch.pieces for piece in group]
+        frames = [0 if not p.samples else None if self.layers is None else _output_frames(self.layers, p.samples)
+                  for p in pieces]
+        run = [i for i, n in enumerate(frames) if n != 0]
+        ids = [np.zeros(0, dtype=np.int64) for _ in pieces]
+        for i, logits in zip(run, self.rows([pieces[i] for i in run])):
+            ids[i] = logits[: frames[i]].argmax(axis=-1)
+        for i, piece in enumerate(pieces):
+            if piece.stride is not None and piece.samples:  # the pipeline's rescale_stride, from samples to frames
+                total, left, right = piece.stride
+                frames_n = round(total * (1 / self.align_to))
+                left, right = round(left / total * frames_n), round(right / total * frames_n)
+                ids[i] = ids[i][left: frames_n - right]
+        return ids
+
+    def postprocess(self, batch: _Speech, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        """The text of each input's pieces decoded together, with timestamped chunks when asked."""
+        import numpy as np
+
+        ids = iter(outputs)
+        timestamps = options["return_timestamps"]
+        results = []
+        for pieces, extra in zip(batch.pieces, batch.extras):
+            own = [next(ids) for _ in pieces]
+            tokens = np.concatenate(own).tolist() if own else []
+            result: dict[str, Any] = {"text": self.decoder.decode(tokens)}
+            if timestamps is not None:
+                offsets = self.decoder.char_offsets(tokens) if timestamps == "char" else self.decoder.word_offsets(tokens)
+                rate, align = self.features.sampling_rate, self.align_to
+                result["chunks"] = [{"text": o[timestamps], "timestamp": (o["start_offset"] * align / rate,
+                                                                          o["end_offset"] * align / rate)}
+                                    for o in offsets]
+            # as the pipeline: a dict input's other keys come back, one value per piece
+            result.update({key: [value] * len(own) for key, value in extra.items()})
+            results.append(result)
+        return results
+
+
 # --- Whisper ------------------------------------------------------------------------------------------
 # transformers 5's AutomaticSpeechRecognitionPipeline for Whisper ("seq2seq_whisper"): WhisperForConditionalGeneration
 # .generate's short form (one window of 2 * max_source_positions frames, decoded again from its last timestamp while it
@@ -6418,148 +6560,6 @@ class _WhisperDecoder:
         if timestamps:
             result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]} for c in chunks]
         return result
-
-
-class _Speech(NamedTuple):
-    """Speech inputs prepared: each input's pieces (its chunks, or the whole), and the other keys of a dict input."""
-
-    pieces: list[list[_AudioPiece]]
-    extras: list[dict[str, Any]]
-
-
-class _SpeechRecognition(_AudioTask):
-    """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline, for CTC models
-    (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC): greedy CTC decoding of each frame's likeliest token,
-    long audio in overlapping chunk_length_s windows, char or word timestamps; Whisper models get
-    _WhisperRecognition."""
-
-    name = "automatic-speech-recognition"
-    processors = ("feature_extractor", "tokenizer")
-    options: ClassVar[tuple[_Option, ...]] = (
-        _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
-        _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
-        _Option("return_timestamps", _ctc_timestamps),
-    )
-
-    def __new__(cls, ctx: _Context) -> _SpeechRecognition:
-        # the pipeline's model types: Whisper gets its own class (below), other encoder-decoders are refused
-        if cls is _SpeechRecognition and _speech_kind(ctx) == "seq2seq":
-            if ctx.config.get("model_type") != "whisper":
-                raise TaskDetectionError(
-                    "automatic-speech-recognition with a sequence-to-sequence model other than Whisper "
-                    f"({ctx.config.get('model_type') or 'encoder-decoder'}) is not supported by this runtime yet; CTC "
-                    "models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) and Whisper are")
-            return super().__new__(_WhisperRecognition)
-        return super().__new__(cls)
-
-    def __init__(self, ctx: _Context) -> None:
-        super().__init__(ctx)
-        decoder = ctx.processors.get("tokenizer")
-        if not isinstance(decoder, CTCDecoder):
-            raise ProcessorReconstructionError(
-                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
-                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
-            )
-        self.decoder = decoder
-        # samples per logit frame, as the pipeline's _align_to (the config's inputs_to_logits_ratio, else 1)
-        self.align_to = 1
-        for _, stride in self.layers or ():
-            self.align_to *= stride
-        # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
-        self.pad_batches = self.pad_batches and self.layers is not None
-        shape = self.session.outputs[self.output_name].shape
-        if shape and len(shape) != 3:
-            raise MetadataValidationError(
-                f"{self.name} needs CTC logits (batch, frames, vocabulary); output {self.output_name!r} has shape "
-                f"{list(shape)}; was the graph exported for another task?"
-            )
-
-    def _chunking(self, options: Mapping[str, Any]) -> tuple[int, int, int]:
-        """(chunk_len, stride_left, stride_right) in samples; chunk_len 0: no chunking."""
-        chunk = options["chunk_length_s"]
-        if not chunk:
-            return 0, 0, 0
-        strides = options["stride_length_s"] or (chunk / 6, chunk / 6)
-        sizes = [round(seconds * self.features.sampling_rate / self.align_to) * self.align_to
-                 for seconds in (chunk, *strides)]
-        if sizes[0] <= sizes[1] + sizes[2]:
-            raise InvalidInputError(
-                f"chunk_length_s ({chunk}) must be longer than the left and right strides together "
-                f"({strides[0]} + {strides[1]} s)"
-            )
-        return sizes[0], sizes[1], sizes[2]
-
-    def _pieces(self, item: Any, chunking: tuple[int, int, int]) -> tuple[list[_AudioPiece], dict[str, Any]]:
-        """The pieces of one input (its chunks, or the whole) and the extra keys of a dict input, which the pipeline
-        returns beside the text."""
-        rate = self.features.sampling_rate
-        stride: tuple[int, int, int] | None = None
-        extra: dict[str, Any] = {}
-        if isinstance(item, dict):
-            samples, item_rate, extra = _audio_dict(item)
-            asked = extra.pop("stride", None)
-            audio = load_audio({"raw": samples, "sampling_rate": item_rate}, rate)
-            if asked is not None:
-                if not isinstance(asked, (list, tuple)) or len(asked) != 2 or not all(
-                        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in asked):
-                    raise InvalidInputError(f"stride must be (left, right) numbers of samples, got {asked!r}")
-                if asked[0] + asked[1] > len(audio):
-                    raise InvalidInputError(f"stride {tuple(asked)} is larger than the audio ({len(audio)} samples)")
-                ratio = rate / _sampling_rate(item_rate)
-                stride = (len(audio), round(asked[0] * ratio), round(asked[1] * ratio))
-        else:
-            audio = load_audio(item, rate)
-        chunk_len, left, right = chunking
-        if chunk_len:
-            return [self.piece(chunk, chunk_stride) for chunk, chunk_stride in _chunks(audio, chunk_len, left, right)], extra
-        return [self.piece(audio, stride)], extra
-
-    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Speech:
-        chunking = self._chunking(options)
-        prepared = [self._pieces(item, chunking) for item in items]
-        return _Speech([pieces for pieces, _ in prepared], [extra for _, extra in prepared])
-
-    def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[np.ndarray]:
-        """Each piece's likeliest token per frame, cut to the frames outside its stride; a waveform too short
-        for one frame has none (the model is not run on it)."""
-        import numpy as np
-
-        pieces = [piece for group in batch.pieces for piece in group]
-        frames = [0 if not p.samples else None if self.layers is None else _output_frames(self.layers, p.samples)
-                  for p in pieces]
-        run = [i for i, n in enumerate(frames) if n != 0]
-        ids = [np.zeros(0, dtype=np.int64) for _ in pieces]
-        for i, logits in zip(run, self.rows([pieces[i] for i in run])):
-            ids[i] = logits[: frames[i]].argmax(axis=-1)
-        for i, piece in enumerate(pieces):
-            if piece.stride is not None and piece.samples:  # the pipeline's rescale_stride, from samples to frames
-                total, left, right = piece.stride
-                frames_n = round(total * (1 / self.align_to))
-                left, right = round(left / total * frames_n), round(right / total * frames_n)
-                ids[i] = ids[i][left: frames_n - right]
-        return ids
-
-    def postprocess(self, batch: _Speech, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
-        """The text of each input's pieces decoded together, with timestamped chunks when asked."""
-        import numpy as np
-
-        ids = iter(outputs)
-        timestamps = options["return_timestamps"]
-        results = []
-        for pieces, extra in zip(batch.pieces, batch.extras):
-            own = [next(ids) for _ in pieces]
-            tokens = np.concatenate(own).tolist() if own else []
-            result: dict[str, Any] = {"text": self.decoder.decode(tokens)}
-            if timestamps is not None:
-                offsets = self.decoder.char_offsets(tokens) if timestamps == "char" else self.decoder.word_offsets(tokens)
-                rate, align = self.features.sampling_rate, self.align_to
-                result["chunks"] = [{"text": o[timestamps], "timestamp": (o["start_offset"] * align / rate,
-                                                                          o["end_offset"] * align / rate)}
-                                    for o in offsets]
-            # as the pipeline: a dict input's other keys come back, one value per piece
-            result.update({key: [value] * len(own) for key, value in extra.items()})
-            results.append(result)
-        return results
 
 
 class _WhisperRecognition(_SpeechRecognition):
