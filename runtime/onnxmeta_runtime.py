@@ -6581,6 +6581,7 @@ class _WhisperRecognition(_SpeechRecognition):
 
     def __init__(self, ctx: _Context) -> None:
         _Task.__init__(self, ctx)
+        self.model = _EncoderDecoderModel(ctx, self.name)
         features = ctx.processors.get("feature_extractor")
         if not isinstance(features, WhisperFeatureExtractor):
             raise ProcessorReconstructionError(
@@ -6592,7 +6593,6 @@ class _WhisperRecognition(_SpeechRecognition):
             raise ProcessorReconstructionError("no tokenizer embedded, so Whisper's tokens cannot be decoded to text; "
                                                "re-embed with --include-vocab")
         self.tokenizer = tokenizer
-        self.model = _EncoderDecoderModel(ctx, self.name)
         self.main_input = "input_features"
         port = self.model.encoder.inputs.get(self.main_input)
         if port is None or len(self.model.encoder.inputs) != 1 or port.dtype not in ("float32", "float16", "float64"):
