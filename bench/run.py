@@ -6,6 +6,7 @@
 2. streaming embed (new file, in place) vs onnx.load+save and a copy    bench_metadata.py
 3. cold start of a Runtime vs Optimum + transformers pipeline           bench_runtime.py
 4. throughput on 256 texts vs Optimum (batch 32, 1) and a hand loop     bench_runtime.py
+5. Whisper transcription real-time factor vs Optimum's pipeline         bench_whisper.py
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/); about 5
 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes everything to --json.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_metadata
 import bench_runtime
+import bench_whisper
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     io = bench_metadata.run(args.size_mb, args.repeats)
     print("\n== 3-4: runtime ==")
     rt = bench_runtime.run(args.repeats)
-    r, q = io["ratios"], rt["ratios"]
+    print("\n== 5: Whisper ==")
+    whisper = bench_whisper.run(args.repeats)
+    r, q, w = io["ratios"], rt["ratios"], whisper["ratios"]
     rows = [
         ("1 read_metadata speed vs onnx.load", f"{r['read_speedup_vs_onnx_load']:.0f}x faster", ">= 100x",
          r["read_speedup_vs_onnx_load"] >= 100),
@@ -56,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
          q["throughput_vs_limit_bs32"] >= 0.9),
         ("4 throughput vs hand loop, batch 1", f"{q['throughput_vs_limit_bs1']:.2f}x", ">= 0.9x",
          q["throughput_vs_limit_bs1"] >= 0.9),
+        ("5 Whisper RTF vs Optimum (worst case)", f"{w['in_process_worst']:.2f}x", ">= 1.3x", w["in_process_worst"] >= 1.3),
+        ("5 Whisper whole process vs Optimum", f"{w['whole_process']:.2f}x", "", None),
     ]
     print(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
     print(f"{'measure':<38}{'measured':>14}{'target':>16}  verdict")
     for name, value, target, ok in rows:
         print(f"{name:<38}{value:>14}{target:>16}  {'' if ok is None else 'PASS' if ok else 'MISS'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "seconds": time.perf_counter() - start}, indent=2))
+    args.json.write_text(json.dumps({"metadata_io": io, "runtime": rt, "whisper": whisper, "seconds": time.perf_counter() - start}, indent=2))
     print(f"\nwrote {args.json}")
     return 0
 
