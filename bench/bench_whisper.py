@@ -107,9 +107,9 @@ def build() -> dict[str, Path]:
 def clips() -> Path:
     """The clips as one .npz (16 kHz float32), written once."""
     import numpy as np
+    from audio_models import signal
 
     import onnxmeta_runtime as rt
-    from audio_models import signal
 
     path = CACHE / "clips.npz"
     if not path.exists():

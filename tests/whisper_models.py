@@ -87,10 +87,12 @@ def build(folder: Path, *, multilingual: bool, real_tokenizer: bool, size: str =
         built_tokenizer(folder)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     generation = generation_config(tokenizer, multilingual, 24 if size == "tiny" else 448)
-    shapes = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                  encoder_ffn_dim=64, decoder_ffn_dim=64, init_std=1.0) if size == "tiny" else dict(
-        d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
-        encoder_ffn_dim=1536, decoder_ffn_dim=1536, init_std=0.02)
+    if size == "tiny":
+        shapes = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+                  "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "init_std": 1.0}
+    else:
+        shapes = {"d_model": 384, "encoder_layers": 4, "decoder_layers": 4, "encoder_attention_heads": 6,
+                  "decoder_attention_heads": 6, "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536, "init_std": 0.02}
     torch.manual_seed(seed)
     config = transformers.WhisperConfig(
         vocab_size=len(tokenizer) if not real_tokenizer else 51865, num_mel_bins=80, max_source_positions=1500,
