@@ -71,8 +71,9 @@ def clips() -> dict[str, np.ndarray]:
 
 
 def varied(result: dict[str, Any]) -> bool:
-    """A transcript of several different words: not empty, not one token repeated."""
-    return len(set(result["text"].split())) >= 3
+    """A transcript of several different characters (the built tokenizer's are mostly bytes): not empty, not one token
+    repeated."""
+    return len(set(result["text"].replace(" ", ""))) >= 4 and len(set(result["text"].split())) >= 2
 
 
 @pytest.mark.parametrize("kind", ["multi", "en"])
