@@ -1183,8 +1183,8 @@ class CTCDecoder:
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
     model_config = metadata.get(KEY_MODEL_CONFIG) or {}
-    # GPT-2 style configs call it n_positions (n_ctx)
-    positions = next((model_config.get(k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+    # GPT-2 style configs call it n_positions (n_ctx); Whisper's text is its decoder's, max_target_positions
+    positions = next((model_config.get(k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "max_target_positions")
                       if model_config.get(k) is not None), None)
     if isinstance(positions, int) and model_config.get("model_type") in _OFFSET_POSITIONS:
         positions -= int(model_config.get("pad_token_id") or 0) + 1
@@ -3415,8 +3415,11 @@ class _Search:
     ``sequences`` holds the new tokens of each returned sequence, num_return_sequences per prompt in prompt
     order, cut as the prompt alone would be (a batch pads finished rows while others go on)."""
 
-    def __init__(self, step: _Step, prompts: _Prompts, config: _GenerationConfig, stop: _StopStrings | None) -> None:
+    def __init__(self, step: _Step, prompts: _Prompts, config: _GenerationConfig, stop: _StopStrings | None,
+                 extra: Sequence[_Processor] = ()) -> None:
         self.step, self.prompts, self.config, self.stop = step, prompts, config, stop
+        # processors of the caller's own (generate()'s logits_processor argument), after those of the options
+        self.extra = list(extra)
         self.sequences: list[np.ndarray] = []
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -3443,7 +3446,7 @@ class _Search:
         new_tokens = prompts.max_lengths[rows] - (width - pad)
         ids = np.empty((len(rows), width + int(new_tokens.max())), dtype=np.int64)
         ids[:, :width] = prompts.ids[rows]
-        processors = _logits_processors(config, prompts, rows)
+        processors = [*_logits_processors(config, prompts, rows), *self.extra]
         stopping = _Stopping(prompts.max_lengths[rows], pad, config.eos_token_id or (), self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         fill = config.pad if config.pad is not None else 0
@@ -3482,7 +3485,7 @@ class _Search:
         state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache)
         step.reorder(state, rows)
         logits = logits[rows]
-        processors = _logits_processors(config, prompts, rows)
+        processors = [*_logits_processors(config, prompts, rows), *self.extra]
         candidate_rows = np.repeat(np.arange(batch), keep)
         stopping = _Stopping(prompts.max_lengths[candidate_rows], prompts.pad[candidate_rows], eos, self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
@@ -3874,8 +3877,9 @@ class _EncoderDecoder(_Step):
     feed (rows = the inputs), then the first decoder step on the decoder prompts (the start tokens), which gives the
     cross-attention past once; advance runs the decoder with past on the new token of each row."""
 
-    def __init__(self, model: _EncoderDecoderModel, encoder_feed: Mapping[str, np.ndarray]) -> None:
-        self.model, self.encoder_feed = model, encoder_feed
+    def __init__(self, model: _EncoderDecoderModel, encoder_feed: Mapping[str, np.ndarray], hidden: Any = None) -> None:
+        # hidden: the encoder's output when the caller already has it (Whisper decodes one window several times)
+        self.model, self.encoder_feed, self.hidden = model, encoder_feed, hidden
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_EncoderDecoderState, np.ndarray]:
         import numpy as np
@@ -3883,7 +3887,7 @@ class _EncoderDecoder(_Step):
         if not mask.all():
             raise InvalidInputError("the decoder prompts of one call must have the same length")
         model = self.model
-        hidden = _Binding(model.encoder).run(self.encoder_feed, [model.hidden])[0]
+        hidden = self.hidden if self.hidden is not None else _Binding(model.encoder).run(self.encoder_feed, [model.hidden])[0]
         encoder_mask = self.encoder_feed.get("attention_mask")
         if encoder_mask is None:  # an encoder without a mask (audio features): every position counts
             encoder_mask = np.ones(hidden.shape()[:2])
@@ -6038,24 +6042,29 @@ class _Speech(NamedTuple):
 class _SpeechRecognition(_AudioTask):
     """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline, for CTC models
     (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC): greedy CTC decoding of each frame's likeliest token,
-    long audio in overlapping chunk_length_s windows, char or word timestamps. Sequence-to-sequence models
-    (Whisper) need the generation loop and are refused until it lands."""
+    long audio in overlapping chunk_length_s windows, char or word timestamps; Whisper models get
+    _WhisperRecognition."""
 
     name = "automatic-speech-recognition"
     processors = ("feature_extractor", "tokenizer")
-    options = (
+    options: ClassVar[tuple[_Option, ...]] = (
         _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
         _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
         _Option("return_timestamps", _ctc_timestamps),
     )
 
+    def __new__(cls, ctx: _Context) -> _SpeechRecognition:
+        # the pipeline's model types: Whisper gets its own class (below), other encoder-decoders are refused
+        if cls is _SpeechRecognition and _speech_kind(ctx) == "seq2seq":
+            if ctx.config.get("model_type") != "whisper":
+                raise TaskDetectionError(
+                    "automatic-speech-recognition with a sequence-to-sequence model other than Whisper "
+                    f"({ctx.config.get('model_type') or 'encoder-decoder'}) is not supported by this runtime yet; CTC "
+                    "models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) and Whisper are")
+            return super().__new__(_WhisperRecognition)
+        return super().__new__(cls)
+
     def __init__(self, ctx: _Context) -> None:
-        if _speech_kind(ctx) == "seq2seq":
-            raise TaskDetectionError(
-                "automatic-speech-recognition with a sequence-to-sequence model "
-                f"({ctx.config.get('model_type') or 'encoder-decoder'}) "
-                "is not supported by this runtime yet; CTC models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) are"
-            )
         super().__init__(ctx)
         decoder = ctx.processors.get("tokenizer")
         if not isinstance(decoder, CTCDecoder):
@@ -6160,6 +6169,586 @@ class _SpeechRecognition(_AudioTask):
                                                                           o["end_offset"] * align / rate)}
                                     for o in offsets]
             # as the pipeline: a dict input's other keys come back, one value per piece
+            result.update({key: [value] * len(own) for key, value in extra.items()})
+            results.append(result)
+        return results
+
+
+# --- Whisper ------------------------------------------------------------------------------------------
+# transformers 5's AutomaticSpeechRecognitionPipeline for Whisper ("seq2seq_whisper"): WhisperForConditionalGeneration
+# .generate's short form (one window of 2 * max_source_positions frames, decoded again from its last timestamp while it
+# ends inside a segment) over the encoder-decoder step (_EncoderDecoder), then WhisperTokenizer._decode_asr, which joins
+# the chunks of long audio and reads segment timestamps.
+
+# transformers' whisper LANGUAGES (code: name), and the other names its TO_LANGUAGE_CODE knows
+_WHISPER_LANGUAGES = dict(pair.replace("_", " ").split(":") for pair in (
+    "en:english zh:chinese de:german es:spanish ru:russian ko:korean fr:french ja:japanese pt:portuguese tr:turkish "
+    "pl:polish ca:catalan nl:dutch ar:arabic sv:swedish it:italian id:indonesian hi:hindi fi:finnish vi:vietnamese "
+    "he:hebrew uk:ukrainian el:greek ms:malay cs:czech ro:romanian da:danish hu:hungarian ta:tamil no:norwegian th:thai "
+    "ur:urdu hr:croatian bg:bulgarian lt:lithuanian la:latin mi:maori ml:malayalam cy:welsh sk:slovak te:telugu "
+    "fa:persian lv:latvian bn:bengali sr:serbian az:azerbaijani sl:slovenian kn:kannada et:estonian mk:macedonian "
+    "br:breton eu:basque is:icelandic hy:armenian ne:nepali mn:mongolian bs:bosnian kk:kazakh sq:albanian sw:swahili "
+    "gl:galician mr:marathi pa:punjabi si:sinhala km:khmer sn:shona yo:yoruba so:somali af:afrikaans oc:occitan "
+    "ka:georgian be:belarusian tg:tajik sd:sindhi gu:gujarati am:amharic yi:yiddish lo:lao uz:uzbek fo:faroese "
+    "ht:haitian_creole ps:pashto tk:turkmen nn:nynorsk mt:maltese sa:sanskrit lb:luxembourgish my:myanmar bo:tibetan "
+    "tl:tagalog mg:malagasy as:assamese tt:tatar haw:hawaiian ln:lingala ha:hausa ba:bashkir jw:javanese su:sundanese "
+    "yue:cantonese").split())
+_WHISPER_LANGUAGE_CODES = {**{name: code for code, name in _WHISPER_LANGUAGES.items()}, "burmese": "my",
+                           "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb", "pushto": "ps",
+                           "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si", "castilian": "es",
+                           "mandarin": "zh"}
+_WHISPER_TASKS = ("translate", "transcribe")
+# the pipeline's _default_generation_config (beam search, as openai's whisper)
+_WHISPER_DEFAULTS: Mapping[str, Any] = {"max_new_tokens": 256, "num_beams": 5}
+# keys of a Whisper generation_config.json read here rather than as generate()'s common options
+_WHISPER_KEYS = frozenset({
+    "lang_to_id", "task_to_id", "no_timestamps_token_id", "is_multilingual", "forced_decoder_ids", "suppress_tokens",
+    "begin_suppress_tokens", "max_initial_timestamp_index", "return_timestamps", "language", "task", "alignment_heads",
+    "prev_sot_token_id", "decoder_start_token_id",
+})
+_WHISPER_INPUT_STRIDE = 2  # the encoder's two convolutions, strides 1 and 2: frames per encoder position
+_TIMESTAMP_TEXT = re.compile(r"<\|(\d+\.\d+)\|>")
+
+
+def _whisper_timestamps(name: str, value: Any) -> bool:
+    if value == "char":
+        raise InvalidInputError("Whisper cannot return char timestamps, only segment ones; pass return_timestamps=True")
+    if value == "word":
+        raise InvalidInputError("word timestamps (cross-attention alignment) are not supported by this runtime; pass "
+                                "return_timestamps=True for segment timestamps")
+    return _boolean(name, value)
+
+
+def _generate_kwargs(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise InvalidInputError(f"{name} must be a dict of generate() options, got {value!r}")
+    return dict(value)
+
+
+_WHISPER_GENERATE_OPTIONS = (
+    _Option("language", _string),
+    _Option("task", _string),
+    _Option("max_new_tokens", _integer(1)),
+    _Option("num_beams", _integer(1)),
+)
+
+
+class _WhisperTimestamps:
+    """WhisperTimeStampLogitsProcessor: timestamps come in pairs (except right before eos) and never decrease; the first
+    new token is a timestamp (at most max_initial_timestamp_index); where timestamps together are likelier than any
+    text token, a timestamp it is. begin: the decoder prompt's length."""
+
+    def __init__(self, no_timestamps: int, eos: int, begin: int, max_initial: int | None) -> None:
+        self.no_timestamps, self.first, self.eos = no_timestamps, no_timestamps + 1, eos
+        self.begin, self.max_initial = begin, max_initial
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        first = self.first
+        scores[:, self.no_timestamps] = -np.inf
+        for row, seq in enumerate(ids[:, self.begin:].tolist()):
+            last = len(seq) >= 1 and seq[-1] >= first
+            penultimate = len(seq) < 2 or seq[-2] >= first
+            if last:
+                if penultimate:
+                    scores[row, first:] = -np.inf
+                else:
+                    scores[row, : self.eos] = -np.inf
+            stamps = [t for t in seq if t >= first]
+            lowest = first if not stamps else stamps[-1] if last and not penultimate else stamps[-1] + 1
+            scores[row, first:lowest] = -np.inf
+        if ids.shape[1] == self.begin:
+            scores[:, :first] = -np.inf
+            if self.max_initial is not None:
+                scores[:, first + self.max_initial + 1:] = -np.inf
+        logprobs = _log_softmax(scores.astype(np.float32, copy=False))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            top = logprobs[:, first:].max(axis=-1, keepdims=True)
+            stamp = (np.log(np.exp(logprobs[:, first:] - top).sum(axis=-1)) + top[:, 0])
+        stamp = np.where(np.isfinite(top[:, 0]), stamp, -np.inf)
+        scores[stamp > logprobs[:, :first].max(axis=-1), :first] = -np.inf
+        return scores
+
+
+class _SuppressAtBegin:
+    """SuppressTokensAtBeginLogitsProcessor as Whisper builds it: the tokens banned where the rows are begin long."""
+
+    def __init__(self, tokens: Sequence[int], begin: int) -> None:
+        self.tokens, self.begin = list(tokens), begin
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if ids.shape[1] == self.begin:
+            scores[:, _in_vocab(self.tokens, scores)] = -np.inf
+        return scores
+
+
+def _token_map(value: Any, where: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+        raise MetadataValidationError(f"the embedded generation config's {where} must map tokens to ids; re-embed a fixed "
+                                      "generation_config.json")
+    return {str(k): int(v) for k, v in value.items()}
+
+
+def _optional_ids(value: Any, where: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return _token_list(where, value)
+    except InvalidInputError as exc:
+        raise MetadataValidationError(f"the embedded generation config is wrong: {exc}; re-embed a fixed "
+                                      "generation_config.json") from None
+
+
+class _WhisperSettings:
+    """What WhisperForConditionalGeneration.generate reads from the generation config (the model config's keys when the
+    model has no generation_config.json): the start token, languages and tasks, timestamps, suppressed tokens."""
+
+    def __init__(self, generation_config: Mapping[str, Any] | None, config: Mapping[str, Any]) -> None:
+        source = generation_config if generation_config is not None else config
+        start = _decoder_start(generation_config, config)
+        if start is None:
+            raise MetadataValidationError("the Whisper model names no decoder_start_token_id; re-embed its "
+                                          "generation_config.json")
+        self.start = start
+        self.lang_to_id = _token_map(source.get("lang_to_id"), "lang_to_id")
+        self.task_to_id = _token_map(source.get("task_to_id"), "task_to_id")
+        no_timestamps = source.get("no_timestamps_token_id")
+        if no_timestamps is not None and (not isinstance(no_timestamps, int) or isinstance(no_timestamps, bool)
+                                          or no_timestamps < 0):
+            raise MetadataValidationError("the embedded no_timestamps_token_id must be a token id; re-embed a fixed "
+                                          "generation_config.json")
+        self.no_timestamps: int | None = no_timestamps
+        multilingual = source.get("is_multilingual")
+        self.is_multilingual = None if multilingual is None else bool(multilingual)
+        forced = source.get("forced_decoder_ids")
+        if forced is None:
+            forced = config.get("forced_decoder_ids")
+        if forced is not None and not (isinstance(forced, list) and all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and (p[1] is None or isinstance(p[1], int))
+                for p in forced)):
+            raise MetadataValidationError("the embedded forced_decoder_ids must be [position, token] pairs; re-embed a "
+                                          "fixed generation_config.json")
+        self.forced: list[list[Any]] | None = forced
+        self.suppress = _optional_ids(source.get("suppress_tokens"), "suppress_tokens")
+        self.begin_suppress = _optional_ids(source.get("begin_suppress_tokens"), "begin_suppress_tokens")
+        initial = source.get("max_initial_timestamp_index")
+        self.max_initial = initial if isinstance(initial, int) and not isinstance(initial, bool) else None
+        self.return_timestamps = bool(source.get("return_timestamps"))
+        self.language = source.get("language") if isinstance(source.get("language"), str) else None
+        self.task = source.get("task") if isinstance(source.get("task"), str) else None
+        common = {k: v for k, v in (generation_config or {}).items() if k not in _WHISPER_KEYS}
+        self.generation = _model_generation_defaults(common if generation_config is not None else None,
+                                                     {k: v for k, v in config.items() if k not in _WHISPER_KEYS})
+
+    def check(self, language: str | None, task: str | None) -> None:
+        """generate()'s _set_language_and_task: what an English-only model or an old generation config refuses."""
+        if self.is_multilingual is False and (language is not None or task is not None):
+            raise InvalidInputError("this Whisper model is English-only: it takes no language or task; leave them out")
+        if language is not None and self.lang_to_id is None:
+            raise InvalidInputError("the embedded generation config has no lang_to_id, so language cannot be set; "
+                                    "re-embed the model's current generation_config.json")
+        if task is not None and self.task_to_id is None:
+            raise InvalidInputError("the embedded generation config has no task_to_id, so task cannot be set; "
+                                    "re-embed the model's current generation_config.json")
+        if task is not None and task not in _WHISPER_TASKS:
+            raise InvalidInputError(f"task must be 'transcribe' or 'translate', got {task!r}")
+
+    def language_id(self, language: str) -> int:
+        """The token of a language given as a token (<|fr|>), a code (fr) or a name (french), as generate() reads it."""
+        lang_to_id = self.lang_to_id or {}
+        asked = language.lower()
+        if asked in lang_to_id:
+            token = asked
+        elif asked in _WHISPER_LANGUAGE_CODES:
+            token = f"<|{_WHISPER_LANGUAGE_CODES[asked]}|>"
+        elif asked in _WHISPER_LANGUAGES:
+            token = f"<|{asked}|>"
+        else:
+            known = sorted(_WHISPER_LANGUAGES) if len(asked) == 2 else sorted(_WHISPER_LANGUAGE_CODES)
+            raise InvalidInputError(f"unsupported language {language!r}; pass one of {', '.join(known)}")
+        if token not in lang_to_id:
+            raise InvalidInputError(f"{token} is not one of this model's languages (its generation config's lang_to_id)")
+        return lang_to_id[token]
+
+    def prompt(self, language: str | None, task: str | None, timestamps: bool, detect: Callable[[], int]) -> list[int]:
+        """The decoder prompt (generate()'s _retrieve_init_tokens for one input): start of transcript, the language
+        (given, from forced_decoder_ids, or detected), the task, and no-timestamps unless timestamps are asked."""
+        init: list[Any] = [self.start]
+        if task is None and language is None and self.forced:
+            forced = list(self.forced)
+            if forced[0][0] == 1:
+                position = 1
+                while forced and forced[0][0] == position:
+                    init.append(forced[0][1])
+                    forced = forced[1:]
+                    position += 1
+                if forced:
+                    raise MetadataValidationError(f"the embedded forced_decoder_ids {self.forced} do not follow Whisper's "
+                                                  "prompt pattern; re-embed a fixed generation_config.json")
+        undefined = len(init) <= 1 or init[1] is None
+        lang_id = None
+        if language is not None:
+            lang_id = self.language_id(language)
+        elif self.lang_to_id is not None and undefined:
+            lang_id = detect()
+        if lang_id is not None:
+            if len(init) > 1:
+                init[1] = lang_id
+            else:
+                init.append(lang_id)
+        if task is not None and self.task_to_id is not None:
+            if task not in self.task_to_id:
+                raise InvalidInputError(f"task {task!r} is not in this model's task_to_id")
+            init.append(self.task_to_id[task])
+        elif language is not None and self.task_to_id is not None and not any(
+                t in init for t in self.task_to_id.values()):
+            init.append(self.task_to_id["transcribe"])
+        if not timestamps and self.no_timestamps is not None and init[-1] != self.no_timestamps:
+            init.append(self.no_timestamps)
+        elif timestamps and init[-1] == self.no_timestamps:
+            init = init[:-1]
+        return [t for t in init if t is not None]
+
+
+def _whisper_segments(tokens: list[int], first: int, frames: int) -> tuple[list[int], int]:
+    """generate()'s _retrieve_segment for the tokens of one window: the tokens its segments keep (all, or up to the last
+    pair of timestamps when it ends inside a segment) and how many frames decoding moves on."""
+    stamps = [t >= first for t in tokens]
+    single_ending = stamps[-2:] == [False, True]
+    ends = [i + 1 for i in range(len(stamps) - 1) if stamps[i] and stamps[i + 1]]
+    if not ends:
+        return tokens, frames
+    if single_ending:
+        return tokens, frames
+    last = ends[-1] + 1
+    return tokens[:last], (tokens[last - 2] - first) * _WHISPER_INPUT_STRIDE
+
+
+def _longest_common_sequence(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """transformers' whisper _find_longest_common_sequence: token sequences of overlapping chunks joined at the
+    alignment with the most matching tokens, each side trusted for its half of the overlap."""
+    import numpy as np
+
+    left = list(sequences[0])
+    total: list[int] = []
+    for right in sequences[1:]:
+        best, indices = 0.0, (len(left), len(left), 0, 0)
+        left_length, right_length = len(left), len(right)
+        for i in range(1, left_length + right_length):
+            left_start, left_stop = max(0, left_length - i), min(left_length, left_length + right_length - i)
+            right_start, right_stop = max(0, i - left_length), min(right_length, i)
+            matches = int(np.sum(np.array(left[left_start:left_stop]) == np.array(right[right_start:right_stop])))
+            matching = matches / i + i / 10000.0
+            if matches > 1 and matching > best:
+                best, indices = matching, (left_start, left_stop, right_start, right_stop)
+        left_start, left_stop, right_start, right_stop = indices
+        total.extend(left[: (left_stop + left_start) // 2])
+        left = list(right[(right_stop + right_start) // 2:])
+    total.extend(left)
+    return total
+
+
+class _WhisperOutput(NamedTuple):
+    """The tokens generate() gave for one piece of audio, and its stride in seconds (chunk, left, right) when chunked."""
+
+    tokens: list[int]
+    stride: tuple[float, float, float] | None
+
+
+class _WhisperDecoder:
+    """WhisperTokenizer._decode_asr for segment timestamps: the text of the pieces of one input (chunks joined where
+    they overlap), and its chunks with (start, end) seconds when timestamps are asked."""
+
+    def __init__(self, tokenizer: TextTokenizer, time_precision: float) -> None:
+        self.tokenizer, self.time_precision = tokenizer, time_precision
+        no_timestamps = tokenizer.backend.token_to_id("<|notimestamps|>")
+        if no_timestamps is None:
+            raise ProcessorReconstructionError("the embedded tokenizer has no <|notimestamps|> token, which Whisper's "
+                                               "decoding needs; re-embed the model's own tokenizer.json")
+        self.first = no_timestamps + 1
+        added = tokenizer.backend.get_added_tokens_decoder()
+        self.special = {i for i, token in added.items() if token.special}
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            token_id = tokenizer.token_id(name)
+            if token_id is not None:
+                self.special.add(token_id)
+        self.prompt_id = tokenizer.backend.token_to_id("<|startofprev|>")
+        self.start_id = tokenizer.backend.token_to_id("<|startoftranscript|>")
+
+    def text(self, tokens: Sequence[int]) -> str:
+        return _TIMESTAMP_TEXT.sub("", self.tokenizer.decode(list(tokens)))
+
+    def __call__(self, outputs: Sequence[_WhisperOutput], timestamps: bool) -> dict[str, Any]:
+        precision, first = self.time_precision, self.first
+        chunks: list[dict[str, Any]] = []
+        chunk: dict[str, Any] = {"timestamp": [None, None], "text": ""}
+        last_language = None
+        time_offset = 0.0
+        previous: list[list[int]] = []
+        skip = False
+        for output in outputs:
+            tokens = list(output.tokens)
+            if tokens and tokens[0] == self.prompt_id:  # _strip_prompt
+                tokens = tokens[tokens.index(self.start_id):] if self.start_id in tokens else []
+            last_timestamp = None
+            first_timestamp: float = first
+            cur_max, prev_segments, penultimate = 0.0, 0.0, 0.0
+            if output.stride is not None:
+                chunk_len, stride_left, stride_right = output.stride
+                time_offset -= stride_left
+                right_stride_start = chunk_len - stride_right
+                if stride_left:
+                    first_timestamp = stride_left / precision + first
+                if stride_right:
+                    for token in reversed(tokens):
+                        if token >= first:
+                            if last_timestamp is not None and (token - first) * precision < right_stride_start:
+                                break
+                            last_timestamp = token
+            current: list[int] = []
+            for i, token in enumerate(tokens):
+                if token in self.special:
+                    text = (self.tokenizer.backend.id_to_token(token) or "")[2:-2]
+                    language = _WHISPER_LANGUAGES.get(text)
+                    if language is not None:
+                        if last_language and language != last_language and not timestamps:
+                            previous.append(current)
+                            chunk["text"] = self.text(_longest_common_sequence(previous))
+                            chunks.append(chunk)
+                            previous, current = [], []
+                            chunk = {"timestamp": [None, None], "text": ""}
+                        last_language = language
+                elif token >= first:
+                    timestamp = float((token - first) * precision)
+                    if timestamp < cur_max:
+                        single_ending = i >= 2 and not (tokens[i - 1] >= first and tokens[i - 2] >= first)
+                        if single_ending:
+                            prev_segments += precision * 1500
+                        else:
+                            cur_max = penultimate
+                            prev_segments += penultimate
+                    penultimate, cur_max = cur_max, timestamp
+                    time = round((token - first) * precision + time_offset + prev_segments, 2)
+                    if last_timestamp and token >= last_timestamp:
+                        skip = True
+                    elif skip or (previous and token < first_timestamp):
+                        skip = False
+                    elif chunk["timestamp"][0] is None:
+                        chunk["timestamp"][0] = time
+                    elif time != chunk["timestamp"][0]:
+                        chunk["timestamp"][1] = time
+                        previous.append(current)
+                        chunk["text"] = self.text(_longest_common_sequence(previous))
+                        chunks.append(chunk)
+                        previous, current = [], []
+                        chunk = {"timestamp": [None, None], "text": ""}
+                else:
+                    current.append(token)
+            if output.stride is not None:
+                time_offset += output.stride[0] - output.stride[2]
+            if current:
+                previous.append(current)
+            elif not any(previous):
+                chunk, previous = {"timestamp": [None, None], "text": ""}, []
+        if previous:
+            chunk["text"] = self.text(_longest_common_sequence(previous))
+            chunks.append(chunk)
+        result: dict[str, Any] = {"text": "".join(c["text"] for c in chunks)}
+        if timestamps:
+            result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]} for c in chunks]
+        return result
+
+
+class _WhisperRecognition(_SpeechRecognition):
+    """automatic-speech-recognition with Whisper, as transformers 5's pipeline: each input's log-mel features (of each
+    chunk_length_s chunk of a long input) run through the encoder once per window, then the decoder from the prompt of
+    the generation config (start of transcript, language given or detected, task, no-timestamps) with its suppressed
+    tokens, by beam search (the pipeline's num_beams=5) unless the model or the caller sets otherwise; language, task
+    and return_timestamps (segments: ``chunks`` of ``{"timestamp": (start, end), "text": ...}``) as the pipeline takes
+    them, directly or in generate_kwargs. Audio past one window needs chunk_length_s (long-form decoding is not
+    supported)."""
+
+    options = (
+        _Option("chunk_length_s", _chunk_length, 0.0),
+        _Option("stride_length_s", _stride_length),
+        _Option("return_timestamps", _whisper_timestamps),
+        *_WHISPER_GENERATE_OPTIONS,
+        _Option("generate_kwargs", _generate_kwargs),
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        _Task.__init__(self, ctx)
+        self.model = _EncoderDecoderModel(ctx, self.name)
+        features = ctx.processors.get("feature_extractor")
+        if not isinstance(features, WhisperFeatureExtractor):
+            raise ProcessorReconstructionError(
+                "no Whisper feature extractor is embedded (hf_feature_extractor_config); re-embed from the model folder "
+                "with its preprocessor_config.json")
+        self.features = self.whisper = features
+        tokenizer = ctx.processors.get("tokenizer")
+        if not isinstance(tokenizer, TextTokenizer):
+            raise ProcessorReconstructionError("no tokenizer embedded, so Whisper's tokens cannot be decoded to text; "
+                                               "re-embed with --include-vocab")
+        self.tokenizer = tokenizer
+        self.main_input = "input_features"
+        port = self.model.encoder.inputs.get(self.main_input)
+        if port is None or len(self.model.encoder.inputs) != 1 or port.dtype not in ("float32", "float16", "float64"):
+            raise MetadataValidationError(f"Whisper's encoder must take input_features (floats) alone; this one takes "
+                                          f"{sorted(self.model.encoder.inputs)}")
+        self.dtype = str(port.dtype)
+        self.settings = _WhisperSettings(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
+        positions = _config_int(ctx.config, "max_source_positions")
+        self.targets = _config_int(ctx.config, "max_target_positions")
+        if positions is None:
+            raise MetadataValidationError("the Whisper config has no max_source_positions; re-embed its config.json")
+        self.window = _WHISPER_INPUT_STRIDE * positions  # frames the encoder takes
+        self.asr = _WhisperDecoder(tokenizer, features.chunk_length / positions)
+        self.align_to = 1  # the pipeline's _align_to: Whisper's config has no inputs_to_logits_ratio
+        pad = tokenizer.token_id("pad_token")
+        self.defaults = {**_WHISPER_DEFAULTS, **({"pad_token_id": pad} if pad is not None else {})}
+
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's options with generate_kwargs merged in (the pipeline takes both)."""
+        merged = dict(options)
+        extra = options["generate_kwargs"] or {}
+        known = {o.name: o for o in (*_WHISPER_GENERATE_OPTIONS, _Option("return_timestamps", _whisper_timestamps))}
+        unknown = sorted(set(extra) - set(known))
+        if unknown:
+            raise InvalidInputError(f"generate_kwargs {', '.join(map(repr, unknown))} are not supported for Whisper; it "
+                                    f"takes {', '.join(known)}")
+        for key, value in extra.items():
+            if value is not None:
+                merged[key] = known[key].check(key, value)
+        return merged
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Speech:
+        options = self._options(options)
+        self.settings.check(options["language"], options["task"])
+        chunking = self._chunking(options)
+        prepared = [self._pieces(item, chunking) for item in items]
+        for pieces, _ in prepared:
+            for piece in pieces:
+                if piece.samples > self.whisper.n_samples:
+                    raise InvalidInputError(
+                        f"the audio is {piece.samples / self.features.sampling_rate:g} s long, past Whisper's "
+                        f"{self.whisper.chunk_length} s window; pass chunk_length_s=30 to transcribe it in chunks")
+        return _Speech([pieces for pieces, _ in prepared], [extra for _, extra in prepared])
+
+    def _config(self, options: Mapping[str, Any], prompt: int) -> _GenerationConfig:
+        """The generation config of one window: the pipeline's defaults under the model's and the caller's, then
+        generate()'s Whisper rules (no sampling without a temperature; max_length grown by the prompt)."""
+        user = {"max_new_tokens": options["max_new_tokens"], "num_beams": options["num_beams"]}
+        config = _generation_config(self.settings.generation, user, self.defaults)
+        config = config._replace(do_sample=False, temperature=1.0)
+        targets = self.targets if self.targets is not None else _VERY_LARGE_MAX_LENGTH
+        if (config.max_new_tokens or 0) + prompt > targets:
+            raise InvalidInputError(f"the decoder prompt ({prompt} tokens) and max_new_tokens ({config.max_new_tokens}) "
+                                    f"pass the model's {targets} positions; lower max_new_tokens")
+        if config.max_new_tokens is None:
+            length = min(config.max_length + min(targets // 2 - 1, prompt), targets)
+            return config._replace(max_length=length, explicit=config.explicit | {"max_length"})
+        return config._replace(max_new_tokens=min(config.max_new_tokens, targets - prompt))
+
+    def _encode(self, features: np.ndarray) -> Any:
+        return _Binding(self.model.encoder).run({self.main_input: features}, [self.model.hidden])[0]
+
+    def _window(self, features: np.ndarray, seek: int, frames: int) -> np.ndarray:
+        """generate()'s _get_input_segment: frames from seek, zero-padded to the encoder's window."""
+        import numpy as np
+
+        window = features[:, :, seek: seek + frames]
+        if window.shape[-1] < self.window:
+            window = np.pad(window, ((0, 0), (0, 0), (0, self.window - window.shape[-1])))
+        return np.ascontiguousarray(window, dtype=self.dtype)
+
+    def _detect(self, hidden: Any) -> int:
+        """generate()'s detect_language: the likeliest language token after the start token alone."""
+        import numpy as np
+
+        step = _EncoderDecoder(self.model, {}, hidden)
+        _, logits = step.prefill(np.array([[self.settings.start]], dtype=np.int64), np.ones((1, 1), dtype=np.int64), False)
+        languages = np.array(sorted((self.settings.lang_to_id or {}).values()), dtype=np.int64)
+        languages = languages[languages < logits.shape[-1]]
+        return int(languages[np.argmax(logits[0, languages])])
+
+    def generate(self, features: np.ndarray, options: Mapping[str, Any]) -> list[int]:
+        """WhisperForConditionalGeneration.generate on one piece's features (1, bins, frames), short form: the tokens of
+        its segments (prompt and eos left out)."""
+        settings = self.settings
+        timestamps = bool(options["return_timestamps"]) or settings.return_timestamps
+        if timestamps and settings.no_timestamps is None:
+            raise MetadataValidationError("the embedded generation config has no no_timestamps_token_id, which timestamps "
+                                          "need; re-embed the model's current generation_config.json")
+        frames = features.shape[-1]
+        if frames > self.window:
+            raise InvalidInputError(f"{frames} feature frames are more than Whisper's window of {self.window}; pass "
+                                    "chunk_length_s")
+        first_hidden = self._encode(self._window(features, 0, frames))
+        language = options["language"] if options["language"] is not None else settings.language
+        task = options["task"] if options["task"] is not None else settings.task
+        prompt = settings.prompt(language, task, timestamps, lambda: self._detect(first_hidden))
+        config = self._config(options, len(prompt))
+        eos = config.eos_token_id[0] if config.eos_token_id else None
+        pad = config.pad_token_id
+        extra: list[_Processor] = []
+        if settings.begin_suppress is not None:
+            extra.append(_SuppressAtBegin(settings.begin_suppress, len(prompt)))
+        if settings.suppress is not None:
+            extra.append(_SuppressTokens(settings.suppress))
+        if timestamps and settings.no_timestamps is not None:
+            stop = eos if eos is not None else (config.bos_token_id or 0)
+            extra.append(_WhisperTimestamps(settings.no_timestamps, stop, len(prompt), settings.max_initial))
+        first = settings.no_timestamps + 1 if settings.no_timestamps is not None else _VERY_LARGE_MAX_LENGTH
+        kept: list[int] = []
+        seek = 0
+        while seek < frames:
+            size = min(frames - seek, self.window)
+            hidden = first_hidden if seek == 0 else self._encode(self._window(features, seek, size))
+            prompts = _prompts([prompt], config, pad if pad is not None else 0, None)
+            sequence = _Search(_EncoderDecoder(self.model, {}, hidden), prompts, config, None, extra).run()[0]
+            tokens = [int(t) for t in sequence]
+            if tokens and pad is not None and tokens[-1] == pad:  # generate()'s padding removal, eos kept
+                count = tokens.count(pad) - (1 if pad == eos else 0)
+                tokens = tokens[:-count] if count else tokens
+            if tokens and tokens[-1] == eos:
+                tokens = tokens[:-1]
+            segment, offset = _whisper_segments(tokens, first, size)
+            kept += segment
+            if offset <= 0:  # transformers would decode the same window again forever
+                break
+            seek += offset
+            if config.max_new_tokens is None:  # generate() grows max_length by the prompt again for each window
+                targets = self.targets if self.targets is not None else _VERY_LARGE_MAX_LENGTH
+                config = config._replace(max_length=min(config.max_length + min(targets // 2 - 1, len(prompt)), targets))
+        return kept
+
+    def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[Any]:
+        """The tokens of each piece, decoded alone (the pipeline's batch of one); strides in seconds."""
+        options = self._options(options)
+        rate = self.features.sampling_rate
+        outputs = []
+        for pieces in batch.pieces:
+            own = []
+            for piece in pieces:
+                stride = None if piece.stride is None else (piece.stride[0] / rate, piece.stride[1] / rate,
+                                                            piece.stride[2] / rate)
+                own.append(_WhisperOutput(self.generate(piece.features[self.main_input], options), stride))
+            outputs.append(own)
+        return outputs
+
+    def postprocess(self, batch: _Speech, outputs: list[Any], options: Mapping[str, Any]) -> list[Any]:
+        """_decode_asr of each input's pieces; a dict input's other keys come back, one value per piece. Only the
+        return_timestamps option (or the generation config's) gives chunks: in generate_kwargs it reaches generate() alone,
+        as in the pipeline."""
+        timestamps = bool(options["return_timestamps"]) or self.settings.return_timestamps
+        results = []
+        for own, extra in zip(outputs, batch.extras):
+            result = self.asr(own, timestamps)
             result.update({key: [value] * len(own) for key, value in extra.items()})
             results.append(result)
         return results

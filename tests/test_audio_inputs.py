@@ -159,7 +159,8 @@ def test_essential_level_cannot_decode(ctc, tmp_path):
         rt.Runtime(tmp_path / "essential.onnx")
 
 
-def test_whisper_is_refused_until_generation_lands(ctc, tmp_path):
+def test_whisper_needs_an_encoder_decoder(ctc, tmp_path):
+    """A Whisper config embedded on a single graph: Whisper runs from a merged export (test_parity_whisper.py)."""
     from transformers import WhisperConfig, WhisperFeatureExtractor
 
     from authoring import embed_metadata
@@ -169,8 +170,8 @@ def test_whisper_is_refused_until_generation_lands(ctc, tmp_path):
     WhisperFeatureExtractor().save_pretrained(folder)
     metadata = embed_metadata(ctc.plain, folder, tmp_path / "whisper.onnx")
     assert metadata[rt.KEY_PIPELINE_TASK] == "automatic-speech-recognition"
-    with pytest.raises(rt.TaskDetectionError, match=r"automatic-speech-recognition with a sequence-to-sequence model \(whisper\) "
-                       r"is not supported by this runtime yet; CTC models .* are"):
+    with pytest.raises(rt.MetadataValidationError, match=r"automatic-speech-recognition needs an encoder-decoder: a file "
+                       r"merged from an export"):
         rt.Runtime(tmp_path / "whisper.onnx")
 
 
