@@ -89,6 +89,13 @@ def _seq2seq(kind: str) -> Any:
     return build
 
 
+def _whisper(folder: Path) -> None:
+    """A tiny Whisper with a tokenizer and generation config (the runtime transcribes it, so the file needs them)."""
+    from whisper_models import build
+
+    build(folder, multilingual=False, real_tokenizer=False)
+
+
 # name: (builder of the model folder, export options, exported by torch.onnx too)
 MODELS: dict[str, tuple[Any, dict[str, Any], bool]] = {
     "text-classification": (lambda f: tiny_classifier(f, trained_wordpiece), {}, True),
@@ -110,7 +117,7 @@ MODELS: dict[str, tuple[Any, dict[str, Any], bool]] = {
     "automatic-speech-recognition": (ctc_model, {}, True),
     "slow-tokenizer": (_vocab_txt_classifier, {}, False),
     "text2text-generation": (_seq2seq("t5"), {}, False),
-    "whisper": (_seq2seq("whisper"), {}, False),
+    "whisper": (_whisper, {}, False),
 }
 
 
@@ -312,7 +319,8 @@ def test_encoder_decoders_export_to_one_file(name, folders, optimum_run):
     model.eval()
     rng = np.random.default_rng(0)
     if name == "whisper":
-        encoder_inputs = {"input_features": rng.standard_normal((1, 80, 128)).astype(np.float32)}
+        frames = 2 * model.config.max_source_positions
+        encoder_inputs = {"input_features": rng.standard_normal((1, 80, frames)).astype(np.float32)}
     else:
         ids = rng.integers(3, 200, (2, 9))
         encoder_inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
@@ -335,7 +343,9 @@ def test_encoder_decoders_export_to_one_file(name, folders, optimum_run):
     np.testing.assert_allclose(hidden, expected.encoder_last_hidden_state.numpy(), atol=1e-4, rtol=0)
     # the tiny T5's logits reach 600: float32 sums of that size differ in the fourth decimal
     scale = float(np.abs(expected.logits.numpy()).max())
-    np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4 + 2e-6 * scale, rtol=0)
+    # Whisper's first step attends over 1500 encoder positions of weights drawn at std 1: sums differ in the fourth decimal
+    atol = 5e-4 if name == "whisper" else 1e-4 + 2e-6 * scale
+    np.testing.assert_allclose(logits, expected.logits.numpy(), atol=atol, rtol=0)
     assert (logits.argmax(-1) == expected.logits.numpy().argmax(-1)).all()
     assert len({int(i) for i in logits.argmax(-1).ravel()}) == logits.shape[0] or logits.shape[0] == 1
 
