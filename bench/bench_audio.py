@@ -20,8 +20,6 @@ Timings from a shared or busy machine are noisy; compare ratios from one run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,8 @@ import time
 import wave
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
@@ -99,8 +99,9 @@ def wav_files() -> list[Path]:
 def in_process(rounds: int) -> dict[str, Any]:
     """Per clip: best and median seconds of one feature extraction, ours and transformers'."""
     import numpy as np
-    import onnxmeta_runtime as rt
     from transformers import WhisperFeatureExtractor
+
+    import onnxmeta_runtime as rt
 
     ours, theirs = rt.WhisperFeatureExtractor({}), WhisperFeatureExtractor()
     contenders = {
@@ -167,15 +168,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-audio.json"))
-    args = parser.parse_args(argv)
-    figures = run(args.repeats)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-audio.json", repeats=5, argv=argv)
 
 
 if __name__ == "__main__":

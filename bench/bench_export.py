@@ -22,7 +22,6 @@ absolute figures move from run to run; the ratios to the plain file, measured in
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -30,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
@@ -177,15 +178,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-export.json"))
-    args = parser.parse_args(argv)
-    figures = run(args.repeats)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-export.json", repeats=5, argv=argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ quick one). Ratios are speed-ups: the peer's time over ours.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -37,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "images"
@@ -301,19 +302,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-images.json"))
-    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.build:
-        build()
-        return 0
-    figures = run(args.repeats)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-images.json", repeats=3, build=build, argv=argv)
 
 
 if __name__ == "__main__":

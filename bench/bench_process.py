@@ -17,8 +17,6 @@ exits 0: this is a benchmark, not a test.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "bert-base"
@@ -119,18 +119,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-process.json"))
-    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.build:
-        build()
-        return 0
-    figures = run(args.repeats)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-process.json", repeats=5, build=build, argv=argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ tests/helpers.optimum_python). Medians are printed with the ratios and written t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "bert-small"
@@ -254,19 +255,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-runtime.json"))
-    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.build:
-        build()
-        return 0
-    figures = run(args.repeats)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-runtime.json", repeats=3, build=build, argv=argv)
 
 
 if __name__ == "__main__":

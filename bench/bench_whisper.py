@@ -24,7 +24,6 @@ Timings from a shared or busy machine are noisy; compare ratios from one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests")]
@@ -198,15 +199,7 @@ def run(repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results-whisper.json"))
-    args = parser.parse_args(argv)
-    figures = run(args.repeats)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    return bench_cli.main(__doc__, run, "results-whisper.json", repeats=3, argv=argv)
 
 
 if __name__ == "__main__":
