@@ -1,10 +1,11 @@
-"""The command line every bench script shares: --repeats, --json, and a hidden --build (the script calls itself with
-it to build its models in a fresh process)."""
+"""What the bench scripts share: their command line (--repeats, --json, and a hidden --build: a script calls itself
+with it to build its models in a fresh process) and a clock for the time spent inside onnxruntime."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,22 @@ def main(doc: str, run: Callable[[int], dict[str, Any]], results: str, *, repeat
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"\nwrote {args.json}")
     return 0
+
+
+class Timed:
+    """Adds up the time spent inside onnxruntime's run calls (``methods``) of the sessions given, in ``seconds``."""
+
+    def __init__(self, sessions: list[Any], methods: tuple[str, ...] = ("run", "run_with_iobinding")) -> None:
+        self.seconds = 0.0
+        for session in {id(s): s for s in sessions}.values():
+            for method in methods:
+                setattr(session, method, self._timed(getattr(session, method)))
+
+    def _timed(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed

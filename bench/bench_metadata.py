@@ -101,6 +101,7 @@ def _child(op: str, model: str, meta: str, out: str) -> None:
         import onnxmeta_runtime as rt
     elif op in ("onnx_load", "onnx_save"):
         import onnx
+
         import onnxmeta_runtime as rt
     result: Any = None
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -53,6 +53,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "t5-small-random"
 T5_SMALL = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data")) / "t5-small"
@@ -114,24 +116,6 @@ def texts(batch: int) -> list[str]:
     return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(60 - 2 * i if batch > 1 else 60)) for i in range(batch)]
 
 
-class Timed:
-    """Adds up the time spent inside onnxruntime's run calls of the sessions given (run and run_with_iobinding)."""
-
-    def __init__(self, sessions: list[Any]) -> None:
-        self.seconds = 0.0
-        for session in {id(s): s for s in sessions}.values():
-            for method in ("run", "run_with_iobinding"):
-                setattr(session, method, self._timed(getattr(session, method)))
-
-    def _timed(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-        return timed
-
 
 Generate = Callable[[list[str], int], list[list[int]]]
 
@@ -180,7 +164,7 @@ def contender_main(name: str, folder: Path, new_tokens: int, repeats: int, threa
     if cold:
         generate(texts(1), new_tokens)
         return
-    timer = Timed(sessions())
+    timer = bench_cli.Timed(sessions())
     out: dict[str, Any] = {}
     for batch in (1, 8):
         generate(texts(batch), 4)  # warm-up
