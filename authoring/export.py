@@ -42,11 +42,10 @@ logger = logging.getLogger("onnxmeta")
 OPTIMIZE_LEVELS = ("O1", "O2", "O3")
 QUANTIZE_MODES = ("dynamic-int8",)
 DEFAULT_OPSET = 17
-# torch (the [export] extra) is what every export needs; Optimum pins transformers<4.58, against onnxmeta's
-# transformers>=5, so it cannot be an extra of the same environment: it gets one of its own (README, export).
+# The [export] extra is Optimum's exporter (it brings torch and transformers 4.57; onnxmeta's base install needs no
+# transformers, so they resolve together). Without Optimum, torch and transformers are enough for the one-graph tasks.
 EXPORT_EXTRA = "pip install 'onnxmeta[export]'"
-OPTIMUM_INSTALL = ("pip install 'optimum-onnx[onnxruntime]' && pip install --no-deps onnxmeta, in an environment of "
-                   "its own (Optimum pins transformers<4.58; see the README's export section)")
+OPTIMUM_INSTALL = "pip install 'onnxmeta[export]' (Optimum's exporter, optimum-onnx[onnxruntime])"
 SEQ2SEQ_TASKS = ("text2text-generation", "summarization", "translation")
 # Weights fetched for a hub id: safetensors, else (older repositories) PyTorch's pickles.
 _WEIGHTS = (("*.safetensors",), ("pytorch_model*.bin",))

@@ -457,7 +457,7 @@ def test_optimize_refusals(folders, tmp_path):
     with pytest.raises(rt.MetadataExtractionError, match="not available for encoder-decoders"):
         export(folders["text2text-generation"], tmp_path / "t5.onnx", quantize="dynamic-int8")
     with pytest.raises(rt.MetadataExtractionError, match="it is exported with Optimum's exporter, which is not installed: "
-                                                          r"pip install 'optimum-onnx\[onnxruntime\]' && pip install --no-deps"):
+                                                          r"pip install 'onnxmeta\[export\]' \(Optimum's exporter"):
         export(folders["whisper"], tmp_path / "whisper.onnx")
     assert not list(tmp_path.glob("*.onnx"))
 
