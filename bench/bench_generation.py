@@ -69,7 +69,9 @@ def build(name: str) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]
+    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests")]
+    from generation_models import export_without_cache
+
     from authoring import embed_metadata
 
     hf = folder / "hf"
@@ -84,19 +86,7 @@ def build(name: str) -> Path:
                     "text-generation-with-past", "--library-name", "transformers", str(folder / "optimum")],
                    check=True, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True)
     embed_metadata(folder / "optimum" / "model.onnx", hf, folder / "model.onnx", include_vocab=True)
-    names = ["input_ids", "attention_mask", "position_ids"]
-
-    class Forward(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.model(**dict(zip(names, tensors)), use_cache=False).logits
-
-    torch.onnx.export(Forward().eval(), tuple(torch.ones((2, 7), dtype=torch.long) for _ in names), folder / "nocache-graph.onnx",
-                      input_names=names, output_names=["logits"], opset_version=17, dynamo=False,
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "logits"]})
+    export_without_cache(model, folder / "nocache-graph.onnx")  # the tests' whole-sequence export
     embed_metadata(folder / "nocache-graph.onnx", hf, folder / "nocache.onnx", include_vocab=True)
     genai = folder / "genai"
     genai.mkdir(exist_ok=True)

@@ -260,20 +260,6 @@ def report_versus(figures: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------- part 2: one file against separate files
 
-def unique_weight_bytes(folder: Path) -> int:
-    """The export's initializers counted once by content."""
-    import hashlib
-
-    import onnx
-    from onnx import numpy_helper
-
-    seen: dict[str, int] = {}
-    for path in folder.glob("*.onnx"):
-        for tensor in onnx.load(str(path)).graph.initializer:
-            data = numpy_helper.to_array(tensor)
-            seen[hashlib.sha256(str((data.dtype, data.shape)).encode() + data.tobytes()).hexdigest()] = data.nbytes
-    return sum(seen.values())
-
 
 Run = Callable[[str, dict[str, Any]], dict[str, Any]]
 
@@ -386,6 +372,9 @@ def trial(folder: Path, repeats: int, threads: int | None, one_first: bool) -> d
 
 def measure(folder: Path, repeats: int, trials: int, threads: int | None) -> dict[str, Any]:
     """Sizes, and the median over trials of each time (the trials' own figures kept under "trials")."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import seq2seq_models  # the tests' count of the unique weights
+
     import onnxmeta_runtime as rt
 
     metadata = sum(e.field.end - e.field.start for e in rt.scan_model(folder / "model.onnx").entries)
@@ -393,7 +382,7 @@ def measure(folder: Path, repeats: int, trials: int, threads: int | None) -> dic
         "one_file": (folder / "model.onnx").stat().st_size,
         "one_file_metadata": metadata,
         "separate_files": {p.name: p.stat().st_size for p in sorted((folder / "export").glob("*.onnx"))},
-        "unique_weights": unique_weight_bytes(folder / "export"),
+        "unique_weights": seq2seq_models.unique_weight_bytes(folder / "export"),
     }}
     runs = [trial(folder, repeats, threads, one_first=i % 2 == 0) for i in range(trials)]
     figures["trials"] = runs

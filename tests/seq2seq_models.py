@@ -94,6 +94,21 @@ def build(kind: str, folder: Path) -> None:
     model.eval().save_pretrained(folder)
 
 
+def unique_weight_bytes(folder: Path) -> int:
+    """An export's initializers counted once by content (computed with onnx, independently of the merge)."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    seen: dict[str, int] = {}
+    for path in folder.glob("*.onnx"):
+        for tensor in onnx.load(str(path)).graph.initializer:
+            data = numpy_helper.to_array(tensor)
+            seen[hashlib.sha256(str((data.dtype, data.shape)).encode() + data.tobytes()).hexdigest()] = data.nbytes
+    return sum(seen.values())
+
+
 EXPORT_SCRIPT = """
 import json, sys
 from optimum.exporters.onnx import main_export

@@ -4,7 +4,6 @@ against the same loop over the separate files and against transformers' generate
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from seq2seq_models import MODELS
+from seq2seq_models import MODELS, unique_weight_bytes
 
 import onnxmeta_runtime as rt
 from authoring import MetadataEmbeddingError, discover
@@ -174,18 +173,6 @@ def test_plain_onnxruntime_loads_it_and_onnx_checker_passes(kind, one_files):
     defaults = {i.name for i in s.get_overridable_initializers()}
     assert {n for point in layout["entry_points"].values() for n in point["inputs"].values()} == defaults
 
-
-def unique_weight_bytes(folder: Path) -> int:
-    """The export's initializers counted once by content (computed here with onnx, independently of the merge)."""
-    import onnx
-    from onnx import numpy_helper
-
-    seen: dict[str, int] = {}
-    for path in folder.glob("*.onnx"):
-        for tensor in onnx.load(str(path)).graph.initializer:
-            data = numpy_helper.to_array(tensor)
-            seen[hashlib.sha256(str((data.dtype, data.shape)).encode() + data.tobytes()).hexdigest()] = data.nbytes
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("kind", MODELS)
