@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
+    / "bin" / "python"
 
 
 def main(doc: str, run: Callable[[int], dict[str, Any]], results: str, *, repeats: int,
@@ -28,6 +34,16 @@ def main(doc: str, run: Callable[[int], dict[str, Any]], results: str, *, repeat
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"\nwrote {args.json}")
     return 0
+
+
+def contender_command(contender: str, code: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``code`` for a contender: "optimum" in Optimum's environment (its own
+    transformers 4.57), any other with this interpreter and the runtime file on the path; hub access off."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    if contender == "optimum":
+        return [str(OPTIMUM_PYTHON), "-c", code], env
+    return [sys.executable, "-c", code], {**env, "PYTHONPATH": str(ROOT / "runtime")}
 
 
 class Timed:

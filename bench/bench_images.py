@@ -42,8 +42,6 @@ import bench_cli
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "images"
 SHARED = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data"))
-OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
-    / "bin" / "python"
 PHOTOS = 64
 # (width, height) of common phone and camera photos, landscape and portrait.
 RESOLUTIONS = ((4032, 3024), (3024, 4032), (4000, 3000), (1920, 1080), (1080, 1920), (2048, 1536), (3264, 2448),
@@ -210,13 +208,6 @@ print(json.dumps({{"seconds": seconds, "labels": labels}}))
 """
 
 
-def _command(contender: str, code: str) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    if contender == "optimum":
-        return [str(OPTIMUM_PYTHON), "-c", code], env
-    return [sys.executable, "-c", code], {**env, "PYTHONPATH": str(ROOT / "runtime")}
-
 
 def whole_process(folder: Path, paths: list[Path], repeats: int) -> dict[str, dict[str, Any]]:
     """Median wall time of a new process that imports, loads and classifies the photos, rounds interleaved."""
@@ -226,7 +217,7 @@ def whole_process(folder: Path, paths: list[Path], repeats: int) -> dict[str, di
         for batch in (1, 16):
             for contender, code in PROCESS.items():
                 name = f"{contender}_bs{batch}"
-                cmd, env = _command(contender, code)
+                cmd, env = bench_cli.contender_command(contender, code)
                 start = time.perf_counter()
                 proc = subprocess.run([*cmd, str(folder), str(batch), *map(str, paths)], env=env, capture_output=True,
                                       text=True, check=False)
@@ -239,7 +230,7 @@ def whole_process(folder: Path, paths: list[Path], repeats: int) -> dict[str, di
 
 def in_process(folder: Path, paths: list[Path], passes: int) -> dict[str, dict[str, Any]]:
     """Per contender: best and median seconds for the photos over interleaved passes, and images per second."""
-    cmd, env = _command("optimum", IN_PROCESS.format(runtime=str(ROOT / "runtime")))
+    cmd, env = bench_cli.contender_command("optimum", IN_PROCESS.format(runtime=str(ROOT / "runtime")))
     proc = subprocess.run([*cmd, str(folder), str(passes), *map(str, paths)], env=env, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:

@@ -20,7 +20,6 @@ tests/helpers.optimum_python). Medians are printed with the ratios and written t
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,6 @@ import bench_cli
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "bert-small"
 BERT = Path("/work/shared/data/bert-base-uncased")
-OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
-    / "bin" / "python"
 TEXTS = 256
 WORDS = ("the", "movie", "was", "good", "bad", "great", "terrible", "a", "an", "of", "and", "to", "in", "is",
          "it", "this", "that", "with", "for", "on", "as", "was", "but", "not", "very", "really", "quite",
@@ -170,13 +167,6 @@ print(json.dumps({{"seconds": seconds, "labels": labels, "versions": {{"onnxrunt
 """
 
 
-def _command(contender: str, code: str) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    if contender == "optimum":
-        return [str(OPTIMUM_PYTHON), "-c", code], env
-    return [sys.executable, "-c", code], {**env, "PYTHONPATH": str(ROOT / "runtime")}
-
 
 def cold_start(folder: Path, repeats: int) -> dict[str, dict[str, Any]]:
     """Median wall time of a whole new process that imports, loads and classifies one text, rounds interleaved."""
@@ -184,7 +174,7 @@ def cold_start(folder: Path, repeats: int) -> dict[str, dict[str, Any]]:
     labels: dict[str, str] = {}
     for _ in range(repeats):
         for contender, code in COLD.items():
-            cmd, env = _command(contender, code)
+            cmd, env = bench_cli.contender_command(contender, code)
             start = time.perf_counter()
             proc = subprocess.run([*cmd, str(folder)], env=env, capture_output=True, text=True, check=False)
             runs[contender].append(time.perf_counter() - start)
@@ -197,7 +187,7 @@ def cold_start(folder: Path, repeats: int) -> dict[str, dict[str, Any]]:
 def throughput(folder: Path, passes: int) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Per contender: best and median seconds over interleaved passes of the 256 texts, and texts per second."""
     code = THROUGHPUT.format(bench=str(Path(__file__).parent), runtime=str(ROOT / "runtime"))
-    cmd, env = _command("optimum", code)
+    cmd, env = bench_cli.contender_command("optimum", code)
     proc = subprocess.run([*cmd, str(folder), str(passes)], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"throughput run failed:\n{proc.stderr[-3000:]}")

@@ -58,8 +58,7 @@ import bench_cli
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "t5-small-random"
 T5_SMALL = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data")) / "t5-small"
-OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
-    / "bin" / "python"
+OPTIMUM_PYTHON = bench_cli.OPTIMUM_PYTHON
 NEW_TOKENS = 32
 SOURCE_LENGTH = 64
 EXPORT = """
