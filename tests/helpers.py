@@ -159,15 +159,10 @@ def bert_tokenizer_folder(folder: Path) -> None:
         trained_wordpiece(folder)
 
 
-def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: bool = False,
-                output: str | Sequence[str] = "logits") -> Path:
-    """torch.onnx.export with dynamic batch and sequence axes; model left in eval mode.
-
-    output names the model output(s) to export: "logits", or several, e.g. ("start_logits", "end_logits").
-    """
+def positional(model: Any, input_names: Sequence[str], outputs: Sequence[str]) -> Any:
+    """A torch module class around model for torch.onnx.export: positional tensors in (input_names), the named
+    outputs out (one tensor, or a tuple of several)."""
     import torch
-
-    outputs = [output] if isinstance(output, str) else list(output)
 
     class Wrapped(torch.nn.Module):
         def __init__(self) -> None:
@@ -178,6 +173,19 @@ def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: b
             result = self.model(**dict(zip(input_names, tensors)))
             return tuple(getattr(result, name) for name in outputs) if len(outputs) > 1 else getattr(result, outputs[0])
 
+    return Wrapped
+
+
+def export_onnx(model: Any, path: Path, input_names: Sequence[str], *, dynamo: bool = False,
+                output: str | Sequence[str] = "logits") -> Path:
+    """torch.onnx.export with dynamic batch and sequence axes; model left in eval mode.
+
+    output names the model output(s) to export: "logits", or several, e.g. ("start_logits", "end_logits").
+    """
+    import torch
+
+    outputs = [output] if isinstance(output, str) else list(output)
+    Wrapped = positional(model, input_names, outputs)
     model.eval()
     dummy = tuple(torch.ones((2, 7), dtype=torch.long) if n != "token_type_ids" else torch.zeros((2, 7), dtype=torch.long)
                   for n in input_names)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from helpers import SHARED
+from helpers import SHARED, positional
 
 ASSETS = SHARED / "_assets"
 PHOTOS = ("australia.jpg", "pineapple.jpg")  # a JPEG, and a PNG (RGBA) despite its name
@@ -64,15 +64,7 @@ def export_vision_onnx(model: Any, path: Path, input_names: Sequence[str], outpu
     """torch.onnx.export of a vision (or CLIP) model: dynamic batch (and text) axes; model left in eval mode."""
     import torch
 
-    class Wrapped(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *tensors: Any) -> Any:
-            result = self.model(**dict(zip(input_names, tensors)))
-            return tuple(getattr(result, name) for name in outputs)
-
+    Wrapped = positional(model, input_names, outputs)
     model.eval()
     dummies = {"pixel_values": torch.randn(2, 3, image_size, image_size), "input_ids": torch.ones((3, 7), dtype=torch.long),
                "attention_mask": torch.ones((3, 7), dtype=torch.long)}
