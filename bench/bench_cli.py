@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Bytecode caches on, as users have them: every process a bench starts inherits this environment.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
     / "bin" / "python"
 

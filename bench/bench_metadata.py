@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_cli  # noqa: F401 - bytecode caches on in the processes this bench starts
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime"), str(ROOT)]  # this checkout, installed or not
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench"
