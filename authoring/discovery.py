@@ -264,17 +264,36 @@ def _tokenizer_from_files(folder: Path, model_config: Mapping[str, Any], include
     return metadata
 
 
-def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
-    config = _read_json(folder / "preprocessor_config.json")
-    if config is None:
-        # transformers 5 saves a multimodal processor's parts in processor_config.json (CLIPProcessor: image_processor)
-        nested = (_read_json(folder / "processor_config.json") or {}).get("image_processor")
-        return {rt.KEY_IMAGE_PROCESSOR_CONFIG: nested} if isinstance(nested, dict) else {}
+def _preprocessor_kind(config: Mapping[str, Any]) -> str:
+    """The metadata key of a preprocessor_config.json: an image processor's or a feature extractor's."""
     kind = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
     audio = "sampling_rate" in config or "feature_size" in config
     if "ImageProcessor" in kind or (not audio and any(k in config for k in _IMAGE_PROCESSOR_KEYS)):
-        return {rt.KEY_IMAGE_PROCESSOR_CONFIG: config}
-    return {rt.KEY_FEATURE_EXTRACTOR_CONFIG: config}
+        return rt.KEY_IMAGE_PROCESSOR_CONFIG
+    return rt.KEY_FEATURE_EXTRACTOR_CONFIG
+
+
+# The parts transformers 5 nests in processor_config.json, by the metadata key they are embedded under, in the
+# order its loaders look for them (FeatureExtractionMixin reads "feature_extractor", then "audio_processor").
+_NESTED_PARTS = ((rt.KEY_IMAGE_PROCESSOR_CONFIG, ("image_processor",)),
+                 (rt.KEY_FEATURE_EXTRACTOR_CONFIG, ("feature_extractor", "audio_processor")))
+
+
+def _preprocessor_metadata(folder: Path) -> dict[str, Any]:
+    """The image processor and feature extractor configs of a folder, from either layout: transformers 5 saves a
+    processor of several parts (WhisperProcessor, Wav2Vec2Processor, CLIPProcessor...) as ONE processor_config.json
+    with each part nested, older versions (and lone extractors) as preprocessor_config.json. Where both exist, a
+    nested part wins, as in transformers 5's loaders (ImageProcessingMixin, FeatureExtractionMixin)."""
+    out: dict[str, Any] = {}
+    nested = _read_json(folder / "processor_config.json") or {}
+    for key, names in _NESTED_PARTS:
+        part = next((nested[name] for name in names if name in nested), None)
+        if isinstance(part, dict):
+            out[key] = part
+    separate = _read_json(folder / "preprocessor_config.json")
+    if separate is not None:
+        out.setdefault(_preprocessor_kind(separate), separate)
+    return out
 
 
 def _sentence_transformers_metadata(folder: Path) -> dict[str, Any]:
