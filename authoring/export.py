@@ -47,6 +47,7 @@ DEFAULT_OPSET = 17
 EXPORT_EXTRA = "pip install 'onnxmeta[export]'"
 OPTIMUM_INSTALL = "pip install 'onnxmeta[export]' (Optimum's exporter, optimum-onnx[onnxruntime])"
 SEQ2SEQ_TASKS = ("text2text-generation", "summarization", "translation")
+PROCESSOR_FILES = "preprocessor_config.json, or processor_config.json as transformers 5 saves it"
 # Weights fetched for a hub id: safetensors, else (older repositories) PyTorch's pickles.
 _WEIGHTS = (("*.safetensors",), ("pytorch_model*.bin",))
 
@@ -225,10 +226,29 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+_DIFFERENCE = re.compile(r"^- (.+?): max diff = (\S+?)\.?$", re.MULTILINE)  # the last line ends in "."
+_TOLERANCE = re.compile(r"within the set tolerance (\S+?):")
+
+
+def optimum_check_summary(warning: str) -> str:
+    """Optimum's check of an export against PyTorch in one line: how many outputs exceeded the tolerance, the worst one
+    and its difference (Optimum lists every output, 60 of them for a 30-layer model's present.N.key/value)."""
+    found = " ".join(warning.split("succeeded with the warning:", 1)[-1].split("The exported model")[0].split())
+    differences = [(name, float(diff)) for name, diff in _DIFFERENCE.findall(warning)]
+    tolerance = _TOLERANCE.search(warning)
+    if not differences or tolerance is None:
+        return found.rstrip(". ")
+    worst, difference = max(differences, key=lambda item: item[1])
+    if len(differences) == 1:
+        return f"{worst} differs by {difference:.3g}, beyond its tolerance {tolerance.group(1)}"
+    return (f"{len(differences)} outputs differ beyond its tolerance {tolerance.group(1)}, the most {worst} by "
+            f"{difference:.3g} (-v lists each)")
+
+
 @contextlib.contextmanager
 def _optimum_notes() -> Iterator[None]:
     """Optimum's log (its own handler on stderr) kept back unless -v; what its check of the export against PyTorch
-    found beyond its tolerance comes out as one warning."""
+    found beyond its tolerance comes out as one line (optimum_check_summary)."""
     optimum = logging.getLogger("optimum")
     if logger.isEnabledFor(logging.DEBUG):
         yield
@@ -244,8 +264,7 @@ def _optimum_notes() -> Iterator[None]:
         optimum.handlers[:], optimum.level, optimum.propagate = saved
         for message in records.messages:
             if "succeeded with the warning:" in message:
-                found = " ".join(message.split("succeeded with the warning:", 1)[1].split("The exported model")[0].split())
-                logger.warning("Optimum's check of the export against PyTorch: %s", found.rstrip(". "))
+                logger.warning("Optimum's check of the export against PyTorch: %s", optimum_check_summary(message))
 
 
 def _optimum_export(folder: Path, out: Path, task: str, config: Mapping[str, Any], opset: int | None,
@@ -290,6 +309,22 @@ def _text_inputs(metadata: Mapping[str, Any], parameters: Sequence[str], task: s
     return names
 
 
+def _processor(metadata: Mapping[str, Any], kind: str, task: str) -> Any:
+    """The image processor or feature extractor the runtime rebuilds from the discovered metadata, which task needs."""
+    processor = rt.load_processor(metadata, kind)
+    if processor is None:
+        raise MetadataExtractionError(f"{task} needs the model's {kind.replace('_', ' ')} ({PROCESSOR_FILES}), which the "
+                                      "folder lacks")
+    return processor
+
+
+def _check_processors(task: str, metadata: Mapping[str, Any]) -> None:
+    """Before the slow export: the processors the runtime builds for task (its declared PROCESSORS kinds) are there."""
+    for kind in getattr(rt.TASKS.get(task), "processors", ()):
+        if kind != "tokenizer":  # discovery fails on a folder whose tokenizer it cannot read
+            _processor(metadata, kind, task)
+
+
 def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Inputs to trace with, made by the runtime's own processors where shapes matter, and their dynamic axes."""
     import numpy as np
@@ -298,16 +333,11 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
     inputs: dict[str, Any] = {}
     axes: dict[str, Any] = {}
     if task in ("image-classification", "image-feature-extraction", "zero-shot-image-classification"):
-        processor = rt.load_image_processor(metadata)
-        if processor is None:
-            raise MetadataExtractionError(f"{task} needs the model's preprocessor_config.json, which the folder lacks")
-        pixels = processor([np.zeros((224, 224, 3), dtype=np.uint8)])["pixel_values"]
+        pixels = _processor(metadata, "image_processor", task)([np.zeros((224, 224, 3), dtype=np.uint8)])["pixel_values"]
         inputs["pixel_values"] = torch.randn(2, *pixels.shape[1:])
         axes["pixel_values"] = _BATCH
     if task in ("audio-classification", "automatic-speech-recognition"):
-        extractor = rt.load_feature_extractor(metadata)
-        if extractor is None:
-            raise MetadataExtractionError(f"{task} needs the model's preprocessor_config.json, which the folder lacks")
+        extractor = _processor(metadata, "feature_extractor", task)
         features = extractor([np.zeros(extractor.sampling_rate, dtype=np.float32)] * 2)
         for name, array in features.items():
             if name in parameters:
@@ -633,6 +663,8 @@ def export(
     chosen = metadata.get(rt.KEY_PIPELINE_TASK)
     if chosen is None:
         raise TaskDetectionError(f"no pipeline task found for {os.fspath(model)}; pass --task")
+    if level != "minimal":  # no processor is embedded at the minimal level, by the caller's choice
+        _check_processors(chosen, metadata)
     config = metadata[rt.KEY_MODEL_CONFIG]
     seq2seq = chosen in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True
     if seq2seq and (optimize or quantize):

@@ -1601,7 +1601,7 @@ class ImageProcessor:
         if not isinstance(name, str):
             raise ProcessorReconstructionError(
                 f"{KEY_IMAGE_PROCESSOR_CONFIG} names no image processor class (image_processor_type); re-embed from "
-                "a model folder with preprocessor_config.json"
+                "a model folder with its processor files (preprocessor_config.json or processor_config.json)"
             )
         base = name.removesuffix("Fast").removesuffix("Pil")
         if base not in _IMAGE_PROCESSORS:
@@ -5640,7 +5640,7 @@ class _ImageTask(_Task):
         if processor is None:
             raise ProcessorReconstructionError(
                 f"no image processor embedded ({KEY_IMAGE_PROCESSOR_CONFIG}); re-embed from a model folder with "
-                "preprocessor_config.json"
+                "its processor files (preprocessor_config.json or processor_config.json)"
             )
         self.processor: ImageProcessor = processor
         self.session = ctx.session()
@@ -5662,7 +5662,7 @@ class _ImageTask(_Task):
         if len(port.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(port.shape[1:], expected_shape)):
             raise MetadataValidationError(
                 f"graph input 'pixel_values' has shape {list(port.shape)} but the embedded image processor makes images of "
-                f"{expected_shape}; re-embed the model with its own preprocessor_config.json"
+                f"{expected_shape}; re-embed the model with its own processor files"
             )
         return str(port.dtype)
 
@@ -5918,7 +5918,7 @@ class _AudioTask(_Task):
         if features is None:
             raise ProcessorReconstructionError(
                 "no audio feature extractor is embedded (hf_feature_extractor_config); re-embed from the model folder "
-                "with its preprocessor_config.json at the essential or full level"
+                "with its processor files (preprocessor_config.json or processor_config.json) at the essential or full level"
             )
         self.features: _AudioFeatureExtractor = features
         self.session = ctx.session()
@@ -6588,7 +6588,7 @@ class _WhisperRecognition(_SpeechRecognition):
         if not isinstance(features, WhisperFeatureExtractor):
             raise ProcessorReconstructionError(
                 "no Whisper feature extractor is embedded (hf_feature_extractor_config); re-embed from the model folder "
-                "with its preprocessor_config.json")
+                "with its processor files (preprocessor_config.json or processor_config.json)")
         self.features = self.whisper = features
         tokenizer = ctx.processors.get("tokenizer")
         if not isinstance(tokenizer, TextTokenizer):

@@ -104,6 +104,20 @@ def ctc_model(folder: Path, *, model_type: str = "wav2vec2", stable: bool = True
     return model
 
 
+def as_processor_folder(folder: Path, processor_class: str) -> Path:
+    """Re-save a model folder's feature extractor and tokenizer as transformers 5's processor_class.save_pretrained
+    does: ONE processor_config.json nesting the feature extractor, no preprocessor_config.json (fine-tunes look so)."""
+    import transformers
+
+    processor = getattr(transformers, processor_class).from_pretrained(folder)
+    (folder / "preprocessor_config.json").unlink()
+    processor.save_pretrained(folder)
+    if (folder / "preprocessor_config.json").exists() or "feature_extractor" not in json.loads(
+            (folder / "processor_config.json").read_text()):
+        raise AssertionError(f"{processor_class}.save_pretrained did not nest its feature extractor")
+    return folder
+
+
 LABELS = ["yes", "no", "up", "down", "left", "right", "on", "off"]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from audio_models import LABELS, audio_classifier, ctc_model, signal
+from audio_models import LABELS, as_processor_folder, audio_classifier, ctc_model, signal
 from generation_models import build_model
 from helpers import (
     ROOT,
@@ -90,10 +90,18 @@ def _seq2seq(kind: str) -> Any:
 
 
 def _whisper(folder: Path) -> None:
-    """A tiny Whisper with a tokenizer and generation config (the runtime transcribes it, so the file needs them)."""
+    """A tiny Whisper with a tokenizer and generation config (the runtime transcribes it, so the file needs them),
+    saved as transformers 5 saves a WhisperProcessor (processor_config.json, no preprocessor_config.json)."""
     from whisper_models import build
 
     build(folder, multilingual=False, real_tokenizer=False)
+    as_processor_folder(folder, "WhisperProcessor")
+
+
+def _ctc(folder: Path) -> None:
+    """A tiny wav2vec2 CTC model saved as transformers 5 saves a Wav2Vec2Processor."""
+    ctc_model(folder)
+    as_processor_folder(folder, "Wav2Vec2Processor")
 
 
 # name: (builder of the model folder, export options, exported by torch.onnx too)
@@ -114,7 +122,7 @@ MODELS: dict[str, tuple[Any, dict[str, Any], bool]] = {
     "image-feature-extraction": (lambda f: tiny_vit(f, "base", seed=1), {}, True),
     "zero-shot-image-classification": (tiny_clip, {}, True),
     "audio-classification": (lambda f: audio_classifier(f, "wav2vec2"), {}, True),
-    "automatic-speech-recognition": (ctc_model, {}, True),
+    "automatic-speech-recognition": (_ctc, {}, True),
     "slow-tokenizer": (_vocab_txt_classifier, {}, False),
     "text2text-generation": (_seq2seq("t5"), {}, False),
     "whisper": (_whisper, {}, False),
@@ -460,6 +468,58 @@ def test_optimize_refusals(folders, tmp_path):
                                                           r"pip install 'onnxmeta\[export\]' \(Optimum's exporter"):
         export(folders["whisper"], tmp_path / "whisper.onnx")
     assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("name", ["whisper", "automatic-speech-recognition", "image-classification"])
+def test_a_folder_without_its_processor_fails_before_the_export(name, folders, tmp_path, monkeypatch):
+    """The processors a task needs are checked right after discovery, so a folder without them fails in a second
+    (before, a Whisper export ran for minutes to fail validation with "no Whisper feature extractor is embedded")."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(folders[name], folder)
+    for processor_file in ("processor_config.json", "preprocessor_config.json"):
+        (folder / processor_file).unlink(missing_ok=True)
+    monkeypatch.setattr(authoring.export, "_torch_export", lambda *a: pytest.fail("exported without a processor"))
+    part = "image processor" if name == "image-classification" else "feature extractor"
+    task = {"whisper": "automatic-speech-recognition"}.get(name, name)
+    with pytest.raises(rt.MetadataExtractionError) as info:
+        export(folder, tmp_path / "out.onnx")
+    assert str(info.value) == (f"{task} needs the model's {part} (preprocessor_config.json, or processor_config.json as "
+                               "transformers 5 saves it), which the folder lacks")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+OPTIMUM_WARNING = """The ONNX export succeeded with the warning: The maximum absolute difference between the output of \
+the reference model and the ONNX exported model is not within the set tolerance 1e-05:
+- logits: max diff = 2.288818359375e-05
+- present.0.key: max diff = 1.52587890625e-05
+- present.29.value: max diff = 0.00031280517578125.
+ The exported model was saved at: /tmp/export"""
+
+
+def test_optimum_check_in_one_line(caplog):
+    """Optimum's check of an export against PyTorch lists every output beyond its tolerance (60 present.N.* of a
+    30-layer model): one line says how many, the worst and by how much; -v keeps Optimum's own list."""
+    from authoring.export import _optimum_notes, optimum_check_summary
+
+    assert optimum_check_summary(OPTIMUM_WARNING) == (
+        "3 outputs differ beyond its tolerance 1e-05, the most present.29.value by 0.000313 (-v lists each)")
+    one = OPTIMUM_WARNING.replace("- logits: max diff = 2.288818359375e-05\n- present.0.key: max diff = 1.52587890625e-05\n", "")
+    assert optimum_check_summary(one) == "present.29.value differs by 0.000313, beyond its tolerance 1e-05"
+    other = "The ONNX export succeeded with the warning: Output names do not match.\n The exported model was saved at: /x"
+    assert optimum_check_summary(other) == "Output names do not match"
+    logger = logging.getLogger("onnxmeta")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.WARNING, logger="onnxmeta"), _optimum_notes():
+            logging.getLogger("optimum").warning(OPTIMUM_WARNING)
+    finally:
+        logger.setLevel(level)
+    assert [r.getMessage() for r in caplog.records if r.name == "onnxmeta"] == [
+        "Optimum's check of the export against PyTorch: 3 outputs differ beyond its tolerance 1e-05, the most "
+        "present.29.value by 0.000313 (-v lists each)"]
 
 
 def test_failed_validation_writes_nothing(folders, tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_an_image_model_without_its_processor(classifier, tmp_path):
     with pytest.raises(rt.ProcessorReconstructionError) as info:
         rt.Runtime(tmp_path / "minimal.onnx")
     assert str(info.value) == ("no image processor embedded (hf_image_processor_config); re-embed from a model folder with "
-                               "preprocessor_config.json")
+                               "its processor files (preprocessor_config.json or processor_config.json)")
 
 
 def test_validate_passes(classifier, backbone, clip):
@@ -356,7 +356,7 @@ def test_graph_and_task_must_agree(classifier, clip, tmp_path):
     with pytest.raises(rt.MetadataValidationError) as info:
         rt.Runtime(tmp_path / "model.onnx")
     assert str(info.value) == ("graph input 'pixel_values' has shape ['batch', 3, 32, 32] but the embedded image processor "
-                               "makes images of (3, 48, 48); re-embed the model with its own preprocessor_config.json")
+                               "makes images of (3, 48, 48); re-embed the model with its own processor files")
 
 
 def test_runs_without_tokenizers(classifier):

@@ -189,3 +189,19 @@ def test_bad_audio(whispers):
                            ("/nonexistent.wav", "nonexistent")):
         with pytest.raises(rt.InvalidInputError, match=message):
             runtime(audio)
+
+
+def test_a_transformers_5_processor_folder(whispers, clips, tmp_path):
+    """The English model re-saved as transformers 5 saves a WhisperProcessor (ONE processor_config.json nesting the
+    feature extractor, no preprocessor_config.json) merges with the same export into a file that transcribes alike."""
+    from audio_models import as_processor_folder
+    from whisper_models import one_file
+
+    model = whispers["en"]
+    folder = as_processor_folder(Path(shutil.copytree(model.folder, tmp_path / "en")), "WhisperProcessor")
+    export = Path(shutil.copytree(model.folder.parent / "en-onnx", tmp_path / "en-onnx"))
+    (export / "model.onnx").unlink()  # the fixture's merged file: merged again here from the parts
+    runtime = rt.Runtime(one_file(export, folder))
+    assert rt.read_metadata(runtime.path)[rt.KEY_FEATURE_EXTRACTOR_CONFIG]["feature_extractor_type"] == "WhisperFeatureExtractor"
+    for clip in clips.values():
+        assert runtime(clip) == model.runtime(clip)
