@@ -15,8 +15,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Bytecode caches on, as users have them: every process a bench starts inherits this environment.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum")) \
-    / "bin" / "python"
+
+
+def optimum_python() -> Path:
+    """The Optimum environment's Python (transformers 4.57), created on first use by the tests' helper."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "runtime"), str(ROOT)]
+    import helpers
+
+    return helpers.optimum_python()
 
 
 def main(doc: str, run: Callable[[int], dict[str, Any]], results: str, *, repeats: int,
@@ -44,7 +50,7 @@ def contender_command(contender: str, code: str) -> tuple[list[str], dict[str, s
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     if contender == "optimum":
-        return [str(OPTIMUM_PYTHON), "-c", code], env
+        return [str(optimum_python()), "-c", code], env
     return [sys.executable, "-c", code], {**env, "PYTHONPATH": str(ROOT / "runtime")}
 
 

@@ -41,7 +41,6 @@ CACHE = Path.home() / ".cache" / "onnxmeta" / "bench"
 GPT2 = Path(os.environ.get("ONNXMETA_SHARED_DATA", ROOT.parent / "shared" / "data")) / "gpt2" / "_derived"
 if not GPT2.is_dir():
     GPT2 = Path("/work/shared/data/gpt2/_derived")
-OPTIMUM_PYTHON = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", CACHE.parent / "venv-optimum")) / "bin" / "python"
 GENAI_VENV = CACHE.parent / "venv-genai"
 MODELS = {
     "gpt2-124m": {"n_layer": 12, "n_embd": 768, "n_head": 12},
@@ -82,7 +81,7 @@ def build(name: str) -> Path:
                                        eos_token_id=tokenizer.eos_token_id, **MODELS[name])).eval()
     model.save_pretrained(hf)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([str(OPTIMUM_PYTHON), "-m", "optimum.exporters.onnx", "--model", str(hf), "--task",
+    subprocess.run([str(bench_cli.optimum_python()), "-m", "optimum.exporters.onnx", "--model", str(hf), "--task",
                     "text-generation-with-past", "--library-name", "transformers", str(folder / "optimum")],
                    check=True, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True)
     embed_metadata(folder / "optimum" / "model.onnx", hf, folder / "model.onnx", include_vocab=True)
@@ -298,7 +297,7 @@ def genai_python() -> Path | None:
 def contender(name: str, folder: Path, new_tokens: int) -> dict[str, Any] | None:
     """Run one contender in its own process; its results plus the whole process's wall time."""
     if name == "optimum":
-        python: Path | None = OPTIMUM_PYTHON
+        python: Path | None = bench_cli.optimum_python()
     elif name.startswith("genai"):
         python = genai_python()
     else:

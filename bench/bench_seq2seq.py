@@ -58,7 +58,6 @@ import bench_cli
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "t5-small-random"
 T5_SMALL = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data")) / "t5-small"
-OPTIMUM_PYTHON = bench_cli.OPTIMUM_PYTHON
 NEW_TOKENS = 32
 SOURCE_LENGTH = 64
 EXPORT = """
@@ -94,7 +93,7 @@ def build() -> Path:
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
         config_path.write_text(json.dumps(config))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([str(OPTIMUM_PYTHON), "-c", EXPORT, str(model_folder), str(export)], check=True,
+    subprocess.run([str(bench_cli.optimum_python()), "-c", EXPORT, str(model_folder), str(export)], check=True,
                    env={**env, "HF_HUB_OFFLINE": "1"})
     merge_export(export, one_file, discover(model_folder, level="full"))
     return CACHE
@@ -181,7 +180,7 @@ def contender_main(name: str, folder: Path, new_tokens: int, repeats: int, threa
 
 def contender(name: str, folder: Path, new_tokens: int, repeats: int, threads: int, cold: bool) -> dict[str, Any] | None:
     """One contender's process: its printed results (warm) and the whole process's wall time."""
-    python = OPTIMUM_PYTHON if name == "optimum" else Path(sys.executable)
+    python = bench_cli.optimum_python() if name == "optimum" else Path(sys.executable)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     command = [str(python), __file__, "--contender", name, "--model", str(folder), "--new-tokens", str(new_tokens),
                "--repeats", str(repeats), "--threads", str(threads), *(["--cold"] if cold else [])]

@@ -235,25 +235,43 @@ def tiny_classifier(folder: Path, tokenizer_folder_fn: Any = bert_tokenizer_fold
 
 
 OPTIMUM_VENV = Path(os.environ.get("ONNXMETA_OPTIMUM_VENV", Path.home() / ".cache" / "onnxmeta" / "venv-optimum"))
+# torch pinned: a bare torch pulls a multi-GB CUDA build (README, Install)
+OPTIMUM_PINS = ("torch==2.13.0",)
+
+
+def optimum_requirements() -> list[str]:
+    """What the Optimum environment's scripts import: onnxmeta's own dependencies with the [export] extra (Optimum's
+    exporter, transformers 4.57) and the runtime's optional imports ([vision], [audio]), read from pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *extras["export"], *extras["vision"], *extras["audio"], *OPTIMUM_PINS]
 
 
 def optimum_python() -> Path:
     """Python of a separate environment with Optimum (it pins transformers<4.58), created on first use.
 
-    The venv sees the system site-packages for torch; its own transformers 4.57 shadows transformers 5.
+    A venv of its own, not --system-site-packages: that would see the *base* interpreter's packages, not those of a
+    venv the tests run from. It gets everything its scripts import (optimum_requirements); a change of those
+    requirements rebuilds it.
     """
     import subprocess
     import sys
 
     python = OPTIMUM_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import optimum.exporters.onnx, transformers; assert transformers.__version__ < '4.58'"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+    stamp = OPTIMUM_VENV / "onnxmeta-requirements.txt"
+    wanted = "\n".join(optimum_requirements()) + "\n"
+    if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
         return python
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(OPTIMUM_VENV)], check=True)
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "optimum-onnx[onnxruntime]", "torch==2.13.0"],
-                             capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(OPTIMUM_VENV)], check=True)
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", *optimum_requirements()], capture_output=True,
+                             text=True)
+    probe = [str(python), "-c", "import optimum.exporters.onnx, transformers, PIL, soundfile, onnxruntime, tokenizers; "
+                                "assert transformers.__version__ < '4.58'"]
     if install.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
         pytest.fail(f"could not create the Optimum environment in {OPTIMUM_VENV}:\n{install.stderr[-2000:]}")
+    stamp.write_text(wanted)
     return python
 
 
