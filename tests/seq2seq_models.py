@@ -9,12 +9,14 @@ T5 has the real t5-small tokenizer (SentencePiece Unigram) and BART the real rob
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import SHARED, for_transformers_4, optimum_python
+from helpers import SHARED, for_transformers_4, learn_merges, optimum_python
 
 MODELS = ("t5", "bart", "whisper")
 MAX_NEW = 20
@@ -28,17 +30,24 @@ CORPUS = ["the quick brown fox jumps over the lazy dog", "translate English to G
 
 def t5_tokenizer(folder: Path) -> None:
     """The real t5-small tokenizer when ../shared is present, else a SentencePiece-style Unigram trained here."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
     from transformers import AutoTokenizer, T5TokenizerFast
 
     if (SHARED / "t5-small").exists():
         AutoTokenizer.from_pretrained(SHARED / "t5-small").save_pretrained(folder)
         return
-    tok = Tokenizer(Unigram())
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizers.NFKC(), pre_tokenizers.Metaspace(), decoders.Metaspace()
-    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                            unk_token="<unk>"))
+    # tokenizers' UnigramTrainer learns another vocabulary in each process (hash-map order): pieces from the
+    # deterministic BPE merges of the tests' helpers instead, scored by how often they occur
+    normalizer, pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    words = Counter(w for line in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    merges = learn_merges(Counter({tuple(w): n for w, n in words.items()}), 160)
+    pieces = list(dict.fromkeys([*sorted({c for w in words for c in w}), *(a + b for a, b in merges)]))
+    counts = {p: sum(n * w.count(p) for w, n in words.items()) for p in pieces}
+    total = sum(counts.values())
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((p, math.log(c / total)) for p, c in counts.items() if c)]
+    tok = Tokenizer(Unigram(vocab, unk_id=2))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.Metaspace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     # model_max_length as t5-small's tokenizer_config.json has it (T5's relative positions leave the config without one)
     tokenizer = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
