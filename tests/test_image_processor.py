@@ -534,10 +534,11 @@ def test_discovery_reads_untyped_and_processor_config_files(tmp_path):
     nested = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}}
     (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": nested, "processor_class": "CLIPProcessor"}))
     assert MetadataDiscovery().discover(tmp_path)[rt.KEY_IMAGE_PROCESSOR_CONFIG] == nested
+    # a feature extractor beside it: transformers 5 loads the nested image processor and the separate extractor
     audio = {"feature_extractor_type": "WhisperFeatureExtractor", "sampling_rate": 16000, "feature_size": 80}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(audio))
     metadata = MetadataDiscovery().discover(tmp_path)
-    assert metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG] == audio and rt.KEY_IMAGE_PROCESSOR_CONFIG not in metadata
+    assert metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG] == audio and metadata[rt.KEY_IMAGE_PROCESSOR_CONFIG] == nested
 
 
 def test_task_detection():

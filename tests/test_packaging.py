@@ -56,10 +56,18 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def installed(wheel, tmp_path_factory) -> Path:
-    """A venv with the wheel installed (not editable) and this environment's packages visible: the venv's bin."""
+    """A venv with the wheel installed (not editable) and this environment's packages visible: the venv's bin.
+
+    Visible through a .pth file naming this interpreter's site-packages, not --system-site-packages, which shows the
+    *base* interpreter's packages: the tests run from a venv (as CI runs them), whose packages the base lacks."""
+    import site
+
     venv = tmp_path_factory.mktemp("venv") / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)])
+    _run([sys.executable, "-m", "venv", str(venv)])
+    python = venv / "bin" / "python"
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    (Path(purelib) / "test-environment.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
+    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)])
     return venv / "bin"
 
 
