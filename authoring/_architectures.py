@@ -1,6 +1,6 @@
 """Architecture class name -> pipeline task, from transformers' auto-model mappings (no torch needed).
 
-Generated from transformers 5.24.0 by `python tests/generate_tables.py`; do not edit by hand.
+Generated from transformers 5.25.0 by `python tests/generate_tables.py`; do not edit by hand.
 tests/test_tables.py checks it against the installed transformers.
 """
 
@@ -303,6 +303,8 @@ ARCHITECTURE_TASKS: dict[str, str] = {
     'EncoderDecoderModel': 'text2text-generation',
     'EomtDinov3ForUniversalSegmentation': 'image-segmentation',
     'EomtForUniversalSegmentation': 'image-segmentation',
+    'ErgoForCausalLM': 'text-generation',
+    'ErgoModel': 'feature-extraction',
     'Ernie4_5ForCausalLM': 'text-generation',
     'Ernie4_5Model': 'feature-extraction',
     'Ernie4_5_MoeForCausalLM': 'text-generation',
@@ -618,6 +620,8 @@ ARCHITECTURE_TASKS: dict[str, str] = {
     'Kimi_K25VisionModel': 'feature-extraction',
     'Kolibri1ForCausalLM': 'text-generation',
     'Kolibri1Model': 'feature-extraction',
+    'Kolibri1_1ForCausalLM': 'text-generation',
+    'Kolibri1_1Model': 'feature-extraction',
     'Kosmos2ForConditionalGeneration': 'image-text-to-text',
     'Kosmos2Model': 'feature-extraction',
     'Kosmos2_5ForConditionalGeneration': 'image-text-to-text',
@@ -682,6 +686,9 @@ ARCHITECTURE_TASKS: dict[str, str] = {
     'LlavaNextModel': 'feature-extraction',
     'LlavaNextVideoForConditionalGeneration': 'image-text-to-text',
     'LlavaNextVideoModel': 'feature-extraction',
+    'LlavaOnevision15ForConditionalGeneration': 'image-text-to-text',
+    'LlavaOnevision15Model': 'feature-extraction',
+    'LlavaOnevision15VisionModel': 'feature-extraction',
     'LlavaOnevisionForConditionalGeneration': 'image-text-to-text',
     'LlavaOnevisionModel': 'feature-extraction',
     'LongT5ForConditionalGeneration': 'text2text-generation',
@@ -757,6 +764,8 @@ ARCHITECTURE_TASKS: dict[str, str] = {
     'MiniCPM3ForCausalLM': 'text-generation',
     'MiniCPM3ForSequenceClassification': 'text-classification',
     'MiniCPM3Model': 'feature-extraction',
+    'MiniCPM5MoeForCausalLM': 'text-generation',
+    'MiniCPM5MoeModel': 'feature-extraction',
     'MiniCPMOcrForConditionalGeneration': 'image-text-to-text',
     'MiniCPMOcrModel': 'feature-extraction',
     'MiniCPMOcrVisionModel': 'feature-extraction',
@@ -948,10 +957,15 @@ ARCHITECTURE_TASKS: dict[str, str] = {
     'OpenAIPrivacyFilterModel': 'feature-extraction',
     'Ovis2ForConditionalGeneration': 'image-text-to-text',
     'Ovis2Model': 'feature-extraction',
+    'Ovis2_5ForConditionalGeneration': 'image-text-to-text',
+    'Ovis2_5Model': 'feature-extraction',
+    'Ovis2_5VisionModel': 'feature-extraction',
     'OwlViTForObjectDetection': 'zero-shot-object-detection',
     'OwlViTModel': 'feature-extraction',
     'Owlv2ForObjectDetection': 'zero-shot-object-detection',
     'Owlv2Model': 'feature-extraction',
+    'PI05ForConditionalGeneration': 'image-text-to-text',
+    'PI05Model': 'feature-extraction',
     'PI0ForConditionalGeneration': 'image-text-to-text',
     'PI0Model': 'feature-extraction',
     'PLBartForCausalLM': 'text-generation',

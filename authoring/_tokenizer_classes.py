@@ -1,12 +1,12 @@
 """What transformers' tokenizer classes default to, for building metadata from tokenizer.json alone.
 
-Generated from transformers 5.24.0 by `python tests/generate_tables.py`; do not edit by hand.
+Generated from transformers 5.25.0 by `python tests/generate_tables.py`; do not edit by hand.
 tests/test_tables.py checks it against the installed transformers.
 """
 
 from typing import Any
 
-TRANSFORMERS_VERSION = '5.24.0'  # the release these tables were read from
+TRANSFORMERS_VERSION = '5.25.0'  # the release these tables were read from
 
 # tokenizer_class (without "Fast") -> the class AutoTokenizer loads (as saved), its model_input_names,
 # padding and truncation sides, model_max_length (None: no limit), clean_up_tokenization_spaces, special
@@ -30,6 +30,7 @@ TOKENIZER_CLASSES: dict[str, dict[str, Any]] = {
     'DebertaTokenizer': {'class': 'DebertaTokenizer', 'model_input_names': ['input_ids', 'attention_mask', 'token_type_ids'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '[CLS]', 'eos_token': '[SEP]', 'unk_token': '[UNK]', 'sep_token': '[SEP]', 'pad_token': '[PAD]', 'cls_token': '[CLS]', 'mask_token': '[MASK]'}, 'backend_options': {'add_prefix_space': False}},
     'DebertaV2Tokenizer': {'class': 'DebertaV2Tokenizer', 'model_input_names': ['input_ids', 'attention_mask', 'token_type_ids'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '[CLS]', 'eos_token': '[SEP]', 'unk_token': '[UNK]', 'sep_token': '[SEP]', 'pad_token': '[PAD]', 'cls_token': '[CLS]', 'mask_token': '[MASK]'}, 'backend_options': {'add_prefix_space': True, 'do_lower_case': False}},
     'DistilBertTokenizer': {'class': 'DistilBertTokenizer', 'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': None, 'eos_token': None, 'unk_token': '[UNK]', 'sep_token': '[SEP]', 'pad_token': '[PAD]', 'cls_token': '[CLS]', 'mask_token': '[MASK]'}, 'backend_options': {'do_lower_case': True}},
+    'ErgoTokenizer': {'class': 'ErgoTokenizer', 'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'left', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '<bos>', 'eos_token': '<ctrl100>', 'unk_token': '<unk>', 'sep_token': None, 'pad_token': '<pad>', 'cls_token': None, 'mask_token': None}, 'backend_options': {}},
     'EsmcTokenizer': {'class': 'EsmcTokenizer', 'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '<cls>', 'eos_token': '<eos>', 'unk_token': '<unk>', 'sep_token': None, 'pad_token': '<pad>', 'cls_token': '<cls>', 'mask_token': '<mask>'}, 'backend_options': {}},
     'FNetTokenizer': {'class': 'FNetTokenizer', 'model_input_names': ['input_ids', 'token_type_ids'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '[CLS]', 'eos_token': '[SEP]', 'unk_token': '<unk>', 'sep_token': '[SEP]', 'pad_token': '<pad>', 'cls_token': '[CLS]', 'mask_token': '[MASK]'}, 'backend_options': {'add_prefix_space': True, 'trim_offsets': True, 'do_lower_case': True}},
     'FunnelTokenizer': {'class': 'FunnelTokenizer', 'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'right', 'truncation_side': 'right', 'model_max_length': None, 'clean_up_tokenization_spaces': False, 'special_tokens': {'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>', 'sep_token': '<sep>', 'pad_token': '<pad>', 'cls_token': '<cls>', 'mask_token': '<mask>'}, 'backend_options': {'do_lower_case': True, 'strip_accents': None, 'tokenize_chinese_chars': True}},
@@ -104,7 +105,6 @@ MODEL_TYPE_TOKENIZERS: dict[str, str] = {
     'bros': 'BertTokenizer',
     'byt5': 'ByT5Tokenizer',
     'camembert': 'CamembertTokenizer',
-    'camembertv2-base': 'TokenizersBackend',
     'canary': 'TokenizersBackend',
     'canine': 'CanineTokenizer',
     'chatlm': 'TokenizersBackend',
@@ -136,6 +136,7 @@ MODEL_TYPE_TOKENIZERS: dict[str, str] = {
     'dpr': 'DPRQuestionEncoderTokenizer',
     'electra': 'BertTokenizer',
     'emu3': 'GPT2Tokenizer',
+    'ergo': 'ErgoTokenizer',
     'ernie': 'BertTokenizer',
     'ernie4_5': 'TokenizersBackend',
     'ernie4_5_moe': 'TokenizersBackend',
@@ -216,6 +217,7 @@ MODEL_TYPE_TOKENIZERS: dict[str, str] = {
     'lilt': 'RobertaTokenizer',
     'llava': 'TokenizersBackend',
     'llava_next': 'TokenizersBackend',
+    'llava_onevision1_5': 'Qwen2Tokenizer',
     'longformer': 'RobertaTokenizer',
     'luke': 'LukeTokenizer',
     'lxmert': 'LxmertTokenizer',
@@ -383,4 +385,4 @@ MODEL_TYPE_TOKENIZERS: dict[str, str] = {
 # hub ids (fnmatch patterns, lower case) that AutoTokenizer loads with TokenizersBackend whatever they say
 TOKENIZERS_BACKEND_MODEL_IDS: tuple[str, ...] = ('deepseek-ai/deepseek-r1-distill-llama-*', 'deepseek-ai/deepseek-coder-*', 'allenai/dolma2-tokenizer', 'google/umt5-small', 'naver-clova-ix/donut-*', 'salesforce/blip2-opt-*', 'salesforce/blip2-flan-t5-*', 'salesforce/instructblip-flan-t5-*', 'stepfun-ai/step-3.7-*')
 # model types whose hub tokenizer_class AutoTokenizer overrides
-INCORRECT_HUB_CLASS_MODEL_TYPES: tuple[str, ...] = ('arctic', 'camembertv2-base', 'chatlm', 'cohere_asr', 'ernie4_5', 'ernie4_5_moe', 'fuyu', 'h2ovl_chat', 'hyperclovax', 'hyperclovax_vision_v2', 'hyperclovax_vlm', 'internlm2', 'internlm3', 'iquestcoder', 'jamba', 'llava', 'llava_next', 'minicpm3', 'minicpmv', 'minimax_m2', 'modernbert', 'modernbert-decoder', 'molmo', 'molmo2', 'nemotron', 'nvfp4', 'opencua', 'openvla', 'paddleocr_vl', 'phi3', 'phi3_v', 'phimoe', 'qwen2', 'qwen3_5', 'qwen3_5_moe', 'qwen3_5_moe_text', 'qwen4_exp', 'siglip2', 'smolvlm', 'step3_vl', 'vipllava')
+INCORRECT_HUB_CLASS_MODEL_TYPES: tuple[str, ...] = ('arctic', 'chatlm', 'cohere_asr', 'ernie4_5', 'ernie4_5_moe', 'fuyu', 'h2ovl_chat', 'hyperclovax', 'hyperclovax_vision_v2', 'hyperclovax_vlm', 'internlm2', 'internlm3', 'iquestcoder', 'jamba', 'llava', 'llava_next', 'minicpm3', 'minicpmv', 'minimax_m2', 'modernbert', 'modernbert-decoder', 'molmo', 'molmo2', 'nemotron', 'nvfp4', 'opencua', 'openvla', 'paddleocr_vl', 'phi3', 'phi3_v', 'phimoe', 'qwen2', 'qwen3_5', 'qwen3_5_moe', 'qwen3_5_moe_text', 'qwen4_exp', 'siglip2', 'smolvlm', 'step3_vl', 'vipllava')
