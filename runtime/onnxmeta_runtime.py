@@ -564,6 +564,28 @@ def model_info(path: str | os.PathLike[str], scan: ModelScan | None = None) -> d
     return info
 
 
+_GRAPH_NODE, _NODE_OP_TYPE = 1, 4  # GraphProto.node, NodeProto.op_type
+_MAX_OP_TYPE = 256  # an op type is a short name; a longer field is not read
+
+
+def graph_operators(path: str | os.PathLike[str], scan: ModelScan | None = None) -> frozenset[str]:
+    """The op types of the nodes of a model's main graph (not its subgraphs), read field by field: initializers
+    and everything else are skipped by seeking, so a multi-gigabyte file costs a few reads."""
+    scan = scan or scan_model(path)
+    found: set[str] = set()
+    with _open_regular(_model_path(path)) as f:
+        for graph in (fl for fl in scan.fields if fl.number == FIELD_GRAPH and fl.wire_type == WIRE_LEN):
+            for node in iter_fields(f, graph.data_start, graph.end):
+                if node.number != _GRAPH_NODE or node.wire_type != WIRE_LEN:
+                    continue
+                for field in iter_fields(f, node.data_start, node.end):
+                    if field.number == _NODE_OP_TYPE and field.wire_type == WIRE_LEN and \
+                            field.end - field.data_start <= _MAX_OP_TYPE:
+                        f.seek(field.data_start)
+                        found.add(f.read(field.end - field.data_start).decode("utf-8", "replace"))
+    return frozenset(found)
+
+
 ########################################################################################################
 # Metadata encoding and decoding
 ########################################################################################################
@@ -2343,8 +2365,10 @@ class Session:
 
     def __init__(self, ort_session: Any, *, fed_by: str = "inputs", inputs: Mapping[str, str] | None = None,
                  outputs: Mapping[str, str] | None = None, fixed: Mapping[str, Any] | None = None,
-                 past: Sequence[tuple[str, str, bool]] = ()) -> None:
+                 past: Sequence[tuple[str, str, bool]] = (), path: str | None = None) -> None:
         self.ort = ort_session
+        self._path = path
+        self._operators: frozenset[str] | None = None
         graph_inputs = {i.name: i for i in ort_session.get_inputs()}
         # an entry point into one file takes inputs that have empty defaults there (overridable initializers)
         defaulted = {i.name: i for i in ort_session.get_overridable_initializers()} if inputs is not None else {}
@@ -2358,6 +2382,14 @@ class Session:
         self.fixed = dict(fixed or {})
         self.past = tuple(past)
         self._fed_by = fed_by
+
+    @property
+    def operators(self) -> frozenset[str]:
+        """The op types of a single-graph file's nodes (graph_operators), read on first use; empty for an entry
+        point. A step reads it to use a kernel's abilities (GroupQueryAttention's shared past buffer)."""
+        if self._operators is None:
+            self._operators = graph_operators(self._path) if self._path is not None else frozenset()
+        return self._operators
 
     def output(self, preferred: str) -> str:
         """preferred when the graph has such an output, else its first output."""
@@ -2697,7 +2729,7 @@ def open_sessions(
         return _entry_points({"": graph}, _checked_layout(embedded, name), fed_by, name)
     defaulted = {i.name for i in graph.get_overridable_initializers()}
     if not any(i.name == PHASE_INPUT for i in graph.get_inputs()) or "decoder_input_ids" not in defaulted:
-        return {"model": Session(graph, fed_by=fed_by)}
+        return {"model": Session(graph, fed_by=fed_by, path=path)}
     return _entry_points({"": graph}, graph_layout({name: session_signature(graph)}), fed_by, name)
 
 
@@ -3125,7 +3157,9 @@ class _MinLength:
         import numpy as np
 
         short = ids.shape[1] - self.pad < self.minimums
-        if short.any():
+        if short.all():  # every row (the usual case): no fancy row indexing, a step costs microseconds
+            scores[:, _in_vocab(self.eos, scores)] = -np.inf
+        elif short.any():
             scores[np.ix_(np.flatnonzero(short), _in_vocab(self.eos, scores))] = -np.inf
         return scores
 
@@ -3380,7 +3414,8 @@ class _Step:
     keeps the given rows (repeating or dropping them: beams, several sequences per prompt). An encoder-decoder
     step takes the decoder prompt (start tokens) here, and carries the encoder outputs in its state."""
 
-    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[Any, np.ndarray]:
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool, capacity: int = 0) -> tuple[Any, np.ndarray]:
+        """capacity: the most tokens a row reaches (prompt included), for a step that preallocates its past."""
         raise NotImplementedError
 
     def advance(self, state: Any, tokens: np.ndarray) -> np.ndarray:
@@ -3438,12 +3473,12 @@ class _Search:
         config, prompts = self.config, self.prompts
         count = config.num_return_sequences if config.do_sample else 1
         rows = np.repeat(np.arange(len(prompts.ids)), count)
-        state, logits = self.step.prefill(prompts.ids, prompts.mask, config.use_cache)
+        pad, width = prompts.pad[rows], prompts.ids.shape[1]
+        new_tokens = prompts.max_lengths[rows] - (width - pad)
+        state, logits = self.step.prefill(prompts.ids, prompts.mask, config.use_cache, width + int(new_tokens.max()))
         if count > 1:
             self.step.reorder(state, rows)
             logits = logits[rows]
-        pad, width = prompts.pad[rows], prompts.ids.shape[1]
-        new_tokens = prompts.max_lengths[rows] - (width - pad)
         ids = np.empty((len(rows), width + int(new_tokens.max())), dtype=np.int64)
         ids[:, :width] = prompts.ids[rows]
         processors = [*_logits_processors(config, prompts, rows), *self.extra]
@@ -3482,7 +3517,7 @@ class _Search:
         fill = (config.pad or eos[0]) if eos else -1  # generate's `pad_token_id or eos_token_id[0]`
         max_new = prompts.max_lengths - (width - prompts.pad)
         rows = np.repeat(np.arange(batch), beams)
-        state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache)
+        state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache, width + int(max_new.max()))
         step.reorder(state, rows)
         logits = logits[rows]
         processors = [*_logits_processors(config, prompts, rows), *self.extra]
@@ -3631,6 +3666,62 @@ class _Binding:
         values = self.raw.get_outputs()
         return [values[i] for i in range(len(values))]
 
+    def value(self, array: np.ndarray) -> Any:
+        """An onnxruntime value over array's memory (which must outlive it)."""
+        return self.values.ortvalue_from_numpy(array, self.cpu)
+
+    def share(self, pairs: Sequence[tuple[str, str, Any]]) -> None:
+        """Bind each (input, output) pair to one value, once: onnxruntime reads the past from it and writes the
+        present into it (GroupQueryAttention's past_present_share_buffer)."""
+        for name, present, value in pairs:
+            self.raw.bind_ortvalue_input(name, value)
+            self.raw.bind_ortvalue_output(present, value)
+
+    def run_into(self, inputs: Mapping[str, np.ndarray], output: str, into: Any) -> Any:
+        """Run on numpy inputs (by graph name) with output written into a bound value (None: a new one); the
+        output's value, onnxruntime's first bound output (bind it first)."""
+        for name, value in inputs.items():
+            self.raw.bind_input(name, value)
+        if into is None:
+            self.raw.bind_output(output, self.cpu)
+        else:
+            self.raw.bind_ortvalue_output(output, into)
+        try:
+            self.session.ort.run_with_iobinding(self.binding)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
+            raise self.session.failure(exc) from None
+        return into if into is not None else self.raw.get_outputs()[0]
+
+
+class _SharedPast:
+    """The past key values of a GroupQueryAttention graph as preallocated buffers of the call's whole length, each
+    bound once as a layer's past input and its present output (onnxruntime-genai's past_present_share_buffer): a
+    step writes the new keys and values in place, where a growing past copies every layer's past each step; and
+    the step's logits written into one preallocated buffer."""
+
+    def __init__(self, binding: _Binding, buffers: list[np.ndarray], names: Sequence[tuple[str, str]], logits: str) -> None:
+        import numpy as np
+
+        self.binding, self.buffers, self.names, self.logits_name = binding, buffers, names, logits
+        rows = buffers[0].shape[0]
+        self.logits: np.ndarray | None = None
+        self.logits_value: Any = None
+        self.rows = rows
+        binding.raw.bind_output(logits, binding.cpu)  # first, so that a run's first output is the logits
+        binding.share([(past, present, binding.value(b)) for (past, present), b in zip(names, buffers)])
+        self._np = np
+
+    def step_logits(self, vocabulary: int, dtype: Any) -> Any:
+        """The value a one-token step writes its logits into (rows, 1, vocabulary), made at the first step."""
+        if self.logits is None:
+            self.logits = self._np.empty((self.rows, 1, vocabulary), dtype=dtype)
+            self.logits_value = self.binding.value(self.logits)
+        return self.logits_value
+
+    def reorder(self, rows: np.ndarray) -> _SharedPast:
+        """The buffers of the given rows (beams kept, rows repeated), bound anew."""
+        return _SharedPast(self.binding, [b.take(rows, axis=0) for b in self.buffers], self.names, self.logits_name)
+
 
 class _DecoderState:
     """One call's rows in a decoder-only graph: the attention mask, the position ids (all of them without a
@@ -3640,6 +3731,7 @@ class _DecoderState:
     def __init__(self, binding: _Binding, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: bool) -> None:
         self.binding, self.ids, self.mask, self.positions, self.cache = binding, ids, mask, positions, cache
         self.past: list[Any] | None = None
+        self.shared: _SharedPast | None = None
 
 
 class _DecoderOnly(_Step):
@@ -3708,38 +3800,65 @@ class _DecoderOnly(_Step):
             self.past_shape = (2, 1, heads, 0, head_dim) if len(first.shape) == 5 else (1, heads, 0, head_dim)
         self.batch_axis = len(self.past_shape) - 4
         self.outputs = [self.logits, *(present for _, present in self.past)]
+        # GroupQueryAttention reads the past and writes the present in place when they are one buffer
+        self.shares = "GroupQueryAttention" in session.operators and len(self.past_shape) == 4 and all(
+            session.outputs[present].dtype == self.past_dtype for _, present in self.past)
+        self.logits_dtype = str(session.outputs[self.logits].dtype)
 
-    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_DecoderState, np.ndarray]:
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool, capacity: int = 0) -> tuple[_DecoderState, np.ndarray]:
         import numpy as np
 
         positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
         state = _DecoderState(_Binding(self.session), ids, mask, positions, use_cache and bool(self.past))
-        logits = self._run(state, ids, positions)
+        if state.cache and self.shares:
+            shape = (len(ids), self.past_shape[1], max(capacity, ids.shape[1]), self.past_shape[3])
+            names = [(self.session.input_name(p), self.session.output_name(q)) for p, q in self.past]
+            state.shared = _SharedPast(state.binding, [np.zeros(shape, dtype=self.past_dtype) for _ in self.past], names,
+                                       self.session.output_name(self.logits))
+        logits = _last_logits(self._run(state, ids, positions))
         if state.cache:
             state.positions = positions[:, -1:] + 1
         return state, logits
+
+    def all_logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Every position's logits (rows, width, vocabulary), float32: one run over the whole sequences, or, for a
+        graph that computes the last position's logits only (its head pruned, for a faster prefill), one step per
+        token through the cache."""
+        import numpy as np
+
+        positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
+        logits: np.ndarray = self._run(_DecoderState(_Binding(self.session), ids, mask, positions, False), ids, positions)
+        if logits.shape[1] == ids.shape[1] or not self.past:
+            return logits.astype(np.float32)  # a copy: the next run may reuse the buffer
+        state, first = self.prefill(ids[:, :1], mask[:, :1], True, ids.shape[1])
+        steps = [first.copy()]
+        for column in range(1, ids.shape[1]):
+            steps.append(self.advance(state, ids[:, column]).copy())
+        return np.stack(steps, axis=1).astype(np.float32)
 
     def advance(self, state: _DecoderState, tokens: np.ndarray) -> np.ndarray:
         import numpy as np
 
         state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=state.mask.dtype)], axis=1)
         if state.cache:
-            logits = self._run(state, tokens[:, None], state.positions)
+            logits = _last_logits(self._run(state, tokens[:, None], state.positions))
             state.positions = state.positions + 1
             return logits
         state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
         state.positions = np.concatenate([state.positions, state.positions[:, -1:] + 1], axis=1)
-        return self._run(state, state.ids, state.positions)
+        return _last_logits(self._run(state, state.ids, state.positions))
 
     def reorder(self, state: _DecoderState, rows: np.ndarray) -> None:
         import numpy as np
 
         state.ids, state.mask, state.positions = state.ids[rows], state.mask[rows], state.positions[rows]
-        if state.past is not None:  # onnxruntime values after a run, arrays after a reorder
+        if state.shared is not None:
+            state.shared = state.shared.reorder(rows)
+        elif state.past is not None:  # onnxruntime values after a run, arrays after a reorder
             state.past = [(v if isinstance(v, np.ndarray) else v.numpy()).take(rows, axis=self.batch_axis) for v in state.past]
 
-    def _run(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Run the graph on the new tokens (all of them without a cache); the last position's logits, float32."""
+    def _feed(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+        """The token inputs of a run, in the graph's integer types."""
         import numpy as np
 
         feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(ids, dtype=self.int_types["input_ids"])}
@@ -3747,6 +3866,26 @@ class _DecoderOnly(_Step):
             feed["attention_mask"] = np.ascontiguousarray(state.mask, dtype=self.int_types["attention_mask"])
         if "position_ids" in self.int_types:
             feed["position_ids"] = np.ascontiguousarray(positions, dtype=self.int_types["position_ids"])
+        return feed
+
+    def _run_shared(self, state: _DecoderState, shared: _SharedPast, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """A run over the shared past buffers; a one-token step writes its logits into a preallocated buffer."""
+        feed = {self.session.input_name(k): v for k, v in self._feed(state, ids, positions).items()}
+        vocabulary = self.session.outputs[self.logits].shape[-1] if self.session.outputs[self.logits].shape else None
+        into = shared.step_logits(vocabulary, self.logits_dtype) if ids.shape[1] == 1 and isinstance(vocabulary, int) \
+            else None
+        value = state.binding.run_into(feed, shared.logits_name, into)
+        logits: np.ndarray = shared.logits if into is not None and shared.logits is not None else value.numpy()
+        return logits
+
+    def _run(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run the graph on the new tokens (all of them without a cache); the logits (a view of onnxruntime's buffer,
+        valid until the next run)."""
+        import numpy as np
+
+        if state.shared is not None:
+            return self._run_shared(state, state.shared, ids, positions)
+        feed = self._feed(state, ids, positions)
         if self.branch:
             feed["use_cache_branch"] = np.array([state.past is not None])
         past = state.past
@@ -3758,15 +3897,16 @@ class _DecoderOnly(_Step):
         values = state.binding.run(feed, self.outputs if state.cache else self.outputs[:1])
         if state.cache:
             state.past = values[1:]
-        return _last_logits(values[0])
+        logits: np.ndarray = values[0].numpy()
+        return logits
 
 
 def _last_logits(value: Any) -> np.ndarray:
-    """The last position's logits of a run's (batch, sequence, vocabulary) output, float32: a view of onnxruntime's
-    buffer (each run allocates a new one), the loop's to change."""
+    """The last position's logits of a run's (batch, sequence, vocabulary) output (an array, or an onnxruntime
+    value), float32: a view of onnxruntime's buffer, the loop's to change until the next run."""
     import numpy as np
 
-    logits: np.ndarray = value.numpy()
+    logits: np.ndarray = value if isinstance(value, np.ndarray) else value.numpy()
     if logits.ndim != 3:
         raise MetadataValidationError(
             f"the graph's logits have shape {logits.shape}; generation needs (batch, sequence, vocabulary)"
@@ -3881,7 +4021,8 @@ class _EncoderDecoder(_Step):
         # hidden: the encoder's output when the caller already has it (Whisper decodes one window several times)
         self.model, self.encoder_feed, self.hidden = model, encoder_feed, hidden
 
-    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool) -> tuple[_EncoderDecoderState, np.ndarray]:
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool,
+                capacity: int = 0) -> tuple[_EncoderDecoderState, np.ndarray]:
         import numpy as np
 
         if not mask.all():
@@ -5307,6 +5448,27 @@ class _TextGeneration(_Task):
                     generated = [*prompt.given, {"role": "assistant", "content": text}]
             records.append({"generated_text": generated})
         return records
+
+    def logprobs(self, texts: str | Sequence[str]) -> Any:
+        """Each text's tokens scored by the model: the log-probability of every token given those before it
+        (None for the first, which nothing predicts) and the model's own top prediction at each position."""
+        import numpy as np
+
+        single = isinstance(texts, str)
+        items = [texts] if single else texts
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(t, str) and t for t in items):
+            raise InvalidInputError("logprobs() takes a non-empty string or a list of them")
+        out = []
+        for encoding in self.tokenizer.encode(list(items)):
+            ids = np.array([encoding.ids], dtype=np.int64)
+            if self.positions is not None and ids.shape[1] > self.positions:
+                raise InvalidInputError(f"the text has {ids.shape[1]} tokens, past the model's {self.positions} positions")
+            scores = _log_softmax(self.step.all_logits(ids, np.ones_like(ids))[0, :-1])
+            picked = scores[np.arange(len(scores)), ids[0, 1:]]
+            out.append({"tokens": list(encoding.tokens), "token_ids": [int(i) for i in ids[0]],
+                        "token_logprobs": [None, *(float(v) for v in picked)],
+                        "top_token_ids": [None, *(int(v) for v in scores.argmax(axis=-1))]})
+        return out[0] if single else out
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
         """The new text of one prompt as it is generated, held back until stable (_TextStreamer)."""
@@ -6950,6 +7112,15 @@ class Runtime:
             raise TaskDetectionError(f"stream() needs a text-generation model; this one is {self.task}")
         result: Iterator[str] = stream(*args, **kwargs)
         return result
+
+    def logprobs(self, texts: str | Sequence[str]) -> Any:
+        """A text-generation model's scores of given text: ``{"tokens", "token_ids", "token_logprobs",
+        "top_token_ids"}`` per text, the log-probability of each token given those before it (None for the first)
+        and the model's own likeliest token at each position; as OpenAI's completions with ``echo`` and ``logprobs``.
+        exp(-mean(token_logprobs[1:])) is the text's perplexity."""
+        if not isinstance(self._task, _TextGeneration):
+            raise TaskDetectionError(f"logprobs() needs a text-generation model; this one is {self.task}")
+        return self._task.logprobs(texts)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference: the path, the arguments and the metadata digest. A worker (multiprocessing,
