@@ -17,9 +17,11 @@ from onnxmeta_runtime import MetadataError
 from . import progress
 from .discovery import EMBEDDING_LEVELS, MetadataDiscovery
 from .embedder import FolderResult, compress_threshold, embed, embed_folder
-from .export import DEFAULT_OPSET, OPTIMIZE_LEVELS, QUANTIZE_MODES
+from .export import DEFAULT_OPSET, EXPORTERS, OPTIMIZE_LEVELS
 from .inspection import checks_as_dicts, describe, validate
+from .quality import card_summary
 from .seq2seq import is_seq2seq_export, merge_export
+from .weights import BLOCK_SIZES, LM_HEAD_BITS, QUANTIZE_ALIASES, QUANTIZE_MODES, Quantization
 
 
 def _safe(value: Any) -> str:
@@ -52,7 +54,21 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--optimize", choices=OPTIMIZE_LEVELS,
                    help="onnxruntime's transformer optimizer: O1 basic graph optimizations, O2 extended ones and "
                         "transformer fusions, O3 also the GELU approximation")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="dynamic int8 quantization of the weights")
+    p.add_argument("--quantize", choices=[*QUANTIZE_MODES, *QUANTIZE_ALIASES],
+                   help="int4: 4-bit weights (MatMulNBits, tied embeddings quantized once); int8: weight-only 8-bit for "
+                        "generating graphs, dynamic int8 for the others (dynamic-int8 is its alias); fp16: float16 "
+                        "weights and compute; q4f16: int4 weights, float16 activations (GPUs)")
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=32,
+                   help="int4/int8 block size along the reduced axis (default 32)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=True,
+                   help="symmetric blocks (default), or --no-symmetric: a zero point per block")
+    p.add_argument("--accuracy-level", type=int, choices=range(5),
+                   help="MatMulNBits compute type: 4 int8 (default on CPU), 0 the input's type (q4f16's default)")
+    p.add_argument("--lm-head", choices=LM_HEAD_BITS, default="int4",
+                   help="the output projection's bits in int4 mode (int8 keeps it more accurate, as genai offers)")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="auto: onnxruntime-genai's builder for the decoder-only LLMs it supports (where installed), "
+                        "else Optimum's exporter, else torch.onnx")
     p.add_argument("--no-validate", action="store_true", help="skip the exporter's check and the file's validation")
 
     p = sub.add_parser("embed", help="embed Hugging Face metadata into an ONNX file")
@@ -100,10 +116,13 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
+    quantization = None if args.quantize is None else Quantization(
+        args.quantize, block_size=args.block_size, symmetric=args.symmetric, accuracy_level=args.accuracy_level,
+        lm_head=args.lm_head)
     report = export(args.model, args.output, task=args.task, revision=args.revision, opset=args.opset, level=args.level,
-                    optimize=args.optimize, quantize=args.quantize, validate=not args.no_validate)
+                    optimize=args.optimize, quantize=quantization, exporter=args.exporter, validate=not args.no_validate)
     config, mb = report.export_config, 1024 * 1024
-    made = " + ".join(filter(None, [config["exporter"], args.optimize, args.quantize]))
+    made = " + ".join(filter(None, [config["exporter"], args.optimize, quantization and quantization.mode]))
     print(f"exported {_safe(args.model)} ({report.task}) with {made} into ONE file {_safe(report.output_path)}: "
           f"{report.file_bytes / mb:.1f} MB, {len(report.entries)} metadata entries")
     source = ", ".join(f"{k} {_safe(config[k])}" for k in ("revision", "commit") if k in config)
@@ -111,11 +130,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  source: {source}")
     if report.layout is not None:
         print(f"  encoder-decoder entry points: {', '.join(report.layout['entry_points'])}")
-    if report.accuracy is not None:
-        a = report.accuracy
-        worst = "no scores to compare" if a.max_score_difference is None else f"max score difference {a.max_score_difference:.2e}"
-        print(f"  vs the plain export ({report.plain_bytes / mb:.1f} MB) on {a.probes} probe inputs: {worst}; "
-              f"answers changed: {a.changed} of {a.probes}")
+    tied = (config.get("weights") or {}).get("tied_bytes")
+    if tied:
+        print(f"  tied weights stored once: {tied / mb:.1f} MB less")
+    if report.quality is not None:
+        print(f"  quality card {card_summary(report.quality.as_dict())} ({report.plain_bytes / mb:.1f} MB)")
     for c in report.checks:
         print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}: {_safe(c.message)}")
     return 0

@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,18 +30,20 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataEmbeddingError, MetadataExtractionError, MetadataValidationError, TaskDetectionError
 
-from . import progress
+from . import genai, progress
 from .discovery import HUB_PATTERNS, MetadataDiscovery, embedding_level, hub_snapshot
 from .embedder import EmbeddedEntry, compress_threshold, embed
 from .external import data_files
 from .inspection import Check
 from .inspection import validate as validate_file
+from .quality import Quality, quality_card
 from .seq2seq import is_seq2seq_export, merge_export
+from .weights import Quantization, load, save, shrink
 
 logger = logging.getLogger("onnxmeta")
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3")
-QUANTIZE_MODES = ("dynamic-int8",)
+EXPORTERS = ("auto", "optimum", "torch", "genai")
 DEFAULT_OPSET = 17
 # The [export] extra is Optimum's exporter (it brings torch and transformers 4.57; onnxmeta's base install needs no
 # transformers, so they resolve together). Without Optimum, torch and transformers are enough for the one-graph tasks.
@@ -91,17 +94,6 @@ _ORT_MODEL_TYPES = {
 # ------------------------------------------------------------------------------------------------------
 
 @dataclass
-class Accuracy:
-    """The optimized or quantized file against the plain export, through the runtime on probe inputs."""
-
-    probes: int
-    max_score_difference: float | None
-    """The largest difference of any score (or embedding value); None when the task's outputs have none."""
-    changed: int
-    """How many probe answers differ other than in their scores (labels, tokens, ranking, text)."""
-
-
-@dataclass
 class ExportReport:
     """What export() wrote."""
 
@@ -112,9 +104,10 @@ class ExportReport:
     file_bytes: int
     """The output's size, its external data files included."""
     plain_bytes: int
-    """The size the file has without optimization and quantization (the same metadata; data files included)."""
+    """The size of the float32 export (tied weights stored once; the same metadata; data files included)."""
     entries: list[EmbeddedEntry]
-    accuracy: Accuracy | None = None
+    quality: Quality | None = None
+    """The quality card of a quantized, converted or optimized file against the float32 export."""
     checks: list[Check] = field(default_factory=list)
     layout: dict[str, Any] | None = None
     """The entry points of an encoder-decoder merged into the file."""
@@ -473,7 +466,7 @@ def quantize_graph(src: Path, dst: Path) -> dict[str, Any]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = src.absolute(), dst.absolute()
-    settings = {"mode": "dynamic-int8", "weight_type": "QInt8", "per_channel": False, "reduce_range": False,
+    settings = {"mode": "int8", "method": "dynamic", "weight_type": "QInt8", "per_channel": False, "reduce_range": False,
                 "op_types": ["MatMul", "Attention", "Gather"], "shape_inference": "symbolic"}
     large = bool(data_files(src))
     try:
@@ -500,109 +493,6 @@ def quantize_graph(src: Path, dst: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------
-# The accuracy cost: plain and optimized files through the runtime on a few probe inputs
-# ------------------------------------------------------------------------------------------------------
-
-PROBE_TEXTS = ("I love this movie, it was wonderful!", "The service was slow and the food arrived cold.",
-               "Paris is the capital of France.", "My name is Wolfgang and I live in Berlin.", "hello")
-
-
-def _token(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """A few calls that exercise the runtime's task: texts, synthetic images, synthetic tones."""
-    import numpy as np
-
-    task = runtime.task
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8) for size in (40, 64, 96)]
-    if task in ("image-classification", "image-feature-extraction"):
-        return [((list(images),), {"top_k": None} if task == "image-classification" else {})]
-    if task == "zero-shot-image-classification":
-        return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"]})]
-    if task in ("audio-classification", "automatic-speech-recognition"):
-        rate = int(runtime.metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG].get("sampling_rate") or 16000)
-        t = np.arange(rate) / rate
-        tones = [(0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(rate)).astype(np.float32)
-                 for f in (220.0, 440.0, 1000.0)]
-        return [((tones,), {"top_k": None} if task == "audio-classification" else {})]
-    texts = list(PROBE_TEXTS)
-    if task == "fill-mask":
-        mask = _token((runtime.tokenizer.config if runtime.tokenizer else {}).get("mask_token")) or "[MASK]"
-        return [(([f"The capital of France is {mask}.", f"I {mask} this movie.", f"{mask} is a city."],), {})]
-    if task == "question-answering":
-        return [((), {"question": ["Where is Paris?", "What was slow?"], "context": " ".join(texts)})]
-    if task == "zero-shot-classification":
-        return [((texts,), {"candidate_labels": ["food", "cinema", "travel"]})]
-    if task == "text-generation":
-        return [((texts[:3],), {"do_sample": False, "max_new_tokens": 8})]
-    if task == "text-classification":
-        return [((texts,), {"top_k": None})]
-    return [((texts,), {})]
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars as lists and numbers."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _answer(value: Any) -> Any:
-    """An output without its scores: what a caller reads as the answer (labels, tokens, ranking, text)."""
-    if isinstance(value, dict):
-        return {k: _answer(v) for k, v in value.items() if not isinstance(v, float)}
-    if isinstance(value, list):
-        kept = [_answer(v) for v in value if not isinstance(v, float)]
-        return kept
-    return value
-
-
-def _by_label(value: list[Any]) -> list[Any]:
-    """A ranked list of labelled scores in label order, so that scores are compared label by label."""
-    if value and all(isinstance(v, dict) and isinstance(v.get("label"), str) for v in value):
-        return sorted(value, key=lambda v: v["label"])
-    return value
-
-
-def _difference(a: Any, b: Any) -> float | None:
-    """The largest difference between the floats of two outputs of the same shape; None when they have none."""
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        found = [_difference(a[k], b[k]) for k in a.keys() & b.keys()]
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        found = [_difference(x, y) for x, y in zip(_by_label(a), _by_label(b))]
-    else:
-        return None
-    numbers = [f for f in found if f is not None]
-    return max(numbers) if numbers else None
-
-
-def compare(plain: str | os.PathLike[str], changed: str | os.PathLike[str]) -> Accuracy:
-    """Run both files (self-contained, same task) on the task's probe inputs; how far the changed one's answers are."""
-    a, b = rt.Runtime(plain), rt.Runtime(changed)
-    probes, worst, differ = 0, None, 0
-    for args, kwargs in probe_calls(a):
-        first, second = _plain(a(*args, **kwargs)), _plain(b(*args, **kwargs))
-        for x, y in zip(first, second) if isinstance(first, list) else [(first, second)]:
-            probes += 1
-            found = _difference(x, y)
-            if found is not None:
-                worst = found if worst is None else max(worst, found)
-            differ += _answer(x) != _answer(y)
-    return Accuracy(probes, worst, differ)
-
-
-# ------------------------------------------------------------------------------------------------------
 # export()
 # ------------------------------------------------------------------------------------------------------
 
@@ -622,13 +512,170 @@ def _move_into_place(staged: Path, output: Path) -> None:
     _fsync_dir(output.parent)
 
 
-def _check_choices(optimize: str | None, quantize: str | None, opset: int | None) -> None:
+def _quantization(quantize: str | Quantization | None) -> Quantization | None:
+    return Quantization(quantize) if isinstance(quantize, str) else quantize
+
+
+def _check_choices(optimize: str | None, exporter: str, opset: int | None) -> None:
     if optimize is not None and optimize not in OPTIMIZE_LEVELS:
         raise MetadataExtractionError(f"unknown optimization level {optimize!r}; choose {', '.join(OPTIMIZE_LEVELS)}")
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        raise MetadataExtractionError(f"unknown quantization {quantize!r}; choose {', '.join(QUANTIZE_MODES)}")
+    if exporter not in EXPORTERS:
+        raise MetadataExtractionError(f"unknown exporter {exporter!r}; choose {', '.join(EXPORTERS)}")
     if opset is not None and not 7 <= opset <= 30:
         raise MetadataExtractionError(f"--opset must be an ONNX opset version (7 to 30), got {opset}")
+
+
+def choose_exporter(requested: str, task: str, config: Mapping[str, Any]) -> str:
+    """The exporter for a model: onnxruntime-genai's builder for the decoder-only architectures it supports (fused
+    operators: several times faster than a plain export), else Optimum's, else torch.onnx; or the one asked for."""
+    if requested == "genai" or (requested == "auto" and task == "text-generation" and genai.supports(config)
+                                and genai.available()):
+        if task != "text-generation" or not genai.supports(config):
+            architecture = (config.get("architectures") or ["?"])[0]
+            raise MetadataExtractionError(f"onnxruntime-genai's builder exports decoder-only text generation models "
+                                          f"({', '.join(sorted(genai.ARCHITECTURES))}), not {architecture} for {task}")
+        if not genai.available():
+            raise MetadataExtractionError(f"--exporter genai needs onnxruntime-genai, transformers 5 and torch: "
+                                          f"{genai.GENAI_INSTALL}")
+        return "genai"
+    if requested == "optimum" or (requested == "auto" and optimum_available()):
+        if not optimum_available():
+            raise MetadataExtractionError(f"--exporter optimum needs Optimum's exporter: {OPTIMUM_INSTALL}")
+        return "optimum"
+    _check_torch_task(task, config)
+    return "torch"
+
+
+def _dynamic(quantization: Quantization | None, task: str, seq2seq: bool) -> bool:
+    """Whether int8 is onnxruntime's dynamic quantization: for graphs that run whole inputs (encoders, classifiers),
+    where it measured 1.6-2.4x faster than float32 and faster than weight-only int8; a generating graph (a decoder
+    step, one token a row) runs weight-only int8 faster and more accurately (bench/bench_quantize.py)."""
+    return quantization is not None and quantization.mode == "int8" and not seq2seq and task != "text-generation"
+
+
+@dataclass
+class _Graphs:
+    """What the export step leaves: the plain float32 graph (tied weights stored once) and the changed one."""
+
+    plain: Path
+    final: Path
+    how: dict[str, Any]
+    changes: dict[str, Any]
+    layout: dict[str, Any] | None = None
+
+
+def _graph_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.onnx"))
+
+
+def _shrunk(exported: Path, out: Path, quantization: Quantization | None) -> tuple[Path, dict[str, Any]]:
+    """Every graph of an export (one, or an encoder-decoder's parts) with its weights tied and quantized into out;
+    the folder (or its one graph) and what was done."""
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {}
+    for path in _graph_files(exported):
+        done[path.name] = shrink(path, out / path.name, quantization)
+    for name in ("config.json", "generation_config.json"):  # what the merge's layout recognition may read
+        if (exported / name).is_file():
+            shutil.copyfile(exported / name, out / name)
+    tied = [t for part in done.values() for t in part["tied"]]
+    record: dict[str, Any] = {"tied": tied, "tied_bytes": sum(t["bytes"] for t in tied)}
+    quantized = {name: part["quantized"] for name, part in done.items() if "quantized" in part}
+    if quantized:
+        record["quantized"] = quantized
+    return out, record
+
+
+def _one_graph(folder: Path, tmp: Path, metadata: Mapping[str, Any], name: str) -> tuple[Path, dict[str, Any] | None]:
+    """An export folder as ONE graph: an encoder-decoder's parts merged, else its model.onnx."""
+    if is_seq2seq_export(folder):
+        merged = tmp / f"merged-{name}" / "model.onnx"
+        return merged, merge_export(folder, merged, metadata).layout
+    if (folder / "model.onnx").is_file():
+        return folder / "model.onnx", None
+    found = ", ".join(sorted(p.name for p in folder.glob("*.onnx"))) or "no .onnx file"
+    raise MetadataEmbeddingError(f"the export wrote {found}, not one model.onnx; it cannot be one file")
+
+
+def _genai_graphs(folder: Path, tmp: Path, quantization: Quantization | None) -> _Graphs:
+    """onnxruntime-genai's builder: the requested precision, and float32 for the quality card (model.onnx + .data
+    folded into one file each, the builder's genai_config.json left out: the metadata says what it says)."""
+    out: dict[str, Path] = {}
+    how: dict[str, Any] = {}
+    for name, chosen in ((("plain", None), ("final", quantization)) if quantization else (("plain", None),)):
+        built = tmp / f"genai-{name}"
+        with progress.step(f"exporting with onnxruntime-genai's builder ({genai.precision(chosen)[0]})"):
+            how = genai.build(folder, built, chosen, tmp / "genai-cache")
+            out[name] = tmp / f"{name}.onnx"
+            save(load(built / "model.onnx"), out[name])  # one file when under 2 GB
+    changes = {"quantize": quantization.settings()} if quantization else {}
+    return _Graphs(out["plain"], out.get("final", out["plain"]), how, changes)
+
+
+def _plain_export(folder: Path, exported: Path, chosen: str, task: str, metadata: Mapping[str, Any],
+                  options: Mapping[str, Any]) -> dict[str, Any]:
+    exported.mkdir()
+    with progress.step(f"exporting {task} with {'Optimum' if chosen == 'optimum' else 'torch.onnx'}"):
+        if chosen == "optimum":
+            return _optimum_export(folder, exported, task, metadata[rt.KEY_MODEL_CONFIG], options["opset"],
+                                   options["validate"])
+        return _torch_export(folder, exported / "model.onnx", task, metadata, options["opset"])
+
+
+def _exported_graphs(folder: Path, tmp: Path, chosen: str, task: str, metadata: Mapping[str, Any],
+                     options: Mapping[str, Any]) -> _Graphs:
+    """Export, store tied weights once, quantize each graph (an encoder-decoder's parts before the merge), merge,
+    optimize: the plain float32 graph and the final one."""
+    quantization: Quantization | None = options["quantize"]
+    if chosen == "genai":
+        return _genai_graphs(folder, tmp, quantization)
+    how = _plain_export(folder, tmp / "export", chosen, task, metadata, options)
+    seq2seq = is_seq2seq_export(tmp / "export")
+    dynamic = _dynamic(quantization, task, seq2seq)
+    with progress.step("storing tied weights once"):
+        plain_parts, weights = _shrunk(tmp / "export", tmp / "plain-parts", None)
+    plain, layout = _one_graph(plain_parts, tmp, metadata, "plain")
+    final, changes = plain, {"weights": weights}
+    if quantization is not None and not dynamic:
+        with progress.step(f"quantizing ({quantization.mode})"):
+            parts, done = _shrunk(plain_parts, tmp / "quantized-parts", quantization)
+            final, _ = _one_graph(parts, tmp, metadata, "quantized")
+        changes["quantize"] = {**quantization.settings(), "nodes": done.get("quantized", {})}
+    if options["optimize"]:
+        with progress.step(f"optimizing ({options['optimize']})"):
+            changes["optimize"] = optimize_graph(final, tmp / "optimized.onnx", options["optimize"],
+                                                 metadata[rt.KEY_MODEL_CONFIG])
+            final = tmp / "optimized.onnx"
+    if dynamic:
+        with progress.step("quantizing (dynamic int8)"):
+            changes["quantize"] = quantize_graph(final, tmp / "quantized.onnx")
+            final = tmp / "quantized.onnx"
+    return _Graphs(plain, final, how, changes, layout)
+
+
+def _staged(graphs: _Graphs, tmp: Path, metadata: Mapping[str, Any], output: Path,
+            provenance: Mapping[str, Any]) -> tuple[Path, Path, dict[str, Any], Any]:
+    """The final graph with its metadata (export_config and, for a changed graph, its quality card) in tmp, and
+    the plain one beside it: (staged, plain, export_config, embed report)."""
+    libraries = _versions("onnxmeta", "transformers", "torch", "optimum", "optimum-onnx", "onnxruntime", "onnx",
+                          "onnxruntime-genai", "tokenizers", "huggingface_hub")
+    libraries["onnxmeta"] = rt.__version__
+    export_config = {**rt.model_info(graphs.final), **provenance, **graphs.how, **graphs.changes, "libraries": libraries}
+    threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], True, None)
+    plain = tmp / "plain" / output.name
+    embed(graphs.plain, {**metadata, rt.KEY_EXPORT_CONFIG: {**export_config, **rt.model_info(graphs.plain)}}, plain,
+          compress_threshold=threshold)
+    staged = tmp / "out" / output.name
+    if graphs.final != graphs.plain:
+        draft = tmp / "draft" / output.name
+        embed(graphs.final, {**metadata, rt.KEY_EXPORT_CONFIG: export_config}, draft, compress_threshold=threshold)
+        with progress.step("measuring the quality card on probe inputs"):
+            card = quality_card(plain, draft)
+        export_config = {**export_config, "quality": card.as_dict()}
+    else:
+        card = None
+    report = embed(graphs.final, {**metadata, rt.KEY_EXPORT_CONFIG: export_config}, staged, compress_threshold=threshold)
+    return staged, plain, export_config, (report, card)
 
 
 def export(
@@ -640,17 +687,20 @@ def export(
     opset: int | None = None,
     level: str = "full",
     optimize: str | None = None,
-    quantize: str | None = None,
+    quantize: str | Quantization | None = None,
+    exporter: str = "auto",
     validate: bool = True,
 ) -> ExportReport:
     """Export a hub id or local model folder to ONE ONNX file with its metadata embedded.
 
-    Optimum's exporter when it is installed, else torch.onnx.export (tasks of one graph); an encoder-decoder
-    is merged into one file. optimize ("O1", "O2", "O3") and quantize ("dynamic-int8") apply onnxruntime's
-    optimizer and dynamic quantization first, and report their accuracy cost against the plain export.
-    validate checks the file (and Optimum's exporter its outputs against PyTorch's) before it replaces output.
+    The exporter (choose_exporter): onnxruntime-genai's builder for the decoder-only LLMs it supports, else Optimum's
+    when it is installed, else torch.onnx.export (tasks of one graph); an encoder-decoder is merged into one file.
+    Tied weights are stored once. quantize (a mode of weights.QUANTIZE_MODES, or a Quantization with its settings)
+    and optimize ("O1", "O2", "O3") change the graph; the file then carries a quality card against the float32
+    export. validate checks the file (and Optimum's exporter its outputs against PyTorch's) before it replaces output.
     """
-    _check_choices(optimize, quantize, opset)
+    quantization = _quantization(quantize)
+    _check_choices(optimize, exporter, opset)
     embedding_level(level)
     if importlib.util.find_spec("torch") is None:
         raise MetadataExtractionError(f"export runs the model's PyTorch code, and torch is not installed: {EXPORT_EXTRA}")
@@ -660,67 +710,26 @@ def export(
     folder, provenance = _source(model, revision)  # a download shows huggingface_hub's own progress bars
     with progress.step("discovering its metadata"):
         metadata = MetadataDiscovery().discover_folder(folder, level=level, task=task)
-    chosen = metadata.get(rt.KEY_PIPELINE_TASK)
-    if chosen is None:
+    chosen_task = metadata.get(rt.KEY_PIPELINE_TASK)
+    if chosen_task is None:
         raise TaskDetectionError(f"no pipeline task found for {os.fspath(model)}; pass --task")
     if level != "minimal":  # no processor is embedded at the minimal level, by the caller's choice
-        _check_processors(chosen, metadata)
+        _check_processors(chosen_task, metadata)
     config = metadata[rt.KEY_MODEL_CONFIG]
-    seq2seq = chosen in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True
-    if seq2seq and (optimize or quantize):
-        raise MetadataExtractionError(
-            f"--optimize and --quantize are not available for encoder-decoders ({chosen}) yet: the parts would be "
-            "changed before the merge, and the runtime cannot yet measure what that costs; export without them"
-        )
-    use_optimum = optimum_available()
-    if not use_optimum:
-        _check_torch_task(chosen, config)
+    if optimize and (chosen_task in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True):
+        raise MetadataExtractionError(f"--optimize is not available for encoder-decoders ({chosen_task}) yet: the "
+                                      "transformer optimizer has no fusions for their parts; export without it")
+    chosen = choose_exporter(exporter, chosen_task, config)
+    if chosen == "genai" and optimize:
+        raise MetadataExtractionError("onnxruntime-genai's builder writes fused operators already: --optimize does not "
+                                      "apply to --exporter genai")
+    options = {"opset": opset, "validate": validate, "quantize": quantization, "optimize": optimize}
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".export", dir=output.parent) as tmp_name:
         tmp = Path(tmp_name).resolve()  # absolute: onnxruntime's tools run in a scratch folder (_scratch)
-        exported = tmp / "export"
-        exported.mkdir()
-        with progress.step(f"exporting {chosen} with {'Optimum' if use_optimum else 'torch.onnx'}"):
-            if use_optimum:
-                how = _optimum_export(folder, exported, chosen, config, opset, validate)
-            else:
-                how = _torch_export(folder, exported / "model.onnx", chosen, metadata, opset)
-        layout = None
-        if is_seq2seq_export(exported):
-            with progress.step("merging the encoder-decoder into one file"):
-                graph = tmp / "merged" / output.name
-                layout = merge_export(exported, graph, metadata).layout
-        elif (exported / "model.onnx").is_file():
-            graph = exported / "model.onnx"
-        else:
-            found = ", ".join(sorted(p.name for p in exported.glob("*.onnx"))) or "no .onnx file"
-            raise MetadataEmbeddingError(f"the export of {os.fspath(model)} wrote {found}, not one model.onnx; "
-                                         "it cannot be one file")
-        final = graph
-        changes: dict[str, Any] = {}
-        if optimize:
-            with progress.step(f"optimizing ({optimize})"):
-                changes["optimize"] = optimize_graph(final, tmp / "optimized.onnx", optimize, config)
-                final = tmp / "optimized.onnx"
-        if quantize:
-            with progress.step("quantizing (dynamic int8)"):
-                changes["quantize"] = quantize_graph(final, tmp / "quantized.onnx")
-                final = tmp / "quantized.onnx"
-        libraries = _versions("onnxmeta", "transformers", "torch", "optimum", "optimum-onnx", "onnxruntime", "onnx",
-                              "tokenizers", "huggingface_hub")
-        libraries["onnxmeta"] = rt.__version__
-        export_config = {**rt.model_info(final), **provenance, **how, **changes, "libraries": libraries}
-        threshold = compress_threshold(metadata[rt.KEY_EMBEDDING_LEVEL], True, None)
-        staged = tmp / "out" / output.name
+        graphs = _exported_graphs(folder, tmp, chosen, chosen_task, metadata, options)
         with progress.step("embedding the metadata"):
-            report = embed(final, {**metadata, rt.KEY_EXPORT_CONFIG: export_config}, staged, compress_threshold=threshold)
-        accuracy, plain_bytes = None, None
-        if final != graph:
-            plain = tmp / "plain" / output.name
-            embed(graph, metadata, plain, compress_threshold=threshold)
-            plain_bytes = _file_bytes(plain)
-            with progress.step("measuring the accuracy cost on probe inputs"):
-                accuracy = compare(plain, staged)
+            staged, plain, export_config, (report, card) = _staged(graphs, tmp, metadata, output, provenance)
         checks: list[Check] = []
         if validate:
             with progress.step("validating"):
@@ -732,7 +741,7 @@ def export(
                     f"the exported file fails validation, so {output} was not written: "
                     + "; ".join(f"{c.name}: {c.message}" for c in failed) + " (--no-validate writes it anyway)"
                 )
-        file_bytes = _file_bytes(staged)
+        file_bytes, plain_bytes = _file_bytes(staged), _file_bytes(plain)
         _move_into_place(staged, output)
-    return ExportReport(os.fspath(output), chosen, how["exporter"], export_config, file_bytes, plain_bytes or file_bytes,
-                        report.entries, accuracy, checks, layout)
+    return ExportReport(os.fspath(output), chosen_task, export_config["exporter"], export_config, file_bytes, plain_bytes,
+                        report.entries, card, checks, graphs.layout)

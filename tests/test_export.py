@@ -39,7 +39,8 @@ from runtime_under_test import rt
 import authoring
 from authoring import progress
 from authoring.cli import main
-from authoring.export import compare, export
+from authoring.export import export
+from authoring.quality import PROBE_TEXTS, quality_card
 
 TEXTS = ["I love this movie, it was wonderful!", "the food was good but slow", "Paris is the capital of France.",
          "my name is wolfgang and i live in berlin.", "hello"]
@@ -400,8 +401,9 @@ def test_optimize(optimize, folders, tmp_path):
     else:
         assert {"Attention", "SkipLayerNormalization"} <= fused and {"Attention", "SkipLayerNormalization"} <= ops
         assert ("FastGelu" in ops or "BiasGelu" not in ops) if optimize == "O3" else "FastGelu" not in ops
-    assert report.accuracy.probes == len(authoring.export.PROBE_TEXTS) and report.accuracy.changed == 0
-    assert report.accuracy.max_score_difference < (1e-2 if optimize == "O3" else 1e-4)
+    assert report.quality.probes == len(PROBE_TEXTS) and report.quality.changed == 0
+    assert report.quality.max_score_difference < (1e-2 if optimize == "O3" else 1e-4)
+    assert report.quality.metrics == {"label_agreement": 1.0}
     expect_same_answers("text-classification", folders["text-classification"], tmp_path / "model.onnx") \
         if optimize != "O3" else None
 
@@ -419,17 +421,22 @@ def test_quantize(folders, tmp_path, capsys, monkeypatch):
     assert main(["export", str(folders["text-classification"]), str(out), "--optimize", "O2", "--quantize", "dynamic-int8"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"exported {folders['text-classification']} (text-classification) with torch.onnx + O2 + "
-                                 "dynamic-int8 into ONE file")
-    assert printed[1].startswith("  vs the plain export (") and " on 5 probe inputs: max score difference " in printed[1]
+                                 "int8 into ONE file")
+    assert printed[1].startswith("  quality card vs the float32 export: label agreement ") and " max score difference " \
+        in printed[1] and " of 5 (" in printed[1]
     config = rt.read_metadata(out)[rt.KEY_EXPORT_CONFIG]
-    assert config["quantize"] == {"mode": "dynamic-int8", "weight_type": "QInt8", "per_channel": False, "reduce_range": False,
-                                  "op_types": ["MatMul", "Attention", "Gather"], "shape_inference": "symbolic"}
+    # int8 of an encoder: onnxruntime's dynamic quantization (dynamic-int8 is its old name)
+    assert config["quantize"] == {"mode": "int8", "method": "dynamic", "weight_type": "QInt8", "per_channel": False,
+                                  "reduce_range": False, "op_types": ["MatMul", "Attention", "Gather"],
+                                  "shape_inference": "symbolic"}
+    assert config["quality"]["probes"] == 5 and 0.6 <= config["quality"]["label_agreement"] <= 1.0
     ops = {node.op_type for node in _graph_nodes(out)}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops or "QAttention" in ops, ops
     report = export(folders["automatic-speech-recognition"], tmp_path / "ctc.onnx", quantize="dynamic-int8")
-    assert report.accuracy.probes == 3 and "MatMulInteger" in {node.op_type for node in _graph_nodes(tmp_path / "ctc.onnx")}
+    assert report.quality.probes == 3 and "MatMulInteger" in {node.op_type for node in _graph_nodes(tmp_path / "ctc.onnx")}
     assert report.plain_bytes > 0  # (its weights are mostly convolutions, left in float: the tiny file is no smaller)
-    assert report.accuracy.max_score_difference is None  # speech recognition answers text only
+    assert report.quality.max_score_difference is None  # speech recognition answers text only
+    assert 0.0 <= report.quality.metrics["word_error_rate"] <= 1.0
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["ctc.onnx", "cwd", "int8.onnx"]
 
 
@@ -461,9 +468,9 @@ def test_optimize_refusals(folders, tmp_path):
                                                           r"models .*; use --optimize O1"):
         export(folders["audio-classification"], tmp_path / "a.onnx", optimize="O2")
     report = export(folders["audio-classification"], tmp_path / "o1" / "a.onnx", optimize="O1")
-    assert report.export_config["optimize"]["model_type"] == "generic" and report.accuracy.changed == 0
+    assert report.export_config["optimize"]["model_type"] == "generic" and report.quality.changed == 0
     with pytest.raises(rt.MetadataExtractionError, match="not available for encoder-decoders"):
-        export(folders["text2text-generation"], tmp_path / "t5.onnx", quantize="dynamic-int8")
+        export(folders["text2text-generation"], tmp_path / "t5.onnx", optimize="O1")
     with pytest.raises(rt.MetadataExtractionError, match="it is exported with Optimum's exporter, which is not installed: "
                                                           r"pip install 'onnxmeta\[export\]' \(Optimum's exporter"):
         export(folders["whisper"], tmp_path / "whisper.onnx")
@@ -532,11 +539,12 @@ def test_failed_validation_writes_nothing(folders, tmp_path, monkeypatch):
     assert out.read_bytes() == b"the user's file" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-def test_compare_counts_changed_answers(torch_files, tmp_path):
-    accuracy = compare(torch_files["text-classification"], torch_files["text-classification"])
-    assert (accuracy.probes, accuracy.max_score_difference, accuracy.changed) == (5, 0.0, 0)
-    accuracy = compare(torch_files["text-generation"], torch_files["text-generation"])
-    assert (accuracy.probes, accuracy.max_score_difference, accuracy.changed) == (3, None, 0)
+def test_quality_card_of_a_file_against_itself(torch_files, tmp_path):
+    card = quality_card(torch_files["text-classification"], torch_files["text-classification"])
+    assert (card.probes, card.max_score_difference, card.changed, card.metrics) == (5, 0.0, 0, {"label_agreement": 1.0})
+    card = quality_card(torch_files["text-generation"], torch_files["text-generation"])
+    assert (card.probes, card.max_score_difference, card.changed) == (3, None, 0)
+    assert card.metrics["top1_agreement"] == 1.0 and card.metrics["perplexity_ratio"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------------
