@@ -245,7 +245,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=True))
         return 0
     for key, value in info.items():
-        if key == "entries":
+        if key == "quality" and isinstance(value, dict):
+            print(f"quality: {_safe(card_summary(value))}")
+        elif key == "quantization" and isinstance(value, dict):
+            print(f"quantization: {_safe(_quantization_summary(value))}")
+        elif key == "entries":
             print("entries:")
             for e in value:
                 print(f"  {_safe(e['key']):<32} {e['stored_bytes']:>10,} B{'  gzip' if e['compressed'] else ''}")
@@ -254,6 +258,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         else:
             print(f"{key}: {_safe(value)}")
     return 0
+
+
+def _quantization_summary(settings: dict[str, Any]) -> str:
+    """A recorded quantization (hf_export_config["quantize"]) in one line."""
+    if settings.get("method") == "dynamic":
+        return f"{settings.get('mode')} (dynamic: int8 weights per {'channel' if settings.get('per_channel') else 'tensor'}, " \
+               "activations quantized as they run)"
+    parts = [str(settings.get("method") or "float16 weights and compute")]
+    if "bits" in settings:
+        parts += [f"{settings['bits']} bits", f"blocks of {settings.get('block_size')}",
+                  "symmetric" if settings.get("symmetric") else "asymmetric", f"accuracy level {settings.get('accuracy_level')}"]
+    if settings.get("lm_head_bits") not in (None, settings.get("bits")):
+        parts.append(f"lm_head {settings['lm_head_bits']} bits")
+    return f"{settings.get('mode')} ({', '.join(parts)})"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

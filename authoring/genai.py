@@ -61,7 +61,8 @@ def precision(quantization: Quantization | None) -> tuple[str, str, dict[str, st
     options = {**pruned, "block_size": str(quantization.block_size), "is_symmetric": str(quantization.symmetric).lower(),
                "accuracy_level": str(quantization.level)}
     if mode in ("int4", "q4f16") and quantization.lm_head == "int8":
-        options["matmul_mixed_precision"] = "last_matmul:int8"
+        # rtn: the builder's default method names the 8-bit head's weights otherwise than its tied lookup reads them
+        options.update(algo_config="rtn", matmul_mixed_precision="last_matmul:int8")
     if mode == "int8":
         return "int8", "cpu", options
     return "int4", "cuda" if mode == "q4f16" else "cpu", options

@@ -29,6 +29,8 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
     tokenizer_config = metadata.get(rt.KEY_TOKENIZER_CONFIG)
     id2label = config.get("id2label") or {}
+    export_config = metadata.get(rt.KEY_EXPORT_CONFIG)
+    export_config = export_config if isinstance(export_config, dict) else {}
     entries = [
         {
             "key": e.key.removesuffix(rt.COMPRESSED_SUFFIX),
@@ -63,6 +65,9 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         "other_metadata_props": {e.key: e.value for e in scan.entries
                                  if not rt.is_format_key(e.key.removesuffix(rt.COMPRESSED_SUFFIX))},
         "model": rt.model_info(path, scan),
+        "exporter": export_config.get("exporter"),
+        "quantization": export_config.get("quantize"),
+        "quality": export_config.get("quality"),
     }
 
 

@@ -6,8 +6,10 @@ both run through the runtime on the same probe inputs, with the measure that fit
 * text-to-text and speech recognition: the word error rate of the changed file's outputs against the plain
   one's, and how many outputs are identical;
 * classification of any kind (text, tokens, zero-shot, fill-mask, question answering, images, audio): label
-  agreement and the largest score difference;
-* embeddings: the cosine similarity of the two files' vectors (the smallest over the probes).
+  agreement (the best label, token, answer or entities the same), the largest score difference, and how many
+  answers changed in any way (a ranking of close scores included);
+* embeddings: the cosine similarity of the two files' vectors (encode(): pooled as sentence-transformers pools them;
+  the smallest over the probes).
 
 Probe inputs are synthetic (fixed texts, seeded images and tones): the same for every run, so a card can be
 reproduced; on a trained model they say how far quantization moved the answers.
@@ -48,7 +50,8 @@ class Quality:
     max_score_difference: float | None
     """The largest difference of any score; None when the task's answers have none."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """The task's own measures: top1_agreement, perplexity_ratio, word_error_rate, cosine_similarity, label_agreement."""
+    """The task's own measures: top1_agreement, perplexity_ratio, word_error_rate, cosine_similarity, label_agreement
+    (the share of probes whose best label, token, answer or entities are the same)."""
 
     def as_dict(self) -> dict[str, Any]:
         """What hf_export_config["quality"] records."""
@@ -160,6 +163,21 @@ def _difference(a: Any, b: Any) -> float | None:
     return max(numbers) if numbers else None
 
 
+def _top(value: Any) -> Any:
+    """What a classifying answer says first: the best label (text, image, audio classification), the best candidate
+    (zero-shot), the best token (fill-mask), the answer (question answering), the entities and their words (token
+    classification)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("labels"), list):
+            return value["labels"][:1]
+        return value.get("answer", value.get("label", value.get("token_str", _answer(value))))
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        if any(k in value[0] for k in ("entity", "entity_group")):
+            return [(v.get("entity", v.get("entity_group")), v.get("word")) for v in value]
+        return _top(value[0])
+    return _answer(value)
+
+
 def _text(value: Any) -> str:
     """The text of a generating task's answer: generated_text, summary_text, translation_text or ASR's text."""
     while isinstance(value, list) and value:
@@ -189,10 +207,20 @@ def _cosine(a: Any, b: Any) -> float:
 
 
 def _generation_scores(plain: Any, changed: Any) -> dict[str, float]:
-    """Top-1 agreement and perplexity ratio along PROBE_PARAGRAPH, teacher-forced (logprobs)."""
+    """Top-1 agreement and perplexity ratio along PROBE_PARAGRAPH (its end cut off while the model has fewer
+    positions than it has tokens), teacher-forced (logprobs)."""
     import math
 
-    a, b = plain.logprobs(PROBE_PARAGRAPH), changed.logprobs(PROBE_PARAGRAPH)
+    words = PROBE_PARAGRAPH.split()
+    while True:
+        try:
+            a = plain.logprobs(" ".join(words))
+            break
+        except rt.InvalidInputError:  # too long for the model's positions
+            if len(words) <= 4:
+                raise
+            words = words[: len(words) * 3 // 4]
+    b = changed.logprobs(" ".join(words))
     agree = [x == y for x, y in zip(a["top_token_ids"][1:], b["top_token_ids"][1:])]
     mean = [sum(r["token_logprobs"][1:]) / (len(r["token_logprobs"]) - 1) for r in (a, b)]
     return {"top1_agreement": sum(agree) / len(agree), "perplexity_ratio": math.exp(mean[0] - mean[1]),
@@ -203,7 +231,7 @@ def quality_card(plain: str | os.PathLike[str], changed: str | os.PathLike[str])
     """Run both files (self-contained, same task) on the task's probe inputs; the card of the changed one."""
     a, b = rt.Runtime(plain), rt.Runtime(changed)
     task = a.task
-    probes, worst, differ, errors, words, cosines = 0, None, 0, 0, 0, []
+    probes, worst, differ, errors, words, agree = 0, None, 0, 0, 0, 0
     for args, kwargs in probe_calls(a):
         first, second = _plain(a(*args, **kwargs)), _plain(b(*args, **kwargs))
         for x, y in zip(first, second) if isinstance(first, list) else [(first, second)]:
@@ -212,18 +240,18 @@ def quality_card(plain: str | os.PathLike[str], changed: str | os.PathLike[str])
             if found is not None:
                 worst = found if worst is None else max(worst, found)
             differ += _answer(x) != _answer(y)
+            agree += _top(x) == _top(y)
             if task in _TEXT_OUTPUTS:
                 errors += word_errors(_text(x), _text(y))
                 words += len(_text(x).split())
-            if task in _EMBEDDINGS:
-                cosines.append(_cosine(x, y))
     metrics: dict[str, float] = {}
     if task == "text-generation":
         metrics.update(_generation_scores(a, b))
     elif task in _TEXT_OUTPUTS:
         metrics["word_error_rate"] = errors / max(words, 1)
-    elif task in _EMBEDDINGS:
-        metrics["cosine_similarity"] = min(cosines)
+    elif task in _EMBEDDINGS:  # what a user compares: the pooled vectors of encode() (sentence-transformers' own)
+        inputs = probe_calls(a)[0][0][0]
+        metrics["cosine_similarity"] = min(_cosine(x, y) for x, y in zip(a.encode(inputs), b.encode(inputs)))
     else:
-        metrics["label_agreement"] = 1 - differ / max(probes, 1)
+        metrics["label_agreement"] = agree / max(probes, 1)
     return Quality(task, probes, differ, worst, metrics)

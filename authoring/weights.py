@@ -8,12 +8,13 @@ merge) loaded with onnx, and writes a new file; onnxruntime's own kernels do the
   (GPT-2's ``lm_head``, Whisper's ``proj_out``, T5's and BART's ``lm_head``). ``tie_weights`` finds initializers
   equal to another one, or to its transpose, and keeps one: the projection reads ``Transpose(table)``, which
   onnxruntime folds when the session loads (the file stores the table once).
-* int4: every MatMul with a constant weight becomes ``MatMulNBits`` (blocks along the reduced axis, symmetric by
-  default, ``accuracy_level`` 4: int8 compute, the fast CPU kernels) and large embedding tables
-  ``GatherBlockQuantized``; a tied table is quantized once and shared by the lookup and the projection, as
-  onnxruntime-genai's builder shares it (``shared_embeddings``). ``lm_head="int8"`` keeps the projection in 8 bits.
-* int8: the same in 8 bits (weight-only ``MatMulNBits``); export's ``dynamic-int8`` is onnxruntime's dynamic
-  quantization (``export.quantize_graph``).
+* int4: every MatMul (and Gemm) with a constant weight becomes ``MatMulNBits`` (blocks along the reduced axis,
+  symmetric by default, ``accuracy_level`` 4: int8 compute, the fast CPU kernels) and token embedding tables (looked
+  up by the graph's input_ids; position tables stay float) ``GatherBlockQuantized``; a tied table is quantized once
+  and shared by the lookup and the projection, as onnxruntime-genai's builder shares it (``shared_embeddings``).
+  ``lm_head="int8"`` keeps the projection in 8 bits.
+* int8: the same in 8 bits (weight-only ``MatMulNBits``) for generating graphs; export quantizes the others with
+  onnxruntime's dynamic quantization instead (``export.quantize_graph``), which measured faster there.
 * fp16: weights and compute in float16, the graph's inputs and outputs kept float32 except the past key values
   (the runtime feeds float16 pasts); onnxruntime inserts casts where its CPU kernels have no float16 version.
   q4f16: fp16, then int4 weights with float16 scales (for GPUs).
@@ -44,7 +45,8 @@ dynamic quantization for the others: each where it measured faster), float16, in
 QUANTIZE_ALIASES = {"dynamic-int8": "int8"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 LM_HEAD_BITS = ("int4", "int8")
-_MIN_TABLE = 1 << 16  # embedding tables smaller than this (positions of a tiny model) stay float: nothing to gain
+_MIN_TABLE = 1 << 16  # tied copies smaller than this are not looked for: nothing to gain
+_MIN_ROWS = 256  # a token embedding has a vocabulary's rows; a token-type table's few stay float
 _EXTERNAL_LIMIT = 1_800_000_000  # protobuf's 2 GB, with room for the graph: larger models keep external data
 
 
@@ -255,6 +257,11 @@ class _WeightQuantizer:
         # Transpose(initializer) outputs: what tie_weights gives a tied projection to read
         self.transposed = {n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "Transpose"
                            and n.input[0] in self.initializers and _perm(n) in (None, [1, 0])}
+        self.inputs = {i.name for i in self.graph.input} - set(self.initializers)
+        # tables a MatMul reads transposed: tied to a projection (tie_weights)
+        self.tied = {self.transposed[n.input[1]] for g in _graphs(self.graph) for n in g.node
+                     if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in self.transposed}
+        self.producers = {o: n for g in _graphs(self.graph) for n in g.node for o in n.output}
         self.packed: dict[tuple[str, int], _Packed] = {}
         self.shapes: dict[str, str] = {}
         self.prefix: list[onnx.NodeProto] = []  # nodes the main graph starts with: the Reshapes of packed tables
@@ -367,11 +374,15 @@ class _WeightQuantizer:
         return packed
 
     def gather(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """A token embedding: a float table looked up by token ids the graph takes (input_ids), not a position
+        table (a Range) nor a shape's element, or a table tied to a projection (packed for it anyway); whole blocks
+        along its width."""
         import onnx
 
         tensor = self.initializers.get(node.input[0])
-        if (tensor is None or not _is_float(tensor) or len(tensor.dims) != 2 or tensor.dims[0] * tensor.dims[1] < _MIN_TABLE
-                or tensor.dims[1] % self.q.block_size or _attribute(node, "axis", 0) != 0):
+        if (tensor is None or not _is_float(tensor) or len(tensor.dims) != 2 or tensor.dims[0] < _MIN_ROWS
+                or tensor.dims[1] % self.q.block_size or _attribute(node, "axis", 0) != 0
+                or (self.token_ids(node.input[1]) is None and tensor.name not in self.tied)):
             return None
         bits = self.table_bits.get(tensor.name, self.q.bits)
         packed = self.pack_table(tensor.name, bits)
@@ -386,6 +397,17 @@ class _WeightQuantizer:
         return [onnx.helper.make_node(
             "GatherBlockQuantized", [shape, node.input[1], *packed.inputs()], list(node.output), name=f"{node.name}_Q{bits}",
             domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=self.q.block_size, bits=bits)]
+
+    def token_ids(self, name: str) -> str | None:
+        """The graph input a Gather's indices are (through casts and reshapes), or None."""
+        for _ in range(6):
+            if name in self.inputs:
+                return name
+            producer = self.producers.get(name)
+            if producer is None or producer.op_type not in ("Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+                return None
+            name = producer.input[0]
+        return None
 
     def run(self) -> dict[str, Any]:
         import onnx

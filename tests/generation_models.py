@@ -106,6 +106,26 @@ def build_model(kind: str, folder: Path, seed: int = 0) -> Any:
     return model
 
 
+def genai_llama(folder: Path, seed: int = 0, *, tied: bool = True) -> Any:
+    """A random-weight LlamaForCausalLM that onnxruntime-genai's builder exports: head size 16 (its
+    GroupQueryAttention kernel needs a multiple of 16), 4 heads, 2 key-value heads, tied embeddings by default."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    llama_tokenizer_folder(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=POSITIONS,
+                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.eval().save_pretrained(folder)
+    return model
+
+
 def export_without_cache(model: Any, path: Path, position_ids: bool = True) -> Path:
     """torch.onnx.export of the whole-sequence forward (use_cache=False): logits for input_ids, attention_mask
     and, unless told otherwise, position_ids."""

@@ -426,7 +426,7 @@ def test_quantize(folders, tmp_path, capsys, monkeypatch):
         in printed[1] and " of 5 (" in printed[1]
     config = rt.read_metadata(out)[rt.KEY_EXPORT_CONFIG]
     # int8 of an encoder: onnxruntime's dynamic quantization (dynamic-int8 is its old name)
-    assert config["quantize"] == {"mode": "int8", "method": "dynamic", "weight_type": "QInt8", "per_channel": False,
+    assert config["quantize"] == {"mode": "int8", "method": "dynamic", "weight_type": "QInt8", "per_channel": True,
                                   "reduce_range": False, "op_types": ["MatMul", "Attention", "Gather"],
                                   "shape_inference": "symbolic"}
     assert config["quality"]["probes"] == 5 and 0.6 <= config["quality"]["label_agreement"] <= 1.0

@@ -90,7 +90,8 @@ def test_a_tied_table_is_quantized_once_and_shared(bits, symmetric):
     packed = [t for t in model.graph.initializer if t.name.startswith("embed.weight")]
     width = 4 if bits == "int4" else 8
     # the table once, in the projection's layout: V rows of H values of `width` bits, a scale per 32 (+ zero points)
-    assert [list(t.dims) for t in packed if t.data_type == TensorProto.UINT8 and len(t.dims) == 3] == [[V, H // 32, 32 * width // 8]]
+    packed_dims = [list(t.dims) for t in packed if t.data_type == TensorProto.UINT8 and len(t.dims) == 3]
+    assert packed_dims == [[V, H // 32, 32 * width // 8]]
     # float32 is 4 bytes a value: int4 half a byte and a 4-byte scale per 32 values (0.16x), int8 one byte (0.28x)
     assert _initializer_bytes(model) <= (V * H + H * H) * 4 * (0.17 if bits == "int4" else 0.3)
     got = _run(model, IDS)[0]
@@ -170,8 +171,8 @@ def test_float16_keeps_float32_inputs_and_outputs_but_the_past():
              helper.make_node("Unsqueeze", ["y", "axis"], ["y3"], name="unsq")]
     inits = [numpy_helper.from_array(rng.standard_normal((H, 8)).astype(np.float32), "w"),
              numpy_helper.from_array(np.array([1], np.int64), "axis")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, H]),
-                                           helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, [2, None, 8])],
+    past = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, [2, None, 8])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, H]), past],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
                                helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, None)], inits)
     model = weights.to_float16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
