@@ -38,7 +38,7 @@ from .inspection import Check
 from .inspection import validate as validate_file
 from .quality import Quality, quality_card
 from .seq2seq import is_seq2seq_export, merge_export
-from .weights import Quantization, load, save, shrink
+from .weights import Quantization, load, save, shrink, token_tables
 
 logger = logging.getLogger("onnxmeta")
 
@@ -566,17 +566,26 @@ class _Graphs:
     layout: dict[str, Any] | None = None
 
 
+def _reads_tokens(path: Path) -> bool:
+    """Whether a graph looks up a table by its token ids (an encoder of text, not of audio features)."""
+    return bool(token_tables(load(path)))
+
+
 def _graph_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.onnx"))
 
 
-def _shrunk(exported: Path, out: Path, quantization: Quantization | None) -> tuple[Path, dict[str, Any]]:
-    """Every graph of an export (one, or an encoder-decoder's parts) with its weights tied and quantized into out;
-    the folder (or its one graph) and what was done."""
+def _shrunk(exported: Path, out: Path, quantization: Quantization | None,
+            dynamic: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:
+    """Every graph of an export (one, or an encoder-decoder's parts) with its weights tied and quantized into out,
+    the graphs named in dynamic with onnxruntime's dynamic int8; the folder and what was done."""
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
     for path in _graph_files(exported):
-        done[path.name] = shrink(path, out / path.name, quantization)
+        if path.name in dynamic:
+            done[path.name] = {"tied": [], "quantized": quantize_graph(path, out / path.name)}
+        else:
+            done[path.name] = shrink(path, out / path.name, quantization)
     for name in ("config.json", "generation_config.json"):  # what the merge's layout recognition may read
         if (exported / name).is_file():
             shutil.copyfile(exported / name, out / name)
@@ -639,10 +648,16 @@ def _exported_graphs(folder: Path, tmp: Path, chosen: str, task: str, metadata: 
     plain, layout = _one_graph(plain_parts, tmp, metadata, "plain")
     final, changes = plain, {"weights": weights}
     if quantization is not None and not dynamic:
+        # int8 of an encoder-decoder: its encoder runs whole inputs, dynamically quantized (faster there), unless it
+        # looks up the token table the decoders share (T5's, BART's): packed once for all of them instead
+        encoder = (rt.ENCODER_FILE,) if seq2seq and quantization.mode == "int8" and not _reads_tokens(
+            plain_parts / rt.ENCODER_FILE) else ()
         with progress.step(f"quantizing ({quantization.mode})"):
-            parts, done = _shrunk(plain_parts, tmp / "quantized-parts", quantization)
+            parts, done = _shrunk(plain_parts, tmp / "quantized-parts", quantization, encoder)
             final, _ = _one_graph(parts, tmp, metadata, "quantized")
         changes["quantize"] = {**quantization.settings(), "nodes": done.get("quantized", {})}
+        if encoder:
+            changes["quantize"]["encoder_method"] = "dynamic"
     if options["optimize"]:
         with progress.step(f"optimizing ({options['optimize']})"):
             changes["optimize"] = optimize_graph(final, tmp / "optimized.onnx", options["optimize"],

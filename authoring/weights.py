@@ -23,6 +23,7 @@ merge) loaded with onnx, and writes a new file; onnxruntime's own kernels do the
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ dynamic quantization for the others: each where it measured faster), float16, in
 QUANTIZE_ALIASES = {"dynamic-int8": "int8"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 LM_HEAD_BITS = ("int4", "int8")
-_MIN_TABLE = 1 << 16  # tied copies smaller than this are not looked for: nothing to gain
+_MIN_TABLE = 1 << 10  # copies of matrices smaller than this are not looked for: nothing to gain
 _MIN_ROWS = 256  # a token embedding has a vocabulary's rows; a token-type table's few stay float
 _EXTERNAL_LIMIT = 1_800_000_000  # protobuf's 2 GB, with room for the graph: larger models keep external data
 
@@ -481,6 +482,13 @@ def _output_projection(model: onnx.ModelProto) -> onnx.NodeProto | None:
     return None
 
 
+def token_tables(model: onnx.ModelProto) -> set[str]:
+    """The tables a graph looks up by the token ids it takes (its input_ids, through casts and reshapes)."""
+    finder = _WeightQuantizer(model, Quantization("int4"))
+    return {n.input[0] for g in _graphs(model.graph) for n in g.node
+            if n.op_type == "Gather" and n.input[0] in finder.initializers and finder.token_ids(n.input[1]) is not None}
+
+
 def quantize_weights(model: onnx.ModelProto, q: Quantization) -> dict[str, Any]:
     """int4 / int8 weight-only quantization of the graph in place (tie_weights first, so that a tied table is packed
     once); returns what was replaced."""
@@ -507,6 +515,45 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 # One file in, one file out
 # ------------------------------------------------------------------------------------------------------
 
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """The values a subgraph reads from the graphs around it (not made inside it)."""
+    made = {o for sub in _graphs(graph) for n in sub.node for o in n.output} | {i.name for i in graph.input} | {
+        t.name for sub in _graphs(graph) for t in sub.initializer}
+    return {name for sub in _graphs(graph) for n in sub.node for name in n.input if name and name not in made}
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order the nodes so that each comes after the nodes that make its inputs (its subgraphs' outer reads
+    included): onnxruntime sorts a main graph itself, but not an If branch, which an encoder-decoder's merge makes of
+    each part; onnxruntime's float16 converter appends the Casts it inserts."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    needs: list[set[int]] = []
+    for node in nodes:
+        reads = set(node.input) | {r for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)
+                                    for r in _outer_reads(g)}
+        needs.append({producer[r] for r in reads if r in producer})
+    waiting = [len(n) for n in needs]
+    readers: list[list[int]] = [[] for _ in nodes]
+    for i, need in enumerate(needs):
+        for j in need:
+            readers[j].append(i)
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)  # Kahn's algorithm, the original order among the nodes that are ready
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < len(nodes):  # a cycle (an invalid graph): leave it as it was
+        return
+    graph.ClearField("node")
+    graph.node.extend(nodes[i] for i in order)
+
+
 def shrink(src: str | os.PathLike[str], dst: str | os.PathLike[str], quantization: Quantization | None) -> dict[str, Any]:
     """Tie the weights of the graph in src, quantize it (int4, weight-only int8, fp16, q4f16; dynamic int8 is
     export.quantize_graph's), write dst; returns what export_config records."""
@@ -517,5 +564,6 @@ def shrink(src: str | os.PathLike[str], dst: str | os.PathLike[str], quantizatio
         model = to_float16(model)
     if quantization is not None and quantization.mode in ("int4", "int8", "q4f16"):
         out["quantized"] = quantize_weights(model, quantization)
+    sort_nodes(model.graph)
     save(model, dst)
     return out

@@ -5,15 +5,16 @@
 Builds (once, cached under ~/.cache/onnxmeta/bench/bert-small-export/) a random-weight BERT classifier of a
 realistic small size (hidden 256, 4 layers, 4 heads, intermediate 1024; the bert-base-uncased tokenizer from
 /work/shared/data when present, else a WordPiece tokenizer trained here on the bench's words) and exports it
-with `authoring.export.export` (torch.onnx in this environment) six times: plain, --optimize O1, O2, O3,
---quantize dynamic-int8, and O2 + dynamic-int8. For each file it prints and writes to --json:
+with `authoring.export.export` (torch.onnx in this environment) eight times: plain, --optimize O1, O2, O3,
+--quantize int8 (dynamic, per channel, for an encoder), O2 + int8, int4 and fp16. For each file it prints and writes
+to --json:
 
 * the file's size (metadata included) and its ratio to the plain file;
 * texts/s through the runtime (`Runtime(path, batch_size=b)`) on 256 mixed-length texts (2-80 words) at
   batch 8, and on the first 64 at batch 1; every variant warmed up, then timed in interleaved passes (best
   pass; the median is kept in the JSON);
 * the accuracy cost: the largest difference of any label's score against the plain file over the 256
-  texts (top_k=None), how many top labels changed, and what the export itself printed (its probe inputs).
+  texts (top_k=None), how many top labels changed, and the quality card the export embedded (its probe inputs).
 
 The weights are random (initializer_range 0.02, as a freshly initialized BERT): scores sit near 0.5, so the
 score differences are those of this model, not of a fine-tuned one. On a machine shared with other work the
@@ -46,8 +47,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "O1": {"optimize": "O1"},
     "O2": {"optimize": "O2"},
     "O3": {"optimize": "O3"},
-    "int8": {"quantize": "dynamic-int8"},
-    "O2+int8": {"optimize": "O2", "quantize": "dynamic-int8"},
+    "int8": {"quantize": "int8"},
+    "O2+int8": {"optimize": "O2", "quantize": "int8"},
+    "int4": {"quantize": "int4"},
+    "fp16": {"quantize": "fp16"},
 }
 BATCH_1_TEXTS = 64
 
@@ -107,11 +110,12 @@ def export_all(folder: Path) -> dict[str, dict[str, Any]]:
         if not summary.is_file():
             start = time.perf_counter()
             report = export(folder, path, **options)  # type: ignore[arg-type]
-            accuracy = report.accuracy
+            quality = report.quality
             summary.write_text(json.dumps({
                 "export_s": time.perf_counter() - start, "file_bytes": report.file_bytes,
-                "probe_max_score_difference": accuracy.max_score_difference if accuracy else None,
-                "probe_changed": accuracy.changed if accuracy else None, "options": options,
+                "probe_max_score_difference": quality.max_score_difference if quality else None,
+                "probe_changed": quality.changed if quality else None, "options": options,
+                "quality": quality.as_dict() if quality else None,
                 "fused": report.export_config.get("optimize", {}).get("fused", {}),
             }))
         out[name] = {"path": str(path), **json.loads(summary.read_text())}

@@ -7,7 +7,7 @@
 3. cold start of a Runtime vs Optimum + transformers pipeline           bench_runtime.py
 4. throughput on 256 texts vs Optimum (batch 32, 1) and a hand loop     bench_runtime.py
 5. the embed command as a whole process vs an onnx.load+save process    bench_process.py
-6. optimized (O1-O3) and dynamic-int8 exports vs the plain export        bench_export.py
+6. optimized (O1-O3) and quantized (int8, int4, fp16) exports vs plain   bench_export.py
    (texts/s at batch 8 and 1, file size, max score difference)
 7. T5 (t5-small-sized) as one file: tokens/s vs Optimum (batch 1, 8),   bench_seq2seq.py --quick
    whole process vs Optimum, per token vs the separate files
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
          p["embed_process_vs_onnx_process"] <= 0.5),
         ("5 embed command peak RSS", f"{p['embed_process_rss_mb']:.0f} MB", "< 150 MB", p["embed_process_rss_mb"] < 150),
         *[(f"6 {name} vs plain, batch 8 / 1", f"{x[name]['speed_vs_plain_bs8']:.2f}x / {x[name]['speed_vs_plain_bs1']:.2f}x",
-           "", None) for name in ("O2", "O3", "int8", "O2+int8")],
+           "", None) for name in ("O2", "O3", "int8", "O2+int8", "int4", "fp16")],
         *[(f"6 {name} size vs plain; max diff", f"{x[name]['size_vs_plain']:.2f}x; "
-           f"{variants[name]['max_score_difference']:.0e}", "", None) for name in ("int8", "O2+int8")],
+           f"{variants[name]['max_score_difference']:.0e}", "", None) for name in ("int8", "O2+int8", "int4", "fp16")],
         ("7 T5 tokens/s vs Optimum, batch 1", f"{t['bs1_vs_optimum']:.2f}x", ">= 1.3x", t["bs1_vs_optimum"] >= 1.3),
         ("7 T5 tokens/s vs Optimum, batch 8", f"{t['bs8_vs_optimum']:.2f}x", ">= 1.3x", t["bs8_vs_optimum"] >= 1.3),
         ("7 T5 whole process vs Optimum", f"{t['process_vs_optimum']:.2f}x", "(time)", None),

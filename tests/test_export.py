@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from audio_models import LABELS, as_processor_folder, audio_classifier, ctc_model, signal
-from generation_models import build_model
+from generation_models import build_model, genai_llama
 from helpers import (
     ROOT,
     assert_parity,
@@ -127,7 +127,13 @@ MODELS: dict[str, tuple[Any, dict[str, Any], bool]] = {
     "slow-tokenizer": (_vocab_txt_classifier, {}, False),
     "text2text-generation": (_seq2seq("t5"), {}, False),
     "whisper": (_whisper, {}, False),
+    "bart": (_seq2seq("bart"), {}, False),
+    "llama": (lambda f: genai_llama(f), {}, False),  # tied; Optimum's export here (onnxruntime-genai's: test_quantize)
 }
+# Quantized exports through Optimum: the encoder-decoders' parts quantized before the merge, a decoder with a cache.
+QUANTIZED = {"t5-int4": ("text2text-generation", "int4"), "bart-int8": ("bart", "int8"), "whisper-int8": ("whisper", "int8"),
+             "whisper-int4": ("whisper", "int4"), "gpt2-int4": ("text-generation", "int4"), "llama-int4": ("llama", "int4"),
+             "t5-fp16": ("text2text-generation", "fp16")}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +196,8 @@ def optimum_run(folders, tmp_path_factory) -> dict[str, Any]:
     jobs = [(name, str(for_transformers_4(folders[name])), str(root / f"{name}.onnx"), options)
             for name, (_, options, _) in MODELS.items()]
     jobs[0] = (*jobs[0][:3], {"optimize": "O2"})  # the Optimum path with the optimizer
+    jobs += [(name, str(for_transformers_4(folders[model])), str(root / f"{name}.onnx"), {"quantize": mode})
+             for name, (model, mode) in QUANTIZED.items()]
     results = root / "results.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]), "HF_HUB_OFFLINE": "1"}
     argument = json.dumps([jobs, str(for_transformers_4(folders["question-answering"])), QA_CASES, str(results)])
@@ -199,7 +207,7 @@ def optimum_run(folders, tmp_path_factory) -> dict[str, Any]:
     out = json.loads(results.read_text())
     failed = {name: r["error"][-1500:] for name, r in out.items() if isinstance(r, dict) and "error" in r}
     assert not failed, failed
-    return {"files": {name: root / f"{name}.onnx" for name in MODELS}, **out}
+    return {"files": {name: root / f"{name}.onnx" for name in [*MODELS, *QUANTIZED]}, **out}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -359,6 +367,54 @@ def test_encoder_decoders_export_to_one_file(name, folders, optimum_run):
     assert len({int(i) for i in logits.argmax(-1).ravel()}) == logits.shape[0] or logits.shape[0] == 1
 
 
+@pytest.mark.optimum
+@pytest.mark.parametrize("name", ["text2text-generation", "bart", "whisper", "text-generation", "llama"])
+def test_tied_weights_are_stored_once(name, folders, optimum_run):
+    """Optimum writes a tied output projection as a transposed copy of the embedding table (T5's and BART's lm_head,
+    Whisper's proj_out, GPT-2's and Llama's lm_head): the one file stores the table once, its weights at most 1.02x
+    the model's safetensors."""
+    from test_quantize import safetensors_bytes, weight_bytes
+
+    config = optimum_run[name]["export_config"]
+    assert any(t["transposed"] for t in config["weights"]["tied"]), config["weights"]
+    assert weight_bytes(optimum_run["files"][name]) <= 1.02 * safetensors_bytes(folders[name])
+
+
+@pytest.mark.optimum
+@pytest.mark.parametrize("name", list(QUANTIZED))
+def test_quantized_exports_through_optimum(name, folders, optimum_run):
+    """int4, int8 and fp16 through Optimum's exporter: an encoder-decoder's parts quantized before the merge (a
+    tied table packed once), a decoder with a cache; each file runs, and its card (made in the Optimum environment)
+    is what the two files give here."""
+    from test_quantize import weight_bytes
+
+    model, mode = QUANTIZED[name]
+    result = optimum_run[name]
+    assert "error" not in result and all(ok for _, ok, _ in result["checks"]), result
+    config = result["export_config"]
+    assert config["quantize"]["mode"] == mode and config["exporter"] == "optimum"
+    path, plain = optimum_run["files"][name], optimum_run["files"][model]
+    assert quality_card(plain, path).as_dict() == pytest.approx(config["quality"])
+    measure = {"text-generation": "top1_agreement", "llama": "top1_agreement"}.get(model, "word_error_rate")
+    assert measure in config["quality"]
+    runtime = rt.Runtime(path)
+    if model == "whisper":
+        text = runtime(SIGNALS[0])["text"]
+    elif model in ("text-generation", "llama"):
+        text = runtime(TEXTS[0], do_sample=False, max_new_tokens=6)[0]["generated_text"][len(TEXTS[0]):]
+    else:
+        text = runtime(TEXTS[2], do_sample=False, max_new_tokens=6)[0]["generated_text"]
+    assert isinstance(text, str)
+    # the tiny Whisper's convolutions and position tables, left in float, are 42% of its weights (whisper-tiny's: 3%)
+    most = {"int4": 0.55, "int8": 0.6} if model == "whisper" else {"int4": 0.35, "int8": 0.4, "fp16": 0.52}
+    most = most[mode]
+    assert weight_bytes(path) <= most * weight_bytes(plain), (weight_bytes(path), weight_bytes(plain))
+    if mode != "fp16":
+        assert "MatMulNBits" in _all_ops(path)
+    if name == "whisper-int8":  # its encoder runs whole inputs: dynamically quantized
+        assert config["quantize"]["encoder_method"] == "dynamic" and "MatMulInteger" in _all_ops(path)
+
+
 # ------------------------------------------------------------------------------------------------------
 # The command line, optimization and quantization (torch path)
 # ------------------------------------------------------------------------------------------------------
@@ -406,6 +462,22 @@ def test_optimize(optimize, folders, tmp_path):
     assert report.quality.metrics == {"label_agreement": 1.0}
     expect_same_answers("text-classification", folders["text-classification"], tmp_path / "model.onnx") \
         if optimize != "O3" else None
+
+
+def _all_ops(path: Path) -> set[str]:
+    """The op types of a graph's nodes and its subgraphs' (a one-file encoder-decoder's If branches)."""
+    import onnx
+
+    def walk(graph: Any) -> set[str]:
+        found = set()
+        for node in graph.node:
+            found.add(node.op_type)
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    found |= walk(sub)
+        return found
+
+    return walk(onnx.load(str(path)).graph)
 
 
 def _graph_nodes(path: Path) -> list[Any]:

@@ -199,3 +199,25 @@ def test_quantization_settings_are_checked():
         "op_types": ["MatMul", "Gather"], "format": "MatMulNBits", "lm_head_bits": 4}
     assert Quantization("q4f16").level == 0 and Quantization("int8").settings(dynamic=True) == {"mode": "int8",
                                                                                                "method": "dynamic"}
+
+
+def test_nodes_sorted_for_an_if_branch():
+    """onnxruntime sorts a main graph itself, not the If branches an encoder-decoder's merge makes of each part:
+    float16's appended Casts must come before their readers, and a node before the If that reads it."""
+    rng = np.random.default_rng(0)
+    branch = helper.make_graph([helper.make_node("Add", ["a", "b"], ["z"], name="add")], "then", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch, else_branch=branch),
+             helper.make_node("Relu", ["x"], ["b"], name="relu"),  # read by the branch, made after the If
+             helper.make_node("Neg", ["b"], ["a"], name="neg"),
+             helper.make_node("Identity", ["x"], ["u"], name="unrelated"),
+             helper.make_node("Cast", ["flag"], ["c"], name="cast", to=TensorProto.BOOL)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                                           helper.make_tensor_value_info("flag", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("u", TensorProto.FLOAT, None)])
+    weights.sort_nodes(graph)
+    assert [n.name for n in graph.node] == ["relu", "neg", "unrelated", "cast", "if"]
+    value = rng.standard_normal((2, 4)).astype(np.float32)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    np.testing.assert_array_equal(_run(model, {"x": value, "flag": np.array(1)})[0], np.zeros((2, 4), np.float32))
