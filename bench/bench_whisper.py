@@ -1,5 +1,6 @@
-"""Benchmark Whisper transcription: the runtime on ONE file against transformers' pipeline on Optimum's
-ORTModelForSpeechSeq2Seq, the same Optimum export, side by side in one run.
+"""Benchmark Whisper transcription: the runtime on ONE file (float32, and `onnxmeta export --quantize int8`) against
+transformers' pipeline on Optimum's ORTModelForSpeechSeq2Seq (the same Optimum export) and faster-whisper's
+CTranslate2 int8 (the same weights converted), side by side in one run.
 
     python bench/bench_whisper.py [--repeats 3] [--json bench/results-whisper.json]
 
@@ -18,7 +19,13 @@ so every call generates the same number of tokens on both sides; the transcripts
 * whole process: a new process imports, loads the model and transcribes the LibriSpeech clip (synthetic where
   absent); median wall time.
 
-Target: the runtime's real-time factor at least 1.3x better (Optimum's time / ours >= 1.3) in process.
+faster-whisper (~/.cache/onnxmeta/venv-fasterwhisper, made on first use: faster-whisper, and transformers and torch
+for ct2-transformers-converter) transcribes the same clips with beam_size 1 or 5, max_new_tokens 64, language "en",
+no timestamps, no VAD, the previous text not carried over, cpu_threads = the cores (intra-op threads of the runtime).
+
+Targets: the runtime's real-time factor at least 1.3x better than Optimum's in process (float32); the int8 file at
+most 0.35x the float32 one; its transcription at least as fast as faster-whisper's int8 (greedy). With random
+weights the int8 transcripts may differ from float32's; their word error rate against float32's is reported.
 Timings from a shared or busy machine are noisy; compare ratios from one run.
 """
 
@@ -62,6 +69,23 @@ pipe = pipeline("automatic-speech-recognition", model=ort_model, tokenizer=AutoT
 def transcribe(audio, options):
     return pipe(audio.copy(), generate_kwargs=dict(options))["text"]
 """
+FASTER_WHISPER = """
+import json, sys, time
+import numpy as np
+from faster_whisper import WhisperModel
+model = WhisperModel({ct2!r}, device="cpu", compute_type="int8", cpu_threads={threads})
+def transcribe(audio, options):
+    segments, _ = model.transcribe(audio, beam_size=options["num_beams"], max_new_tokens=options["max_new_tokens"],
+                                   language="en", without_timestamps=True, vad_filter=False,
+                                   condition_on_previous_text=False, temperature=0.0)
+    return "".join(segment.text for segment in segments)
+"""
+FASTER_WHISPER_VENV = Path.home() / ".cache" / "onnxmeta" / "venv-fasterwhisper"
+EXPORT = """
+import sys
+from authoring.export import export
+export(sys.argv[1], sys.argv[2], quantize=sys.argv[3] or None)
+"""
 TIMING = """
 clips = dict(np.load({clips!r}))
 options = json.loads({options!r})
@@ -102,7 +126,33 @@ def build() -> dict[str, Path]:
         whisper_models.one_file(CACHE / "one", folder)
         shutil.move(str(CACHE / "one" / "model.onnx"), str(export / "model.onnx"))
         shutil.rmtree(CACHE / "one")
-    return {"folder": folder, "export": export, "onnx": export / "model.onnx"}
+    int8, fp32 = CACHE / "onnxmeta-int8.onnx", CACHE / "onnxmeta-fp32.onnx"
+    for path, mode in ((int8, "int8"), (fp32, "")):  # onnxmeta export [--quantize int8], in Optimum's environment
+        if not path.exists():
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT)]), "HF_HUB_OFFLINE": "1"}
+            subprocess.run([str(bench_cli.optimum_python()), "-c", EXPORT, str(folder.parent / "model-transformers4"),
+                            str(path), mode], check=True, capture_output=True, env=env)
+    paths = {"folder": folder, "export": export, "onnx": export / "model.onnx", "int8": int8, "fp32": fp32}
+    python = faster_whisper_python()
+    ct2 = CACHE / "ct2-int8"
+    if python is not None and not (ct2 / "model.bin").exists():
+        converter = python.parent / "ct2-transformers-converter"
+        subprocess.run([str(converter), "--model", str(folder), "--output_dir", str(ct2), "--quantization", "int8",
+                        "--copy_files", "tokenizer.json", "preprocessor_config.json", "--force"], check=True, capture_output=True)
+    if python is not None:
+        paths["ct2"] = ct2
+    return paths
+
+
+def faster_whisper_python() -> Path | None:
+    """The faster-whisper environment (its converter needs transformers and torch), made on first use."""
+    python = FASTER_WHISPER_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(FASTER_WHISPER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "faster-whisper", "transformers==5.25.*", "torch==2.13.0"],
+                       check=False)
+    ok = subprocess.run([str(python), "-c", "import faster_whisper"], capture_output=True, check=False).returncode == 0
+    return python if ok else None
 
 
 def clips() -> Path:
@@ -128,9 +178,15 @@ def contenders(paths: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
     import helpers
 
     ours = OURS.format(runtime=str(ROOT / "runtime"), onnx=str(paths["onnx"]))
+    int8 = OURS.format(runtime=str(ROOT / "runtime"), onnx=str(paths["int8"]))
     # transformers 4.57 reads the tokenizer from the copy tests/helpers.for_transformers_4 made for the export
     optimum = OPTIMUM.format(export=str(paths["export"]), folder=str(paths["folder"].parent / "model-transformers4"))
-    return {"onnxmeta": ([sys.executable], ours), "optimum": ([str(helpers.optimum_python())], optimum)}
+    out = {"onnxmeta": ([sys.executable], ours), "onnxmeta-int8": ([sys.executable], int8),
+           "optimum": ([str(helpers.optimum_python())], optimum)}
+    if "ct2" in paths:
+        code = FASTER_WHISPER.format(ct2=str(paths["ct2"]), threads=os.cpu_count() or 1)
+        out["faster-whisper-int8"] = ([str(FASTER_WHISPER_VENV / "bin" / "python")], code)
+    return out
 
 
 def _run(command: list[str], code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -185,17 +241,52 @@ def run(repeats: int) -> dict[str, Any]:
         same = inside["onnxmeta"]["texts"][key] == inside["optimum"]["texts"][key]
         rows[key] = {"ours_rtf": ours, "optimum_rtf": theirs, "ratio": theirs / ours, "same_text": same}
         print(f"{mode + ', ' + name:<36}{ours:>10.4f}{theirs:>13.4f}{theirs / ours:>7.2f}x  {same}")
+    int8_rows = _int8_rows(inside, seconds)
     whole = whole_process(paths, clip_path, repeats)
     whole_ratio = whole["optimum"]["median_s"] / whole["onnxmeta"]["median_s"]
-    print(f"\nwhole process (import, load, one {whole['clip_seconds']:.1f} s clip, greedy): ours "
-          f"{whole['onnxmeta']['median_s']:.2f} s, Optimum {whole['optimum']['median_s']:.2f} s = {whole_ratio:.2f}x")
+    print(f"\nwhole process (import, load, one {whole['clip_seconds']:.1f} s clip, greedy): "
+          + ", ".join(f"{name} {whole[name]['median_s']:.2f} s" for name in contenders(paths))
+          + f"; Optimum / ours {whole_ratio:.2f}x")
     ratio = min(r["ratio"] for r in rows.values())
-    targets = {"RTF >= 1.3x Optimum's in process (worst clip and mode)": ratio >= 1.3}
+    size = paths["int8"].stat().st_size / paths["fp32"].stat().st_size
+    weights = sum(p.stat().st_size for p in paths["folder"].glob("*.safetensors"))
+    print(f"int8 one file {paths['int8'].stat().st_size / 1e6:.1f} MB = {size:.2f}x the float32 one of `onnxmeta export` "
+          f"({paths['fp32'].stat().st_size / 1e6:.1f} MB, {paths['fp32'].stat().st_size / weights:.2f}x the safetensors; "
+          f"`embed`'s merge of Optimum's files, its tied projection twice: {paths['onnx'].stat().st_size / 1e6:.1f} MB)")
+    targets = {"RTF >= 1.3x Optimum's in process (worst clip and mode)": ratio >= 1.3, "int8 file <= 0.35x float32": size <= 0.35}
+    if int8_rows:
+        faster = min(r["vs_faster_whisper"] for k, r in int8_rows.items() if k.startswith("greedy"))
+        targets["int8 greedy >= 1.0x faster-whisper int8 (worst clip)"] = faster >= 1.0
+        if "faster-whisper-int8" in whole:
+            whole["int8_vs_faster_whisper"] = whole["faster-whisper-int8"]["median_s"] / whole["onnxmeta-int8"]["median_s"]
     print()
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
-    return {"in_process": rows, "raw": inside, "whole_process": whole,
+    return {"in_process": rows, "int8": int8_rows, "raw": inside, "whole_process": whole, "int8_size_vs_fp32": size,
+            "sizes_mb": {name: paths[name].stat().st_size / 1e6 for name in ("int8", "fp32", "onnx")},
             "ratios": {"in_process_worst": ratio, "whole_process": whole_ratio}, "targets": targets}
+
+
+def _int8_rows(inside: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """The int8 file per mode and clip: its RTF, against float32's and faster-whisper int8's, and its transcript's
+    word error rate against float32's."""
+    from authoring.quality import word_errors
+
+    rows = {}
+    print(f"\n{'int8, in process':<36}{'RTF':>8}{'vs fp32':>9}{'vs f-w int8':>13}{'WER vs fp32':>13}")
+    for key, runs in inside["onnxmeta-int8"]["runs"].items():
+        name = key.split("|")[1]
+        rtf = statistics.median(runs) / seconds[name]
+        fp32 = statistics.median(inside["onnxmeta"]["runs"][key]) / seconds[name]
+        reference = inside["onnxmeta"]["texts"][key]
+        wer = word_errors(reference, inside["onnxmeta-int8"]["texts"][key]) / max(len(reference.split()), 1)
+        row = {"rtf": rtf, "vs_fp32": fp32 / rtf, "word_error_rate_vs_fp32": wer}
+        if "faster-whisper-int8" in inside:
+            row["vs_faster_whisper"] = statistics.median(inside["faster-whisper-int8"]["runs"][key]) / seconds[name] / rtf
+        rows[key] = row
+        versus = f"{row['vs_faster_whisper']:.2f}x" if "vs_faster_whisper" in row else "-"
+        print(f"{key.replace('|', ', '):<36}{rtf:>8.4f}{row['vs_fp32']:>8.2f}x{versus:>13}{wer:>12.1%}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

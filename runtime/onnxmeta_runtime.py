@@ -3152,15 +3152,20 @@ class _MinLength:
 
     def __init__(self, minimums: np.ndarray, eos: Sequence[int], pad: np.ndarray) -> None:
         self.minimums, self.eos, self.pad = minimums, list(eos), pad
+        self.columns: np.ndarray | None = None
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         import numpy as np
 
         short = ids.shape[1] - self.pad < self.minimums
+        if not short.any():
+            return scores
+        if self.columns is None:  # the same vocabulary every step
+            self.columns = _in_vocab(self.eos, scores)
         if short.all():  # every row (the usual case): no fancy row indexing, a step costs microseconds
-            scores[:, _in_vocab(self.eos, scores)] = -np.inf
-        elif short.any():
-            scores[np.ix_(np.flatnonzero(short), _in_vocab(self.eos, scores))] = -np.inf
+            scores[:, self.columns] = -np.inf
+        else:
+            scores[np.ix_(np.flatnonzero(short), self.columns)] = -np.inf
         return scores
 
 
@@ -3493,11 +3498,11 @@ class _Search:
             for processor in processors:
                 scores = processor(ids[:, :length], scores)
             tokens = scores.argmax(axis=-1) if rng is None else _draw(scores, rng)
-            if config.eos_token_id:
+            if config.eos_token_id and not unfinished.all():
                 tokens = np.where(unfinished, tokens, fill)
             ids[:, length] = tokens
             length += 1
-            generated[unfinished] += 1
+            generated += unfinished
             yield tokens
             unfinished &= ~stopping(ids[:, :length])
             if not unfinished.any():
@@ -3707,9 +3712,20 @@ class _SharedPast:
         self.logits: np.ndarray | None = None
         self.logits_value: Any = None
         self.rows = rows
+        self.mask: np.ndarray | None = None
         binding.raw.bind_output(logits, binding.cpu)  # first, so that a run's first output is the logits
         binding.share([(past, present, binding.value(b)) for (past, present), b in zip(names, buffers)])
         self._np = np
+
+    def grow(self, mask: np.ndarray) -> np.ndarray:
+        """The attention mask one column longer (a view into a buffer of the whole length; contiguous for one row,
+        copied for several)."""
+        width = mask.shape[1]
+        if self.mask is None or self.mask.shape[0] != mask.shape[0] or self.mask[:, :width].base is not mask.base:
+            self.mask = self._np.ones((mask.shape[0], self.buffers[0].shape[2]), dtype=mask.dtype)
+            self.mask[:, :width] = mask
+        grown: np.ndarray = self.mask[:, : width + 1]
+        return grown
 
     def step_logits(self, vocabulary: int, dtype: Any) -> Any:
         """The value a one-token step writes its logits into (rows, 1, vocabulary), made at the first step."""
@@ -3804,6 +3820,8 @@ class _DecoderOnly(_Step):
         self.shares = "GroupQueryAttention" in session.operators and len(self.past_shape) == 4 and all(
             session.outputs[present].dtype == self.past_dtype for _, present in self.past)
         self.logits_dtype = str(session.outputs[self.logits].dtype)
+        width = session.outputs[self.logits].shape[-1] if session.outputs[self.logits].shape else None
+        self.vocabulary = width if isinstance(width, int) else 0  # a one-token step's logits buffer, when known
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool, capacity: int = 0) -> tuple[_DecoderState, np.ndarray]:
         import numpy as np
@@ -3839,7 +3857,10 @@ class _DecoderOnly(_Step):
     def advance(self, state: _DecoderState, tokens: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=state.mask.dtype)], axis=1)
+        if state.shared is not None:  # the mask grows inside a buffer of the call's whole length
+            state.mask = state.shared.grow(state.mask)
+        else:
+            state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=state.mask.dtype)], axis=1)
         if state.cache:
             logits = _last_logits(self._run(state, tokens[:, None], state.positions))
             state.positions = state.positions + 1
@@ -3870,10 +3891,9 @@ class _DecoderOnly(_Step):
 
     def _run_shared(self, state: _DecoderState, shared: _SharedPast, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """A run over the shared past buffers; a one-token step writes its logits into a preallocated buffer."""
-        feed = {self.session.input_name(k): v for k, v in self._feed(state, ids, positions).items()}
-        vocabulary = self.session.outputs[self.logits].shape[-1] if self.session.outputs[self.logits].shape else None
-        into = shared.step_logits(vocabulary, self.logits_dtype) if ids.shape[1] == 1 and isinstance(vocabulary, int) \
-            else None
+        feed = self._feed(state, ids, positions)  # a single graph's inputs: the roles are the names
+        vocabulary = self.vocabulary
+        into = shared.step_logits(vocabulary, self.logits_dtype) if ids.shape[1] == 1 and vocabulary else None
         value = state.binding.run_into(feed, shared.logits_name, into)
         logits: np.ndarray = shared.logits if into is not None and shared.logits is not None else value.numpy()
         return logits
