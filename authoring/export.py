@@ -619,8 +619,12 @@ def _genai_graphs(folder: Path, tmp: Path, quantization: Quantization | None) ->
             how = genai.build(folder, built, chosen, tmp / "genai-cache")
             out[name] = tmp / f"{name}.onnx"
             save(load(built / "model.onnx"), out[name])  # one file when under 2 GB
-    changes = {"quantize": quantization.settings()} if quantization else {}
-    return _Graphs(out["plain"], out.get("final", out["plain"]), how, changes)
+    final = out.get("final", out["plain"])
+    # the fused operators the builder wrote (GroupQueryAttention, SkipSimplifiedLayerNormalization, MatMulNBits...)
+    changes: dict[str, Any] = {"operators": sorted(rt.graph_operators(final))}
+    if quantization:
+        changes["quantize"] = quantization.settings()
+    return _Graphs(out["plain"], final, how, changes)
 
 
 def _plain_export(folder: Path, exported: Path, chosen: str, task: str, metadata: Mapping[str, Any],

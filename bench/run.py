@@ -21,7 +21,9 @@ printing its table (in-process and whole-process figures, each labelled) and wri
 8. generation: tokens/s vs onnxruntime-genai and Optimum (GPT-2)        bench_generation.py
 9. images: preprocessing vs transformers, end to end vs Optimum         bench_images.py
 10. audio: feature extraction vs transformers, end to end               bench_audio.py
-11. Whisper transcription, real-time factor vs Optimum's pipeline        bench_whisper.py
+11. Whisper transcription, real-time factor vs Optimum's pipeline and     bench_whisper.py
+    faster-whisper's int8
+12. int4 LLM one files vs onnxruntime-genai's int4, Optimum, llama.cpp    bench_quantize.py
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
 minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
@@ -51,6 +53,7 @@ MODALITIES = {
     "images": "bench_images.py",
     "audio": "bench_audio.py",
     "whisper": "bench_whisper.py",
+    "quantize": "bench_quantize.py",
 }
 
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    parser.add_argument("--all", action="store_true", help="also every modality part (8-11)")
+    parser.add_argument("--all", action="store_true", help="also every modality part (8-12)")
     parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
                         help="modality parts to run after 1-7")
     parser.add_argument("--only-parts", action="store_true", help="skip 1-7")
