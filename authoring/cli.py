@@ -261,7 +261,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _quantization_summary(settings: dict[str, Any]) -> str:
-    """A recorded quantization (hf_export_config["quantize"]) in one line."""
+    """A recorded quantization (export_config["quantize"]) in one line."""
     if settings.get("method") == "dynamic":
         return f"{settings.get('mode')} (dynamic: int8 weights per {'channel' if settings.get('per_channel') else 'tensor'}, " \
                "activations quantized as they run)"

@@ -54,7 +54,7 @@ class Quality:
     (the share of probes whose best label, token, answer or entities are the same)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """What hf_export_config["quality"] records."""
+        """What export_config["quality"] records."""
         return {"compared_with": "the float32 export", "task": self.task, "probes": self.probes,
                 "answers_changed": self.changed, "max_score_difference": self.max_score_difference, **self.metrics}
 
@@ -69,7 +69,7 @@ _LABELS = {"top1_agreement": ("top-1 agreement", "{:.1%}"), "perplexity_ratio": 
 
 
 def card_summary(card: dict[str, Any]) -> str:
-    """A recorded card (hf_export_config["quality"]) in one line."""
+    """A recorded card (export_config["quality"]) in one line."""
     parts = [f"{label} {fmt.format(card[key])}" for key, (label, fmt) in _LABELS.items()
              if isinstance(card.get(key), (int, float))]
     parts.append(f"answers changed {card.get('answers_changed')} of {card.get('probes')}")

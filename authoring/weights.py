@@ -89,7 +89,7 @@ class Quantization:
         return 0 if self.mode == "q4f16" else 4
 
     def settings(self, dynamic: bool = False) -> dict[str, Any]:
-        """What hf_export_config records; dynamic: int8 as onnxruntime's dynamic quantization."""
+        """What export_config records; dynamic: int8 as onnxruntime's dynamic quantization."""
         out: dict[str, Any] = {"mode": self.mode}
         if dynamic:
             out["method"] = "dynamic"

@@ -132,6 +132,7 @@ __all__ = (
     "mel_filter_bank",
     "metadata_digest",
     "model_info",
+    "graph_operators",
     "open_sessions",
     "past_pairs",
     "pipeline",
