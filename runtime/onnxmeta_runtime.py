@@ -34,10 +34,24 @@ import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeGuard
+
+
+class _Numpy:
+    """numpy, imported at the first use of ``np`` (reading metadata and the command line's --version need only the
+    standard library): the first attribute read imports it and binds the module itself to ``np``."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
 
 if TYPE_CHECKING:
     import numpy as np
+else:
+    np = _Numpy()
 
 __version__ = "0.1.0"
 
@@ -265,6 +279,16 @@ _Check = Callable[[str, Any], Any]
 """An option's check: (name, value given) -> the value to use, or InvalidInputError naming the option."""
 
 
+def _is_int(value: Any) -> TypeGuard[int]:
+    """An integer as JSON and the pipelines have them: True is no integer (Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    """A number as JSON has them (an int or a float, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _integer(minimum: int = 1, *, optional: bool = False, hint: str = "") -> _Check:
     """An int (not a bool) of at least minimum; None too when optional."""
     kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
@@ -272,7 +296,7 @@ def _integer(minimum: int = 1, *, optional: bool = False, hint: str = "") -> _Ch
     def check(name: str, value: Any) -> Any:
         if value is None and optional:
             return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not _is_int(value) or value < minimum:
             raise InvalidInputError(f"{name} must be {kind}{' or None' if optional else ''}{hint}, got {value!r}")
         return value
 
@@ -704,7 +728,7 @@ def _check_version(version: str) -> None:
 
 
 def _check_limit(max_decompressed_size: Any) -> None:
-    if not isinstance(max_decompressed_size, int) or isinstance(max_decompressed_size, bool) or max_decompressed_size < 1:
+    if not _is_int(max_decompressed_size) or max_decompressed_size < 1:
         raise InvalidInputError(f"max_decompressed_size must be a positive number of bytes, got {max_decompressed_size!r}")
 
 
@@ -794,40 +818,53 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
 
 
+_REEMBED = "re-embed from a model whose files have the right types"
+
+
+def _field(path: str, value: Any, types: tuple[type, ...], default: Any = None, *, low: float | None = None,
+           high: float | None = None, error: type[MetadataError] = MetadataValidationError) -> Any:
+    """The one reader of a configuration field (path names it: hf_model_config.num_labels): its value when it has
+    one of JSON's types (True is no number) within the bounds, default when it is null or absent; else the error
+    naming the field, what it must be and what it is, ending in the re-embed hint."""
+    if value is None:
+        return default
+    number = _is_number(value)
+    typed = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    bounded = not number or (-float("inf") < value < float("inf") and (low is None or value >= low)
+                             and (high is None or value <= high))
+    if typed and bounded:
+        return value
+    expected = " or ".join(_JSON_NAMES[t] for t in types)
+    if high is not None:
+        expected += f" from {low:g} to {high:g}" if low is not None else f" of at most {high:g}"
+    elif low is not None:
+        expected += f" of at least {low:g}"
+    found = repr(value) if typed else _json_type(value)
+    raise error(f"{path} must be {expected}, got {found}; {_REEMBED}")
+
+
 def check_value_types(metadata: Mapping[str, Any]) -> None:
     """Refuse configuration fields the runtime reads when their JSON type is wrong (MetadataValidationError)."""
-
-    def fail(where: str, expected: str, value: Any) -> None:
-        raise MetadataValidationError(
-            f"{where} must be {expected}, got {_json_type(value)}; re-embed from a model whose files have the right types"
-        )
-
     for key, fields in _FIELD_TYPES.items():
         section = metadata.get(key)
-        if not isinstance(section, dict):
-            continue
-        for name, types in fields.items():
-            value = section.get(name)
-            # bool is an int in Python but not in JSON: true is no num_labels
-            if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-                fail(f"{key}.{name}", " or ".join(_JSON_NAMES[t] for t in types), value)
+        if isinstance(section, dict):
+            for name, types in fields.items():
+                _field(f"{key}.{name}", section.get(name), types)
     config = metadata.get(KEY_MODEL_CONFIG) or {}
     for name, value in (config.get("label2id") or {}).items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            fail(f"{KEY_MODEL_CONFIG}.label2id[{name!r}]", "an integer", value)
+        _field(f"{KEY_MODEL_CONFIG}.label2id[{name!r}]", value, (int,))
     side = (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("truncation_side")
     if side not in (None, "left", "right"):
         raise MetadataValidationError(f"{KEY_TOKENIZER_CONFIG}.truncation_side is {side!r}; expected 'left' or 'right'")
     st = metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}
     for name, value in (st.get("prompts") or {}).items():
-        if not isinstance(value, str):
-            fail(f"{KEY_SENTENCE_TRANSFORMERS}.prompts[{name!r}]", "a string", value)
+        _field(f"{KEY_SENTENCE_TRANSFORMERS}.prompts[{name!r}]", value, (str,))
     for i, module in enumerate(st.get("modules") or []):
-        if not isinstance(module, dict):
-            fail(f"{KEY_SENTENCE_TRANSFORMERS}.modules[{i}]", "an object", module)
-    mode = (st.get("pooling") or {}).get("pooling_mode")
-    if mode is not None and not (isinstance(mode, str) or (isinstance(mode, list) and all(isinstance(m, str) for m in mode))):
-        fail(f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode", "a string or an array of strings", mode)
+        _field(f"{KEY_SENTENCE_TRANSFORMERS}.modules[{i}]", module, (dict,))
+    where = f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode"
+    mode = _field(where, (st.get("pooling") or {}).get("pooling_mode"), (str, list))
+    for i, name in enumerate(mode if isinstance(mode, list) else ()):
+        _field(f"{where}[{i}]", name, (str,))
 
 
 METADATA_CACHE_SIZE = 32
@@ -1070,8 +1107,6 @@ class TextTokenizer:
     def pad(self, encodings: Sequence[Any], dtypes: Mapping[str, Any], *, side: str | None = None) -> dict[str, np.ndarray]:
         """Pad encodings to the longest into arrays named like the model inputs in dtypes, on the tokenizer's
         padding_side unless side says otherwise."""
-        import numpy as np
-
         side = side or self.padding_side
         width = max(len(e.ids) for e in encodings)
         arrays = {}
@@ -1119,7 +1154,7 @@ class CTCDecoder:
                     f"{KEY_TOKENIZER_CONFIG}.vocab has no vocabulary for target_lang {target_lang!r}"
                 )
             vocab = vocab[target_lang]
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        if not isinstance(vocab, dict) or not all(_is_int(i) for i in vocab.values()):
             raise ProcessorReconstructionError(
                 f"{KEY_TOKENIZER_CONFIG}.vocab must map tokens to integer ids; re-embed with --include-vocab"
             )
@@ -1326,8 +1361,6 @@ def _check_pixels(height: int, width: int, what: str) -> None:
 def _image_array(image: np.ndarray) -> np.ndarray:
     """An image array checked: (height, width) or (height, width, 1, 3 or 4 channels); uint8, integers 0-255
     (returned as uint8), or finite floats in [0, 1] or whole numbers 0-255, as transformers tells them apart."""
-    import numpy as np
-
     shape = tuple(image.shape)
     if image.ndim not in (2, 3) or (image.ndim == 3 and shape[2] not in (1, 3, 4)):
         hint = ("; it looks channels-first: pass np.transpose(image, (1, 2, 0))"
@@ -1382,8 +1415,6 @@ def load_image(image: Any) -> Any:
     returned as an array, as the pipelines pass arrays on. URLs are refused: the runtime never downloads."""
     import io
 
-    import numpy as np
-
     Image = _pil()
     if isinstance(image, np.ndarray):
         return _image_array(image)
@@ -1432,14 +1463,14 @@ def load_image(image: Any) -> Any:
 def _size_dict(value: Any, default_to_square: bool, field: str) -> dict[str, int]:
     """A size field as transformers' get_size_dict reads it: an int (square, or the shortest edge when
     default_to_square is false), [height, width], or a dict of positive integers."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         value = {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
     elif isinstance(value, list) and len(value) == 2:
         value = {"height": value[0], "width": value[1]}
     forms = ({"height", "width"},) if field == "crop_size" else ({"height", "width"}, {"shortest_edge"},
                                                                  {"shortest_edge", "longest_edge"})
     if (not isinstance(value, dict) or set(value) not in forms
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values())):
+            or not all(_is_int(v) and v > 0 for v in value.values())):
         raise ProcessorReconstructionError(
             f"{KEY_IMAGE_PROCESSOR_CONFIG}.{field} is {value!r}; this runtime reads "
             f"{' or '.join(str(sorted(f)) for f in forms)} of positive integers"
@@ -1483,8 +1514,6 @@ def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     transformers' center_crop."""
     import math
 
-    import numpy as np
-
     old_height, old_width = image.shape[:2]
     top, left = (old_height - height) // 2, (old_width - width) // 2
     if top >= 0 and left >= 0:
@@ -1499,16 +1528,12 @@ def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _rescale(image: np.ndarray, factor: float) -> np.ndarray:
     """image * factor, computed in float64 and stored as float32, as transformers' rescale."""
-    import numpy as np
-
     return (image.astype(np.float64) * factor).astype(np.float32)
 
 
 def _normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(image - mean) / std per channel of an HWC array, in the image's float type (float32 for integers),
     as transformers' normalize."""
-    import numpy as np
-
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     normalized: np.ndarray = (image - np.array(mean, dtype=image.dtype)) / np.array(std, dtype=image.dtype)
@@ -1523,8 +1548,6 @@ def _flip_channel_order(image: np.ndarray) -> np.ndarray:
 def _array_to_rgb(image: np.ndarray) -> np.ndarray:
     """An HWC (or HW) array as 3 channels: grey repeated, alpha composited onto white, as transformers'
     convert_to_rgb does arrays."""
-    import numpy as np
-
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[2] == 1:
@@ -1549,8 +1572,6 @@ def _pil_to_rgb(image: Any) -> Any:
 def _array_to_pil(image: np.ndarray) -> tuple[Any, bool]:
     """An HWC RGB array as a PIL image, and whether it was scaled from [0, 1] to 0-255 (to undo after
     resizing), as transformers' to_pil_image decides."""
-    import numpy as np
-
     scaled = image.dtype != np.uint8 and not np.allclose(image, image.astype(np.int64))
     if scaled:
         image = _rescale(image, 255)
@@ -1566,19 +1587,12 @@ class ImageProcessor:
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        import numpy as np
-
         self.config = dict(config)
         self.name = self._class_name(config)
         values = {**_IMAGE_DEFAULTS, **_IMAGE_PROCESSORS[self.name]}
         for key, default in list(values.items()):
-            value = values[key] = default if config.get(key) is None else config[key]
-            types = _IMAGE_FIELD_TYPES.get(key, ())
-            if value is not None and types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-                raise ProcessorReconstructionError(
-                    f"{KEY_IMAGE_PROCESSOR_CONFIG}.{key} must be {' or '.join(_JSON_NAMES[t] for t in types)}, got "
-                    f"{_json_type(value)}; re-embed from a folder with a preprocessor_config.json transformers can load"
-                )
+            values[key] = _field(f"{KEY_IMAGE_PROCESSOR_CONFIG}.{key}", config.get(key), _IMAGE_FIELD_TYPES.get(key, (object,)),
+                                 default, error=ProcessorReconstructionError)
         if values["do_pad"]:
             raise ProcessorReconstructionError(
                 f"{KEY_IMAGE_PROCESSOR_CONFIG}.do_pad is true; padding images to one size is not supported by this runtime"
@@ -1637,7 +1651,7 @@ class ImageProcessor:
     def _channels(value: Any, field: str) -> list[float]:
         values = [value] * 3 if isinstance(value, (int, float)) else value
         if (not isinstance(values, list) or len(values) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                or not all(_is_number(v) for v in values)):
             raise ProcessorReconstructionError(
                 f"{KEY_IMAGE_PROCESSOR_CONFIG}.{field} is {value!r}; expected a number or 3 numbers (one per RGB channel)"
             )
@@ -1656,8 +1670,6 @@ class ImageProcessor:
 
     def _values(self, image: np.ndarray) -> np.ndarray:
         """Rescale and normalize of an HWC array, as float32."""
-        import numpy as np
-
         if self.do_rescale:
             image = _rescale(image, self.rescale_factor)
         if self.do_normalize:
@@ -1666,8 +1678,6 @@ class ImageProcessor:
 
     def process(self, image: Any) -> np.ndarray:
         """One image (a PIL.Image, an HWC array, or what load_image opens) as (3, height, width) float32 pixels."""
-        import numpy as np
-
         Image = _pil()
         if isinstance(image, Image.Image):
             try:
@@ -1716,8 +1726,6 @@ class ImageProcessor:
 
     def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
         """Process a list of images (or one) into ``{"pixel_values": (n, 3, height, width) float32}``."""
-        import numpy as np
-
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if not items:
             raise InvalidInputError("no images given; pass an image or a list of images")
@@ -1777,8 +1785,6 @@ def _le(data: bytes, start: int, size: int) -> int:
 def _read_wav(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
     """Samples (frames, channels) in [-1, 1] and the rate of a RIFF/WAVE file: PCM 8/16/24/32-bit and IEEE
     float, plain or WAVE_FORMAT_EXTENSIBLE; None for other encodings (A-law, ADPCM...)."""
-    import numpy as np
-
     fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while pos + 8 <= len(data):
@@ -1854,8 +1860,6 @@ def _sampling_rate(value: Any) -> int:
 def _waveform(audio: Any) -> np.ndarray:
     """A caller's array as a mono float32 waveform: PCM integers scaled to [-1, 1] as soundfile reads them,
     (channels, samples) averaged as transformers' ASR pipeline does; NaN, infinities and other dtypes refused."""
-    import numpy as np
-
     if not isinstance(audio, np.ndarray):
         batch = " (a list is a batch of clips, not the samples of one)" if isinstance(audio, (int, float)) else ""
         raise InvalidInputError(
@@ -1935,8 +1939,6 @@ def load_audio(x: Any, sampling_rate: int) -> np.ndarray:
 def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
     """A float32 waveform from orig_freq to new_freq Hz as torchaudio.functional.resample, which transformers'
     pipelines call: windowed sinc (Hann window, 6 zero crossings, rolloff 0.99), the kernel in float32."""
-    import numpy as np
-
     if orig_freq == new_freq:
         return audio
     gcd = int(np.gcd(orig_freq, new_freq))
@@ -1961,8 +1963,6 @@ def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
 
 
 def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
-    import numpy as np
-
     if mel_scale == "kaldi":
         return 1127.0 * np.log(1.0 + freq / 700.0)
     # slaney: linear below 1 kHz, logarithmic above
@@ -1971,8 +1971,6 @@ def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
 
 
 def _mel_to_hertz(mels: Any, mel_scale: str) -> Any:
-    import numpy as np
-
     if mel_scale == "kaldi":
         return 700.0 * (np.exp(mels / 1127.0) - 1.0)
     return np.where(mels >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mels - 15.0)), 200.0 * mels / 3.0)
@@ -1983,8 +1981,6 @@ def mel_filter_bank(num_frequency_bins: int, num_mel_filters: int, min_frequency
                     triangularize_in_mel_space: bool = False) -> np.ndarray:
     """Triangular mel filters (num_frequency_bins, num_mel_filters), float64, as transformers.audio_utils.mel_filter_bank
     computes them: mel_scale "slaney" (with norm "slaney": Whisper's, as librosa) or "kaldi" (in mel space: AST's)."""
-    import numpy as np
-
     mel_freqs = np.linspace(_hertz_to_mel(min_frequency, mel_scale), _hertz_to_mel(max_frequency, mel_scale), num_mel_filters + 2)
     filter_freqs = _mel_to_hertz(mel_freqs, mel_scale)
     if triangularize_in_mel_space:
@@ -2004,22 +2000,16 @@ def mel_filter_bank(num_frequency_bins: int, num_mel_filters: int, min_frequency
 
 def _hann_window(length: int, *, periodic: bool) -> np.ndarray:
     """float64 Hann window: periodic (torch.hann_window's, Whisper's) or symmetric (Kaldi's 'hanning')."""
-    import numpy as np
-
     return np.hanning(length + 1)[:-1] if periodic else np.hanning(length)
 
 
 def _frames(waveforms: np.ndarray, length: int, hop: int) -> np.ndarray:
     """Frames (..., n, length) of the last axis, hop samples apart, a view: n = 1 + (samples - length) // hop."""
-    import numpy as np
-
     return np.lib.stride_tricks.sliding_window_view(waveforms, length, axis=-1)[..., ::hop, :]
 
 
 def _pad_or_trim(audio: np.ndarray, length: int, value: float, side: str) -> np.ndarray:
     """audio cut to its first length samples, or padded with value on side ("right" or "left") up to length."""
-    import numpy as np
-
     if len(audio) >= length:
         return audio[:length]
     pad = (0, length - len(audio)) if side == "right" else (length - len(audio), 0)
@@ -2028,8 +2018,6 @@ def _pad_or_trim(audio: np.ndarray, length: int, value: float, side: str) -> np.
 
 def _pad_stack(arrays: Sequence[np.ndarray], value: float, side: str = "right") -> np.ndarray:
     """Arrays stacked on a new first axis, their last axis padded with value on side to the longest."""
-    import numpy as np
-
     width = max(a.shape[-1] for a in arrays)
     padded = []
     for a in arrays:
@@ -2042,8 +2030,6 @@ def _pad_stack(arrays: Sequence[np.ndarray], value: float, side: str = "right") 
 def _whisper_power(waveforms: np.ndarray, window: np.ndarray, hop: int) -> np.ndarray:
     """Power spectrum (n, frames, n_fft // 2 + 1) of float32 waveforms (n, samples) as torch.stft computes it
     (centred frames, reflect padding), without its last frame as Whisper drops it: frames = samples // hop."""
-    import numpy as np
-
     half = len(window) // 2
     padded = np.pad(waveforms, ((0, 0), (half, half)), mode="reflect")
     spectrum = np.fft.rfft(_frames(padded, len(window), hop)[:, :-1] * window, axis=-1)
@@ -2053,8 +2039,6 @@ def _whisper_power(waveforms: np.ndarray, window: np.ndarray, hop: int) -> np.nd
 def _whisper_log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
     """Whisper's log-mel features (n, n_mels, frames) of a power spectrum (n, frames, bins) and mel filters
     (n_mels, bins): log10 floored at 1e-10, each item clamped to 8 below its maximum, then (x + 4) / 4."""
-    import numpy as np
-
     log = np.log10(np.maximum(filters @ power.transpose(0, 2, 1), 1e-10))
     if log.size:  # audio shorter than one hop has no frame
         log = np.maximum(log, log.max(axis=(1, 2), keepdims=True) - 8.0)
@@ -2064,8 +2048,6 @@ def _whisper_log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
 
 def _zero_mean_unit_var(audio: np.ndarray) -> np.ndarray:
     """Wav2Vec2's normalization of one waveform: zero mean, unit variance (1e-7 added to the variance)."""
-    import numpy as np
-
     if not len(audio):
         return audio
     out: np.ndarray = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
@@ -2075,8 +2057,6 @@ def _zero_mean_unit_var(audio: np.ndarray) -> np.ndarray:
 def _kaldi_power(waveform: np.ndarray, window: np.ndarray, hop: int, fft_length: int) -> np.ndarray:
     """Power spectrum (frames, fft_length // 2 + 1), float64, as transformers' numpy spectrogram computes it with
     Kaldi's options: frames not centred, DC offset removed, pre-emphasis 0.97, window, zero-padded FFT."""
-    import numpy as np
-
     if len(waveform) < len(window):
         return np.zeros((0, fft_length // 2 + 1))
     frames = _frames(waveform.astype(np.float64), len(window), hop)
@@ -2088,20 +2068,10 @@ def _kaldi_power(waveform: np.ndarray, window: np.ndarray, hop: int, fft_length:
 
 
 def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[type, ...], *, at_most: int | None = None) -> Any:
-    """A feature extractor config field of a JSON type (null or absent: default), refused with its name when wrong;
-    at_most: a size, from 1 to at_most (a hostile file cannot make the features take unbounded memory)."""
-    value = config.get(name)
-    if value is None:
-        return default
-    wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    if wrong_type or (isinstance(value, float) and not -float("inf") < value < float("inf")) or (
-            at_most is not None and not 0 < value <= at_most):
-        expected = " or ".join(_JSON_NAMES[t] for t in types) + (f" from 1 to {at_most}" if at_most else "")
-        raise ProcessorReconstructionError(
-            f"{KEY_FEATURE_EXTRACTOR_CONFIG}.{name} must be {expected}, got {value!r}; re-embed from a model whose "
-            "preprocessor_config.json has the right types"
-        )
-    return value
+    """A feature extractor config field (_field); at_most: a size, from 1 to at_most (a hostile file cannot make the
+    features take unbounded memory)."""
+    return _field(f"{KEY_FEATURE_EXTRACTOR_CONFIG}.{name}", config.get(name), types, default,
+                  low=1 if at_most else None, high=at_most, error=ProcessorReconstructionError)
 
 
 def _fe_side(config: Mapping[str, Any]) -> str:
@@ -2139,8 +2109,6 @@ class WhisperFeatureExtractor(_AudioFeatureExtractor):
     returns_attention_mask = True
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        import numpy as np
-
         self.feature_size = int(_fe_value(config, "feature_size", 80, _INT, at_most=_MAX_MEL_BINS))
         self.sampling_rate = int(_fe_value(config, "sampling_rate", 16000, _INT, at_most=_MAX_RATE))
         self.hop_length = int(_fe_value(config, "hop_length", 160, _INT, at_most=_MAX_FFT))
@@ -2164,8 +2132,6 @@ class WhisperFeatureExtractor(_AudioFeatureExtractor):
 
     def log_mel_spectrogram(self, waveforms: np.ndarray) -> np.ndarray:
         """Features (n, feature_size, samples // hop_length), float32, of equally long float32 waveforms (n, samples)."""
-        import numpy as np
-
         if self.dither:  # as transformers: Gaussian noise of this deviation on every sample
             waveforms = waveforms + self.dither * np.random.default_rng().standard_normal(waveforms.shape, dtype=np.float32)
         return _whisper_log_mel(_whisper_power(waveforms, self.window, self.hop_length), self.mel_filters)
@@ -2173,8 +2139,6 @@ class WhisperFeatureExtractor(_AudioFeatureExtractor):
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """input_features (n, feature_size, nb_max_frames) float32 and the attention_mask (n, nb_max_frames) int32
         the pipeline asks for: 1 on frames that start within the waveform."""
-        import numpy as np
-
         audios = self._waveforms(audios)
         waveforms = np.stack([_pad_or_trim(a, self.n_samples, self.padding_value, self.padding_side) for a in audios])
         starts = np.arange(self.nb_max_frames) * self.hop_length
@@ -2201,8 +2165,6 @@ class Wav2Vec2FeatureExtractor(_AudioFeatureExtractor):
 
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """input_values (n, longest) float32, and the attention_mask (n, longest) int32 when the config asks for it."""
-        import numpy as np
-
         audios = self._waveforms(audios)
         values = [_zero_mean_unit_var(a) if self.do_normalize else a for a in audios]
         out = {"input_values": _pad_stack([v.astype(np.float32) for v in values], self.padding_value, self.padding_side)}
@@ -2232,8 +2194,6 @@ class ASTFeatureExtractor(_AudioFeatureExtractor):
 
     def fbank(self, waveform: np.ndarray) -> np.ndarray:
         """Log-mel filter bank (max_length, num_mel_bins) float32 of one waveform, zero-padded or cut to max_length."""
-        import numpy as np
-
         power = _kaldi_power(waveform, self.window, 160, 512)
         fbank = np.log(np.maximum(1.192092955078125e-07, power @ self.mel_filters)).astype(np.float32)[: self.max_length]
         padded: np.ndarray = np.pad(fbank, ((0, self.max_length - len(fbank)), (0, 0)))
@@ -2241,8 +2201,6 @@ class ASTFeatureExtractor(_AudioFeatureExtractor):
 
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """input_values (n, max_length, num_mel_bins) float32."""
-        import numpy as np
-
         features = np.stack([self.fbank(a) for a in self._waveforms(audios)])
         if self.do_normalize:
             features = (features - self.mean) / (self.std * 2)
@@ -2355,6 +2313,62 @@ class _Port(NamedTuple):
 
 def _port(name: str, node: Any) -> _Port:
     return _Port(name, node.type, tuple(node.shape or ()))
+
+
+_INT_DTYPES = ("int64", "int32")
+_FLOAT_DTYPES = ("float32", "float16", "float64")
+
+
+class _Reads(NamedTuple):
+    """A graph port a task or model step declares that it reads: its name (an entry point's role), the dtypes it may
+    have, whether the graph must have it, and for an output the axes it must have ("(batch, sequence, vocabulary)":
+    its rank; "" any)."""
+
+    name: str
+    dtypes: tuple[str, ...] = ()
+    required: bool = True
+    axes: str = ""
+
+
+def _feeds(ports: Sequence[_Reads], more: str = "") -> str:
+    """Declared inputs in words: "input_ids, optional attention_mask and token_type_ids"."""
+    words = [p.name for p in ports if p.required]
+    optional = [p.name for p in ports if not p.required]
+    if optional:
+        words += [f"optional {optional[0]}", *optional[1:]]
+    words += [more] if more else []
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _check_ports(session: Session, inputs: Sequence[_Reads], outputs: Sequence[_Reads] = (), *, what: str,
+                also: Callable[[str], bool] | None = None, more: str = "") -> dict[str, str]:
+    """The one check of a graph against the ports a task or step declares, when the Runtime is built: the inputs it
+    feeds (no others, but those also() accepts: `more` says which, in words), their dtypes, the outputs it reads and
+    their axes. Returns the dtype of each declared input the graph has."""
+    given = session.inputs
+    declared = {p.name for p in inputs}
+    if any(p.required and p.name not in given for p in inputs) or any(
+            n not in declared and not (also and also(n)) for n in given):
+        raise MetadataValidationError(f"{what} feeds {_feeds(inputs, more)}; the graph takes {list(given)}; was it exported "
+                                      "for another task?")
+    dtypes = {}
+    for port in (p for p in inputs if p.name in given):
+        found = given[port.name]
+        if port.dtypes and found.dtype not in port.dtypes:
+            raise MetadataValidationError(f"graph input {port.name!r} has type {found.type}; {what} feeds it "
+                                          f"{' or '.join(port.dtypes)}")
+        dtypes[port.name] = str(found.dtype)
+    for port in outputs:
+        out = session.outputs.get(port.name)
+        if out is None:
+            if port.required:
+                raise MetadataValidationError(f"{what} reads the output {port.name!r}; the graph gives "
+                                              f"{list(session.outputs)}; was it exported for another task?")
+            continue
+        if port.axes and out.shape and len(out.shape) != port.axes.count(",") + 1:
+            raise MetadataValidationError(f"{what} reads the output {port.name!r} as {port.axes}; it has shape "
+                                          f"{list(out.shape)}; was the graph exported for another task?")
+    return dtypes
 
 
 class Session:
@@ -2736,8 +2750,6 @@ def open_sessions(
 
 def _entry_points(graphs: Mapping[str, Any], layout: Mapping[str, Any], fed_by: str, where: str) -> dict[str, Session]:
     """A Session per entry point of the layout, over the graphs by file name ("" for one file), checked to fit."""
-    import numpy as np
-
     phase_input = layout.get("phase_input")
     pairs = [(p["input"], p["output"], p["cross"]) for p in layout.get("past", [])]
     sessions = {}
@@ -2838,7 +2850,7 @@ def _check_fit(sessions: Mapping[str, Session], layout: Mapping[str, Any], where
 def _number(low: float, *, low_open: bool = False, high: float | None = None) -> _Check:
     """A real number (not a bool) in an interval."""
     def check(name: str, value: Any) -> float:
-        real = isinstance(value, (int, float)) and not isinstance(value, bool)
+        real = _is_number(value)
         if not real or not (value > low if low_open else value >= low) or (high is not None and not value <= high):
             interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
             raise InvalidInputError(f"{name} must be a number in {interval}, got {value!r}")
@@ -2848,14 +2860,14 @@ def _number(low: float, *, low_open: bool = False, high: float | None = None) ->
 
 
 def _token_list(name: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+    if not isinstance(value, (list, tuple)) or not all(_is_int(t) and t >= 0 for t in value):
         raise InvalidInputError(f"{name} must be a list of token ids (integers >= 0), got {value!r}")
     return tuple(value)
 
 
 def _token_ids(name: str, value: Any) -> tuple[int, ...]:
     """A token id or a non-empty list of them (eos_token_id may name several)."""
-    ids = _token_list(name, [value] if isinstance(value, int) and not isinstance(value, bool) else value)
+    ids = _token_list(name, [value] if _is_int(value) else value)
     if not ids:
         raise InvalidInputError(f"{name} must be a token id or a non-empty list of token ids, got {value!r}")
     return ids
@@ -2868,7 +2880,7 @@ def _token_sequences(name: str, value: Any) -> tuple[tuple[int, ...], ...]:
 
 
 def _early_stopping(name: str, value: Any) -> bool | str:
-    if value not in (True, False, "never") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value not in (True, False, "never") or (_is_number(value)):
         raise InvalidInputError(f"{name} must be True, False or 'never', got {value!r}")
     return bool(value) if value != "never" else "never"
 
@@ -3027,8 +3039,6 @@ def _prompts(sequences: Sequence[Sequence[int]], config: _GenerationConfig, pad_
     """Left-pad token id lists into rows and give each its length limits, as generate()'s
     _prepare_generated_length does for one prompt (max_new_tokens over max_length; the default max_length,
     20 new tokens, capped at the model's positions)."""
-    import numpy as np
-
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     width = int(lengths.max())
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
@@ -3069,8 +3079,6 @@ _Processor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
 
 def _in_vocab(tokens: Sequence[int], scores: np.ndarray) -> np.ndarray:
     """The tokens that have a column in scores."""
-    import numpy as np
-
     return np.array([t for t in tokens if t < scores.shape[-1]], dtype=np.int64)
 
 
@@ -3082,8 +3090,6 @@ class _RepetitionPenalty:
         self.penalty, self.pad = penalty, pad
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         vocab = scores.shape[-1]
         # ids past the scores' width and padding go to a spare column, dropped at the end
         ids = np.where(np.arange(ids.shape[1]) < self.pad[:, None], vocab, np.minimum(ids, vocab))
@@ -3101,8 +3107,6 @@ class _NoRepeatNGram:
         self.size = size
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         n, length = self.size, ids.shape[1]
         if length < n:
             return scores
@@ -3120,8 +3124,6 @@ class _BadWords:
     rest of it (a one-token sequence always); sequences that are just an eos token are ignored."""
 
     def __init__(self, sequences: Sequence[Sequence[int]], eos: Sequence[int]) -> None:
-        import numpy as np
-
         sequences = [s for s in sequences if not (len(s) == 1 and s[0] in eos)]
         self.tokens = sorted({t for s in sequences for t in s})
         self.single = [s[0] for s in sequences if len(s) == 1]
@@ -3132,8 +3134,6 @@ class _BadWords:
         self.multi = [(np.array([s[:-1] for s in group]), np.array([s[-1] for s in group])) for group in by_length.values()]
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         if self.tokens and self.tokens[-1] >= scores.shape[-1]:
             outside = [t for t in self.tokens if t >= scores.shape[-1]]
             raise InvalidInputError(
@@ -3156,8 +3156,6 @@ class _MinLength:
         self.columns: np.ndarray | None = None
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         short = ids.shape[1] - self.pad < self.minimums
         if not short.any():
             return scores
@@ -3178,8 +3176,6 @@ class _ForcedTokens:
         self.tokens, self.at, self.pad = list(tokens), at, pad
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         rows = ids.shape[1] - self.pad == self.at
         if rows.any():
             scores[rows] = -np.inf
@@ -3195,8 +3191,6 @@ class _SuppressTokens:
         self.tokens, self.at, self.pad = list(tokens), at, pad
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         rows = slice(None) if self.at is None or self.pad is None else ids.shape[1] - self.pad == self.at
         scores[np.ix_(np.arange(len(scores))[rows], _in_vocab(self.tokens, scores))] = -np.inf
         return scores
@@ -3219,24 +3213,18 @@ class _TopK:
         self.top_k = max(top_k, min_tokens_to_keep)
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         k = min(self.top_k, scores.shape[-1])
         kth = np.partition(scores, scores.shape[-1] - k, axis=-1)[:, scores.shape[-1] - k, None]
         return np.where(scores < kth, -np.inf, scores).astype(scores.dtype, copy=False)
 
 
 def _softmax_sorted_cumsum(sorted_scores: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(sorted_scores - sorted_scores.max(axis=-1, keepdims=True))
     return np.cumsum(e / e.sum(axis=-1, keepdims=True), axis=-1)
 
 
 def _unsort(mask: np.ndarray, order: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     out = np.empty_like(mask)
     np.put_along_axis(out, order, mask, axis=-1)
     return out
@@ -3249,8 +3237,6 @@ class _TopP:
         self.top_p, self.keep = top_p, min_tokens_to_keep
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         order = np.argsort(scores, axis=-1, kind="stable")
         remove = _softmax_sorted_cumsum(np.take_along_axis(scores, order, axis=-1)) <= 1 - self.top_p
         remove[:, -self.keep:] = False
@@ -3264,8 +3250,6 @@ class _Typical:
         self.mass, self.keep = mass, min_tokens_to_keep
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             shifted = scores - scores.max(axis=-1, keepdims=True)
             normalized = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -3396,13 +3380,9 @@ class _Stopping:
     """The stopping criteria generate() builds: max length, eos token, stop strings; per row."""
 
     def __init__(self, max_lengths: np.ndarray, pad: np.ndarray, eos: Sequence[int], stop: _StopStrings | None) -> None:
-        import numpy as np
-
         self.max_lengths, self.pad, self.eos, self.stop = max_lengths, pad, np.array(eos, dtype=np.int64), stop
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         done: np.ndarray = ids.shape[1] - self.pad >= self.max_lengths
         if len(self.eos):
             done |= (ids[:, -1:] == self.eos).any(axis=-1)
@@ -3432,8 +3412,6 @@ class _Step:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     shifted = x - x.max(axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
         out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -3442,8 +3420,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values of each row, largest first (ties: lower index first)."""
-    import numpy as np
-
     part = np.argpartition(-values, k - 1, axis=-1)[:, :k] if k < values.shape[-1] else np.broadcast_to(
         np.arange(values.shape[-1]), values.shape)
     picked = np.take_along_axis(values, part, axis=-1)
@@ -3474,8 +3450,6 @@ class _Search:
 
     def _sample(self) -> Iterator[np.ndarray]:
         """Greedy search or multinomial sampling (transformers' _sample)."""
-        import numpy as np
-
         config, prompts = self.config, self.prompts
         count = config.num_return_sequences if config.do_sample else 1
         rows = np.repeat(np.arange(len(prompts.ids)), count)
@@ -3514,8 +3488,6 @@ class _Search:
 
     def _beam_search(self) -> Iterator[np.ndarray]:
         """Beam search (and beam sampling), as transformers 5's vectorized _beam_search."""
-        import numpy as np
-
         config, prompts, step = self.config, self.prompts, self.step
         batch, beams, width = len(prompts.ids), config.num_beams, prompts.ids.shape[1]
         eos = config.eos_token_id or ()
@@ -3601,8 +3573,6 @@ class _Search:
 
 def _draw(scores: np.ndarray, rng: Any) -> np.ndarray:
     """One token per row drawn from softmax(scores) (torch.multinomial's distribution, numpy's generator)."""
-    import numpy as np
-
     with np.errstate(invalid="ignore", over="ignore"):
         weights = np.exp(scores.astype(np.float64) - scores.max(axis=-1, keepdims=True))
     cumulative = np.cumsum(weights, axis=-1)
@@ -3618,8 +3588,6 @@ def _draw(scores: np.ndarray, rng: Any) -> np.ndarray:
 def _draw_without_replacement(scores: np.ndarray, k: int, rng: Any) -> np.ndarray:
     """k indices per row drawn without replacement from softmax(scores), as torch.multinomial draws them:
     the Gumbel top-k trick gives the same distribution."""
-    import numpy as np
-
     with np.errstate(divide="ignore"):
         keys = _log_softmax(scores.astype(np.float64)) - np.log(-np.log(rng.random(scores.shape)))
     return _top(keys, k)
@@ -3630,7 +3598,9 @@ def _draw_without_replacement(scores: np.ndarray, k: int, rng: Any) -> np.ndarra
 # past key value input -> present output; Optimum and onnxruntime-genai name them past_key_values.N.key/value
 # (present.N.key/value), onnxruntime's GPT-2 export stacks key and value as past_N (present_N)
 _PAST_NAMES = ((re.compile(r"past_key_values\.(\d+)\.(key|value)"), "present.{}.{}"), (re.compile(r"past_(\d+)"), "present_{}"))
-_DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids", "use_cache_branch")
+# what a decoder step feeds besides the past key values (past_key_values.N.key/value, past_N)
+_DECODER_INPUTS = (_Reads("input_ids", _INT_DTYPES), _Reads("attention_mask", _INT_DTYPES, False),
+                   _Reads("position_ids", _INT_DTYPES, False), _Reads("use_cache_branch", ("bool",), False))
 
 
 class _Binding:
@@ -3652,8 +3622,6 @@ class _Binding:
     def run(self, inputs: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
         """Run on numpy arrays (not copied: they must live until the run ends) and onnxruntime values, by the
         session's names (an entry point's roles); the outputs as onnxruntime values (``.numpy()`` views them)."""
-        import numpy as np
-
         session = self.session
         for name, value in inputs.items():
             graph_name = session.input_name(name)
@@ -3706,8 +3674,6 @@ class _SharedPast:
     the step's logits written into one preallocated buffer."""
 
     def __init__(self, binding: _Binding, buffers: list[np.ndarray], names: Sequence[tuple[str, str]], logits: str) -> None:
-        import numpy as np
-
         self.binding, self.buffers, self.names, self.logits_name = binding, buffers, names, logits
         rows = buffers[0].shape[0]
         self.logits: np.ndarray | None = None
@@ -3762,23 +3728,6 @@ class _DecoderOnly(_Step):
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         inputs, outputs = session.inputs, list(session.outputs)
         self.session = session
-        if "input_ids" not in inputs:
-            raise MetadataValidationError(f"text generation needs a graph that takes input_ids; this one takes {sorted(inputs)}")
-        self.int_types: dict[str, str] = {}
-        for name in ("input_ids", "attention_mask", "position_ids"):
-            if name in inputs:
-                dtype = inputs[name].dtype
-                if dtype not in ("int64", "int32"):
-                    raise MetadataValidationError(f"graph input {name!r} has type {inputs[name].type}; expected int64 or int32")
-                self.int_types[name] = str(dtype)
-        self.logits = session.output("logits")
-        shape = session.outputs[self.logits].shape
-        if shape and len(shape) != 3:
-            raise MetadataValidationError(
-                f"text generation needs logits for every position, (batch, sequence, vocabulary); output {self.logits!r} "
-                f"has shape {list(shape)}; was the graph exported for another task?"
-            )
-        self.branch = "use_cache_branch" in inputs
         self.past: list[tuple[str, str]] = []
         for name in inputs:
             present = next((fmt.format(*m.groups()) for pattern, fmt in _PAST_NAMES if (m := pattern.fullmatch(name))), None)
@@ -3787,12 +3736,12 @@ class _DecoderOnly(_Step):
             if present not in outputs:
                 raise MetadataValidationError(f"graph input {name!r} has no matching output {present!r} to carry the past on")
             self.past.append((name, present))
-        unknown = sorted(set(inputs) - set(_DECODER_INPUTS) - {p for p, _ in self.past})
-        if unknown:
-            raise MetadataValidationError(
-                f"text generation does not know how to feed graph inputs {unknown}; it feeds {', '.join(_DECODER_INPUTS)} "
-                "and past key values (past_key_values.N.key/value or past_N)"
-            )
+        self.logits = session.output("logits")
+        dtypes = _check_ports(session, _DECODER_INPUTS, [_Reads(self.logits, axes="(batch, sequence, vocabulary)")],
+                              what="text generation", also={p for p, _ in self.past}.__contains__,
+                              more="past key values (past_key_values.N.key/value or past_N)")
+        self.int_types = {name: dtype for name, dtype in dtypes.items() if name != "use_cache_branch"}
+        self.branch = "use_cache_branch" in inputs
         self.past_dtype = "float32"
         self.past_shape: tuple[int, ...] = ()
         if self.past:
@@ -3825,8 +3774,6 @@ class _DecoderOnly(_Step):
         self.vocabulary = width if isinstance(width, int) else 0  # a one-token step's logits buffer, when known
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool, capacity: int = 0) -> tuple[_DecoderState, np.ndarray]:
-        import numpy as np
-
         positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
         state = _DecoderState(_Binding(self.session), ids, mask, positions, use_cache and bool(self.past))
         if state.cache and self.shares:
@@ -3843,8 +3790,6 @@ class _DecoderOnly(_Step):
         """Every position's logits (rows, width, vocabulary), float32: one run over the whole sequences, or, for a
         graph that computes the last position's logits only (its head pruned, for a faster prefill), one step per
         token through the cache."""
-        import numpy as np
-
         positions = np.where(mask == 0, 0, mask.cumsum(axis=-1) - 1)
         logits: np.ndarray = self._run(_DecoderState(_Binding(self.session), ids, mask, positions, False), ids, positions)
         if logits.shape[1] == ids.shape[1] or not self.past:
@@ -3856,8 +3801,6 @@ class _DecoderOnly(_Step):
         return np.stack(steps, axis=1).astype(np.float32)
 
     def advance(self, state: _DecoderState, tokens: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         if state.shared is not None:  # the mask grows inside a buffer of the call's whole length
             state.mask = state.shared.grow(state.mask)
         else:
@@ -3871,8 +3814,6 @@ class _DecoderOnly(_Step):
         return _last_logits(self._run(state, state.ids, state.positions))
 
     def reorder(self, state: _DecoderState, rows: np.ndarray) -> None:
-        import numpy as np
-
         state.ids, state.mask, state.positions = state.ids[rows], state.mask[rows], state.positions[rows]
         if state.shared is not None:
             state.shared = state.shared.reorder(rows)
@@ -3881,8 +3822,6 @@ class _DecoderOnly(_Step):
 
     def _feed(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
         """The token inputs of a run, in the graph's integer types."""
-        import numpy as np
-
         feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(ids, dtype=self.int_types["input_ids"])}
         if "attention_mask" in self.int_types:
             feed["attention_mask"] = np.ascontiguousarray(state.mask, dtype=self.int_types["attention_mask"])
@@ -3902,8 +3841,6 @@ class _DecoderOnly(_Step):
     def _run(self, state: _DecoderState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Run the graph on the new tokens (all of them without a cache); the logits (a view of onnxruntime's buffer,
         valid until the next run)."""
-        import numpy as np
-
         if state.shared is not None:
             return self._run_shared(state, state.shared, ids, positions)
         feed = self._feed(state, ids, positions)
@@ -3925,8 +3862,6 @@ class _DecoderOnly(_Step):
 def _last_logits(value: Any) -> np.ndarray:
     """The last position's logits of a run's (batch, sequence, vocabulary) output (an array, or an onnxruntime
     value), float32: a view of onnxruntime's buffer, the loop's to change until the next run."""
-    import numpy as np
-
     logits: np.ndarray = value if isinstance(value, np.ndarray) else value.numpy()
     if logits.ndim != 3:
         raise MetadataValidationError(
@@ -3938,7 +3873,7 @@ def _last_logits(value: Any) -> np.ndarray:
 
 def _config_int(config: Mapping[str, Any], *names: str) -> int | None:
     """The first of the config's fields that is a positive integer."""
-    return next((v for v in (config.get(n) for n in names) if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+    return next((v for v in (config.get(n) for n in names) if _is_int(v) and v > 0), None)
 
 
 def _head_size(config: Mapping[str, Any]) -> int | None:
@@ -3949,8 +3884,9 @@ def _head_size(config: Mapping[str, Any]) -> int | None:
 
 # --- Encoder-decoder models ---------------------------------------------------------------------------
 
-# what a decoder entry point takes besides its past: the tokens and the encoder's outputs
-_DECODER_ROLES = ("input_ids", "encoder_hidden_states", "encoder_attention_mask")
+# what a decoder entry point takes besides its past: the tokens and the encoder's outputs (the first step needs them)
+_DECODER_ROLES = (_Reads("input_ids", _INT_DTYPES), _Reads("encoder_hidden_states", _FLOAT_DTYPES, False),
+                  _Reads("encoder_attention_mask", _INT_DTYPES, False))
 
 
 class _EncoderDecoderModel:
@@ -3972,24 +3908,12 @@ class _EncoderDecoderModel:
         self.cross = [(past, present) for past, present, cross in pairs if cross]
         self.self_past = [(past, present) for past, present, cross in pairs if not cross]
         self.int_types: dict[str, str] = {}
+        logits = [_Reads("logits", axes="(batch, sequence, vocabulary)")]
         for entry, session in (("decoder", self.decoder), ("decoder_with_past", self.with_past)):
-            if session is None:
-                continue
-            shape = session.outputs["logits"].shape if "logits" in session.outputs else None
-            if shape is None or (shape and len(shape) != 3):
-                raise MetadataValidationError(
-                    f"the {entry} needs a logits output (batch, sequence, vocabulary); it gives {sorted(session.outputs)}")
-            unknown = sorted(set(session.inputs) - set(_DECODER_ROLES) - {past for past, _, _ in pairs})
-            if unknown or "input_ids" not in session.inputs:
-                raise MetadataValidationError(
-                    f"the {entry} takes {sorted(session.inputs)}; generation feeds input_ids, encoder_hidden_states, "
-                    "encoder_attention_mask and past key values (past_key_values.N.*)")
-            for role in ("input_ids", "encoder_attention_mask"):
-                port = session.inputs.get(role)
-                if port is not None and port.dtype not in ("int64", "int32"):
-                    raise MetadataValidationError(f"the {entry}'s input {role!r} has type {port.type}; expected int64 or int32")
-                if port is not None:
-                    self.int_types[role] = str(port.dtype)
+            if session is not None:
+                dtypes = _check_ports(session, _DECODER_ROLES, logits, what=f"the {entry} step of {task}",
+                                      also={past for past, _, _ in pairs}.__contains__, more="past key values")
+                self.int_types.update((k, v) for k, v in dtypes.items() if k != "encoder_hidden_states")
         if "encoder_hidden_states" not in self.decoder.inputs:
             raise MetadataValidationError(f"the decoder takes {sorted(self.decoder.inputs)}, not the encoder's output "
                                           "(encoder_hidden_states)")
@@ -3999,8 +3923,6 @@ class _EncoderDecoderModel:
 
 def _rows(value: Any, rows: np.ndarray | None) -> Any:
     """An array or onnxruntime value (rows on axis 0) with rows picked; as it is for rows None."""
-    import numpy as np
-
     return value if rows is None else (value if isinstance(value, np.ndarray) else value.numpy()).take(rows, axis=0)
 
 
@@ -4023,8 +3945,6 @@ class _EncoderDecoderState:
     def rows(self) -> tuple[np.ndarray, list[Any]]:
         """The encoder attention mask and the cross-attention past of the decoding rows (once the cross-attention past
         is there)."""
-        import numpy as np
-
         view = self._view
         if view is None or not (view[0] is self.owner or (view[0] is not None and self.owner is not None
                                                            and np.array_equal(view[0], self.owner))):
@@ -4044,8 +3964,6 @@ class _EncoderDecoder(_Step):
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, use_cache: bool,
                 capacity: int = 0) -> tuple[_EncoderDecoderState, np.ndarray]:
-        import numpy as np
-
         if not mask.all():
             raise InvalidInputError("the decoder prompts of one call must have the same length")
         model = self.model
@@ -4062,8 +3980,6 @@ class _EncoderDecoder(_Step):
         return state, _last_logits(values[0])
 
     def advance(self, state: _EncoderDecoderState, tokens: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         model = self.model
         if state.step is None:  # no past: the decoder runs on every token so far
             state.ids = np.concatenate([state.ids, tokens[:, None]], axis=1)
@@ -4079,16 +3995,12 @@ class _EncoderDecoder(_Step):
         return _last_logits(values[0])
 
     def reorder(self, state: _EncoderDecoderState, rows: np.ndarray) -> None:
-        import numpy as np
-
         state.owner = rows if state.owner is None else state.owner[rows]
         state.ids = state.ids[rows]
         state.past = [(v if isinstance(v, np.ndarray) else v.numpy()).take(rows, axis=0) for v in state.past]
 
     def _decoder_feed(self, state: _EncoderDecoderState, ids: np.ndarray) -> dict[str, Any]:
         """The first decoder step's feed (every step's without past): the tokens and the encoder's outputs."""
-        import numpy as np
-
         feed = {"input_ids": np.ascontiguousarray(ids, dtype=self.model.int_types["input_ids"]),
                 "encoder_hidden_states": _rows(state.hidden, state.owner)}
         if "encoder_attention_mask" in self.model.decoder.inputs:
@@ -4258,16 +4170,12 @@ class _Task:
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
     out: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
     return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
     return out
 
@@ -4308,43 +4216,23 @@ def _texts(task: str, items: list[Any]) -> list[str]:
     return items
 
 
+_TOKEN_INPUTS = (_Reads("input_ids", _INT_DTYPES), _Reads("attention_mask", _INT_DTYPES, False),
+                 _Reads("token_type_ids", _INT_DTYPES, False))
+
+
 class _TextTask(_Task):
     """A task on tokenized text: the tokenizer fills the graph's inputs; lists run in length-sorted buckets."""
 
     processors = ("tokenizer",)
     output: ClassVar[str] = "logits"  # the output to read, when the graph has it (else its first)
-    per_token: ClassVar[bool] = False  # whether outputs have a sequence axis, cut back to each text's tokens
-    output_rank: ClassVar[int] = 3  # the rank of such an output: (batch, sequence, features)
+    axes: ClassVar[str] = ""  # the output's axes, when it has a token axis cut back to each text's tokens
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
         self.tokenizer = _text_tokenizer(ctx, self.name)
         self.session = ctx.session()
-        self.dtypes = self._input_dtypes()
         self.output_name = self.session.output(self.output)
-        shape = self.session.outputs[self.output_name].shape
-        if self.per_token and shape and len(shape) != self.output_rank:
-            axes = "(batch, sequence, features)" if self.output_rank == 3 else "(batch, sequence)"
-            raise MetadataValidationError(
-                f"{self.name} needs an output with a token axis {axes}; output {self.output_name!r} "
-                f"has shape {list(shape)}; was the graph exported for another task?"
-            )
-
-    def _input_dtypes(self) -> dict[str, str]:
-        """The dtype of each graph input the tokenizer fills; other graph inputs are an error."""
-        names = list(self.session.inputs)
-        unknown = [n for n in names if n not in ("input_ids", "attention_mask", "token_type_ids")]
-        if unknown or "input_ids" not in names:
-            raise MetadataValidationError(
-                f"graph inputs {names} do not match a text model (expected input_ids, optional "
-                "attention_mask and token_type_ids); was the model exported with past key values?"
-            )
-        dtypes = {}
-        for port in self.session.inputs.values():
-            if port.dtype not in ("int64", "int32"):
-                raise MetadataValidationError(f"graph input {port.name!r} has type {port.type}; expected int64 or int32")
-            dtypes[port.name] = port.dtype
-        return dtypes
+        self.dtypes = _check_ports(self.session, _TOKEN_INPUTS, [_Reads(self.output_name, axes=self.axes)], what=self.name)
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
         items, single = super().inputs(args, kwargs)
@@ -4352,7 +4240,7 @@ class _TextTask(_Task):
 
     def rows(self, encodings: Sequence[Any], outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
         """The rows of the named outputs (the task's output by default) for each encoding, in caller order,
-        run in length-sorted buckets of batch_size; a per_token task's rows cut to the encoding's tokens."""
+        run in length-sorted buckets of batch_size; a task with a token axis has its rows cut to the encoding's tokens."""
         outputs = [self.output_name] if outputs is None else outputs
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         rows: list[Any] = [None] * len(encodings)
@@ -4365,7 +4253,7 @@ class _TextTask(_Task):
             for position, i in enumerate(chunk):
                 n = len(encodings[i].ids)
                 row = [out[position] for out in results]
-                rows[i] = [r[:n] for r in row] if self.per_token else row
+                rows[i] = [r[:n] for r in row] if self.axes else row
         return rows
 
     def logits(self, encodings: Sequence[Any]) -> list[np.ndarray]:
@@ -4410,8 +4298,6 @@ class _TextClassification(_TextTask):
         return self.tokenizer.encode(items)
 
     def forward(self, batch: list[Any], options: Mapping[str, Any]) -> np.ndarray:
-        import numpy as np
-
         return np.stack(self.logits(batch)).astype(np.float32)
 
     def postprocess(self, batch: list[Any], outputs: np.ndarray, options: Mapping[str, Any]) -> list[Any]:
@@ -4456,7 +4342,7 @@ class _FillMask(_TextTask):
         _Option("top_k", _integer(1), 5),
         _Option("targets", _targets),
     )
-    per_token = True
+    axes = "(batch, sequence, features)"
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -4484,8 +4370,6 @@ class _FillMask(_TextTask):
 
     def target_ids(self, targets: list[str]) -> np.ndarray:
         """Token ids of targets as FillMaskPipeline.get_target_ids finds them: a vocabulary entry, else the first token."""
-        import numpy as np
-
         backend = self.tokenizer.backend
         ids: set[int] = set()
         for target in targets:
@@ -4527,8 +4411,6 @@ class _FillMask(_TextTask):
     def _proposals(self, ids: Sequence[int], positions: Sequence[int], logits: np.ndarray, top_k: int,
                    target_ids: np.ndarray | None) -> list[Any]:
         """The top_k proposals for each mask of one text; a single mask's list is not nested."""
-        import numpy as np
-
         probs = _softmax(logits[list(positions)].astype(np.float32))
         if target_ids is not None:
             probs = probs[:, target_ids]
@@ -4612,7 +4494,7 @@ class _TokenClassification(_TextTask):
         _Option("is_split_into_words", _flag, False),
         _Option("delimiter", _string, " "),
     )
-    per_token = True
+    axes = "(batch, sequence, features)"
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -4667,8 +4549,6 @@ class _TokenClassification(_TextTask):
         return self.logits([window for group in batch.windows for window in group])
 
     def postprocess(self, batch: _Sentences, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
-        import numpy as np
-
         strategy, ignore = options["aggregation_strategy"], options["ignore_labels"]
         if strategy in ("first", "average", "max") and not self.word_aware:
             warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=4)
@@ -4728,8 +4608,6 @@ class _TokenClassification(_TextTask):
 
     def _aggregate_word(self, tokens: list[dict[str, Any]], strategy: str, labels: list[str]) -> dict[str, Any]:
         """One word from its tokens, labelled by its first token, its most confident token, or the mean."""
-        import numpy as np
-
         if strategy == "first":
             scores = tokens[0]["scores"]
         elif strategy == "max":
@@ -4743,8 +4621,6 @@ class _TokenClassification(_TextTask):
 
     def _group_entities(self, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Adjacent entities of one tag joined, a B- label starting a new one."""
-        import numpy as np
-
         groups: list[list[dict[str, Any]]] = []
         for entity in entities:
             bi, tag = _bio_tag(entity["entity"])
@@ -4780,8 +4656,6 @@ class _AnswerSearch:
 
     def add(self, window: Any, start: np.ndarray, end: np.ndarray) -> None:
         """One window's candidate answers, from its (1, n) start and end logits."""
-        import numpy as np
-
         # p_mask: 1 where no answer may be (question, special tokens) except the [CLS] tokens
         p_mask = [int(s != 1) if self.question_first else 0 for s in window.sequence_ids]
         for i, token_id in enumerate(window.ids):
@@ -4809,8 +4683,6 @@ class _AnswerSearch:
 
     def _spans(self, start: np.ndarray, end: np.ndarray, desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best (start, end) token spans, end >= start, at most max_answer_len tokens, with their scores."""
-        import numpy as np
-
         outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
         candidates = np.tril(np.triu(outer), self.max_answer_len - 1)
         scores_flat = candidates.flatten()
@@ -4869,8 +4741,7 @@ class _QuestionAnswering(_TextTask):
         _Option("handle_impossible_answer", _flag, False),
         _Option("align_to_words", _flag, True),
     )
-    per_token = True
-    output_rank = 2  # start and end logits: (batch, sequence)
+    axes = "(batch, sequence)"  # start and end logits
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -4961,8 +4832,6 @@ class _QuestionAnswering(_TextTask):
         return self.rows([w for group in batch.windows for w in group], self.outputs)
 
     def postprocess(self, batch: _Windows, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
-        import numpy as np
-
         rows = iter(outputs)
         results = []
         for (_, context), group in zip(batch.examples, batch.windows):
@@ -4997,8 +4866,6 @@ def _pooling_modes(pooling: Mapping[str, Any]) -> list[str]:
 
 def _pool(tokens: np.ndarray, mode: str) -> np.ndarray:
     """One pooling mode over the token rows of one text (no padding rows), as sentence-transformers."""
-    import numpy as np
-
     if mode == "cls":
         out: np.ndarray = tokens[0]
     elif mode == "lasttoken":
@@ -5021,7 +4888,7 @@ class _FeatureExtraction(_TextTask):
     name = "feature-extraction"
     options = (_Option("return_tensors", _flag, False),)
     output = "last_hidden_state"
-    per_token = True
+    axes = "(batch, sequence, features)"
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -5048,8 +4915,6 @@ class _FeatureExtraction(_TextTask):
     def encode(self, sentences: Any, *, prompt_name: str | None = None, prompt: str | None = None,
                normalize_embeddings: bool = False) -> np.ndarray:
         """Sentence embeddings, as SentenceTransformer.encode (see Runtime.encode)."""
-        import numpy as np
-
         if self.unsupported:
             raise ProcessorReconstructionError(
                 f"sentence-transformers modules {self.unsupported} are not supported by this runtime; "
@@ -5148,14 +5013,10 @@ class _ZeroShotClassification(_TextTask):
         return _Pairs(items, labels, self.tokenizer.encode(pairs))
 
     def forward(self, batch: _Pairs, options: Mapping[str, Any]) -> np.ndarray:
-        import numpy as np
-
         logits = np.stack(self.logits(batch.encodings)).astype(np.float32)
         return logits.reshape(len(batch.sequences), len(batch.labels), -1)
 
     def postprocess(self, batch: _Pairs, outputs: np.ndarray, options: Mapping[str, Any]) -> list[Any]:
-        import numpy as np
-
         results = []
         for seq, rows in zip(batch.sequences, outputs):
             if options["multi_label"] or len(batch.labels) == 1:
@@ -5473,8 +5334,6 @@ class _TextGeneration(_Task):
     def logprobs(self, texts: str | Sequence[str]) -> Any:
         """Each text's tokens scored by the model: the log-probability of every token given those before it
         (None for the first, which nothing predicts) and the model's own top prediction at each position."""
-        import numpy as np
-
         single = isinstance(texts, str)
         items = [texts] if single else texts
         if not isinstance(items, (list, tuple)) or not items or not all(isinstance(t, str) and t for t in items):
@@ -5615,14 +5474,11 @@ def _decoder_start(generation_config: Mapping[str, Any] | None, config: Mapping[
     """The token the decoder starts from: decoder_start_token_id, else bos_token_id, of the generation config (the
     model config's when the model has no generation_config.json), as generate() takes it."""
     source = generation_config if generation_config is not None else config
+    where = KEY_GENERATION_CONFIG if generation_config is not None else KEY_MODEL_CONFIG
     for key in ("decoder_start_token_id", "bos_token_id"):
-        value = source.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise MetadataValidationError(f"the embedded {key} must be a token id, got {value!r}; re-embed a fixed "
-                                          "generation_config.json")
-        return value
+        value = _field(f"{where}.{key}", source.get(key), (int,), low=0)
+        if value is not None:
+            return int(value)
     return None
 
 
@@ -5652,11 +5508,7 @@ class _Seq2Seq(_Task):
         # the pipeline does not truncate unless asked (truncation=True)
         self.tokenizer = tokenizer.with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
         self.model = _EncoderDecoderModel(ctx, self.name)
-        self.dtypes = {role: str(port.dtype) for role, port in self.model.encoder.inputs.items()}
-        if "input_ids" not in self.dtypes or not set(self.dtypes) <= {"input_ids", "attention_mask", "token_type_ids"} or any(
-                dtype not in ("int64", "int32") for dtype in self.dtypes.values()):
-            raise MetadataValidationError(f"{self.name} needs an encoder that takes token ids (input_ids, attention_mask); "
-                                          f"this one takes {sorted(self.model.encoder.inputs)}")
+        self.dtypes = _check_ports(self.model.encoder, _TOKEN_INPUTS, what=f"the encoder of {self.name}")
         self.prefix, params = _task_params(ctx.config, self.task_name())
         generation_config = ctx.metadata.get(KEY_GENERATION_CONFIG)
         model = _model_generation_defaults(generation_config, ctx.config)
@@ -5815,7 +5667,8 @@ class _ImageTask(_Task):
     example = "image"
     incremental = True
     output: ClassVar[str] = "logits"
-    text_inputs: ClassVar[tuple[str, ...]] = ()  # graph inputs a tokenizer fills, besides pixel_values
+    axes: ClassVar[str] = ""  # the output's axes
+    ports: ClassVar[tuple[_Reads, ...]] = (_Reads("pixel_values", _FLOAT_DTYPES),)  # the inputs it feeds
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -5828,26 +5681,15 @@ class _ImageTask(_Task):
         self.processor: ImageProcessor = processor
         self.session = ctx.session()
         self.output_name = self.session.output(self.output)
-        self.pixel_dtype = self._pixel_dtype()
-
-    def _pixel_dtype(self) -> str:
-        """The dtype of the graph's pixel_values; its inputs and image size checked against the processor."""
-        names = list(self.session.inputs)
-        if "pixel_values" not in names or any(n != "pixel_values" and n not in self.text_inputs for n in names):
-            expected = ", ".join(("pixel_values", *self.text_inputs))
-            raise MetadataValidationError(
-                f"graph inputs {names} do not match {self.name} (expected {expected}); was the graph exported for another task?"
-            )
+        self.dtypes = _check_ports(self.session, self.ports, [_Reads(self.output_name, axes=self.axes)], what=self.name)
+        self.pixel_dtype = self.dtypes["pixel_values"]
         port = self.session.inputs["pixel_values"]
-        if port.dtype not in ("float32", "float16", "float64"):
-            raise MetadataValidationError(f"graph input 'pixel_values' has type {port.type}; expected float, float16 or double")
         expected_shape = (3, *(self.processor.output_size or ()))
         if len(port.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(port.shape[1:], expected_shape)):
             raise MetadataValidationError(
                 f"graph input 'pixel_values' has shape {list(port.shape)} but the embedded image processor makes images of "
                 f"{expected_shape}; re-embed the model with its own processor files"
             )
-        return str(port.dtype)
 
     def pixels(self, images: Sequence[Any]) -> list[np.ndarray]:
         """Each image opened (load_image) and processed: (3, height, width) float32 pixels."""
@@ -5857,8 +5699,6 @@ class _ImageTask(_Task):
              feed: Mapping[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
         """The rows of the named outputs for each image's pixels, in caller order; images of one shape run
         together, batch_size at a time, with feed (tokenized texts) beside them."""
-        import numpy as np
-
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pixels):
             groups.setdefault(p.shape, []).append(i)
@@ -5880,19 +5720,11 @@ class _ImageClassification(_ImageTask):
     """image-classification, as transformers.ImageClassificationPipeline: the top_k labels of each image."""
 
     name = "image-classification"
+    axes = "(batch, labels)"
     options = (
         _Option("top_k", _integer(1), 5),
         _Option("function_to_apply", _choice(*_FUNCTIONS), lambda task, _: _default_function(task.ctx.config)),
     )
-
-    def __init__(self, ctx: _Context) -> None:
-        super().__init__(ctx)
-        shape = self.session.outputs[self.output_name].shape
-        if len(shape) != 2:
-            raise MetadataValidationError(
-                f"image-classification needs (batch, labels) scores; output {self.output_name!r} has shape {list(shape)}; "
-                "was the graph exported for another task?"
-            )
 
     def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[np.ndarray]:
         return self.pixels(items)
@@ -5902,8 +5734,6 @@ class _ImageClassification(_ImageTask):
 
     def postprocess(self, batch: list[np.ndarray], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """The top_k labels of each image, best first (ties in label order)."""
-        import numpy as np
-
         results = []
         for (logits,) in outputs:
             scores = [float(s) for s in _FUNCTIONS[options["function_to_apply"]](logits.astype(np.float32))]
@@ -5951,8 +5781,6 @@ class _ImageFeatureExtraction(_ImageTask):
     def encode(self, images: Any, *, normalize_embeddings: bool = False) -> np.ndarray:
         """One embedding per image, (n, dim) float32 ((dim,) for one image): image_embeds or pooler_output
         where the graph has one, else the first token's last hidden state."""
-        import numpy as np
-
         items, single = self.inputs((images,), {})
         vectors = []
         for start in range(0, len(items), self.ctx.batch_size):
@@ -6003,7 +5831,7 @@ class _ZeroShotImageClassification(_ImageTask):
         _Option("hypothesis_template", _hypothesis_template, "This is a photo of {}."),
     )
     output = "logits_per_image"
-    text_inputs = ("input_ids", "attention_mask")
+    ports = (_Reads("pixel_values", _FLOAT_DTYPES), *_TOKEN_INPUTS[:2])
 
     def __init__(self, ctx: _Context) -> None:
         if "siglip" in str(ctx.config.get("model_type", "")):
@@ -6011,20 +5839,15 @@ class _ZeroShotImageClassification(_ImageTask):
                 "zero-shot-image-classification runs CLIP-style models (softmax over logits_per_image); SigLIP's "
                 "sigmoid scores and fixed-length padding are not supported by this runtime"
             )
+        outputs = list(ctx.session().outputs)
+        if "logits_per_image" not in outputs:  # the whole CLIP model: both towers, one graph
+            raise MetadataValidationError(
+                f"zero-shot-image-classification needs the output logits_per_image but the graph has {outputs}; export the "
+                "whole CLIP model (both towers) for zero-shot-image-classification"
+            )
         super().__init__(ctx)
-        if self.output_name != "logits_per_image":
-            raise MetadataValidationError(
-                f"zero-shot-image-classification needs the output logits_per_image but the graph has "
-                f"{list(self.session.outputs)}; export the whole CLIP model (both towers) for zero-shot-image-classification"
-            )
         self.tokenizer = _text_tokenizer(ctx, self.name)
-        ports = [p for p in self.session.inputs.values() if p.name in self.text_inputs]
-        self.dtypes = {p.name: str(p.dtype) for p in ports if p.dtype in ("int64", "int32")}
-        if "input_ids" not in self.dtypes or len(self.dtypes) != len(ports):
-            raise MetadataValidationError(
-                f"zero-shot-image-classification needs int64 or int32 input_ids beside pixel_values; the graph takes "
-                f"{ {p.name: p.type for p in self.session.inputs.values()} }"
-            )
+        self.dtypes = {k: v for k, v in self.dtypes.items() if k != "pixel_values"}  # what the tokenizer fills
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
         return super().inputs(_positional_labels(args, kwargs), kwargs)
@@ -6038,8 +5861,6 @@ class _ZeroShotImageClassification(_ImageTask):
 
     def postprocess(self, batch: _Photos, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """Each image's labels by softmax score, best first (ties in label order)."""
-        import numpy as np
-
         results = []
         for (logits,) in outputs:
             scores = _softmax(logits.astype(np.float32))
@@ -6057,7 +5878,7 @@ def _conv_layers(config: Mapping[str, Any]) -> list[tuple[int, int]] | None:
     if (config.get("add_adapter") or not isinstance(kernels, list) or not isinstance(strides, list)
             or len(kernels) != len(strides)):
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in kernels + strides):
+    if not all(_is_int(v) and v > 0 for v in kernels + strides):
         return None
     return list(zip(kernels, strides))
 
@@ -6094,6 +5915,7 @@ class _AudioTask(_Task):
     example = "audio"
     incremental = True
     output: ClassVar[str] = "logits"
+    axes: ClassVar[str] = ""  # the output's axes
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -6108,25 +5930,9 @@ class _AudioTask(_Task):
         self.output_name = self.session.output(self.output)
         self.layers = _conv_layers(ctx.config)
         self.main_input = self.features.model_input_names[0]
-        self.dtypes = self._input_dtypes()
+        ports = (_Reads(self.main_input, _FLOAT_DTYPES), _Reads("attention_mask", _INT_DTYPES, False))
+        self.dtypes = _check_ports(self.session, ports, [_Reads(self.output_name, axes=self.axes)], what=self.name)
         self.pad_batches = self.features.returns_attention_mask and "attention_mask" in self.dtypes
-
-    def _input_dtypes(self) -> dict[str, str]:
-        """dtype of each graph input, which must be the features and an optional attention_mask."""
-        names = list(self.session.inputs)
-        if self.main_input not in names or any(n not in (self.main_input, "attention_mask") for n in names):
-            raise MetadataValidationError(
-                f"graph inputs {names} do not match the audio feature extractor's output ({self.main_input}, optional "
-                "attention_mask); was the model exported for another task?"
-            )
-        dtypes = {}
-        for port in self.session.inputs.values():
-            kinds = ("int64", "int32") if port.name == "attention_mask" else ("float32", "float16", "float64")
-            dtype = port.dtype
-            if dtype is None or dtype not in kinds:
-                raise MetadataValidationError(f"graph input {port.name!r} has type {port.type}, which audio features cannot fill")
-            dtypes[port.name] = dtype
-        return dtypes
 
     def piece(self, waveform: np.ndarray, stride: tuple[int, int, int] | None = None) -> _AudioPiece:
         return _AudioPiece(self.features([waveform]), len(waveform), stride)
@@ -6150,8 +5956,6 @@ class _AudioTask(_Task):
         return rows
 
     def _run(self, features: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-        import numpy as np
-
         values = _pad_stack([f[self.main_input][0] for f in features], self.features.padding_value)
         feed = {self.main_input: values.astype(self.dtypes[self.main_input])}
         if "attention_mask" in self.dtypes:
@@ -6203,7 +6007,7 @@ def _chunk_length(name: str, value: Any) -> float:
 
 
 def _stride_length(name: str, value: Any) -> tuple[float, float]:
-    strides = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    strides = [value, value] if _is_number(value) else value
     if not isinstance(strides, (list, tuple)) or len(strides) != 2:
         raise InvalidInputError(f"{name} must be a number of seconds or [left, right], got {value!r}")
     return _seconds(strides[0], name), _seconds(strides[1], name)
@@ -6229,6 +6033,7 @@ class _SpeechRecognition(_AudioTask):
     _WhisperRecognition."""
 
     name = "automatic-speech-recognition"
+    axes = "(batch, frames, vocabulary)"  # CTC logits
     processors = ("feature_extractor", "tokenizer")
     options: ClassVar[tuple[_Option, ...]] = (
         _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
@@ -6262,12 +6067,6 @@ class _SpeechRecognition(_AudioTask):
             self.align_to *= stride
         # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
         self.pad_batches = self.pad_batches and self.layers is not None
-        shape = self.session.outputs[self.output_name].shape
-        if shape and len(shape) != 3:
-            raise MetadataValidationError(
-                f"{self.name} needs CTC logits (batch, frames, vocabulary); output {self.output_name!r} has shape "
-                f"{list(shape)}; was the graph exported for another task?"
-            )
 
     def _chunking(self, options: Mapping[str, Any]) -> tuple[int, int, int]:
         """(chunk_len, stride_left, stride_right) in samples; chunk_len 0: no chunking."""
@@ -6296,7 +6095,7 @@ class _SpeechRecognition(_AudioTask):
             audio = load_audio({"raw": samples, "sampling_rate": item_rate}, rate)
             if asked is not None:
                 if not isinstance(asked, (list, tuple)) or len(asked) != 2 or not all(
-                        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in asked):
+                        _is_int(s) and s >= 0 for s in asked):
                     raise InvalidInputError(f"stride must be (left, right) numbers of samples, got {asked!r}")
                 if asked[0] + asked[1] > len(audio):
                     raise InvalidInputError(f"stride {tuple(asked)} is larger than the audio ({len(audio)} samples)")
@@ -6317,8 +6116,6 @@ class _SpeechRecognition(_AudioTask):
     def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[np.ndarray]:
         """Each piece's likeliest token per frame, cut to the frames outside its stride; a waveform too short
         for one frame has none (the model is not run on it)."""
-        import numpy as np
-
         pieces = [piece for group in batch.pieces for piece in group]
         frames = [0 if not p.samples else None if self.layers is None else _output_frames(self.layers, p.samples)
                   for p in pieces]
@@ -6336,8 +6133,6 @@ class _SpeechRecognition(_AudioTask):
 
     def postprocess(self, batch: _Speech, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
         """The text of each input's pieces decoded together, with timestamped chunks when asked."""
-        import numpy as np
-
         ids = iter(outputs)
         timestamps = options["return_timestamps"]
         results = []
@@ -6426,8 +6221,6 @@ class _WhisperTimestamps:
         self.begin, self.max_initial = begin, max_initial
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         first = self.first
         scores[:, self.no_timestamps] = -np.inf
         for row, seq in enumerate(ids[:, self.begin:].tolist()):
@@ -6461,8 +6254,6 @@ class _SuppressAtBegin:
         self.tokens, self.begin = list(tokens), begin
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        import numpy as np
-
         if ids.shape[1] == self.begin:
             scores[:, _in_vocab(self.tokens, scores)] = -np.inf
         return scores
@@ -6471,7 +6262,7 @@ class _SuppressAtBegin:
 def _token_map(value: Any, where: str) -> dict[str, int] | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+    if not isinstance(value, dict) or not all(_is_int(v) and v >= 0 for v in value.values()):
         raise MetadataValidationError(f"the embedded generation config's {where} must map tokens to ids; re-embed a fixed "
                                       "generation_config.json")
     return {str(k): int(v) for k, v in value.items()}
@@ -6500,12 +6291,9 @@ class _WhisperSettings:
         self.start = start
         self.lang_to_id = _token_map(source.get("lang_to_id"), "lang_to_id")
         self.task_to_id = _token_map(source.get("task_to_id"), "task_to_id")
-        no_timestamps = source.get("no_timestamps_token_id")
-        if no_timestamps is not None and (not isinstance(no_timestamps, int) or isinstance(no_timestamps, bool)
-                                          or no_timestamps < 0):
-            raise MetadataValidationError("the embedded no_timestamps_token_id must be a token id; re-embed a fixed "
-                                          "generation_config.json")
-        self.no_timestamps: int | None = no_timestamps
+        where = KEY_GENERATION_CONFIG if generation_config is not None else KEY_MODEL_CONFIG
+        self.no_timestamps: int | None = _field(f"{where}.no_timestamps_token_id", source.get("no_timestamps_token_id"),
+                                                (int,), low=0)
         multilingual = source.get("is_multilingual")
         self.is_multilingual = None if multilingual is None else bool(multilingual)
         forced = source.get("forced_decoder_ids")
@@ -6519,8 +6307,8 @@ class _WhisperSettings:
         self.forced: list[list[Any]] | None = forced
         self.suppress = _optional_ids(source.get("suppress_tokens"), "suppress_tokens")
         self.begin_suppress = _optional_ids(source.get("begin_suppress_tokens"), "begin_suppress_tokens")
-        initial = source.get("max_initial_timestamp_index")
-        self.max_initial = initial if isinstance(initial, int) and not isinstance(initial, bool) else None
+        self.max_initial: int | None = _field(f"{where}.max_initial_timestamp_index", source.get("max_initial_timestamp_index"),
+                                              (int,), low=0)
         self.return_timestamps = bool(source.get("return_timestamps"))
         self.language = source.get("language") if isinstance(source.get("language"), str) else None
         self.task = source.get("task") if isinstance(source.get("task"), str) else None
@@ -6615,8 +6403,6 @@ def _whisper_segments(tokens: list[int], first: int, frames: int) -> tuple[list[
 def _longest_common_sequence(sequences: Sequence[Sequence[int]]) -> list[int]:
     """transformers' whisper _find_longest_common_sequence: token sequences of overlapping chunks joined at the
     alignment with the most matching tokens, each side trusted for its half of the overlap."""
-    import numpy as np
-
     left = list(sequences[0])
     total: list[int] = []
     for right in sequences[1:]:
@@ -6779,11 +6565,8 @@ class _WhisperRecognition(_SpeechRecognition):
                                                "re-embed with --include-vocab")
         self.tokenizer = tokenizer
         self.main_input = "input_features"
-        port = self.model.encoder.inputs.get(self.main_input)
-        if port is None or len(self.model.encoder.inputs) != 1 or port.dtype not in ("float32", "float16", "float64"):
-            raise MetadataValidationError(f"Whisper's encoder must take input_features (floats) alone; this one takes "
-                                          f"{sorted(self.model.encoder.inputs)}")
-        self.dtype = str(port.dtype)
+        self.dtype = _check_ports(self.model.encoder, (_Reads(self.main_input, _FLOAT_DTYPES),), what="Whisper's encoder")[
+            self.main_input]
         self.settings = _WhisperSettings(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
         positions = _config_int(ctx.config, "max_source_positions")
         self.targets = _config_int(ctx.config, "max_target_positions")
@@ -6842,8 +6625,6 @@ class _WhisperRecognition(_SpeechRecognition):
 
     def _window(self, features: np.ndarray, seek: int, frames: int) -> np.ndarray:
         """generate()'s _get_input_segment: frames from seek, zero-padded to the encoder's window."""
-        import numpy as np
-
         window = features[:, :, seek: seek + frames]
         if window.shape[-1] < self.window:
             window = np.pad(window, ((0, 0), (0, 0), (0, self.window - window.shape[-1])))
@@ -6851,8 +6632,6 @@ class _WhisperRecognition(_SpeechRecognition):
 
     def _detect(self, hidden: Any) -> int:
         """generate()'s detect_language: the likeliest language token after the start token alone."""
-        import numpy as np
-
         step = _EncoderDecoder(self.model, {}, hidden)
         _, logits = step.prefill(np.array([[self.settings.start]], dtype=np.int64), np.ones((1, 1), dtype=np.int64), False)
         languages = np.array(sorted((self.settings.lang_to_id or {}).values()), dtype=np.int64)
@@ -6948,6 +6727,7 @@ class _AudioClassification(_AudioTask):
     the Audio Spectrogram Transformer, Whisper's encoder; the top_k labels (default: all) with their scores."""
 
     name = "audio-classification"
+    axes = "(batch, labels)"
     options = (
         # transformers' pipeline sets top_k=5 when built, but each call without top_k resets it to every label
         _Option("top_k", _integer(1, optional=True)),
@@ -6972,8 +6752,6 @@ class _AudioClassification(_AudioTask):
         return self.rows(batch)
 
     def postprocess(self, batch: list[_AudioPiece], outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
-        import numpy as np
-
         results = []
         for logits in outputs:
             scores = _FUNCTIONS[options["function_to_apply"]](logits.astype(np.float32))

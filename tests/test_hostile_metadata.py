@@ -44,7 +44,7 @@ _FIX = "; re-embed from a model whose files have the right types"
     ({"st": {"modules": ["x"]}}, "hf_sentence_transformers_config.modules[0] must be an object, got a string"),
     ({"st": {"pooling": -1}}, "hf_sentence_transformers_config.pooling must be an object, got an integer"),
     ({"st": {"pooling": {"pooling_mode": 1}}},
-     "hf_sentence_transformers_config.pooling.pooling_mode must be a string or an array of strings, got an integer"),
+     "hf_sentence_transformers_config.pooling.pooling_mode must be a string or an array, got an integer"),
 ])
 def test_wrong_json_types_are_refused_with_the_field_named(tmp_path, change, message):
     path = build(tmp_path, **change)
@@ -85,8 +85,8 @@ def test_json_null_means_not_set(tmp_path):
 def test_token_tasks_need_a_token_axis(tmp_path, task):
     with pytest.raises(rt.MetadataValidationError) as info:
         rt.Runtime(build(tmp_path, task=task))
-    assert str(info.value) == (f"{task} needs an output with a token axis (batch, sequence, features); output 'logits' "
-                               "has shape ['batch', 2]; was the graph exported for another task?")
+    assert str(info.value) == (f"{task} reads the output 'logits' as (batch, sequence, features); it has shape "
+                               "['batch', 2]; was the graph exported for another task?")
 
 
 def test_graph_names_that_are_not_utf8(tmp_path):
