@@ -3184,15 +3184,16 @@ class _ForcedTokens:
 
 
 class _SuppressTokens:
-    """SuppressTokensLogitsProcessor, and SuppressTokensAtBeginLogitsProcessor when ``at`` gives the row
-    length (without padding) where it applies."""
+    """SuppressTokensLogitsProcessor, and SuppressTokensAtBeginLogitsProcessor when ``at`` gives the row length
+    (without the padding ``pad``, per row or one for every row) where it applies."""
 
-    def __init__(self, tokens: Sequence[int], at: np.ndarray | None = None, pad: np.ndarray | None = None) -> None:
+    def __init__(self, tokens: Sequence[int], at: np.ndarray | int | None = None, pad: np.ndarray | int = 0) -> None:
         self.tokens, self.at, self.pad = list(tokens), at, pad
 
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        rows = slice(None) if self.at is None or self.pad is None else ids.shape[1] - self.pad == self.at
-        scores[np.ix_(np.arange(len(scores))[rows], _in_vocab(self.tokens, scores))] = -np.inf
+        rows = np.arange(len(scores)) if self.at is None else np.flatnonzero(
+            np.broadcast_to(ids.shape[1] - np.asarray(self.pad) == self.at, len(scores)))
+        scores[np.ix_(rows, _in_vocab(self.tokens, scores))] = -np.inf
         return scores
 
 
@@ -4103,6 +4104,12 @@ class _Task:
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
 
+    @classmethod
+    def variant(cls, metadata: Mapping[str, Any]) -> type[_Task]:
+        """The class that runs this task for a model: itself, or for a task that models of several kinds run (speech
+        recognition: CTC or Whisper) the sibling for this model's kind."""
+        return cls
+
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
         """The call's inputs as a list of items, and whether one was given alone (its result is unwrapped).
         A task whose inputs may come by name (question=..., context=...) takes them out of kwargs here."""
@@ -4167,6 +4174,22 @@ class _Task:
             batch = self.preprocess(items[start: start + step], options)
             results += self.postprocess(batch, self.forward(batch, options), options)
         return results[0] if single else results
+
+
+def _batched(keys: Sequence[Any], size: int, run: Callable[[list[int]], Sequence[Any]], *, mixed: bool = True) -> list[Any]:
+    """The one batcher: the items (given by their keys: a length, a shape) sorted by key and run `size` at a time,
+    items of different keys together only when `mixed` (where padding cannot change a result); each item's result
+    back in the caller's order. A batch gives what each item gives alone."""
+    out: list[Any] = [None] * len(keys)
+    group: list[int] = []
+    for i in [*sorted(range(len(keys)), key=lambda i: keys[i]), None]:
+        if group and (i is None or len(group) == size or (not mixed and keys[i] != keys[group[0]])):
+            for j, result in zip(group, run(group)):
+                out[j] = result
+            group = []
+        if i is not None:
+            group.append(i)
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -4241,20 +4264,16 @@ class _TextTask(_Task):
     def rows(self, encodings: Sequence[Any], outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
         """The rows of the named outputs (the task's output by default) for each encoding, in caller order,
         run in length-sorted buckets of batch_size; a task with a token axis has its rows cut to the encoding's tokens."""
-        outputs = [self.output_name] if outputs is None else outputs
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        rows: list[Any] = [None] * len(encodings)
-        for start in range(0, len(order), self.ctx.batch_size):
-            chunk = order[start: start + self.ctx.batch_size]
-            # Padding goes on the right whatever the tokenizer says: with absolute positions, left padding
-            # would shift every token of the shorter texts and make results depend on the batch, while
-            # transformers' pipelines run one text at a time, unpadded.
-            results = self.session.run(outputs, self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right"))
-            for position, i in enumerate(chunk):
-                n = len(encodings[i].ids)
-                row = [out[position] for out in results]
-                rows[i] = [r[:n] for r in row] if self.axes else row
-        return rows
+        names = [self.output_name] if outputs is None else outputs
+
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            # Padding goes on the right whatever the tokenizer says: with absolute positions, left padding would shift
+            # every token of the shorter texts, while transformers' pipelines run one text at a time, unpadded.
+            results = self.session.run(names, self.tokenizer.pad([encodings[i] for i in chunk], self.dtypes, side="right"))
+            rows = [[out[position] for out in results] for position in range(len(chunk))]
+            return [[r[: len(encodings[i].ids)] for r in row] if self.axes else row for i, row in zip(chunk, rows)]
+
+        return _batched([len(e.ids) for e in encodings], self.ctx.batch_size, run)
 
     def logits(self, encodings: Sequence[Any]) -> list[np.ndarray]:
         """The row of the task's output for each encoding, in caller order (see rows)."""
@@ -5699,18 +5718,12 @@ class _ImageTask(_Task):
              feed: Mapping[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
         """The rows of the named outputs for each image's pixels, in caller order; images of one shape run
         together, batch_size at a time, with feed (tokenized texts) beside them."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(pixels):
-            groups.setdefault(p.shape, []).append(i)
-        rows: list[Any] = [None] * len(pixels)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.ctx.batch_size):
-                chunk = indices[start: start + self.ctx.batch_size]
-                batch = np.stack([pixels[i] for i in chunk]).astype(self.pixel_dtype, copy=False)
-                results = self.session.run(outputs, {**(feed or {}), "pixel_values": batch})
-                for position, i in enumerate(chunk):
-                    rows[i] = [out[position] for out in results]
-        return rows
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            batch = np.stack([pixels[i] for i in chunk]).astype(self.pixel_dtype, copy=False)
+            results = self.session.run(outputs, {**(feed or {}), "pixel_values": batch})
+            return [[out[position] for out in results] for position in range(len(chunk))]
+
+        return _batched([p.shape for p in pixels], self.ctx.batch_size, run, mixed=False)
 
 
 # --- Image classification ---------------------------------------------------------------------------
@@ -5916,6 +5929,7 @@ class _AudioTask(_Task):
     incremental = True
     output: ClassVar[str] = "logits"
     axes: ClassVar[str] = ""  # the output's axes
+    one_graph: ClassVar[bool] = True  # a single graph fed the features (Whisper's encoder-decoder sets up its own)
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -5926,6 +5940,9 @@ class _AudioTask(_Task):
                 "with its processor files (preprocessor_config.json or processor_config.json) at the essential or full level"
             )
         self.features: _AudioFeatureExtractor = features
+        self.align_to = 1  # samples per output frame (CTC's); the pipeline's _align_to
+        if not self.one_graph:
+            return
         self.session = ctx.session()
         self.output_name = self.session.output(self.output)
         self.layers = _conv_layers(ctx.config)
@@ -5939,21 +5956,9 @@ class _AudioTask(_Task):
 
     def rows(self, pieces: Sequence[_AudioPiece]) -> list[np.ndarray]:
         """The task output's row for each piece, in order; run in length-sorted batches of batch_size."""
-        def length(i: int) -> int:
-            return int(pieces[i].features[self.main_input].shape[-1])
-
-        batches: list[list[int]] = []
-        for i in sorted(range(len(pieces)), key=length):
-            last = batches[-1] if batches else []
-            if not last or len(last) == self.ctx.batch_size or (not self.pad_batches and length(i) != length(last[0])):
-                batches.append([i])
-            else:
-                last.append(i)
-        rows: list[Any] = [None] * len(pieces)
-        for batch in batches:
-            for i, row in zip(batch, self._run([pieces[i].features for i in batch])):
-                rows[i] = row
-        return rows
+        lengths = [int(p.features[self.main_input].shape[-1]) for p in pieces]
+        return _batched(lengths, self.ctx.batch_size, lambda chunk: list(self._run([pieces[i].features for i in chunk])),
+                        mixed=self.pad_batches)
 
     def _run(self, features: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
         values = _pad_stack([f[self.main_input][0] for f in features], self.features.padding_value)
@@ -5969,16 +5974,6 @@ class _AudioTask(_Task):
 
 
 # --- Speech recognition -------------------------------------------------------------------------------
-
-
-def _speech_kind(ctx: _Context) -> str:
-    """How a speech recognition model turns audio into text: "ctc" (a label per frame, decoded greedily) or
-    "seq2seq" (an encoder-decoder generating tokens: Whisper and its kind)."""
-    if ctx.config.get("model_type") == "whisper" or ctx.config.get("is_encoder_decoder") or any(
-        name in session.inputs for session in ctx.sessions.values() for name in ("decoder_input_ids", "encoder_hidden_states")
-    ):
-        return "seq2seq"
-    return "ctc"
 
 
 def _chunks(audio: np.ndarray, chunk_len: int, left: int, right: int) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
@@ -6027,46 +6022,29 @@ class _Speech(NamedTuple):
 
 
 class _SpeechRecognition(_AudioTask):
-    """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline, for CTC models
-    (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC): greedy CTC decoding of each frame's likeliest token,
-    long audio in overlapping chunk_length_s windows, char or word timestamps; Whisper models get
-    _WhisperRecognition."""
+    """automatic-speech-recognition, as transformers.AutomaticSpeechRecognitionPipeline: what CTC models
+    (_CTCRecognition) and Whisper (_WhisperRecognition), its two kinds of models here, share: long audio in
+    overlapping chunk_length_s windows, dict inputs with a stride."""
 
     name = "automatic-speech-recognition"
-    axes = "(batch, frames, vocabulary)"  # CTC logits
     processors = ("feature_extractor", "tokenizer")
     options: ClassVar[tuple[_Option, ...]] = (
         _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
         _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
-        _Option("return_timestamps", _ctc_timestamps),
     )
 
-    def __new__(cls, ctx: _Context) -> _SpeechRecognition:
-        # the pipeline's model types: Whisper gets its own class (below), other encoder-decoders are refused
-        if cls is _SpeechRecognition and _speech_kind(ctx) == "seq2seq":
-            if ctx.config.get("model_type") != "whisper":
-                raise TaskDetectionError(
-                    "automatic-speech-recognition with a sequence-to-sequence model other than Whisper "
-                    f"({ctx.config.get('model_type') or 'encoder-decoder'}) is not supported by this runtime yet; CTC "
-                    "models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) and Whisper are")
-            return super().__new__(_WhisperRecognition)
-        return super().__new__(cls)
-
-    def __init__(self, ctx: _Context) -> None:
-        super().__init__(ctx)
-        decoder = ctx.processors.get("tokenizer")
-        if not isinstance(decoder, CTCDecoder):
-            raise ProcessorReconstructionError(
-                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
-                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
-            )
-        self.decoder = decoder
-        # samples per logit frame, as the pipeline's _align_to (the config's inputs_to_logits_ratio, else 1)
-        self.align_to = 1
-        for _, stride in self.layers or ():
-            self.align_to *= stride
-        # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
-        self.pad_batches = self.pad_batches and self.layers is not None
+    @classmethod
+    def variant(cls, metadata: Mapping[str, Any]) -> type[_Task]:
+        """The pipeline's model types: Whisper, CTC models; other encoder-decoders are refused."""
+        config = metadata.get(KEY_MODEL_CONFIG) or {}
+        if config.get("model_type") == "whisper":
+            return _WhisperRecognition
+        if config.get("is_encoder_decoder") or KEY_GRAPH_LAYOUT in metadata:
+            raise TaskDetectionError(
+                "automatic-speech-recognition with a sequence-to-sequence model other than Whisper "
+                f"({config.get('model_type') or 'encoder-decoder'}) is not supported by this runtime yet; CTC "
+                "models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC) and Whisper are")
+        return _CTCRecognition
 
     def _chunking(self, options: Mapping[str, Any]) -> tuple[int, int, int]:
         """(chunk_len, stride_left, stride_right) in samples; chunk_len 0: no chunking."""
@@ -6112,6 +6090,29 @@ class _SpeechRecognition(_AudioTask):
         chunking = self._chunking(options)
         prepared = [self._pieces(item, chunking) for item in items]
         return _Speech([pieces for pieces, _ in prepared], [extra for _, extra in prepared])
+
+class _CTCRecognition(_SpeechRecognition):
+    """Speech recognition with CTC models (wav2vec2, HuBERT, WavLM, Data2VecAudio *ForCTC), as the pipeline runs them:
+    greedy CTC decoding of each frame's likeliest token, char or word timestamps."""
+
+    axes = "(batch, frames, vocabulary)"  # CTC logits
+    options = (*_SpeechRecognition.options, _Option("return_timestamps", _ctc_timestamps))
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        decoder = ctx.processors.get("tokenizer")
+        if not isinstance(decoder, CTCDecoder):
+            raise ProcessorReconstructionError(
+                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
+                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
+            )
+        self.decoder = decoder
+        # samples per logit frame, as the pipeline's _align_to (the config's inputs_to_logits_ratio, else 1)
+        self.align_to = 1
+        for _, stride in self.layers or ():
+            self.align_to *= stride
+        # a padded batch is cut back to each waveform's own frames, which needs the encoder's shape
+        self.pad_batches = self.pad_batches and self.layers is not None
 
     def forward(self, batch: _Speech, options: Mapping[str, Any]) -> list[np.ndarray]:
         """Each piece's likeliest token per frame, cut to the frames outside its stride; a waveform too short
@@ -6244,18 +6245,6 @@ class _WhisperTimestamps:
             stamp = (np.log(np.exp(logprobs[:, first:] - top).sum(axis=-1)) + top[:, 0])
         stamp = np.where(np.isfinite(top[:, 0]), stamp, -np.inf)
         scores[stamp > logprobs[:, :first].max(axis=-1), :first] = -np.inf
-        return scores
-
-
-class _SuppressAtBegin:
-    """SuppressTokensAtBeginLogitsProcessor as Whisper builds it: the tokens banned where the rows are begin long."""
-
-    def __init__(self, tokens: Sequence[int], begin: int) -> None:
-        self.tokens, self.begin = list(tokens), begin
-
-    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if ids.shape[1] == self.begin:
-            scores[:, _in_vocab(self.tokens, scores)] = -np.inf
         return scores
 
 
@@ -6550,10 +6539,12 @@ class _WhisperRecognition(_SpeechRecognition):
         _Option("generate_kwargs", _generate_kwargs),
     )
 
+    one_graph = False  # an encoder-decoder: _EncoderDecoderModel
+
     def __init__(self, ctx: _Context) -> None:
-        _Task.__init__(self, ctx)
+        super().__init__(ctx)
         self.model = _EncoderDecoderModel(ctx, self.name)
-        features = ctx.processors.get("feature_extractor")
+        features = self.features
         if not isinstance(features, WhisperFeatureExtractor):
             raise ProcessorReconstructionError(
                 "no Whisper feature extractor is embedded (hf_feature_extractor_config); re-embed from the model folder "
@@ -6574,7 +6565,6 @@ class _WhisperRecognition(_SpeechRecognition):
             raise MetadataValidationError("the Whisper config has no max_source_positions; re-embed its config.json")
         self.window = _WHISPER_INPUT_STRIDE * positions  # frames the encoder takes
         self.asr = _WhisperDecoder(tokenizer, features.chunk_length / positions)
-        self.align_to = 1  # the pipeline's _align_to: Whisper's config has no inputs_to_logits_ratio
         pad = tokenizer.token_id("pad_token")
         self.defaults = {**_WHISPER_DEFAULTS, **({"pad_token_id": pad} if pad is not None else {})}
 
@@ -6659,7 +6649,7 @@ class _WhisperRecognition(_SpeechRecognition):
         pad = config.pad_token_id
         extra: list[_Processor] = []
         if settings.begin_suppress is not None:
-            extra.append(_SuppressAtBegin(settings.begin_suppress, len(prompt)))
+            extra.append(_SuppressTokens(settings.begin_suppress, at=len(prompt)))
         if settings.suppress is not None:
             extra.append(_SuppressTokens(settings.suppress))
         if timestamps and settings.no_timestamps is not None:
@@ -6841,6 +6831,7 @@ class Runtime:
         if task_class is None:
             raise TaskDetectionError(f"task {self.task!r} is not supported by this runtime; supported: "
                                      f"{', '.join(sorted(TASKS))} (translation_XX_to_YY too)")
+        task_class = task_class.variant(metadata)
         processors = {kind: load_processor(metadata, kind) for kind in task_class.processors}
         # an encoder-decoder in one file: onnxruntime would log a warning per input with an empty default
         quiet = KEY_GRAPH_LAYOUT in metadata or (metadata.get(KEY_MODEL_CONFIG) or {}).get("is_encoder_decoder") is True
