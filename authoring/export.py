@@ -30,7 +30,7 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataEmbeddingError, MetadataExtractionError, MetadataValidationError, TaskDetectionError
 
-from . import genai, progress
+from . import fileio, genai, progress
 from .discovery import HUB_PATTERNS, MetadataDiscovery, embedding_level, hub_snapshot
 from .embedder import EmbeddedEntry, compress_threshold, embed
 from .external import data_files
@@ -503,14 +503,12 @@ def _file_bytes(path: Path) -> int:
 
 def _move_into_place(staged: Path, output: Path) -> None:
     """Rename the staged file (and its data files, first) over the output: same file system, atomic each."""
-    from .embedder import _fsync_dir
-
     for name in data_files(staged):
         target = output.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.parent / name, target)
     os.replace(staged, output)
-    _fsync_dir(output.parent)
+    fileio.fsync_dir(output.parent)
 
 
 def _quantization(quantize: str | Quantization | None) -> Quantization | None:

@@ -45,6 +45,9 @@ from onnxmeta_runtime import (
     session_signature,
 )
 
+from . import fileio
+from .external import check_data_files
+
 if TYPE_CHECKING:
     import onnx
 
@@ -205,8 +208,6 @@ def _load(path: Path) -> onnx.ModelProto:
     """A part's model, its external data checked to lie in its folder but not loaded."""
     import onnx
     from google.protobuf.message import DecodeError
-
-    from .external import check_data_files
 
     check_data_files(path)
     try:
@@ -605,16 +606,15 @@ def _export_config(model: onnx.ModelProto) -> dict[str, Any]:
 
 def _write_data(path: Path, weights: Sequence[tuple[_Weight, int]], mode_from: Path) -> None:
     """Write the external data file: each weight's bytes at its offset, atomically."""
-    from .embedder import _atomic_write, _pwrite_all
 
     def write(fd: int, tmp: str) -> None:
         for weight, offset in weights:
             pos = offset
             for chunk in _data_chunks(weight):
-                _pwrite_all(fd, chunk, pos)
+                fileio.pwrite_all(fd, chunk, pos)
                 pos += len(chunk)
 
-    _atomic_write(path, write, mode_from)
+    fileio.atomic_write(path, write, mode_from)
 
 
 def _data_chunks(weight: _Weight) -> Iterator[bytes]:
@@ -642,8 +642,6 @@ def merge_export(
     temp file, fsynced and renamed over output (its data file first), so output is always whole.
     """
     import onnx
-
-    from .embedder import _atomic_write, _remove_stale_temps
 
     folder = Path(folder)
     dst = Path(output) if output is not None else folder / DEFAULT_OUTPUT_NAME
@@ -693,7 +691,7 @@ def merge_export(
     data = model.SerializeToString()
     del model
 
-    for name in _remove_stale_temps(dst):
+    for name in fileio.remove_stale_temps(dst):
         logger.info("removed %s, left by a merge that was killed", name)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if data_name is not None:
@@ -701,15 +699,13 @@ def merge_export(
         _write_data(dst.parent / data_name, to_data, folder / encoder.file)
 
     def write(fd: int, tmp: str) -> None:
-        from .embedder import _pwrite_all
-
-        _pwrite_all(fd, data, 0)
+        fileio.pwrite_all(fd, data, 0)
         if os.path.getsize(tmp) != len(data):
             raise MetadataEmbeddingError(f"wrote {os.path.getsize(tmp)} bytes of {len(data)}; nothing was replaced")
         written = rt.read_metadata(tmp, verify=True)
         if written.get(KEY_GRAPH_LAYOUT) != built.layout:
             raise MetadataEmbeddingError("the written file does not read back its layout; nothing was replaced")
 
-    _atomic_write(dst, write, folder / encoder.file)
+    fileio.atomic_write(dst, write, folder / encoder.file)
     size = dst.stat().st_size + ((dst.parent / data_name).stat().st_size if data_name else 0)
     return MergeReport(os.fspath(dst), data_name, built.layout, unique_bytes, size, export_bytes)

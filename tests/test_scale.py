@@ -14,7 +14,7 @@ import pytest
 
 import authoring
 import onnxmeta_runtime as rt
-from authoring import cli, embedder, external
+from authoring import cli, embedder, external, fileio
 from helpers import ROOT, optimum_export, shared
 
 
@@ -46,7 +46,7 @@ def test_in_place_embed_rewrites_only_the_tail(plain, metadata, monkeypatch):
     import onnx
 
     before, inode, size = plain.read_bytes(), plain.stat().st_ino, plain.stat().st_size
-    monkeypatch.setattr(embedder, "_atomic_write", no_temp_write)
+    monkeypatch.setattr(fileio, "atomic_write", no_temp_write)
     authoring.embed(plain, metadata, in_place=True)  # no metadata yet: an append
     assert plain.stat().st_ino == inode
     assert plain.read_bytes()[:size] == before  # every byte before the metadata untouched
@@ -112,13 +112,13 @@ def test_other_output_uses_kernel_copies(plain, metadata, tmp_path, monkeypatch)
 CRASH = """
 import os, sys
 import onnxmeta_runtime as rt
-from authoring import embedder, embed
+from authoring import embed, fileio
 
 def torn(fd, data, pos):  # killed half-way through writing the new tail
     os.pwrite(fd, data[: len(data) // 2], pos)
     os._exit(9)
 
-embedder._pwrite_all = torn
+fileio.pwrite_all = torn
 metadata = rt.read_metadata(sys.argv[2])
 embed(sys.argv[1], {**metadata, rt.KEY_PIPELINE_TASK: "feature-extraction"}, in_place=True)
 """
