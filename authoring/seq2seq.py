@@ -447,12 +447,36 @@ def _build(parts: Sequence[_Part]) -> _Built:
     """The one graph: outer inputs with empty defaults, the weights once, If nodes on phase over the parts."""
     from onnx import TensorProto, helper
 
-    by_entry = {p.entry: p for p in parts}
     scope = _Names()
     scope.taken.add(PHASE_INPUT)
+    inputs, input_names = _merged_inputs(parts, scope)
+    outputs = _merged_outputs(parts, scope)
+    weights, weight_names = _unique_weights(parts, scope)
+    conditions = {part.entry: (scope.add(f"{PHASE_INPUT}/{part.entry}"), scope.add(f"{PHASE_INPUT}/is_{part.entry}"))
+                  for part in parts}
 
-    # Inputs: the parts' inputs; a decoder's prefixed with decoder_ unless its name says it is a decoder's
-    # (decoder_*, encoder_*, past_key_values.*), as transformers names them: decoder_input_ids.
+    # One If per entry point, side by side in the outer graph: its then branch is the part's graph, its
+    # else branch empty tensors. A part nested in another If runs up to 2x slower: onnxruntime prepacks
+    # (and optimizes with) only the weights of the graph or of its direct parent (docs/FORMAT.md).
+    nodes: list[onnx.NodeProto] = []
+    for part in parts:
+        then_branch, else_branch = _branches(part, {**input_names[part.entry], **weight_names[part.entry]},
+                                             outputs[part.entry], scope)
+        phase, condition = conditions[part.entry]
+        nodes.append(helper.make_node("Constant", [], [phase], value=helper.make_tensor(
+            phase, TensorProto.INT64, [], [PHASES[part.entry]])))
+        nodes.append(helper.make_node("Equal", [PHASE_INPUT, phase], [condition]))
+        nodes.append(helper.make_node("If", [condition], [o.name for o in outputs[part.entry].values()], name=part.entry,
+                                      then_branch=then_branch, else_branch=else_branch))
+    return _Built(_model(parts, nodes, inputs, outputs), weights, _layout(parts, input_names, outputs))
+
+
+def _merged_inputs(parts: Sequence[_Part], scope: _Names) -> tuple[dict[str, onnx.ValueInfoProto], dict[str, dict[str, str]]]:
+    """The outer inputs: the parts' inputs, one for a name two parts take (their dims merged); a decoder's prefixed
+    with decoder_ unless its name says it is a decoder's (decoder_*, encoder_*, past_key_values.*), as transformers
+    names them: decoder_input_ids. Returns them by name, and each part's names for its inputs."""
+    from onnx import helper
+
     inputs: dict[str, onnx.ValueInfoProto] = {}
     input_names: dict[str, dict[str, str]] = {}
     for part in parts:
@@ -477,9 +501,13 @@ def _build(parts: Sequence[_Part]) -> _Built:
                     raise MetadataEmbeddingError(f"{part.file} has an input named {name!r}, which this format reserves")
                 scope.taken.add(name)
                 inputs[name] = _value(name, t.elem_type, _dims(value))
+    return inputs, input_names
 
-    # Outputs: each entry point its own (one node defines a graph output). decoder_with_past's are prefixed
-    # with its name (decoder_with_past.logits), as is any other name an earlier entry point already gives.
+
+def _merged_outputs(parts: Sequence[_Part], scope: _Names) -> dict[str, dict[str, onnx.ValueInfoProto]]:
+    """The outer outputs, by entry point and the name the part gives each: every entry point its own (one node
+    defines a graph output). decoder_with_past's are prefixed with its name (decoder_with_past.logits), as is any
+    other name an earlier entry point already gives."""
     outputs: dict[str, dict[str, onnx.ValueInfoProto]] = {}
     for part in parts:
         own = outputs[part.entry] = {}
@@ -487,8 +515,13 @@ def _build(parts: Sequence[_Part]) -> _Built:
             prefix = f"{part.entry}."
             name = scope.add(prefix + value.name if part.entry == "decoder_with_past" else value.name, prefix=prefix)
             own[value.name] = _value(name, value.type.tensor_type.elem_type, _dims(value))
+    return outputs
 
-    # Weights, once per content, named as their first part names them; those no node reads are dropped.
+
+def _unique_weights(parts: Sequence[_Part],
+                    scope: _Names) -> tuple[list[tuple[str, _Weight]], dict[str, dict[str, str]]]:
+    """The weights, once per content, named as their first part names them; those no node reads are dropped.
+    Returns them with their names, and each part's names for its weights."""
     unique: dict[tuple[int, tuple[int, ...], str], str] = {}
     weights: list[tuple[str, _Weight]] = []
     weight_names: dict[str, dict[str, str]] = {}
@@ -502,48 +535,50 @@ def _build(parts: Sequence[_Part]) -> _Built:
                 unique[weight.key] = scope.add(old, prefix=f"{part.entry}/")
                 weights.append((unique[weight.key], weight))
             names[old] = unique[weight.key]
-    conditions = {part.entry: (scope.add(f"{PHASE_INPUT}/{part.entry}"), scope.add(f"{PHASE_INPUT}/is_{part.entry}"))
-                  for part in parts}
+    return weights, weight_names
 
-    # One If per entry point, side by side in the outer graph: its then branch is the part's graph, its
-    # else branch empty tensors. A part nested in another If runs up to 2x slower: onnxruntime prepacks
-    # (and optimizes with) only the weights of the graph or of its direct parent (docs/FORMAT.md).
-    nodes: list[onnx.NodeProto] = []
-    for part in parts:
-        names = {**input_names[part.entry], **weight_names[part.entry]}
-        for old in _defined(part.nodes):
-            if old not in names:
-                names[old] = scope.add(old, prefix=f"{part.entry}/") if old in scope.taken else old
-        _rename_graph_nodes(part.nodes, names)
-        defined = {n for node in part.nodes for n in node.output}
-        branch_nodes, branch_outputs, empty_nodes, empty_outputs = list(part.nodes), [], [], []
-        for produced, declared in part.outputs:
-            source, out = names.get(produced, produced), outputs[part.entry][declared.name]
-            elem = declared.type.tensor_type.elem_type
-            if source not in defined:  # a branch output must be a value the branch defines, once
-                copy = scope.add(f"{part.entry}/{declared.name}")
-                branch_nodes.append(helper.make_node("Identity", [source], [copy]))
-                source = copy
-            defined.discard(source)
-            branch_outputs.append(_value(source, elem, _dims(declared)))
-            empty = scope.add(f"{part.entry}/empty/{declared.name}")
-            dims = _empty_dims(_dims(out))
-            empty_nodes.append(helper.make_node("Constant", [], [empty], value=helper.make_tensor(empty, elem, dims, vals=[])))
-            empty_outputs.append(_value(empty, elem, dims))
-        value_info = []
-        for value in part.value_info:
-            if value.name in names and value.name not in input_names[part.entry] and value.name not in weight_names[part.entry]:
-                value.name = names[value.name]
-                value_info.append(value)
-        phase, condition = conditions[part.entry]
-        nodes.append(helper.make_node("Constant", [], [phase], value=helper.make_tensor(
-            phase, TensorProto.INT64, [], [PHASES[part.entry]])))
-        nodes.append(helper.make_node("Equal", [PHASE_INPUT, phase], [condition]))
-        nodes.append(helper.make_node(
-            "If", [condition], [o.name for o in outputs[part.entry].values()], name=part.entry,
-            then_branch=helper.make_graph(branch_nodes, part.entry, [], branch_outputs, value_info=value_info),
-            else_branch=helper.make_graph(empty_nodes, f"not_{part.entry}", [], empty_outputs),
-        ))
+
+def _branches(part: _Part, outer: Mapping[str, str], outputs: Mapping[str, onnx.ValueInfoProto],
+              scope: _Names) -> tuple[onnx.GraphProto, onnx.GraphProto]:
+    """The If branches of a part's entry point: then the part's graph, every value it defines named uniquely in the
+    scope; else empty tensors for its outputs. outer: the part's names for its inputs and weights; outputs: the
+    entry point's outer outputs."""
+    from onnx import helper
+
+    names = dict(outer)
+    for old in _defined(part.nodes):
+        if old not in names:
+            names[old] = scope.add(old, prefix=f"{part.entry}/") if old in scope.taken else old
+    _rename_graph_nodes(part.nodes, names)
+    defined = {n for node in part.nodes for n in node.output}
+    branch_nodes, branch_outputs, empty_nodes, empty_outputs = list(part.nodes), [], [], []
+    for produced, declared in part.outputs:
+        source, out = names.get(produced, produced), outputs[declared.name]
+        elem = declared.type.tensor_type.elem_type
+        if source not in defined:  # a branch output must be a value the branch defines, once
+            copy = scope.add(f"{part.entry}/{declared.name}")
+            branch_nodes.append(helper.make_node("Identity", [source], [copy]))
+            source = copy
+        defined.discard(source)
+        branch_outputs.append(_value(source, elem, _dims(declared)))
+        empty = scope.add(f"{part.entry}/empty/{declared.name}")
+        dims = _empty_dims(_dims(out))
+        empty_nodes.append(helper.make_node("Constant", [], [empty], value=helper.make_tensor(empty, elem, dims, vals=[])))
+        empty_outputs.append(_value(empty, elem, dims))
+    value_info = []
+    for value in part.value_info:
+        if value.name in names and value.name not in outer:
+            value.name = names[value.name]
+            value_info.append(value)
+    return (helper.make_graph(branch_nodes, part.entry, [], branch_outputs, value_info=value_info),
+            helper.make_graph(empty_nodes, f"not_{part.entry}", [], empty_outputs))
+
+
+def _model(parts: Sequence[_Part], nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, onnx.ValueInfoProto],
+           outputs: Mapping[str, Mapping[str, onnx.ValueInfoProto]]) -> onnx.ModelProto:
+    """The model of the outer graph (phase and the inputs with empty defaults, every entry point's outputs), with
+    the parts' opsets and functions and the newest IR version among them."""
+    from onnx import TensorProto, helper
 
     defaults = [helper.make_tensor(name, value.type.tensor_type.elem_type, _empty_dims(_dims(value)), vals=[])
                 for name, value in inputs.items()]
@@ -555,6 +590,16 @@ def _build(parts: Sequence[_Part]) -> _Built:
     opsets: dict[str, int] = {}
     for part in parts:
         opsets.update(part.opsets)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("" if d == "ai.onnx" else d, v) for d, v in sorted(opsets.items())],
+        functions=_functions(parts),
+    )
+    model.ir_version = max(p.ir_version for p in parts)
+    return model
+
+
+def _functions(parts: Sequence[_Part]) -> list[onnx.FunctionProto]:
+    """The parts' model-local functions, each once; parts that define one differently cannot share a file."""
     functions: dict[tuple[str, str, str], onnx.FunctionProto] = {}
     for part in parts:
         for function in part.functions:
@@ -563,20 +608,21 @@ def _build(parts: Sequence[_Part]) -> _Built:
                 raise MetadataEmbeddingError(f"{part.file} defines function {function.domain}:{function.name} unlike "
                                              "another part does; the parts cannot share one file")
             functions[key] = function
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("" if d == "ai.onnx" else d, v) for d, v in sorted(opsets.items())],
-        functions=list(functions.values()),
-    )
-    model.ir_version = max(p.ir_version for p in parts)
-    past = by_entry.get("decoder_with_past")
-    layout = {
+    return list(functions.values())
+
+
+def _layout(parts: Sequence[_Part], input_names: Mapping[str, Mapping[str, str]],
+            outputs: Mapping[str, Mapping[str, onnx.ValueInfoProto]]) -> dict[str, Any]:
+    """hf_graph_layout: each entry point's inputs and outputs (the part's names -> the file's) and phase, and the
+    past/present pairs of decoder_with_past."""
+    past = next((p for p in parts if p.entry == "decoder_with_past"), None)
+    return {
         "phase_input": PHASE_INPUT,
         "entry_points": {part.entry: {"inputs": input_names[part.entry],
                                       "outputs": {r: v.name for r, v in outputs[part.entry].items()},
                                       "phase": PHASES[part.entry]} for part in parts},
         "past": past_pairs([v.name for v in past.inputs if is_past_input(v.name)] if past else []),
     }
-    return _Built(model, weights, layout)
 
 
 @dataclass
@@ -641,26 +687,56 @@ def merge_export(
     exceed external_data_threshold bytes (a ModelProto cannot exceed 2 GiB). The file is written to a
     temp file, fsynced and renamed over output (its data file first), so output is always whole.
     """
-    import onnx
-
     folder = Path(folder)
     dst = Path(output) if output is not None else folder / DEFAULT_OUTPUT_NAME
     parts = _load_parts(folder)
     _check_fit(parts)
-    sources = {folder / p.file for p in parts}
-    export_bytes = sum(p.stat().st_size for p in sources) + sum(
-        (folder / loc).stat().st_size for loc in {_external_fields(w.tensor)["location"] for p in parts
-                                                  for w in p.weights.values() if w.external})
+    export_bytes = _export_bytes(folder, parts)
     built = _build(parts)
-    model = built.model
     unique_bytes = sum(w.nbytes for _, w in built.weights if not w.constant)
     data_name = f"{dst.name}_data" if sum(w.nbytes for _, w in built.weights) > external_data_threshold else None
+    to_data = _store_weights(built, data_name)
+    encoder = folder / next(p for p in parts if p.entry == "encoder").file
+    data = _serialized(built, encoder, metadata, compress_threshold)
+
+    for name in fileio.remove_stale_temps(dst):
+        logger.info("removed %s, left by a merge that was killed", name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if data_name is not None:
+        # Before the model: a model never points at missing data.
+        _write_data(dst.parent / data_name, to_data, encoder)
+
+    def write(fd: int, tmp: str) -> None:
+        fileio.pwrite_all(fd, data, 0)
+        if os.path.getsize(tmp) != len(data):
+            raise MetadataEmbeddingError(f"wrote {os.path.getsize(tmp)} bytes of {len(data)}; nothing was replaced")
+        written = rt.read_metadata(tmp, verify=True)
+        if written.get(KEY_GRAPH_LAYOUT) != built.layout:
+            raise MetadataEmbeddingError("the written file does not read back its layout; nothing was replaced")
+
+    fileio.atomic_write(dst, write, encoder)
+    size = dst.stat().st_size + ((dst.parent / data_name).stat().st_size if data_name else 0)
+    return MergeReport(os.fspath(dst), data_name, built.layout, unique_bytes, size, export_bytes)
+
+
+def _export_bytes(folder: Path, parts: Sequence[_Part]) -> int:
+    """The size of the export's graph files that are merged and of the data files their weights are in."""
+    sources = {folder / p.file for p in parts}
+    return sum(p.stat().st_size for p in sources) + sum(
+        (folder / loc).stat().st_size for loc in {_external_fields(w.tensor)["location"] for p in parts
+                                                  for w in p.weights.values() if w.external})
+
+
+def _store_weights(built: _Built, data_name: str | None) -> list[tuple[_Weight, int]]:
+    """Add the weights to the model's initializers: in the graph, or (with a data file named data_name) those over
+    _INLINE_MAX bytes as references into it at aligned offsets. Returns the weights to write there, with their offsets."""
+    import onnx
+
     to_data: list[tuple[_Weight, int]] = []
     offset = 0
     for name, weight in built.weights:
-        tensor = model.graph.initializer.add()
-        outside = data_name is not None and weight.nbytes > _INLINE_MAX and weight.tensor.data_type != onnx.TensorProto.STRING
-        if outside:
+        tensor = built.model.graph.initializer.add()
+        if data_name is not None and weight.nbytes > _INLINE_MAX and weight.tensor.data_type != onnx.TensorProto.STRING:
             tensor.name, tensor.data_type = name, weight.tensor.data_type
             tensor.dims[:] = weight.tensor.dims
             offset = -(-offset // _ALIGN) * _ALIGN
@@ -679,8 +755,16 @@ def merge_export(
                 tensor.raw_data = b"".join(_payload_chunks(weight.tensor, weight.folder))
                 tensor.ClearField("external_data")
                 tensor.ClearField("data_location")
-    encoder = next(p for p in parts if p.entry == "encoder")
-    source = onnx.load(os.fspath(folder / encoder.file), load_external_data=False)
+    return to_data
+
+
+def _serialized(built: _Built, encoder: Path, metadata: Mapping[str, Any], compress_threshold: int | None) -> bytes:
+    """The merged model's bytes: the producer of the encoder's file, and the metadata with the layout and
+    export_config embedded."""
+    import onnx
+
+    model = built.model
+    source = onnx.load(os.fspath(encoder), load_external_data=False)
     if source.producer_name:
         model.producer_name, model.producer_version = source.producer_name, source.producer_version
     del source
@@ -688,24 +772,4 @@ def merge_export(
     for key, value in rt.encode_metadata(full, compress_threshold=compress_threshold):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    data = model.SerializeToString()
-    del model
-
-    for name in fileio.remove_stale_temps(dst):
-        logger.info("removed %s, left by a merge that was killed", name)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if data_name is not None:
-        # Before the model: a model never points at missing data.
-        _write_data(dst.parent / data_name, to_data, folder / encoder.file)
-
-    def write(fd: int, tmp: str) -> None:
-        fileio.pwrite_all(fd, data, 0)
-        if os.path.getsize(tmp) != len(data):
-            raise MetadataEmbeddingError(f"wrote {os.path.getsize(tmp)} bytes of {len(data)}; nothing was replaced")
-        written = rt.read_metadata(tmp, verify=True)
-        if written.get(KEY_GRAPH_LAYOUT) != built.layout:
-            raise MetadataEmbeddingError("the written file does not read back its layout; nothing was replaced")
-
-    fileio.atomic_write(dst, write, folder / encoder.file)
-    size = dst.stat().st_size + ((dst.parent / data_name).stat().st_size if data_name else 0)
-    return MergeReport(os.fspath(dst), data_name, built.layout, unique_bytes, size, export_bytes)
+    return model.SerializeToString()
