@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnxmeta_runtime as rt
@@ -114,10 +114,10 @@ def _task_check(metadata: dict[str, Any]) -> str:
     return f"{task} ({'runs in this runtime' if task in rt.TASKS else 'not yet supported by this runtime'})"
 
 
-def _audio_processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
-    """The feature extractor, and the tokenizer beside it: tokenizer.json's, or a CTC vocabulary."""
-    extractor = rt.load_feature_extractor(metadata)
-    done = [f"{type(extractor).__name__} rebuilt ({extractor.sampling_rate} Hz)"]
+def _audio_processor_check(path: str | os.PathLike[str], metadata: dict[str, Any], rebuilt: str) -> str:
+    """The processors of an audio model: its feature extractor (rebuilt: what rebuilding it found), and the tokenizer
+    beside it: tokenizer.json's, or a CTC vocabulary."""
+    done = [rebuilt]
     tokenizer = rt.load_tokenizer(metadata)
     if isinstance(tokenizer, rt.TextTokenizer):
         done.append(f"tokenizer rebuilt ({tokenizer.backend.get_vocab_size()} tokens)")
@@ -132,8 +132,9 @@ def _audio_processor_check(path: str | os.PathLike[str], metadata: dict[str, Any
 
 
 def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
-    if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
-        return _audio_processor_check(path, metadata)
+    extractor = rt.load_feature_extractor(metadata)
+    if extractor is not None:
+        return _audio_processor_check(path, metadata, f"{type(extractor).__name__} rebuilt ({extractor.sampling_rate} Hz)")
     tokenizer = rt.load_tokenizer(metadata)
     if tokenizer is None and rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:
         processor = rt.load_image_processor(metadata)
@@ -144,6 +145,9 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
         raise rt.ProcessorReconstructionError("no vocabulary embedded; re-embed with --include-vocab to tokenize")
     if tokenizer is None:
         raise rt.ProcessorReconstructionError("no tokenizer or processor embedded")
+    if isinstance(tokenizer, rt.CTCDecoder):
+        raise rt.ProcessorReconstructionError(f"a CTC vocabulary without the feature extractor its audio needs "
+                                              f"({rt.KEY_FEATURE_EXTRACTOR_CONFIG})")
     vocab = tokenizer.backend.get_vocab_size()
     config_vocab = (metadata.get(rt.KEY_MODEL_CONFIG) or {}).get("vocab_size")
     if isinstance(config_vocab, int) and vocab > config_vocab:
@@ -189,6 +193,15 @@ def _embedding_rows(graph: Any) -> tuple[str, int] | None:
     return None
 
 
+@dataclass
+class _Findings:
+    """What the graph check found, step by step: failures, what fits, and what it could not compare."""
+
+    failures: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+
 def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     """Metadata against the graph: tokenizer outputs vs inputs, vocabulary vs embedding table and logits,
     labels vs classifier width. A dimension that is symbolic is reported as not checkable."""
@@ -199,50 +212,68 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for files it cannot parse
         raise rt.MetadataValidationError(f"onnx cannot parse the graph: {exc}") from None
     graph = model.graph
-    config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
-    task = metadata.get(rt.KEY_PIPELINE_TASK)
-    tokenizer_config = metadata.get(rt.KEY_TOKENIZER_CONFIG) or {}
     initializers = {t.name for t in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in initializers]
     outputs = {o.name: _dims(o) for o in graph.output}
-    failures: list[str] = []
-    checked: list[str] = []
-    unchecked: list[str] = []
+    found = _Findings()
     layout = metadata.get(rt.KEY_GRAPH_LAYOUT)
     if layout is not None:  # an encoder-decoder in one file: the tokenizer feeds the encoder entry point
-        names = {i.name for i in graph.input}
-        missing = sorted({n for point in layout.get("entry_points", {}).values() for n in point.get("inputs", {}).values()
-                          if n not in names} | {n for point in layout.get("entry_points", {}).values()
-                                                for n in point.get("outputs", {}).values() if n not in outputs})
-        if missing:
-            failures.append(f"{rt.KEY_GRAPH_LAYOUT} names {missing}, which the graph lacks")
-        else:
-            checked.append(f"{rt.KEY_GRAPH_LAYOUT}: {', '.join(layout.get('entry_points', {}))} fit the graph")
-        encoder = layout.get("entry_points", {}).get("encoder", {})
-        inputs = list(encoder.get("inputs", {}).values())
-        outputs = {n: outputs[n] for n in layout.get("entry_points", {}).get("decoder", {}).get("outputs", {}).values()
-                   if n in outputs}
+        inputs, outputs = _layout_check(graph, layout, outputs, found)
+    _inputs_check(metadata, inputs, found)
+    _vocabulary_check(metadata, graph, found)
+    _width_check(metadata, outputs, found)
+    if found.failures:
+        raise rt.MetadataValidationError("; ".join(found.failures))
+    message = "; ".join(found.checked) or "nothing to compare"
+    return message + (f"; not checkable: {', '.join(found.unchecked)}" if found.unchecked else "")
 
-    if metadata.get(rt.KEY_FEATURE_EXTRACTOR_CONFIG) is not None:
-        main = rt.load_feature_extractor(metadata).model_input_names[0]
+
+def _layout_check(graph: Any, layout: dict[str, Any], outputs: dict[str, list[int | str | None]],
+                  found: _Findings) -> tuple[list[str], dict[str, list[int | str | None]]]:
+    """An encoder-decoder's hf_graph_layout against the graph's names; the inputs the processor feeds (the encoder
+    entry point's) and the outputs a task reads (the decoder's)."""
+    names = {i.name for i in graph.input}
+    points = layout.get("entry_points", {})
+    missing = sorted({n for point in points.values() for n in point.get("inputs", {}).values() if n not in names}
+                     | {n for point in points.values() for n in point.get("outputs", {}).values() if n not in outputs})
+    if missing:
+        found.failures.append(f"{rt.KEY_GRAPH_LAYOUT} names {missing}, which the graph lacks")
+    else:
+        found.checked.append(f"{rt.KEY_GRAPH_LAYOUT}: {', '.join(points)} fit the graph")
+    inputs = list(points.get("encoder", {}).get("inputs", {}).values())
+    return inputs, {n: outputs[n] for n in points.get("decoder", {}).get("outputs", {}).values() if n in outputs}
+
+
+def _inputs_check(metadata: dict[str, Any], inputs: list[str], found: _Findings) -> None:
+    """The graph's inputs against what the processor makes: the feature extractor's first input, or the tokenizer's
+    outputs (and what text generation's decoding loop feeds)."""
+    tokenizer_config = metadata.get(rt.KEY_TOKENIZER_CONFIG) or {}
+    extractor = rt.load_feature_extractor(metadata)
+    if extractor is not None:
+        main = extractor.model_input_names[0]
         if main not in inputs:
-            failures.append(f"graph inputs {inputs} lack {main}, which the feature extractor makes")
+            found.failures.append(f"graph inputs {inputs} lack {main}, which the feature extractor makes")
         else:
-            checked.append(f"input {main} comes from the feature extractor")
+            found.checked.append(f"input {main} comes from the feature extractor")
     elif metadata.get(rt.KEY_TOKENIZER_JSON) is not None or tokenizer_config:
+        task = metadata.get(rt.KEY_PIPELINE_TASK)
         made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
         if rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:  # CLIP: the image processor fills pixel_values
             made = [*made, "pixel_values"]
         extra = [n for n in inputs if n not in made and not (task == "text-generation" and _LOOP_INPUTS.fullmatch(n))]
         if extra:
-            failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")
+            found.failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")
         elif "input_ids" not in inputs:
-            failures.append(f"graph inputs {inputs} lack input_ids")
+            found.failures.append(f"graph inputs {inputs} lack input_ids")
         else:
             fed = [n for n in inputs if n in made]
             looped = f" ({len(inputs) - len(fed)} more from the decoding loop)" if len(fed) < len(inputs) else ""
-            checked.append(f"inputs {', '.join(fed)} come from the tokenizer{looped}")
+            found.checked.append(f"inputs {', '.join(fed)} come from the tokenizer{looped}")
 
+
+def _vocabulary_check(metadata: dict[str, Any], graph: Any, found: _Findings) -> None:
+    """tokenizer.json's vocabulary and the config's vocab_size against the rows of the embedding table."""
+    config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
     vocab_sizes: list[tuple[str, int, str]] = []
     if metadata.get(rt.KEY_TOKENIZER_JSON) is not None:
         from tokenizers import Tokenizer
@@ -251,21 +282,29 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
             tokens = Tokenizer.from_str(metadata[rt.KEY_TOKENIZER_JSON]).get_vocab_size(with_added_tokens=True)
             vocab_sizes.append(("tokenizer.json", tokens, f"tokenizer.json has {tokens} tokens"))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception; the processor check reports it in full
-            unchecked.append(f"tokenizer vocabulary ({str(exc)[:80]})")
+            found.unchecked.append(f"tokenizer vocabulary ({str(exc)[:80]})")
     if isinstance(config.get("vocab_size"), int):
         vocab_sizes.append(("config vocab_size", config["vocab_size"], f"config vocab_size is {config['vocab_size']}"))
     table = _embedding_rows(graph)
-    if table is None and vocab_sizes:
-        unchecked.append("vocabulary (no embedding table gathered by input_ids)")
-    for source, size, what in vocab_sizes if table is not None else ():
-        name, rows = table
+    if table is None:
+        if vocab_sizes:
+            found.unchecked.append("vocabulary (no embedding table gathered by input_ids)")
+        return
+    name, rows = table
+    for source, size, what in vocab_sizes:
         # a tokenizer may use fewer ids than the table has rows (tables padded to a multiple of 8), never more
         wrong = size > rows if source == "tokenizer.json" else size != rows
         if wrong:
-            failures.append(f"{what} but the embedding table {name!r} has {rows} rows")
+            found.failures.append(f"{what} but the embedding table {name!r} has {rows} rows")
         else:
-            checked.append(f"{source} {size} fits the embedding table ({rows} rows)")
+            found.checked.append(f"{source} {size} fits the embedding table ({rows} rows)")
 
+
+def _width_check(metadata: dict[str, Any], outputs: dict[str, list[int | str | None]], found: _Findings) -> None:
+    """The config's labels (classifiers) and vocab_size (fill-mask) against the width of the output read: logits,
+    else the first."""
+    config = metadata.get(rt.KEY_MODEL_CONFIG) or {}
+    task = metadata.get(rt.KEY_PIPELINE_TASK)
     output = "logits" if "logits" in outputs else next(iter(outputs), None)
     width = outputs[output][-1] if output is not None and outputs[output] else None
     expectations = []
@@ -275,16 +314,11 @@ def _graph_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> str:
         expectations.append(("vocabulary scores", f"config vocab_size is {config['vocab_size']}", config["vocab_size"]))
     for label, what, expected in expectations:
         if not isinstance(width, int) or width == 0:
-            unchecked.append(f"{label} (output {output!r} has width {width!r})")
+            found.unchecked.append(f"{label} (output {output!r} has width {width!r})")
         elif width != expected:
-            failures.append(f"{what} but output {output!r} has width {width}")
+            found.failures.append(f"{what} but output {output!r} has width {width}")
         else:
-            checked.append(f"{label}: {expected} = width of output {output!r}")
-
-    if failures:
-        raise rt.MetadataValidationError("; ".join(failures))
-    message = "; ".join(checked) or "nothing to compare"
-    return message + (f"; not checkable: {', '.join(unchecked)}" if unchecked else "")
+            found.checked.append(f"{label}: {expected} = width of output {output!r}")
 
 
 def _external_check(path: str | os.PathLike[str]) -> str:
