@@ -122,7 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     report = export(args.model, args.output, task=args.task, revision=args.revision, opset=args.opset, level=args.level,
                     optimize=args.optimize, quantize=quantization, exporter=args.exporter, validate=not args.no_validate)
     config, mb = report.export_config, 1024 * 1024
-    made = " + ".join(filter(None, [config["exporter"], args.optimize, quantization and quantization.mode]))
+    made = " + ".join(filter(None, [config["exporter"], args.optimize, None if quantization is None else quantization.mode]))
     print(f"exported {_safe(args.model)} ({report.task}) with {made} into ONE file {_safe(report.output_path)}: "
           f"{report.file_bytes / mb:.1f} MB, {len(report.entries)} metadata entries")
     source = ", ".join(f"{k} {_safe(config[k])}" for k in ("revision", "commit") if k in config)

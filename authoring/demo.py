@@ -112,7 +112,7 @@ def run_demo(output_dir: str | Path = "onnxmeta-demo") -> list[dict[str, object]
     print(f"detected task: {metadata[rt.KEY_PIPELINE_TASK]}")
 
     runtime = rt.Runtime(final)
-    results = runtime(list(EXAMPLES))
+    results: list[dict[str, object]] = runtime(list(EXAMPLES))
     print(f"\n{runtime!r} with only the runtime file, onnxruntime and tokenizers:")
     for text, result in zip(EXAMPLES, results):
         print(f"  {text!r:50} -> {result['label']} ({result['score']:.3f})")

@@ -508,7 +508,8 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     keep = [v.name for v in [*model.graph.input, *model.graph.output]
             if not (rt.is_past_input(v.name) or rt.is_present_output(v.name))]
     large = model.ByteSize() > _EXTERNAL_LIMIT  # onnx's in-memory shape inference stops at 2 GB
-    return convert_float_to_float16(model, keep_io_types=keep, disable_shape_infer=large)
+    converted: onnx.ModelProto = convert_float_to_float16(model, keep_io_types=keep, disable_shape_infer=large)
+    return converted
 
 
 # ------------------------------------------------------------------------------------------------------
