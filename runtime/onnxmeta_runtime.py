@@ -55,109 +55,35 @@ else:
 
 __version__ = "0.1.0"
 
-__all__ = (
-    "COMPRESSED_SUFFIX",
-    "COMPRESSION_LEVEL",
-    "DECODER_FILE",
-    "DECODER_MERGED_FILE",
-    "DECODER_WITH_PAST_FILE",
-    "DEFAULT_COMPRESS_THRESHOLD",
-    "ENCODER_FILE",
-    "FEATURE_EXTRACTORS",
-    "FIELD_GRAPH",
-    "FIELD_METADATA_PROPS",
-    "FORMAT_VERSION",
-    "JSON_KEYS",
-    "KEYS",
-    "KEY_DIGEST",
-    "KEY_EMBEDDING_LEVEL",
-    "KEY_EXPORT_CONFIG",
-    "KEY_FEATURE_ENGINEERING",
-    "KEY_FEATURE_EXTRACTOR_CONFIG",
-    "KEY_GENERATION_CONFIG",
-    "KEY_GRAPH_LAYOUT",
-    "KEY_IMAGE_PROCESSOR_CONFIG",
-    "KEY_MODEL_CONFIG",
-    "KEY_PIPELINE_CONFIG",
-    "KEY_PIPELINE_TASK",
-    "KEY_SENTENCE_TRANSFORMERS",
-    "KEY_TIMESTAMP",
-    "KEY_TOKENIZERS_VERSION",
-    "KEY_TOKENIZER_CONFIG",
-    "KEY_TOKENIZER_JSON",
-    "KEY_TRANSFORMERS_VERSION",
-    "KEY_VERSION",
-    "LEGACY_GZIP_PREFIX",
-    "MAX_DECOMPRESSED_SIZE",
-    "MERGED_BRANCH_INPUT",
-    "METADATA_CACHE_SIZE",
-    "PHASES",
-    "PHASE_INPUT",
-    "PROCESSORS",
-    "SENTENCE_TRANSFORMERS_MODULES",
-    "STRING_KEYS",
-    "TASKS",
+# The public surface, by what it is for; every other name is internal and may change.
+__all__ = (  # noqa: RUF022 - grouped by what the names are for, not sorted
+    # Running a model: the pipeline's answers, the sessions, the tasks (docs/ARCHITECTURE.md)
+    "Runtime", "pipeline", "ONNXAutoModel", "ONNXAutoProcessor", "Session", "open_sessions", "model_info", "TASKS",
     "TASK_ALIASES",
-    "WIRE_I32",
-    "WIRE_I64",
-    "WIRE_LEN",
-    "WIRE_VARINT",
-    "ASTFeatureExtractor",
-    "CTCDecoder",
-    "Entry",
-    "Field",
-    "ImageProcessor",
-    "InvalidInputError",
-    "MetadataEmbeddingError",
-    "MetadataError",
-    "MetadataExtractionError",
-    "MetadataReadError",
-    "MetadataValidationError",
-    "ModelScan",
-    "ONNXAutoModel",
-    "ONNXAutoProcessor",
-    "ProcessorReconstructionError",
-    "Runtime",
-    "Session",
-    "TaskDetectionError",
-    "TextTokenizer",
-    "TokenizerProxy",
-    "UnsupportedVersionError",
-    "Wav2Vec2FeatureExtractor",
-    "WhisperFeatureExtractor",
-    "canonical_json",
-    "check_value_types",
-    "clear_metadata_cache",
-    "decode_metadata",
-    "encode_metadata",
-    "graph_layout",
-    "graph_operators",
-    "is_cross_attention",
-    "is_decoder_input",
-    "is_format_key",
-    "is_past_input",
-    "is_present_output",
-    "iter_fields",
-    "load_audio",
-    "load_feature_extractor",
-    "load_image",
-    "load_image_processor",
-    "load_processor",
-    "load_tokenizer",
+    # Processors rebuilt from the metadata, and the inputs they read
+    "load_processor", "load_tokenizer", "load_image_processor", "load_feature_extractor", "PROCESSORS",
+    "FEATURE_EXTRACTORS", "TextTokenizer", "TokenizerProxy", "ImageProcessor", "WhisperFeatureExtractor",
+    "Wav2Vec2FeatureExtractor", "ASTFeatureExtractor", "CTCDecoder", "load_image", "load_audio", "resample",
     "mel_filter_bank",
-    "metadata_digest",
-    "model_info",
-    "open_sessions",
-    "past_pairs",
-    "pipeline",
-    "present_for",
-    "read_metadata",
-    "read_varint",
-    "resample",
-    "scan_model",
-    "session_signature",
-    "string_entry",
-    "value_text",
+    # Reading a file: metadata without loading the graph (docs/FORMAT.md)
+    "read_metadata", "scan_model", "ModelScan", "Entry", "decode_metadata", "iter_fields", "value_text", "graph_layout",
+    "graph_operators", "session_signature", "metadata_digest", "clear_metadata_cache", "read_varint", "WIRE_LEN",
+    "WIRE_VARINT", "FIELD_METADATA_PROPS", "MAX_DECOMPRESSED_SIZE",
+    # The format, which authoring writes: key names, version, value encoding (docs/FORMAT.md)
+    "FORMAT_VERSION", "KEY_DIGEST", "KEY_EMBEDDING_LEVEL", "KEY_EXPORT_CONFIG", "KEY_FEATURE_ENGINEERING",
+    "KEY_FEATURE_EXTRACTOR_CONFIG", "KEY_GENERATION_CONFIG", "KEY_GRAPH_LAYOUT", "KEY_IMAGE_PROCESSOR_CONFIG",
+    "KEY_MODEL_CONFIG", "KEY_PIPELINE_CONFIG", "KEY_PIPELINE_TASK", "KEY_SENTENCE_TRANSFORMERS", "KEY_TIMESTAMP",
+    "KEY_TOKENIZERS_VERSION", "KEY_TOKENIZER_CONFIG", "KEY_TOKENIZER_JSON", "KEY_TRANSFORMERS_VERSION", "KEY_VERSION",
+    "is_format_key", "encode_metadata", "canonical_json", "string_entry", "COMPRESSED_SUFFIX",
+    "DEFAULT_COMPRESS_THRESHOLD", "SENTENCE_TRANSFORMERS_MODULES",
+    # The encoder-decoder layout of one file (docs/FORMAT.md, hf_graph_layout)
+    "ENCODER_FILE", "DECODER_FILE", "DECODER_WITH_PAST_FILE", "DECODER_MERGED_FILE", "PHASES", "PHASE_INPUT",
+    "MERGED_BRANCH_INPUT", "check_fit", "past_pairs", "present_for", "is_past_input", "is_present_output", "is_cross_attention",
+    "is_decoder_input",
+    # Errors: every one the runtime raises is a MetadataError
+    "MetadataError", "MetadataReadError", "UnsupportedVersionError", "MetadataValidationError",
+    "MetadataExtractionError", "MetadataEmbeddingError", "ProcessorReconstructionError", "TaskDetectionError",
+    "InvalidInputError",
 )
 
 
@@ -189,17 +115,17 @@ KEY_DIGEST = "hf_metadata_sha256"
 
 # Values stored as plain text. hf_tokenizer_json is the tokenizer.json document as text: it goes
 # straight to tokenizers.Tokenizer.from_str, so it is never parsed here.
-STRING_KEYS = frozenset({
+_STRING_KEYS = frozenset({
     KEY_VERSION, KEY_TIMESTAMP, KEY_TRANSFORMERS_VERSION, KEY_TOKENIZER_JSON, KEY_TOKENIZERS_VERSION,
     KEY_PIPELINE_TASK, KEY_EMBEDDING_LEVEL, KEY_DIGEST,
 })
 # Values stored as canonical JSON objects.
-JSON_KEYS = frozenset({
+_JSON_KEYS = frozenset({
     KEY_MODEL_CONFIG, KEY_TOKENIZER_CONFIG, KEY_IMAGE_PROCESSOR_CONFIG, KEY_FEATURE_EXTRACTOR_CONFIG,
     KEY_GENERATION_CONFIG, KEY_FEATURE_ENGINEERING, KEY_PIPELINE_CONFIG, KEY_EXPORT_CONFIG, KEY_SENTENCE_TRANSFORMERS,
     KEY_GRAPH_LAYOUT,
 })
-KEYS = STRING_KEYS | JSON_KEYS
+_KEYS = _STRING_KEYS | _JSON_KEYS
 # The two keys the original design named without the hf_ prefix. Every other key of the format,
 # present and future, starts with hf_; that is what makes a key "ours" (replaced on re-embed,
 # covered by the digest), so that a newer writer's extra keys stay covered for older readers.
@@ -207,10 +133,10 @@ _UNPREFIXED_KEYS = frozenset({KEY_FEATURE_ENGINEERING, KEY_EXPORT_CONFIG})
 
 COMPRESSED_SUFFIX = ":compressed"
 # Older writers marked a compressed value by this prefix on the value instead of the key suffix; read only.
-LEGACY_GZIP_PREFIX = "gzip:"
+_LEGACY_GZIP_PREFIX = "gzip:"
 DEFAULT_COMPRESS_THRESHOLD = 10 * 1024
 """Values whose UTF-8 text is longer than this many bytes are stored gzip + base64."""
-COMPRESSION_LEVEL = 6
+_COMPRESSION_LEVEL = 6
 MAX_DECOMPRESSED_SIZE = 256 * 1024 * 1024
 """Cap on one decompressed value, against decompression bombs."""
 
@@ -352,9 +278,9 @@ class _Option(NamedTuple):
 # holds the weights) are skipped by seeking, so a 400 MB model costs a handful of small reads.
 # Only field 14, metadata_props (StringStringEntryProto: key = 1, value = 2), is read.
 
-WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
+WIRE_VARINT, _WIRE_I64, WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 """Protobuf wire types: varint, fixed 64-bit, length-delimited, fixed 32-bit."""
-FIELD_GRAPH = 7
+_FIELD_GRAPH = 7
 FIELD_METADATA_PROPS = 14
 _HEAD_BYTES = 20  # a tag varint and a length varint are at most 10 bytes each
 
@@ -363,7 +289,7 @@ class _Malformed(Exception):
     """Internal: a scanner failure; converted once into MetadataReadError with the offset."""
 
 
-class Field(NamedTuple):
+class _Field(NamedTuple):
     """One field of a protobuf message in a file: bytes [start, end), its payload from data_start."""
 
     number: int
@@ -378,14 +304,14 @@ class Entry(NamedTuple):
 
     key: str
     value: str
-    field: Field
+    field: _Field
 
 
 class ModelScan(NamedTuple):
     """The top-level layout of an ONNX file: its fields in file order and its metadata entries."""
 
     size: int
-    fields: list[Field]
+    fields: list[_Field]
     entries: list[Entry]
 
 
@@ -416,9 +342,9 @@ def _field_head(buf: bytes, pos: int, limit: int) -> tuple[int, int, int, int]:
     if wire == WIRE_VARINT:
         _, end = _varint(buf, p)
         return number, wire, p, end
-    if wire == WIRE_I64:
+    if wire == _WIRE_I64:
         end = p + 8
-    elif wire == WIRE_I32:
+    elif wire == _WIRE_I32:
         end = p + 4
     elif wire == WIRE_LEN:
         length, p = _varint(buf, p)
@@ -451,7 +377,7 @@ def _parse_entry(body: bytes) -> tuple[str, str]:
     return key, value
 
 
-def _fields(f: IO[bytes], start: int, end: int) -> Iterator[Field]:
+def _fields(f: IO[bytes], start: int, end: int) -> Iterator[_Field]:
     pos = start
     while pos < end:
         f.seek(pos)
@@ -460,11 +386,11 @@ def _fields(f: IO[bytes], start: int, end: int) -> Iterator[Field]:
             number, wire, data_start, field_end = _field_head(head, 0, end - pos)
         except _Malformed as exc:
             raise _Malformed(f"{exc} (at byte {pos})") from None
-        yield Field(number, wire, pos, pos + data_start, pos + field_end)
+        yield _Field(number, wire, pos, pos + data_start, pos + field_end)
         pos += field_end
 
 
-def iter_fields(f: IO[bytes], start: int, end: int) -> Iterator[Field]:
+def iter_fields(f: IO[bytes], start: int, end: int) -> Iterator[_Field]:
     """The fields of the message at bytes [start, end) of an open file, in order; payloads are skipped by
     seeking, never read. A malformed field raises MetadataReadError naming its byte offset."""
     try:
@@ -529,7 +455,7 @@ def scan_model(path: str | os.PathLike[str]) -> ModelScan:
     name = os.path.basename(path)
     with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
-        fields: list[Field] = []
+        fields: list[_Field] = []
         entries: list[Entry] = []
         try:
             for field in _fields(f, 0, size):
@@ -547,8 +473,8 @@ def scan_model(path: str | os.PathLike[str]) -> ModelScan:
                 entries.append(Entry(key, value, field))
         except _Malformed as exc:
             raise MetadataReadError(f"{name} is not a readable ONNX model: {exc}") from None
-    if not any(fl.number == FIELD_GRAPH and fl.wire_type == WIRE_LEN for fl in fields):
-        raise MetadataReadError(f"{name} is not an ONNX model: it has no graph (field {FIELD_GRAPH})")
+    if not any(fl.number == _FIELD_GRAPH and fl.wire_type == WIRE_LEN for fl in fields):
+        raise MetadataReadError(f"{name} is not an ONNX model: it has no graph (field {_FIELD_GRAPH})")
     return ModelScan(size, fields, entries)
 
 
@@ -599,7 +525,7 @@ def graph_operators(path: str | os.PathLike[str], scan: ModelScan | None = None)
     scan = scan or scan_model(path)
     found: set[str] = set()
     with _open_regular(_model_path(path)) as f:
-        for graph in (fl for fl in scan.fields if fl.number == FIELD_GRAPH and fl.wire_type == WIRE_LEN):
+        for graph in (fl for fl in scan.fields if fl.number == _FIELD_GRAPH and fl.wire_type == WIRE_LEN):
             for node in iter_fields(f, graph.data_start, graph.end):
                 if node.number != _GRAPH_NODE or node.wire_type != WIRE_LEN:
                     continue
@@ -619,9 +545,9 @@ def graph_operators(path: str | os.PathLike[str], scan: ModelScan | None = None)
 def value_text(key: str, value: Any) -> str:
     if isinstance(value, str):
         return value
-    if key in STRING_KEYS:
+    if key in _STRING_KEYS:
         raise MetadataEmbeddingError(f"metadata value {key!r} must be a string, got {type(value).__name__}")
-    if key in JSON_KEYS and not isinstance(value, dict):
+    if key in _JSON_KEYS and not isinstance(value, dict):
         # readers refuse anything but an object here, so writing it would make the file unreadable
         raise MetadataEmbeddingError(f"metadata value {key!r} must be a dict (a JSON object), got {type(value).__name__}")
     try:
@@ -641,7 +567,7 @@ def metadata_digest(texts: Mapping[str, str]) -> str:
 
 def _compress(text: str) -> str:
     # mtime=0 keeps the output deterministic: same metadata, same bytes.
-    compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, 31)
+    compressor = zlib.compressobj(_COMPRESSION_LEVEL, zlib.DEFLATED, 31)
     data = compressor.compress(text.encode("utf-8")) + compressor.flush()
     return base64.b64encode(data).decode("ascii")
 
@@ -756,19 +682,19 @@ def decode_metadata(
         if raw_key.endswith(COMPRESSED_SUFFIX) and is_format_key(raw_key[: -len(COMPRESSED_SUFFIX)]):
             key = raw_key[: -len(COMPRESSED_SUFFIX)]
             value = _decompress(key, value, max_decompressed_size)
-        elif value.startswith(LEGACY_GZIP_PREFIX) and is_format_key(raw_key):
+        elif value.startswith(_LEGACY_GZIP_PREFIX) and is_format_key(raw_key):
             # No JSON value and no value this format writes starts so: the prefix is unambiguous.
-            value = _decompress(key, value[len(LEGACY_GZIP_PREFIX):], max_decompressed_size)
+            value = _decompress(key, value[len(_LEGACY_GZIP_PREFIX):], max_decompressed_size)
         if key in texts and is_format_key(key):
             raise MetadataReadError(f"metadata key {key!r} appears more than once; the file is ambiguous")
         texts[key] = value
     metadata: dict[str, Any] = {}
     for key, text in texts.items():
-        if key in JSON_KEYS and text == "None":
+        if key in _JSON_KEYS and text == "None":
             # The original design's writer stores str(value), so an Optional config that was None reads
             # "None": the value is absent. It cannot be a JSON object, so nothing else is lost.
             continue
-        if key in JSON_KEYS:
+        if key in _JSON_KEYS:
             try:
                 value = json.loads(text)
             except ValueError as exc:
@@ -815,19 +741,26 @@ _JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an in
 
 
 def _json_type(value: Any) -> str:
-    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
+    return "null" if value is None or value is _JSON_NULL else _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 _REEMBED = "re-embed from a model whose files have the right types"
+_JSON_NULL: Any = object()  # an item that is null, which no field reader accepts
 
 
-def _field(path: str, value: Any, types: tuple[type, ...], default: Any = None, *, low: float | None = None,
-           high: float | None = None, error: type[MetadataError] = MetadataValidationError) -> Any:
+def _field(path: str, value: Any, types: tuple[type, ...], default: Any = None, *, each: tuple[type, ...] = (),
+           low: float | None = None, high: float | None = None, error: type[MetadataError] = MetadataValidationError) -> Any:
     """The one reader of a configuration field (path names it: hf_model_config.num_labels): its value when it has
     one of JSON's types (True is no number) within the bounds, default when it is null or absent; else the error
-    naming the field, what it must be and what it is, ending in the re-embed hint."""
+    naming the field, what it must be and what it is, ending in the re-embed hint. With `each`, the field is an
+    array or an object whose every item (value) has one of those types, within the bounds."""
     if value is None:
         return default
+    if each:
+        container = _field(path, value, types, error=error)
+        for key, item in enumerate(container) if isinstance(container, list) else container.items():
+            _field(f"{path}[{key!r}]", _JSON_NULL if item is None else item, each, low=low, high=high, error=error)
+        return value
     number = _is_number(value)
     typed = isinstance(value, types) and (bool in types or not isinstance(value, bool))
     bounded = not number or (-float("inf") < value < float("inf") and (low is None or value >= low)
@@ -843,31 +776,25 @@ def _field(path: str, value: Any, types: tuple[type, ...], default: Any = None, 
     raise error(f"{path} must be {expected}, got {found}; {_REEMBED}")
 
 
-def check_value_types(metadata: Mapping[str, Any]) -> None:
+def _check_value_types(metadata: Mapping[str, Any]) -> None:
     """Refuse configuration fields the runtime reads when their JSON type is wrong (MetadataValidationError)."""
     for key, fields in _FIELD_TYPES.items():
         section = metadata.get(key)
         if isinstance(section, dict):
             for name, types in fields.items():
                 _field(f"{key}.{name}", section.get(name), types)
-    config = metadata.get(KEY_MODEL_CONFIG) or {}
-    for name, value in (config.get("label2id") or {}).items():
-        _field(f"{KEY_MODEL_CONFIG}.label2id[{name!r}]", value, (int,))
+    _field(f"{KEY_MODEL_CONFIG}.label2id", (metadata.get(KEY_MODEL_CONFIG) or {}).get("label2id"), (dict,), each=(int,))
     side = (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("truncation_side")
     if side not in (None, "left", "right"):
         raise MetadataValidationError(f"{KEY_TOKENIZER_CONFIG}.truncation_side is {side!r}; expected 'left' or 'right'")
     st = metadata.get(KEY_SENTENCE_TRANSFORMERS) or {}
-    for name, value in (st.get("prompts") or {}).items():
-        _field(f"{KEY_SENTENCE_TRANSFORMERS}.prompts[{name!r}]", value, (str,))
-    for i, module in enumerate(st.get("modules") or []):
-        _field(f"{KEY_SENTENCE_TRANSFORMERS}.modules[{i}]", module, (dict,))
-    where = f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode"
-    mode = _field(where, (st.get("pooling") or {}).get("pooling_mode"), (str, list))
-    for i, name in enumerate(mode if isinstance(mode, list) else ()):
-        _field(f"{where}[{i}]", name, (str,))
+    _field(f"{KEY_SENTENCE_TRANSFORMERS}.prompts", st.get("prompts"), (dict,), each=(str,))
+    _field(f"{KEY_SENTENCE_TRANSFORMERS}.modules", st.get("modules"), (list,), each=(dict,))
+    mode = (st.get("pooling") or {}).get("pooling_mode")
+    _field(f"{KEY_SENTENCE_TRANSFORMERS}.pooling.pooling_mode", mode, (str, list), each=(str,) if isinstance(mode, list) else ())
 
 
-METADATA_CACHE_SIZE = 32
+_METADATA_CACHE_SIZE = 32
 """How many files' decoded metadata read_metadata keeps (least recently used dropped first)."""
 # A file changed twice within the filesystem's timestamp granularity can keep its size and mtime; like
 # git's "racily clean" rule, a file modified this recently is not cached.
@@ -923,7 +850,7 @@ def read_metadata(
     if key is not None and key == _cache_key(path, (verify, max_decompressed_size)):
         with _cache_lock:
             _cache[key] = copy.deepcopy(metadata)
-            while len(_cache) > METADATA_CACHE_SIZE:
+            while len(_cache) > _METADATA_CACHE_SIZE:
                 _cache.popitem(last=False)
     return metadata
 
@@ -1263,7 +1190,7 @@ def _max_length(metadata: Mapping[str, Any]) -> int:
 def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | TokenizerProxy | None:
     """The tokenizer of a model: full when the vocabulary is embedded (tokenizer.json, or a CTC tokenizer's
     vocab.json), a proxy when only its config is."""
-    check_value_types(metadata)
+    _check_value_types(metadata)
     config = metadata.get(KEY_TOKENIZER_CONFIG)
     tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
     if tokenizer_json is not None:
@@ -2779,56 +2706,50 @@ def _entry_points(graphs: Mapping[str, Any], layout: Mapping[str, Any], fed_by: 
                            else np.zeros(shape, dtype=_DTYPES[port.type]))
         sessions[entry] = Session(graph, fed_by=fed_by, inputs=point["inputs"], outputs=point["outputs"], fixed=fixed,
                                   past=pairs)
-    _check_fit(sessions, layout, where)
+    check_fit({entry: ({k: p.shape for k, p in session.inputs.items()}, {k: p.shape for k, p in session.outputs.items()})
+               for entry, session in sessions.items()},
+              {entry: str(layout["entry_points"][entry].get("file") or f"the {entry} of {where}") for entry in sessions})
     return sessions
 
 
-def _check_fit(sessions: Mapping[str, Session], layout: Mapping[str, Any], where: str) -> None:
-    """Refuse entry points that do not fit together, naming them and what does not match: the encoder's output
-    width against what the decoders take, past inputs no output feeds (or of another shape), logits widths."""
-    points = layout["entry_points"]
+def check_fit(ports: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]], names: Mapping[str, str],
+              error: type[MetadataError] = MetadataValidationError) -> None:
+    """Refuse the parts of an encoder-decoder that do not fit together, naming them (names: each entry point's file)
+    and what does not match: the encoder's output width against what the decoders take, past inputs no output feeds
+    (or of another shape), logits widths. ports maps each entry point ("encoder", "decoder", "decoder_with_past") to
+    its inputs and its outputs, each a mapping of name to shape (a list of ints and dimension names, or None)."""
 
-    def part(entry: str) -> str:
-        return str(points[entry].get("file") or f"the {entry} of {where}")
+    def refuse(a: str, b: str, what: str) -> MetadataError:
+        both = names[a] if names[a] == names[b] else f"{names[a]} and {names[b]}"
+        return error(f"{both} do not fit together: {what}; are they from the same export?")
 
-    def refuse(a: str, b: str, what: str) -> MetadataValidationError:
-        return MetadataValidationError(f"{part(a)} and {part(b)} do not fit together: {what}; are they from the same "
-                                       "export?")
-
-    def width(port: _Port | None) -> int | None:
-        last = port.shape[-1] if port is not None and port.shape else None
+    def width(shape: Any) -> int | None:
+        last = shape[-1] if shape else None
         return last if isinstance(last, int) and last > 0 else None
 
-    encoder = sessions["encoder"]
-    hidden = encoder.outputs.get("last_hidden_state") or next(iter(encoder.outputs.values()), None)
+    given = ports["encoder"][1]
+    hidden = "last_hidden_state" if "last_hidden_state" in given else next(iter(given), "")
     for entry in ("decoder", "decoder_with_past"):
-        taken = sessions[entry].inputs.get("encoder_hidden_states") if entry in sessions else None
-        if width(hidden) and width(taken) and width(hidden) != width(taken) and hidden is not None:
-            raise refuse("encoder", entry, f"{part('encoder')} gives {hidden.name} of width {width(hidden)}, {part(entry)} "
-                                           f"takes encoder_hidden_states of width {width(taken)}")
-    step = sessions.get("decoder_with_past")
-    if step is None:
+        taken = width(ports[entry][0].get("encoder_hidden_states")) if entry in ports else None
+        if taken and width(given.get(hidden)) and width(given.get(hidden)) != taken:
+            raise refuse("encoder", entry, f"{names['encoder']} gives {hidden} of width {width(given.get(hidden))}, "
+                                           f"{names[entry]} takes encoder_hidden_states of width {taken}")
+    if "decoder" not in ports or "decoder_with_past" not in ports:
         return
-    decoder = sessions["decoder"]
-    for past, present, cross in step.past:
-        if past not in step.inputs:
-            raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes no {past}, which "
-                                                         f"{KEY_GRAPH_LAYOUT} pairs with {present}")
-        for entry in ("decoder",) if cross else ("decoder", "decoder_with_past"):
-            gives = sessions[entry].outputs.get(present)
-            if gives is None:
-                raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes {past}, but {part(entry)} "
-                                                             f"gives no {present}")
-            mine, theirs = step.inputs[past].shape, gives.shape
-            if len(mine) == len(theirs) and any(isinstance(x, int) and isinstance(y, int) and x and y and x != y
-                                                for x, y in zip(mine, theirs)):
-                raise refuse("decoder", "decoder_with_past", f"{part('decoder_with_past')} takes {past} of shape "
-                                                             f"{list(mine)}, {part(entry)} gives {present} of shape "
-                                                             f"{list(theirs)}")
-    first, later = width(decoder.outputs.get("logits")), width(step.outputs.get("logits"))
-    if first and later and first != later:
-        raise refuse("decoder", "decoder_with_past", f"logits of width {first} in {part('decoder')}, {later} in "
-                                                     f"{part('decoder_with_past')}")
+    first, later = names["decoder"], names["decoder_with_past"]
+    for past, mine in ports["decoder_with_past"][0].items():
+        present, sources = present_for(past), ("decoder",) if is_cross_attention(past) else ("decoder", "decoder_with_past")
+        for entry in sources if is_past_input(past) else ():
+            theirs = ports[entry][1].get(present, _UNSET)
+            if theirs is _UNSET:
+                raise refuse("decoder", "decoder_with_past", f"{later} takes {past}, but {names[entry]} gives no {present}")
+            if mine and theirs and len(mine) == len(theirs) and any(
+                    isinstance(x, int) and isinstance(y, int) and x and y and x != y for x, y in zip(mine, theirs)):
+                raise refuse("decoder", "decoder_with_past", f"{later} takes {past} of shape {list(mine)}, {names[entry]} "
+                                                             f"gives {present} of shape {list(theirs)}")
+    logits = [width(ports[entry][1].get("logits")) for entry in ("decoder", "decoder_with_past")]
+    if all(logits) and logits[0] != logits[1]:
+        raise refuse("decoder", "decoder_with_past", f"logits of width {logits[0]} in {first}, {logits[1]} in {later}")
 
 
 ########################################################################################################
@@ -2971,6 +2892,15 @@ class _GenerationConfig(NamedTuple):
         return self.eos_token_id[0] if self.eos_token_id else None
 
 
+def _checked(where: str, key: str, value: Any, check: _Check, hint: str = "re-embed a fixed generation_config.json") -> Any:
+    """A value of an embedded config read with the check of the option of that name: its complaint becomes a
+    MetadataValidationError saying where the value is and how to fix it."""
+    try:
+        return check(key, value)
+    except InvalidInputError as exc:
+        raise MetadataValidationError(f"{where} is wrong: {exc}; {hint}") from None
+
+
 def _model_generation_defaults(generation_config: Mapping[str, Any] | None, model_config: Mapping[str, Any]) -> dict[str, Any]:
     """The options a model sets: its generation_config.json, or else the generation keys of its config.json
     (GenerationConfig.from_model_config). Checked: a bad value is a MetadataValidationError naming it."""
@@ -2986,12 +2916,7 @@ def _model_generation_defaults(generation_config: Mapping[str, Any] | None, mode
         if key not in checks or key == "seed":
             ignored.append(key)
             continue
-        try:
-            checks[key](key, value)
-        except InvalidInputError as exc:
-            raise MetadataValidationError(
-                f"the embedded generation config is wrong: {exc}; re-embed a fixed generation_config.json"
-            ) from None
+        _checked("the embedded generation config", key, value, checks[key])
         values[key] = value
     if ignored and generation_config is not None:
         warnings.warn(f"the generation config sets {', '.join(sorted(ignored))}, which this runtime does not apply", stacklevel=4)
@@ -3488,12 +3413,13 @@ class _Search:
         self.sequences = [ids[row, width: width + group[row]] for row in range(len(rows))]
 
     def _beam_search(self) -> Iterator[np.ndarray]:
-        """Beam search (and beam sampling), as transformers 5's vectorized _beam_search."""
+        """Beam search (and beam sampling), as transformers 5's vectorized _beam_search: each step scores the
+        continuations of the running beams, keeps the best that did not stop running and lets the best that did
+        replace worse finished ones (_Beams), until no running beam can improve on them."""
         config, prompts, step = self.config, self.prompts, self.step
         batch, beams, width = len(prompts.ids), config.num_beams, prompts.ids.shape[1]
         eos = config.eos_token_id or ()
         keep = max(2, 1 + len(eos)) * beams
-        fill = (config.pad or eos[0]) if eos else -1  # generate's `pad_token_id or eos_token_id[0]`
         max_new = prompts.max_lengths - (width - prompts.pad)
         rows = np.repeat(np.arange(batch), beams)
         state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache, width + int(max_new.max()))
@@ -3503,73 +3429,104 @@ class _Search:
         candidate_rows = np.repeat(np.arange(batch), keep)
         stopping = _Stopping(prompts.max_lengths[candidate_rows], prompts.pad[candidate_rows], eos, self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
-        running = np.zeros((batch, beams, 0), dtype=np.int64)
-        running_scores = np.zeros((batch, beams), dtype=np.float32)
-        running_scores[:, 1:] = -1e9
-        done = np.full((batch, beams, int(max_new.max())), fill, dtype=np.int64)
-        done_lengths = np.zeros((batch, beams), dtype=np.int64)
-        done_scores = np.full((batch, beams), -1e9, dtype=np.float32)
-        finished = np.zeros((batch, beams), dtype=bool)
-        improvable = np.ones((batch, 1), dtype=bool)
-        top_beams = np.arange(keep) < beams
+        # generate's `pad_token_id or eos_token_id[0]` fills short finished sequences
+        state_of = _Beams(config, batch, keep, int(max_new.max()), (config.pad or eos[0]) if eos else -1)
         t = 0
         while True:
-            flat = np.concatenate([prompts.ids[rows], running.reshape(batch * beams, t)], axis=1)
             log_probs = _log_softmax(logits.astype(np.float32, copy=False))
+            flat = np.concatenate([prompts.ids[rows], state_of.running.reshape(batch * beams, t)], axis=1)
             for processor in processors:
                 log_probs = processor(flat, log_probs)
-            vocab = log_probs.shape[-1]
-            accumulated = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
-            if rng is None:
-                chosen = _top(accumulated, keep)
-            else:
-                chosen = _draw_without_replacement(accumulated, keep, rng)
-                chosen = np.take_along_axis(chosen, _top(np.take_along_axis(accumulated, chosen, axis=-1), keep), axis=-1)
-            candidate_scores = np.take_along_axis(accumulated, chosen, axis=-1)
-            source, tokens = chosen // vocab, chosen % vocab
-            candidates = np.concatenate([np.take_along_axis(running, source[:, :, None], axis=1), tokens[:, :, None]], axis=2)
+            candidates, scores, source = state_of.continuations(log_probs, rng)
             hits = stopping(np.concatenate([prompts.ids[candidate_rows], candidates.reshape(batch * keep, t + 1)],
                                            axis=1)).reshape(batch, keep)
-            # the best candidates that did not stop go on
-            open_scores = candidate_scores + hits.astype(np.float32) * np.float32(-1e9)
-            best = _top(open_scores, beams)
-            running = np.take_along_axis(candidates, best[:, :, None], axis=1)
-            running_scores = np.take_along_axis(open_scores, best, axis=-1)
-            beam_source = np.take_along_axis(source, best, axis=-1)
-            # the best candidates among the top num_beams that stopped may replace finished sequences
-            just = hits & top_beams[None, :]
-            scores = candidate_scores / ((t + 1) ** config.length_penalty)
-            full = finished.all(axis=-1, keepdims=True) & (config.early_stopping is True)
-            scores = scores + full.astype(np.float32) * np.float32(-1e9)
-            scores = scores + (~improvable).astype(np.float32) * np.float32(-1e9)
-            scores = scores + (~just).astype(np.float32) * np.float32(-1e9)
-            grown = np.full((batch, keep, done.shape[2]), fill, dtype=np.int64)
-            grown[:, :, : t + 1] = candidates
-            merged_scores = np.concatenate([done_scores, scores], axis=1)
-            kept = _top(merged_scores, beams)
-            done = np.take_along_axis(np.concatenate([done, grown], axis=1), kept[:, :, None], axis=1)
-            done_scores = np.take_along_axis(merged_scores, kept, axis=-1)
-            done_lengths = np.take_along_axis(np.concatenate([done_lengths, np.full((batch, keep), t + 1)], axis=1), kept,
-                                              axis=-1)
-            finished = np.take_along_axis(np.concatenate([finished, just], axis=1), kept, axis=-1)
+            beam_source = state_of.go_on(candidates, scores, source, hits)
+            state_of.finish(candidates, scores, hits, t + 1)
             t += 1
-            yield running[:, :, -1].reshape(-1)
-            # whether a running beam could still beat the worst finished one
-            if config.early_stopping == "never" and config.length_penalty > 0.0:
-                hypothetical = (max_new[:, None].astype(np.float64) ** config.length_penalty).astype(np.float32)
-            else:
-                hypothetical = np.float32(t ** config.length_penalty)
-            best_running = running_scores[:, :1] / hypothetical
-            worst_done = np.where(finished, done_scores.min(axis=1, keepdims=True), np.float32(-1e9))
-            improvable = improvable & (best_running > worst_done).any(axis=-1, keepdims=True)
-            if not (improvable.any() and not (finished.all() and config.early_stopping is True) and not hits.all()):
+            yield state_of.running[:, :, -1].reshape(-1)
+            if not state_of.may_improve(t, max_new) or hits.all():
                 break
-            flat_source = (np.arange(batch)[:, None] * beams + beam_source).reshape(-1)
-            step.reorder(state, flat_source)
-            logits = step.advance(state, running[:, :, -1].reshape(-1))
+            step.reorder(state, (np.arange(batch)[:, None] * beams + beam_source).reshape(-1))
+            logits = step.advance(state, state_of.running[:, :, -1].reshape(-1))
         count = config.num_return_sequences
-        lengths = done_lengths[:, :count].max(axis=1)
-        self.sequences = [done[b, i, : lengths[b]] for b in range(batch) for i in range(count)]
+        lengths = state_of.done_lengths[:, :count].max(axis=1)
+        self.sequences = [state_of.done[b, i, : lengths[b]] for b in range(batch) for i in range(count)]
+
+
+class _Beams:
+    """Beam search's state, `batch` prompts of num_beams beams: the running beams and their scores, the finished
+    sequences (filled past their length), their scores, lengths and whether each is finished, and whether a running
+    beam could still beat them. Steps named as transformers' _beam_search names them."""
+
+    def __init__(self, config: _GenerationConfig, batch: int, keep: int, max_new: int, fill: int) -> None:
+        self.config, self.keep, self.fill, beams = config, keep, fill, config.num_beams
+        self.running = np.zeros((batch, beams, 0), dtype=np.int64)
+        self.running_scores = np.zeros((batch, beams), dtype=np.float32)
+        self.running_scores[:, 1:] = -1e9
+        self.done = np.full((batch, beams, max_new), fill, dtype=np.int64)
+        self.done_lengths = np.zeros((batch, beams), dtype=np.int64)
+        self.done_scores = np.full((batch, beams), -1e9, dtype=np.float32)
+        self.finished = np.zeros((batch, beams), dtype=bool)
+        self.improvable = np.ones((batch, 1), dtype=bool)
+        self.top_beams = np.arange(keep) < beams
+
+    def continuations(self, log_probs: np.ndarray, rng: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_get_top_k_continuations: the `keep` best (or drawn) continuations of each prompt's beams, their summed
+        scores and the beam each continues."""
+        batch, beams, _ = self.running.shape
+        vocab = log_probs.shape[-1]
+        accumulated = (log_probs.reshape(batch, beams, vocab) + self.running_scores[:, :, None]).reshape(batch, -1)
+        if rng is None:
+            chosen = _top(accumulated, self.keep)
+        else:
+            chosen = _draw_without_replacement(accumulated, self.keep, rng)
+            chosen = np.take_along_axis(chosen, _top(np.take_along_axis(accumulated, chosen, axis=-1), self.keep), axis=-1)
+        source, tokens = chosen // vocab, chosen % vocab
+        candidates = np.concatenate([np.take_along_axis(self.running, source[:, :, None], axis=1), tokens[:, :, None]],
+                                    axis=2)
+        return candidates, np.take_along_axis(accumulated, chosen, axis=-1), source
+
+    def go_on(self, candidates: np.ndarray, scores: np.ndarray, source: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """_get_running_beams_for_next_iteration: the best candidates that did not stop run on; the beams they
+        continue."""
+        open_scores = scores + hits.astype(np.float32) * np.float32(-1e9)
+        best = _top(open_scores, self.config.num_beams)
+        self.running = np.take_along_axis(candidates, best[:, :, None], axis=1)
+        self.running_scores = np.take_along_axis(open_scores, best, axis=-1)
+        beam_source: np.ndarray = np.take_along_axis(source, best, axis=-1)
+        return beam_source
+
+    def finish(self, candidates: np.ndarray, scores: np.ndarray, hits: np.ndarray, length: int) -> None:
+        """_update_finished_beams: the best candidates among the top num_beams that stopped may replace finished
+        sequences (scored with the length penalty)."""
+        config, (batch, keep), beams = self.config, hits.shape, self.config.num_beams
+        just = hits & self.top_beams[None, :]
+        scores = scores / (length ** config.length_penalty)
+        full = self.finished.all(axis=-1, keepdims=True) & (config.early_stopping is True)
+        scores = scores + full.astype(np.float32) * np.float32(-1e9)
+        scores = scores + (~self.improvable).astype(np.float32) * np.float32(-1e9)
+        scores = scores + (~just).astype(np.float32) * np.float32(-1e9)
+        grown = np.full((batch, keep, self.done.shape[2]), self.fill, dtype=np.int64)
+        grown[:, :, :length] = candidates
+        merged_scores = np.concatenate([self.done_scores, scores], axis=1)
+        kept = _top(merged_scores, beams)
+        self.done = np.take_along_axis(np.concatenate([self.done, grown], axis=1), kept[:, :, None], axis=1)
+        self.done_scores = np.take_along_axis(merged_scores, kept, axis=-1)
+        self.done_lengths = np.take_along_axis(np.concatenate([self.done_lengths, np.full((batch, keep), length)], axis=1),
+                                               kept, axis=-1)
+        self.finished = np.take_along_axis(np.concatenate([self.finished, just], axis=1), kept, axis=-1)
+
+    def may_improve(self, length: int, max_new: np.ndarray) -> bool:
+        """_beam_search_has_unfinished_sequences: whether a running beam could still beat the worst finished one
+        (_check_early_stop_heuristic) and early stopping does not end the search."""
+        config = self.config
+        hypothetical: Any = np.float32(length ** config.length_penalty)
+        if config.early_stopping == "never" and config.length_penalty > 0.0:
+            hypothetical = (max_new[:, None].astype(np.float64) ** config.length_penalty).astype(np.float32)
+        best_running = self.running_scores[:, :1] / hypothetical
+        worst_done = np.where(self.finished, self.done_scores.min(axis=1, keepdims=True), np.float32(-1e9))
+        self.improvable = self.improvable & (best_running > worst_done).any(axis=-1, keepdims=True)
+        return bool(self.improvable.any()) and not (self.finished.all() and config.early_stopping is True)
 
 
 def _draw(scores: np.ndarray, rng: Any) -> np.ndarray:
@@ -5050,6 +5007,60 @@ class _ZeroShotClassification(_TextTask):
         return results
 
 
+# --- Generating tasks ---------------------------------------------------------------------------------
+# What text generation, text-to-text and Whisper share: the call's generation config (the caller's generate() options
+# over the model's generation config and the pipeline's defaults), the decoding loop over left-padded rows with the
+# stop strings the config names, refused when a row may grow past the model's positions, items run batch_size at a
+# time with each one's num_return_sequences sequences back in the caller's order, and the new tokens decoded.
+
+class _Generating(_Task):
+    """A task that generates tokens; its __init__ sets the tokenizer, the model's generation defaults and the
+    pipeline's (and positions, where learned positions end)."""
+
+    tokenizer: TextTokenizer
+    model_generation: Mapping[str, Any]
+    task_defaults: Mapping[str, Any]
+    positions: int | None = None
+    too_long: ClassVar[str] = ""  # the last hint of the positions check
+    _token_text: _TokenText | None = None
+
+    def generation(self, options: Mapping[str, Any], **given: Any) -> _GenerationConfig:
+        """The call's generation config: the caller's generate() options (and `given`) over the model's and the
+        pipeline's defaults."""
+        user = {name: options[name] for name in _GENERATION_OPTION_NAMES if name in options}
+        return _generation_config(self.model_generation, {**user, **given}, self.task_defaults)
+
+    def search(self, step: _Step, sequences: Sequence[Sequence[int]], config: _GenerationConfig, pad: int,
+               extra: Sequence[_Processor] = ()) -> _Search:
+        """The decoding loop over rows starting from the token id lists."""
+        rows = _prompts(sequences, config, pad, self.positions)
+        longest = int(rows.max_lengths.argmax())
+        if self.positions is not None and rows.max_lengths[longest] > self.positions:
+            raise InvalidInputError(
+                f"the output may grow to {rows.max_lengths[longest]} tokens ({len(sequences[longest])} given), past the "
+                f"model's {self.positions} positions; lower max_new_tokens (or max_length){self.too_long}")
+        stop = None
+        if config.stop_strings:
+            self._token_text = self._token_text or _TokenText(self.tokenizer)
+            stop = _StopStrings(config.stop_strings, self._token_text)
+        return _Search(step, rows, config, stop, extra)
+
+    def generate(self, keys: Sequence[Any], config: _GenerationConfig, search: Callable[[list[int]], _Search], *,
+                 mixed: bool = True) -> list[list[np.ndarray]]:
+        """Each item's num_return_sequences sequences of new tokens; items (by their keys) batched by _batched."""
+        count = config.num_return_sequences
+
+        def run(group: list[int]) -> list[list[np.ndarray]]:
+            sequences = search(group).run()
+            return [sequences[k * count: (k + 1) * count] for k in range(len(group))]
+
+        return _batched(keys, self.ctx.batch_size, run, mixed=mixed)
+
+    def decode(self, ids: Iterable[int], **options: Any) -> str:
+        # beam search fills short sequences with -1 when the model has no eos or pad token
+        return self.tokenizer.decode([int(t) for t in ids if t >= 0], **options)
+
+
 # --- Text generation ----------------------------------------------------------------------------------
 
 
@@ -5144,7 +5155,7 @@ class _Generation(NamedTuple):
     config: _GenerationConfig
 
 
-class _TextGeneration(_Task):
+class _TextGeneration(_Generating):
     """text-generation, as transformers.TextGenerationPipeline: continues strings or chats (rendered with the
     embedded chat template) with the generation options of GenerationConfig, defaults from the embedded
     generation config. Lists run together, left-padded, in batches of batch_size."""
@@ -5154,13 +5165,14 @@ class _TextGeneration(_Task):
     options = _TEXT_GENERATION_OPTIONS
     # the pipeline's defaults, where neither the caller nor the model's generation config sets them
     defaults: ClassVar[Mapping[str, Any]] = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
+    too_long = ", shorten the prompt, or pass handle_long_generation='hole' to drop its start"
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
         # a prompt is never cut silently: the position check below says when one is too long
         self.tokenizer = _text_tokenizer(ctx, self.name).with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
         self.step = _DecoderOnly(ctx.session(), ctx.config)
-        self.model_defaults = _model_generation_defaults(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
+        self.model_generation = _model_generation_defaults(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
         pad = self.tokenizer.token_id("pad_token")
         self.task_defaults = {**self.defaults, **({} if pad is None else {"pad_token_id": pad})}
         self.positions = _config_int(ctx.config, "max_position_embeddings", "n_positions", "n_ctx")
@@ -5171,7 +5183,6 @@ class _TextGeneration(_Task):
             template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
         self.chat_template = template if isinstance(template, str) else None
         self._template: Any = None
-        self._token_text: _TokenText | None = None
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
         """A string or a chat (a list of messages) is one prompt; a list of them, several."""
@@ -5194,10 +5205,8 @@ class _TextGeneration(_Task):
             raise InvalidInputError("return_full_text is mutually exclusive with return_tensors")
         if tensors and text is not None:
             raise InvalidInputError("return_text is mutually exclusive with return_tensors")
-        generation = {name: options[name] for name in _GENERATION_OPTION_NAMES}
-        if options["stop_sequence"] is not None:
-            generation["stop_strings"] = options["stop_sequence"]
-        return self.with_prefix(_generation_config(self.model_defaults, generation, self.task_defaults), options)
+        stop = {} if options["stop_sequence"] is None else {"stop_strings": options["stop_sequence"]}
+        return self.with_prefix(self.generation(options, **stop), options)
 
     def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Generation:
         """The prompts as token ids (strings behind the prefix, chats rendered with the chat template), and
@@ -5285,47 +5294,18 @@ class _TextGeneration(_Task):
             text = text[:at] if text[at: at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
         return text
 
-    def search(self, prompts: Sequence[_Prompt], config: _GenerationConfig) -> _Search:
+    def prompt_search(self, prompts: Sequence[_Prompt], config: _GenerationConfig) -> _Search:
         """The decoding loop for prompts that run together."""
-        if self._token_text is None and config.stop_strings:
-            self._token_text = _TokenText(self.tokenizer)
-        stop = _StopStrings(config.stop_strings, self._token_text) if config.stop_strings and self._token_text else None
-        sequences = [p.ids for p in prompts]
-        rows = _prompts(sequences, config, self.tokenizer.pad_token_id, self.positions)
-        if self.positions is not None and int(rows.max_lengths.max()) > self.positions:
-            longest = int(rows.max_lengths.argmax())
-            raise InvalidInputError(
-                f"the prompt has {len(sequences[longest])} tokens and may grow to {rows.max_lengths[longest]}, past "
-                f"the model's {self.positions} positions; shorten it, lower max_new_tokens (or max_length), or pass "
-                "handle_long_generation='hole' to drop its start"
-            )
-        return _Search(self.step, rows, config, stop)
+        return self.search(self.step, [p.ids for p in prompts], config, self.tokenizer.pad_token_id)
 
     def forward(self, batch: _Generation, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
-        """The new tokens of num_return_sequences sequences per prompt. Prompts run in batches of batch_size;
-        a graph without position_ids numbers positions from the first column, so only prompts of one length
-        run together there (left padding would shift them)."""
-        prompts, config = batch.prompts, batch.config
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
-        batches: list[list[int]] = []
-        for i in order:
-            last = batches[-1] if batches else None
-            if (last is None or len(last) >= self.ctx.batch_size
-                    or ("position_ids" not in self.step.int_types and len(prompts[last[0]].ids) != len(prompts[i].ids))):
-                batches.append([i])
-            else:
-                last.append(i)
-        results: list[list[np.ndarray]] = [[] for _ in prompts]
-        count = config.num_return_sequences
-        for group in batches:
-            sequences = self.search([prompts[i] for i in group], config).run()
-            for position, i in enumerate(group):
-                results[i] = sequences[position * count: (position + 1) * count]
-        return results
-
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool) -> str:
-        # beam search fills short sequences with -1 when the model has no eos or pad token
-        return self.tokenizer.decode([int(t) for t in ids if t >= 0], skip_special_tokens=skip_special_tokens)
+        """The new tokens of num_return_sequences sequences per prompt. A graph without position_ids numbers
+        positions from the first column, so only prompts of one length run together there (left padding would
+        shift them)."""
+        prompts = batch.prompts
+        return self.generate([len(p.ids) for p in prompts], batch.config,
+                             lambda group: self.prompt_search([prompts[i] for i in group], batch.config),
+                             mixed="position_ids" in self.step.int_types)
 
     def postprocess(self, batch: _Generation, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """One record per sequence: token ids (prompt included), the new text, or the prompt continued."""
@@ -5337,7 +5317,7 @@ class _TextGeneration(_Task):
             if options["return_tensors"]:
                 records.append({"generated_token_ids": [*prompt.ids, *(int(t) for t in new)]})
                 continue
-            text = self.decode([*prompt.ids[prompt.skip:], *new], options["skip_special_tokens"])
+            text = self.decode([*prompt.ids[prompt.skip:], *new], skip_special_tokens=options["skip_special_tokens"])
             generated: Any = text
             if options["return_full_text"] is not False:
                 if not prompt.chat:
@@ -5379,7 +5359,7 @@ class _TextGeneration(_Task):
             raise InvalidInputError("stream() yields the text of one sequence: pass num_beams=1 and "
                                     "num_return_sequences=1, and no return_tensors")
         batch = self.preprocess(items, options)
-        return self._stream(self.search(batch.prompts, batch.config), options["skip_special_tokens"])
+        return self._stream(self.prompt_search(batch.prompts, batch.config), options["skip_special_tokens"])
 
     def streamable(self, options: Mapping[str, Any]) -> bool:
         """Whether these options give one sequence, as text: what stream() can yield."""
@@ -5387,7 +5367,7 @@ class _TextGeneration(_Task):
         return config.num_beams == 1 and config.num_return_sequences == 1 and not options["return_tensors"]
 
     def _stream(self, search: _Search, skip: bool) -> Iterator[str]:
-        streamer = _TextStreamer(lambda ids: self.decode(ids, skip))
+        streamer = _TextStreamer(lambda ids: self.decode(ids, skip_special_tokens=skip))
         for tokens in search:
             text = streamer.put(tokens[:1])
             if text:
@@ -5457,10 +5437,7 @@ def _task_params(config: Mapping[str, Any], task: str) -> tuple[str | None, dict
     options = {}
     for key, value in entry.items():
         if key in checks and value is not None:
-            try:
-                checks[key](key, value)
-            except InvalidInputError as exc:
-                raise MetadataValidationError(f"{where} is wrong: {exc}; re-embed a fixed config.json") from None
+            _checked(where, key, value, checks[key], "re-embed a fixed config.json")
             options[key] = value
     return entry.get("prefix", prefix), options
 
@@ -5509,7 +5486,7 @@ class _Seq2SeqBatch(NamedTuple):
     config: _GenerationConfig
 
 
-class _Seq2Seq(_Task):
+class _Seq2Seq(_Generating):
     """The three text-to-text pipelines of transformers 4.57 over an encoder-decoder: each text (behind the prefix)
     encoded once, tokens generated from the decoder start token with the generation options of GenerationConfig;
     lists run together in batches of batch_size and give what each text gives alone. The result of a text is a list of
@@ -5531,11 +5508,11 @@ class _Seq2Seq(_Task):
         self.prefix, params = _task_params(ctx.config, self.task_name())
         generation_config = ctx.metadata.get(KEY_GENERATION_CONFIG)
         model = _model_generation_defaults(generation_config, ctx.config)
-        self.generation = _pipeline_generation(model, params, self.tokenizer.token_id("pad_token"))
+        self.model_generation = _pipeline_generation(model, params, self.tokenizer.token_id("pad_token"))
+        self.task_defaults = {}
         self.start = _decoder_start(generation_config, ctx.config)
         # learned positions (BART, Marian) end there; T5's relative ones do not
         self.positions = _config_int(ctx.config, "max_position_embeddings")
-        self._token_text: _TokenText | None = None
 
     def task_name(self) -> str:
         """The pipeline task name whose task_specific_params apply."""
@@ -5554,13 +5531,12 @@ class _Seq2Seq(_Task):
     def config(self, options: Mapping[str, Any]) -> _GenerationConfig:
         """The call's generation config: the caller's options over _pipeline_generation's; a stop_sequence becomes the
         eos token (its first token, as 4.57 does)."""
-        generation = {name: options[name] for name in _GENERATION_OPTION_NAMES}
-        if options["stop_sequence"] is not None:
-            ids = self.tokenizer.encode([options["stop_sequence"]], add_special_tokens=False)[0].ids
-            if not ids:
-                raise InvalidInputError(f"stop_sequence {options['stop_sequence']!r} has no tokens")
-            generation["eos_token_id"] = ids[0]
-        return _generation_config(self.generation, generation, {})
+        if options["stop_sequence"] is None:
+            return self.generation(options)
+        ids = self.tokenizer.encode([options["stop_sequence"]], add_special_tokens=False)[0].ids
+        if not ids:
+            raise InvalidInputError(f"stop_sequence {options['stop_sequence']!r} has no tokens")
+        return self.generation(options, eos_token_id=ids[0])
 
     def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Seq2SeqBatch:
         """Each text tokenized behind the prefix (cut to the model's length only with truncation), and the call's
@@ -5586,27 +5562,15 @@ class _Seq2Seq(_Task):
         return _Seq2SeqBatch(encodings, start, config)
 
     def forward(self, batch: _Seq2SeqBatch, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
-        """The new tokens of num_return_sequences sequences per text; texts run in length-sorted batches of batch_size,
-        padded on the right for the encoder."""
-        config, encodings = batch.config, batch.encodings
-        if self._token_text is None and config.stop_strings:
-            self._token_text = _TokenText(self.tokenizer)
-        stop = _StopStrings(config.stop_strings, self._token_text) if config.stop_strings and self._token_text else None
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        results: list[list[np.ndarray]] = [[] for _ in encodings]
-        count = config.num_return_sequences
-        for first in range(0, len(order), self.ctx.batch_size):
-            group = order[first: first + self.ctx.batch_size]
-            prompts = _prompts([[batch.start]] * len(group), config, self.tokenizer.pad_token_id, self.positions)
-            if self.positions is not None and int(prompts.max_lengths.max()) > self.positions:
-                raise InvalidInputError(
-                    f"the output may grow to {int(prompts.max_lengths.max())} tokens, past the model's {self.positions} "
-                    "positions; lower max_new_tokens (or max_length)")
+        """The new tokens of num_return_sequences sequences per text, each text's encoder input padded on the right."""
+        encodings = batch.encodings
+
+        def search(group: list[int]) -> _Search:
             feed = self.tokenizer.pad([encodings[i] for i in group], self.dtypes, side="right")
-            sequences = _Search(_EncoderDecoder(self.model, feed), prompts, config, stop).run()
-            for position, i in enumerate(group):
-                results[i] = sequences[position * count: (position + 1) * count]
-        return results
+            return self.search(_EncoderDecoder(self.model, feed), [[batch.start]] * len(group), batch.config,
+                               self.tokenizer.pad_token_id)
+
+        return self.generate([len(e.ids) for e in encodings], batch.config, search)
 
     def postprocess(self, batch: _Seq2SeqBatch, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """One list of records per text: token ids (the start token first), or the text decoded without special
@@ -5618,9 +5582,8 @@ class _Seq2Seq(_Task):
                 if options["return_tensors"]:
                     records.append({f"{self.returns}_token_ids": [batch.start, *(int(t) for t in new)]})
                 else:
-                    # beam search fills short sequences with -1 when the model has no eos or pad token
-                    text = self.tokenizer.decode([int(t) for t in new if t >= 0], skip_special_tokens=True,
-                                                 clean_up_tokenization_spaces=options["clean_up_tokenization_spaces"])
+                    text = self.decode(new, skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=options["clean_up_tokenization_spaces"])
                     records.append({f"{self.returns}_text": text})
             results.append(records)
         return results
@@ -6248,25 +6211,6 @@ class _WhisperTimestamps:
         return scores
 
 
-def _token_map(value: Any, where: str) -> dict[str, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(_is_int(v) and v >= 0 for v in value.values()):
-        raise MetadataValidationError(f"the embedded generation config's {where} must map tokens to ids; re-embed a fixed "
-                                      "generation_config.json")
-    return {str(k): int(v) for k, v in value.items()}
-
-
-def _optional_ids(value: Any, where: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return _token_list(where, value)
-    except InvalidInputError as exc:
-        raise MetadataValidationError(f"the embedded generation config is wrong: {exc}; re-embed a fixed "
-                                      "generation_config.json") from None
-
-
 class _WhisperSettings:
     """What WhisperForConditionalGeneration.generate reads from the generation config (the model config's keys when the
     model has no generation_config.json): the start token, languages and tasks, timestamps, suppressed tokens."""
@@ -6278,9 +6222,11 @@ class _WhisperSettings:
             raise MetadataValidationError("the Whisper model names no decoder_start_token_id; re-embed its "
                                           "generation_config.json")
         self.start = start
-        self.lang_to_id = _token_map(source.get("lang_to_id"), "lang_to_id")
-        self.task_to_id = _token_map(source.get("task_to_id"), "task_to_id")
         where = KEY_GENERATION_CONFIG if generation_config is not None else KEY_MODEL_CONFIG
+        self.lang_to_id: dict[str, int] | None = _field(f"{where}.lang_to_id", source.get("lang_to_id"), (dict,), each=(int,),
+                                                        low=0)
+        self.task_to_id: dict[str, int] | None = _field(f"{where}.task_to_id", source.get("task_to_id"), (dict,), each=(int,),
+                                                        low=0)
         self.no_timestamps: int | None = _field(f"{where}.no_timestamps_token_id", source.get("no_timestamps_token_id"),
                                                 (int,), low=0)
         multilingual = source.get("is_multilingual")
@@ -6294,8 +6240,10 @@ class _WhisperSettings:
             raise MetadataValidationError("the embedded forced_decoder_ids must be [position, token] pairs; re-embed a "
                                           "fixed generation_config.json")
         self.forced: list[list[Any]] | None = forced
-        self.suppress = _optional_ids(source.get("suppress_tokens"), "suppress_tokens")
-        self.begin_suppress = _optional_ids(source.get("begin_suppress_tokens"), "begin_suppress_tokens")
+        self.suppress: list[int] | None = _field(f"{where}.suppress_tokens", source.get("suppress_tokens"), (list,),
+                                                 each=(int,), low=0)
+        self.begin_suppress: list[int] | None = _field(f"{where}.begin_suppress_tokens", source.get("begin_suppress_tokens"),
+                                                       (list,), each=(int,), low=0)
         self.max_initial: int | None = _field(f"{where}.max_initial_timestamp_index", source.get("max_initial_timestamp_index"),
                                               (int,), low=0)
         self.return_timestamps = bool(source.get("return_timestamps"))
@@ -6442,87 +6390,116 @@ class _WhisperDecoder:
         return _TIMESTAMP_TEXT.sub("", self.tokenizer.decode(list(tokens)))
 
     def __call__(self, outputs: Sequence[_WhisperOutput], timestamps: bool) -> dict[str, Any]:
-        precision, first = self.time_precision, self.first
-        chunks: list[dict[str, Any]] = []
-        chunk: dict[str, Any] = {"timestamp": [None, None], "text": ""}
-        last_language = None
-        time_offset = 0.0
-        previous: list[list[int]] = []
-        skip = False
+        run = _DecodeAsr(self, timestamps)
         for output in outputs:
-            tokens = list(output.tokens)
-            if tokens and tokens[0] == self.prompt_id:  # _strip_prompt
-                tokens = tokens[tokens.index(self.start_id):] if self.start_id in tokens else []
-            last_timestamp = None
-            first_timestamp: float = first
-            cur_max, prev_segments, penultimate = 0.0, 0.0, 0.0
-            if output.stride is not None:
-                chunk_len, stride_left, stride_right = output.stride
-                time_offset -= stride_left
-                right_stride_start = chunk_len - stride_right
-                if stride_left:
-                    first_timestamp = stride_left / precision + first
-                if stride_right:
-                    for token in reversed(tokens):
-                        if token >= first:
-                            if last_timestamp is not None and (token - first) * precision < right_stride_start:
-                                break
-                            last_timestamp = token
-            current: list[int] = []
-            for i, token in enumerate(tokens):
-                if token in self.special:
-                    text = (self.tokenizer.backend.id_to_token(token) or "")[2:-2]
-                    language = _WHISPER_LANGUAGES.get(text)
-                    if language is not None:
-                        if last_language and language != last_language and not timestamps:
-                            previous.append(current)
-                            chunk["text"] = self.text(_longest_common_sequence(previous))
-                            chunks.append(chunk)
-                            previous, current = [], []
-                            chunk = {"timestamp": [None, None], "text": ""}
-                        last_language = language
-                elif token >= first:
-                    timestamp = float((token - first) * precision)
-                    if timestamp < cur_max:
-                        single_ending = i >= 2 and not (tokens[i - 1] >= first and tokens[i - 2] >= first)
-                        if single_ending:
-                            prev_segments += precision * 1500
-                        else:
-                            cur_max = penultimate
-                            prev_segments += penultimate
-                    penultimate, cur_max = cur_max, timestamp
-                    time = round((token - first) * precision + time_offset + prev_segments, 2)
-                    if last_timestamp and token >= last_timestamp:
-                        skip = True
-                    elif skip or (previous and token < first_timestamp):
-                        skip = False
-                    elif chunk["timestamp"][0] is None:
-                        chunk["timestamp"][0] = time
-                    elif time != chunk["timestamp"][0]:
-                        chunk["timestamp"][1] = time
-                        previous.append(current)
-                        chunk["text"] = self.text(_longest_common_sequence(previous))
-                        chunks.append(chunk)
-                        previous, current = [], []
-                        chunk = {"timestamp": [None, None], "text": ""}
-                else:
-                    current.append(token)
-            if output.stride is not None:
-                time_offset += output.stride[0] - output.stride[2]
-            if current:
-                previous.append(current)
-            elif not any(previous):
-                chunk, previous = {"timestamp": [None, None], "text": ""}, []
-        if previous:
-            chunk["text"] = self.text(_longest_common_sequence(previous))
-            chunks.append(chunk)
-        result: dict[str, Any] = {"text": "".join(c["text"] for c in chunks)}
+            run.piece(output)
+        if run.previous:
+            run.close()
+        result: dict[str, Any] = {"text": "".join(c["text"] for c in run.chunks)}
         if timestamps:
-            result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]} for c in chunks]
+            result["chunks"] = [{"timestamp": tuple(c["timestamp"]), "text": c["text"]} for c in run.chunks]
         return result
 
 
-class _WhisperRecognition(_SpeechRecognition):
+class _DecodeAsr:
+    """One _decode_asr call over the pieces of an input: the chunks read so far, the chunk being read and the token
+    runs of its text (`previous`, joined where chunks overlap), the time offset of the piece, and, within a piece,
+    the clock that counts the segments whose timestamps start again from zero."""
+
+    def __init__(self, decoder: _WhisperDecoder, timestamps: bool) -> None:
+        self.decoder, self.timestamps = decoder, timestamps
+        self.chunks: list[dict[str, Any]] = []
+        self.chunk: dict[str, Any] = {"timestamp": [None, None], "text": ""}
+        self.previous: list[list[int]] = []
+        self.last_language: str | None = None
+        self.time_offset, self.skip = 0.0, False
+        self.cur_max = self.prev_segments = self.penultimate = 0.0
+
+    def close(self, current: list[int] | None = None) -> None:
+        """The chunk being read ends (with the tokens of `current`): its text joined, a new chunk begun."""
+        if current is not None:
+            self.previous.append(current)
+        self.chunk["text"] = self.decoder.text(_longest_common_sequence(self.previous))
+        self.chunks.append(self.chunk)
+        self.previous, self.chunk = [], {"timestamp": [None, None], "text": ""}
+
+    def bounds(self, output: _WhisperOutput, tokens: Sequence[int]) -> tuple[float, int | None]:
+        """A chunk's first timestamp token past its left stride, and its last timestamp token inside its right one."""
+        first, precision = self.decoder.first, self.decoder.time_precision
+        if output.stride is None:
+            return first, None
+        chunk_len, stride_left, stride_right = output.stride
+        self.time_offset -= stride_left
+        last_timestamp = None
+        if stride_right:
+            for token in reversed(tokens):
+                if token >= first:
+                    if last_timestamp is not None and (token - first) * precision < chunk_len - stride_right:
+                        break
+                    last_timestamp = token
+        return (stride_left / precision + first if stride_left else first), last_timestamp
+
+    def piece(self, output: _WhisperOutput) -> None:
+        """The tokens of one piece: language tokens may split chunks, timestamps open and close them, text tokens
+        are the chunk's text."""
+        decoder, tokens = self.decoder, list(output.tokens)
+        if tokens and tokens[0] == decoder.prompt_id:  # _strip_prompt
+            tokens = tokens[tokens.index(decoder.start_id):] if decoder.start_id in tokens else []
+        first_timestamp, last_timestamp = self.bounds(output, tokens)
+        self.cur_max = self.prev_segments = self.penultimate = 0.0
+        current: list[int] = []
+        for i, token in enumerate(tokens):
+            if token in decoder.special:
+                if self.split_language(token, current):
+                    current = []
+            elif token >= decoder.first:
+                time = self.time(tokens, i)
+                if last_timestamp and token >= last_timestamp:
+                    self.skip = True
+                elif self.skip or (self.previous and token < first_timestamp):
+                    self.skip = False
+                elif self.chunk["timestamp"][0] is None:
+                    self.chunk["timestamp"][0] = time
+                elif time != self.chunk["timestamp"][0]:
+                    self.chunk["timestamp"][1] = time
+                    self.close(current)
+                    current = []
+            else:
+                current.append(token)
+        if output.stride is not None:
+            self.time_offset += output.stride[0] - output.stride[2]
+        if current:
+            self.previous.append(current)
+        elif not any(self.previous):
+            self.chunk, self.previous = {"timestamp": [None, None], "text": ""}, []
+
+    def split_language(self, token: int, current: list[int]) -> bool:
+        """A language token: without timestamps, a change of language closes the chunk (whether it did)."""
+        language = _WHISPER_LANGUAGES.get((self.decoder.tokenizer.backend.id_to_token(token) or "")[2:-2])
+        if language is None:
+            return False
+        closes = bool(self.last_language and language != self.last_language and not self.timestamps)
+        if closes:
+            self.close(current)
+        self.last_language = language
+        return closes
+
+    def time(self, tokens: Sequence[int], i: int) -> float:
+        """The time of the timestamp token tokens[i] in the input: a timestamp below the last one starts a new
+        segment (after a single ending, the window's 30 s have passed)."""
+        first, precision = self.decoder.first, self.decoder.time_precision
+        timestamp = float((tokens[i] - first) * precision)
+        if timestamp < self.cur_max:
+            if i >= 2 and not (tokens[i - 1] >= first and tokens[i - 2] >= first):  # a single ending
+                self.prev_segments += precision * 1500
+            else:
+                self.cur_max = self.penultimate
+                self.prev_segments += self.penultimate
+        self.penultimate, self.cur_max = self.cur_max, timestamp
+        return float(round((tokens[i] - first) * precision + self.time_offset + self.prev_segments, 2))
+
+
+class _WhisperRecognition(_SpeechRecognition, _Generating):
     """automatic-speech-recognition with Whisper, as transformers 5's pipeline: each input's log-mel features (of each
     chunk_length_s chunk of a long input) run through the encoder once per window, then the decoder from the prompt of
     the generation config (start of transcript, language given or detected, task, no-timestamps) with its suppressed
@@ -6566,7 +6543,8 @@ class _WhisperRecognition(_SpeechRecognition):
         self.window = _WHISPER_INPUT_STRIDE * positions  # frames the encoder takes
         self.asr = _WhisperDecoder(tokenizer, features.chunk_length / positions)
         pad = tokenizer.token_id("pad_token")
-        self.defaults = {**_WHISPER_DEFAULTS, **({"pad_token_id": pad} if pad is not None else {})}
+        self.model_generation = self.settings.generation
+        self.task_defaults = {**_WHISPER_DEFAULTS, **({"pad_token_id": pad} if pad is not None else {})}
 
     def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The call's options with generate_kwargs merged in (the pipeline takes both)."""
@@ -6598,9 +6576,7 @@ class _WhisperRecognition(_SpeechRecognition):
     def _config(self, options: Mapping[str, Any], prompt: int) -> _GenerationConfig:
         """The generation config of one window: the pipeline's defaults under the model's and the caller's, then
         generate()'s Whisper rules (no sampling without a temperature; max_length grown by the prompt)."""
-        user = {"max_new_tokens": options["max_new_tokens"], "num_beams": options["num_beams"]}
-        config = _generation_config(self.settings.generation, user, self.defaults)
-        config = config._replace(do_sample=False, temperature=1.0)
+        config = self.generation(options)._replace(do_sample=False, temperature=1.0)
         targets = self.targets if self.targets is not None else _VERY_LARGE_MAX_LENGTH
         if (config.max_new_tokens or 0) + prompt > targets:
             raise InvalidInputError(f"the decoder prompt ({prompt} tokens) and max_new_tokens ({config.max_new_tokens}) "
@@ -6628,7 +6604,7 @@ class _WhisperRecognition(_SpeechRecognition):
         languages = languages[languages < logits.shape[-1]]
         return int(languages[np.argmax(logits[0, languages])])
 
-    def generate(self, features: np.ndarray, options: Mapping[str, Any]) -> list[int]:
+    def transcribe(self, features: np.ndarray, options: Mapping[str, Any]) -> list[int]:
         """WhisperForConditionalGeneration.generate on one piece's features (1, bins, frames), short form: the tokens of
         its segments (prompt and eos left out)."""
         settings = self.settings
@@ -6661,8 +6637,7 @@ class _WhisperRecognition(_SpeechRecognition):
         while seek < frames:
             size = min(frames - seek, self.window)
             hidden = first_hidden if seek == 0 else self._encode(self._window(features, seek, size))
-            prompts = _prompts([prompt], config, pad if pad is not None else 0, None)
-            sequence = _Search(_EncoderDecoder(self.model, {}, hidden), prompts, config, None, extra).run()[0]
+            sequence = self.search(_EncoderDecoder(self.model, {}, hidden), [prompt], config, pad or 0, extra).run()[0]
             tokens = [int(t) for t in sequence]
             if tokens and pad is not None and tokens[-1] == pad:  # generate()'s padding removal, eos kept
                 count = tokens.count(pad) - (1 if pad == eos else 0)
@@ -6689,7 +6664,7 @@ class _WhisperRecognition(_SpeechRecognition):
             for piece in pieces:
                 stride = None if piece.stride is None else (piece.stride[0] / rate, piece.stride[1] / rate,
                                                             piece.stride[2] / rate)
-                own.append(_WhisperOutput(self.generate(piece.features[self.main_input], options), stride))
+                own.append(_WhisperOutput(self.transcribe(piece.features[self.main_input], options), stride))
             outputs.append(own)
         return outputs
 
@@ -6824,7 +6799,7 @@ class Runtime:
                     f"{os.path.basename(self.path)} has no onnxmeta metadata; embed it first: "
                     f"python -m authoring embed {os.path.basename(self.path)} <model> --include-vocab"
                 )
-        check_value_types(metadata)
+        _check_value_types(metadata)
         self.task = self._task_name(metadata, task)
         batch_size = _integer(1)("batch_size", batch_size)
         task_class = _task_class(self.task)

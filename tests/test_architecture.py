@@ -48,5 +48,8 @@ def test_every_task_declares_its_contract():
         assert set(task.processors) <= set(rt.PROCESSORS), name
         options = [option.name for option in task.options]
         assert len(options) == len(set(options)), name
-        for method in ("preprocess", "forward", "postprocess"):
-            assert getattr(task, method) is not getattr(rt._Task, method), (name, method)
+        # a task that models of several kinds run (speech recognition) picks a sibling class in variant()
+        picks = task.variant.__func__ is not rt._Task.variant.__func__
+        for runs in task.__subclasses__() if picks else [task]:
+            for method in ("preprocess", "forward", "postprocess"):
+                assert getattr(runs, method) is not getattr(rt._Task, method), (name, runs.__name__, method)

@@ -82,7 +82,7 @@ def test_newer_minor_keeps_the_unknown_key():
 def test_gzip_prefix_values_read_like_the_key_suffix():
     """An older writer's 'gzip:' value prefix gives the same metadata as this writer's ':compressed' keys."""
     prefixed = rt.scan_model(CORPUS / "gzip_prefix_value.onnx")
-    assert any(e.value.startswith(rt.LEGACY_GZIP_PREFIX) for e in prefixed.entries)
+    assert any(e.value.startswith(rt._LEGACY_GZIP_PREFIX) for e in prefixed.entries)
     assert not any(e.key.endswith(rt.COMPRESSED_SUFFIX) for e in prefixed.entries)
     metadata = rt.read_metadata(CORPUS / "gzip_prefix_value.onnx")
     assert metadata == rt.read_metadata(CORPUS / "v2_0.onnx")

@@ -38,7 +38,7 @@ def roundtrip(metadata, **kwargs):
 
 
 def test_every_key_round_trips():
-    assert set(SAMPLE) == rt.KEYS - {rt.KEY_DIGEST}
+    assert set(SAMPLE) == rt._KEYS - {rt.KEY_DIGEST}
     for threshold in (None, 0, 100, rt.DEFAULT_COMPRESS_THRESHOLD):
         decoded = roundtrip(SAMPLE, compress_threshold=threshold)
         assert decoded.pop(rt.KEY_DIGEST) == rt.metadata_digest({k: rt.value_text(k, v) for k, v in SAMPLE.items()})

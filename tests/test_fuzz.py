@@ -90,7 +90,7 @@ def _field(number: int, wire: int, payload: bytes, lie: int) -> bytes:
     return tag + payload
 
 
-_KEYS = st.sampled_from(sorted(rt.KEYS) + ["author", "hf_x", "export_config"]).flatmap(
+_KEYS = st.sampled_from(sorted(rt._KEYS) + ["author", "hf_x", "export_config"]).flatmap(
     lambda k: st.sampled_from([k, k + rt.COMPRESSED_SUFFIX]))
 _VALUES = st.one_of(
     st.text(max_size=40),

@@ -177,7 +177,7 @@ def test_the_calls_ask_what_the_model_config_says(families):
     assert t5._task.prefix == "translate English to German: " and t5._task.pair == "translation_en_to_de"
     summarize = runtime(families["t5"].model, "summarization")
     assert summarize._task.prefix == "summarize: "
-    assert summarize._task.generation == {"num_beams": 4, "max_new_tokens": 256, "max_length": 200, "min_length": 30,
+    assert summarize._task.model_generation == {"num_beams": 4, "max_new_tokens": 256, "max_length": 200, "min_length": 30,
                                           "no_repeat_ngram_size": 3, "length_penalty": 2.0, "early_stopping": True,
                                           "eos_token_id": 1, "pad_token_id": 0}
 
@@ -342,8 +342,8 @@ def test_a_long_text_past_the_positions_needs_truncation(families):
         bart(long, **GREEDY)
     # token ids: a tokenizer trained here (a bare clone) decodes most of the model's ids to nothing
     assert len(bart(long, truncation=True, return_tensors=True, **GREEDY)[0]["generated_token_ids"]) > 1
-    with pytest.raises(rt.InvalidInputError, match="the output may grow to 257 tokens, past the model's 128 positions; "
-                                                   r"lower max_new_tokens \(or max_length\)"):
+    with pytest.raises(rt.InvalidInputError, match=r"the output may grow to 257 tokens \(1 given\), past the model's "
+                                                   r"128 positions; lower max_new_tokens \(or max_length\)"):
         bart("a text")  # the pipeline's default of 256 new tokens
 
 

@@ -350,8 +350,8 @@ def test_prompt_past_the_positions_is_refused_or_cut_as_the_pipeline_does(gpt2):
     long_prompt = "hello world " * 300
     length = len(gpt2.tokenizer(long_prompt)["input_ids"])
     assert length > 500
-    with pytest.raises(rt.InvalidInputError, match=f"the prompt has {length} tokens and may grow to {length + 30}, past the "
-                                                   "model's 512 positions; .*handle_long_generation='hole'"):
+    with pytest.raises(rt.InvalidInputError, match=rf"the output may grow to {length + 30} tokens \({length} given\), past "
+                                                   "the model's 512 positions; .*handle_long_generation='hole'"):
         runtime(long_prompt, do_sample=False, max_new_tokens=30)
     options = {"do_sample": False, "max_new_tokens": 30, "handle_long_generation": "hole"}
     assert runtime(long_prompt, **options) == gpt2.expected(long_prompt, **options)

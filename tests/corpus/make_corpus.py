@@ -149,7 +149,7 @@ def gzip_prefixed() -> bytes:
     props = []
     for key, value in rt.encode_metadata(metadata(), compress_threshold=1024):
         if key.endswith(rt.COMPRESSED_SUFFIX):
-            key, value = key[: -len(rt.COMPRESSED_SUFFIX)], rt.LEGACY_GZIP_PREFIX + value
+            key, value = key[: -len(rt.COMPRESSED_SUFFIX)], rt._LEGACY_GZIP_PREFIX + value
         props.append(entry(key, value))
     return graph_model() + b"".join(props)
 
