@@ -42,10 +42,11 @@ class _Numpy:
     standard library): the first attribute read imports it and binds the module itself to ``np``."""
 
     def __getattr__(self, name: str) -> Any:
+        global np
         import numpy
 
-        globals()["np"] = numpy
-        return getattr(numpy, name)
+        np = numpy
+        return getattr(numpy, name)  # name is the attribute this file's code reads (np.float32), never data
 
 
 if TYPE_CHECKING:
