@@ -1,7 +1,7 @@
 """Architecture class name -> pipeline task, from transformers' auto-model mappings (no torch needed).
 
-Generated from transformers 5.25.0 by `python tests/generate_tables.py`; do not edit by hand.
-tests/test_tables.py checks it against the installed transformers.
+Generated from transformers 5.25.0 by `python tools/generate_tables.py`; do not edit by hand.
+tests/authoring/test_tables.py checks it against the installed transformers.
 """
 
 ARCHITECTURE_TASKS: dict[str, str] = {

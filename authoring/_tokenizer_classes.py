@@ -1,7 +1,7 @@
 """What transformers' tokenizer classes default to, for building metadata from tokenizer.json alone.
 
-Generated from transformers 5.25.0 by `python tests/generate_tables.py`; do not edit by hand.
-tests/test_tables.py checks it against the installed transformers.
+Generated from transformers 5.25.0 by `python tools/generate_tables.py`; do not edit by hand.
+tests/authoring/test_tables.py checks it against the installed transformers.
 """
 
 from typing import Any

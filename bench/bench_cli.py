@@ -19,7 +19,7 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 def optimum_python() -> Path:
     """The Optimum environment's Python (transformers 4.57), created on first use by the tests' helper."""
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "runtime"), str(ROOT)]
+    sys.path[:0] = [str(ROOT / "tests" / "models"), str(ROOT / "runtime"), str(ROOT)]
     import helpers
 
     return helpers.optimum_python()

@@ -68,7 +68,7 @@ def build(name: str) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests" / "models")]
     from generation_models import export_without_cache
 
     from authoring import embed_metadata

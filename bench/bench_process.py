@@ -40,7 +40,7 @@ def build() -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    sys.path[:0] = [str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT / "tests" / "models")]
     from helpers import export_onnx, trained_wordpiece
 
     tmp = CACHE.with_name(CACHE.name + ".partial")

@@ -65,7 +65,7 @@ def prompts(batch: int) -> list[str]:
 def _tokenizer(folder: Path, vocabulary: int | None) -> None:
     """gpt2's tokenizer (a byte-level BPE trained on the tests' corpus without ../shared/data), cut to a vocabulary
     of `vocabulary` tokens: its first merges (a BPE's ids follow its merges), <|endoftext|> last."""
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "runtime"), str(ROOT)]
+    sys.path[:0] = [str(ROOT / "tests" / "models"), str(ROOT / "runtime"), str(ROOT)]
     from generation_models import gpt2_tokenizer_folder
     from transformers import GPT2TokenizerFast
 

@@ -14,7 +14,7 @@ runs that same model.onnx:
   libraries, each warmed up, then timed in interleaved passes; texts/s from the best pass.
 
 Optimum runs in its own environment (~/.cache/onnxmeta/venv-optimum, transformers 4.57; see
-tests/helpers.optimum_python). Medians are printed with the ratios and written to --json.
+tests/models/helpers.optimum_python). Medians are printed with the ratios and written to --json.
 """
 
 from __future__ import annotations

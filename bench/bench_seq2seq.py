@@ -370,7 +370,7 @@ def trial(folder: Path, repeats: int, threads: int | None, one_first: bool) -> d
 
 def measure(folder: Path, repeats: int, trials: int, threads: int | None) -> dict[str, Any]:
     """Sizes, and the median over trials of each time (the trials' own figures kept under "trials")."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "models"))
     import seq2seq_models  # the tests' count of the unique weights
 
     import onnxmeta_runtime as rt

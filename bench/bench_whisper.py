@@ -6,9 +6,9 @@ CTranslate2 int8 (the same weights converted), side by side in one run.
 
 The model: a random-weight Whisper of whisper-tiny's shapes (d_model 384, 4+4 layers, 6 heads, vocabulary 51,865,
 80 mel bins, 1500/448 positions) with the real whisper-tiny tokenizer where /work/shared/data is present (else one
-built by tests/whisper_models.py), exported by Optimum (automatic-speech-recognition-with-past) and merged into one
+built by tests/models/whisper_models.py), exported by Optimum (automatic-speech-recognition-with-past) and merged into one
 file by `python -m authoring embed`; built once under ~/.cache/onnxmeta/bench/whisper/. Optimum and its transformers
-4.57 live in their own environment (tests/helpers.optimum_python()), so each contender runs in its own process.
+4.57 live in their own environment (tests/models/helpers.optimum_python()), so each contender runs in its own process.
 
 Both transcribe the same 16 kHz clips (LibriSpeech 13.3 s and jfk.flac 11 s where present, synthetic 30 s) with the
 same options: greedy search and the pipeline's 5 beams, max_new_tokens 64 (random weights never stop by themselves,
@@ -43,7 +43,7 @@ from typing import Any
 import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "runtime"), str(ROOT), str(ROOT / "tests" / "models")]
 SHARED = Path(os.environ.get("ONNXMETA_SHARED_DATA", "/work/shared/data"))
 CACHE = Path.home() / ".cache" / "onnxmeta" / "bench" / "whisper"
 OPTIONS = {"greedy": {"num_beams": 1, "max_new_tokens": 64}, "5 beams": {"num_beams": 5, "max_new_tokens": 64}}
@@ -179,7 +179,7 @@ def contenders(paths: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
 
     ours = OURS.format(runtime=str(ROOT / "runtime"), onnx=str(paths["onnx"]))
     int8 = OURS.format(runtime=str(ROOT / "runtime"), onnx=str(paths["int8"]))
-    # transformers 4.57 reads the tokenizer from the copy tests/helpers.for_transformers_4 made for the export
+    # transformers 4.57 reads the tokenizer from the copy tests/models/helpers.for_transformers_4 made for the export
     optimum = OPTIMUM.format(export=str(paths["export"]), folder=str(paths["folder"].parent / "model-transformers4"))
     out = {"onnxmeta": ([sys.executable], ours), "onnxmeta-int8": ([sys.executable], int8),
            "optimum": ([str(helpers.optimum_python())], optimum)}

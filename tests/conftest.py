@@ -6,9 +6,13 @@ from pathlib import Path
 import pytest
 
 # Test this checkout whatever an editable install elsewhere points at.
-_ROOT = Path(__file__).resolve().parents[1]
-# tests/corpus: make_corpus builds the crafted files and the small models many tests use.
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "corpus"), str(_ROOT / "runtime"), str(_ROOT)]
+_TESTS = Path(__file__).resolve().parent
+_ROOT = _TESTS.parent
+# tests (runtime_under_test), tests/models (the builders of tiny models and folders: helpers, audio_models...),
+# tests/corpus (make_corpus builds the crafted files and the small models many tests use), tools (generate_tables,
+# which test_tables runs), the runtime file and the authoring package.
+sys.path[:0] = [str(_TESTS), str(_TESTS / "models"), str(_TESTS / "corpus"), str(_ROOT / "tools"), str(_ROOT / "runtime"),
+                str(_ROOT)]
 
 from helpers import export_onnx, tiny_classifier  # noqa: E402
 

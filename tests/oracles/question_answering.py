@@ -1,6 +1,6 @@
 """The question-answering oracle: transformers 4.57's QuestionAnsweringPipeline (transformers 5 removed it).
 
-Run by the test suite with the Python of the Optimum environment (tests/helpers.optimum_python(), which has
+Run by the test suite with the Python of the Optimum environment (tests/models/helpers.optimum_python(), which has
 transformers 4.57); nothing it computes is checked in:
 
     python tests/oracles/question_answering.py MODEL_FOLDER [MODEL_FOLDER ...] < cases.json > answers.json

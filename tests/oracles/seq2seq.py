@@ -1,7 +1,7 @@
 """The text-to-text oracle: transformers 4.57's Text2TextGenerationPipeline, SummarizationPipeline and
 TranslationPipeline (transformers 5 removed them).
 
-Run by the test suite with the Python of the Optimum environment (tests/helpers.optimum_python(), which has
+Run by the test suite with the Python of the Optimum environment (tests/models/helpers.optimum_python(), which has
 transformers 4.57); nothing it computes is checked in:
 
     python tests/oracles/seq2seq.py MODEL_FOLDER < calls.json > results.json

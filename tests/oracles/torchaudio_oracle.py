@@ -3,7 +3,7 @@
 transformers' audio pipelines resample {"raw", "sampling_rate"} inputs with torchaudio.functional.resample, and
 ASTFeatureExtractor uses torchaudio's Kaldi filter bank when torchaudio is importable. torchaudio is not installed
 beside torch 2.13 (no release matches it); the test suite runs this script with a --target install of it on
-PYTHONPATH (tests/audio_models.torchaudio_site()); nothing it computes is checked in:
+PYTHONPATH (tests/models/audio_models.torchaudio_site()); nothing it computes is checked in:
 
     PYTHONPATH=<torchaudio folder> python tests/oracles/torchaudio_oracle.py WORK_FOLDER
 

@@ -4,7 +4,7 @@ bounded time and memory.
 The default run is short (a few seconds). For a long run set ONNXMETA_FUZZ_EXAMPLES, the number of
 examples per property (the default is 40):
 
-    ONNXMETA_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py -q
+    ONNXMETA_FUZZ_EXAMPLES=20000 python -m pytest tests/runtime/test_fuzz.py -q
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runtime_under_test import rt
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parents[1] / "corpus"
 import make_corpus as corpus
 
 EXAMPLES = int(os.environ.get("ONNXMETA_FUZZ_EXAMPLES", "40"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from runtime_under_test import rt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 import make_corpus as corpus
 
 WEIGHTS_MB = 96  # large enough that the copy and fsync take a measurable time
@@ -103,7 +103,7 @@ def test_sigkill_at_random_moments_never_loses_the_file(tmp_path, layout):
         assert all(name.startswith(f".model.onnx.{child.pid}.") for name in left), left
         outcomes.append(("new" if after == expected else "old", bool(left) or journal))
     # Some kills landed during the write (a temp file was left), or the test proved nothing. The tail
-    # rewrite takes milliseconds, too short to hit reliably; tests/test_scale.py tears it inside the window.
+    # rewrite takes milliseconds, too short to hit reliably; tests/authoring/test_scale.py tears it inside the window.
     if layout == "temp":
         assert ("old", True) in outcomes, outcomes
 

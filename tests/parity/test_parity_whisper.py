@@ -1,7 +1,7 @@
 """Whisper speech recognition from ONE file: the runtime against transformers 5's pipeline("automatic-speech-recognition")
 on the same PyTorch weights, text and timestamp chunks identical.
 
-Models (tests/whisper_models.py): a tiny random multilingual Whisper with the real whisper-tiny tokenizer (a tokenizer
+Models (tests/models/whisper_models.py): a tiny random multilingual Whisper with the real whisper-tiny tokenizer (a tokenizer
 built here when ../shared/data is absent) and an English-only one with a built tokenizer; both with real generation
 configs (prompt, lang_to_id, task_to_id, suppressed tokens; max_length 24 to keep the pipeline's 5-beam search short),
 exported by Optimum and merged by `python -m authoring embed <export> <model> --include-vocab`. Their weights are

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from runtime_under_test import rt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 import make_corpus as corpus
 
 GIB = 1 << 30
@@ -171,7 +171,7 @@ def test_auto_map_in_an_embedded_tokenizer_config_imports_nothing(tmp_path, monk
     _evil_module(tmp_path / "code", marker)
     monkeypatch.syspath_prepend(str(tmp_path / "code"))  # importable, if anything tried
     monkeypatch.chdir(tmp_path / "code")
-    path = Path(__file__).parent / "corpus" / "auto_map_tokenizer.onnx"
+    path = Path(__file__).parents[1] / "corpus" / "auto_map_tokenizer.onnx"
     metadata = rt.read_metadata(path)
     assert metadata[rt.KEY_TOKENIZER_CONFIG]["auto_map"] == {"AutoTokenizer": ["corpus_evil.EvilTokenizer", None]}
     runtime = rt.Runtime(path)

@@ -161,7 +161,7 @@ SEPARATE = {"optimum", "torchaudio", "google"}
 
 
 def _third_party_imports(files: list[Path]) -> set[str]:
-    local = {p.stem for folder in ("tests", "docs", "examples") for p in (ROOT / folder).rglob("*.py")}
+    local = {p.stem for folder in ("tests", "docs", "examples", "tools") for p in (ROOT / folder).rglob("*.py")}
     local |= {"authoring", "onnxmeta_runtime", "tests"}
     found = set()
     for path in files:
@@ -176,7 +176,8 @@ def _third_party_imports(files: list[Path]) -> set[str]:
 def test_test_extra_holds_what_the_tests_import():
     """Every third-party module the tests and examples import comes from a package the base install or [test]
     names (not through another package's dependencies), except those installed apart on purpose."""
-    files = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "examples").rglob("*.py"), ROOT / "vendor_check" / "check.py"]
+    files = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "tools").rglob("*.py"), *(ROOT / "examples").rglob("*.py"),
+             ROOT / "vendor_check" / "check.py"]
     distributions = importlib.metadata.packages_distributions()
     declared = _declared("test")
     missing = {}

@@ -91,7 +91,7 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
 
 # -- the authoring CLI: "error: ..." on stderr, exit 1, never a traceback ---------------------------
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parents[1] / "corpus"
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:

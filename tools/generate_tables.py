@@ -1,11 +1,15 @@
 """Generate authoring/_architectures.py and authoring/_tokenizer_classes.py from the installed transformers.
 
-    python tests/generate_tables.py          # rewrite both files
-    python tests/generate_tables.py --check  # exit 1 if they differ from what transformers gives
+    python tools/generate_tables.py          # rewrite both files
+    python tools/generate_tables.py --check  # exit 1 if they differ from what transformers gives
 
 authoring reads these tables so that task detection and the tokenizer fast path import nothing heavy
-(transformers' modeling_auto needs torch). tests/test_tables.py fails with this command when a new
+(transformers' modeling_auto needs torch). tests/authoring/test_tables.py fails with this command when a new
 transformers release changes what they should hold.
+
+A development tool, not part of the authoring package: it reads transformers 5 (the [test] extra's pin;
+[export]'s Optimum needs transformers 4.57, which lacks tokenization_utils_tokenizers) with torch, and rewrites
+the package's source files in this checkout.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ROOT / "authoring" / "_architectures.py"
 TOKENIZER_CLASSES = ROOT / "authoring" / "_tokenizer_classes.py"
-COMMAND = "python tests/generate_tables.py"
+COMMAND = "python tools/generate_tables.py"
 
 # transformers' auto-model mappings and the pipeline task each serves, in priority order: an architecture
 # listed in several mappings takes the first. Audio, speech and vision mappings come before the text ones
@@ -171,7 +175,7 @@ def _header(what: str) -> list[str]:
         f'"""{what}',
         "",
         f"Generated from transformers {_transformers_version()} by `{COMMAND}`; do not edit by hand.",
-        "tests/test_tables.py checks it against the installed transformers.",
+        "tests/authoring/test_tables.py checks it against the installed transformers.",
         '"""',
         "",
     ]

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("ONNXMETA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -24,7 +24,7 @@ def shared(name: str) -> Path:
 
 def families(trained: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
     """Parity families: those whose tokenizer is trained in the test always, those built from real Hugging Face
-    files where ../shared/data is present (tests/test_shared_data.py says which were left out without it)."""
+    files where ../shared/data is present (tests/parity/test_shared_data.py says which were left out without it)."""
     return {**trained, **(real if SHARED.is_dir() else {})}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from runtime_under_test import rt
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parents[1] / "corpus"
 import make_corpus
 
 

@@ -3,7 +3,7 @@ weights (initializer_range 0.5, so that greedy decoding wanders over many tokens
 (torch.onnx) and with one (Optimum's current export, and its legacy merged decoder with use_cache_branch),
 each with the model folder's metadata embedded.
 
-Optimum (the venv of tests/helpers.optimum_python) no longer writes the legacy merged decoder from its command
+Optimum (the venv of tests/models/helpers.optimum_python) no longer writes the legacy merged decoder from its command
 line: it exports one model that takes an empty past. LEGACY_EXPORT builds it the way Optimum did: its own
 exporter writes decoder_model.onnx (no past in, present out) and decoder_with_past_model.onnx, and its own
 optimum.onnx.merge_decoders joins them under an If on use_cache_branch into decoder_model_merged.onnx.
