@@ -43,6 +43,14 @@ def bert_embedded(bert_classifier, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def runtime(bert_embedded):
+    """A Runtime of bert_embedded, one per module (a module testing another model defines its own)."""
+    from runtime_under_test import rt
+
+    return rt.Runtime(bert_embedded)
+
+
 @pytest.fixture(scope="session")
 def seq2seq_exports(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """Tiny T5, BART and Whisper (model folder, Optimum export folder), exported in one Optimum process."""

@@ -34,11 +34,6 @@ def oracle(bert_classifier):
                     tokenizer=AutoTokenizer.from_pretrained(bert_classifier.folder), device="cpu")
 
 
-@pytest.fixture(scope="module")
-def runtime(bert_embedded):
-    return rt.Runtime(bert_embedded)
-
-
 def test_outputs_are_not_degenerate(runtime):
     scores = [r["score"] for r in runtime(TEXTS)]
     assert len({round(s, 4) for s in scores}) >= 4, scores

@@ -7,11 +7,6 @@ import pytest
 from runtime_under_test import rt
 
 
-@pytest.fixture(scope="module")
-def runtime(bert_embedded):
-    return rt.Runtime(bert_embedded)
-
-
 def test_runtime_exposes_what_it_built(runtime, bert_embedded):
     assert runtime.task == "text-classification"
     assert isinstance(runtime.tokenizer, rt.TextTokenizer)
