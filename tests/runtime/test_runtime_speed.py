@@ -81,7 +81,7 @@ def test_recently_modified_files_are_not_cached(bert_embedded, tmp_path, counted
 
 
 def test_cache_is_bounded(bert_embedded, tmp_path, counted_scans, monkeypatch):
-    monkeypatch.setattr(rt, "METADATA_CACHE_SIZE", 2)
+    monkeypatch.setattr(rt, "_METADATA_CACHE_SIZE", 2)
     paths = [tmp_path / f"m{i}.onnx" for i in range(3)]
     for path in paths:
         shutil.copyfile(bert_embedded, path)
