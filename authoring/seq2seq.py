@@ -35,13 +35,13 @@ from onnxmeta_runtime import (
     PHASE_INPUT,
     PHASES,
     MetadataEmbeddingError,
+    check_fit,
     graph_layout,
     is_cross_attention,
     is_decoder_input,
     is_past_input,
     is_present_output,
     past_pairs,
-    present_for,
     session_signature,
 )
 
@@ -318,14 +318,11 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
 
 
-def _width(value: onnx.ValueInfoProto) -> int | None:
-    """The last dimension of a declared shape when it is a number (hidden size, vocabulary)."""
-    dims = _dims(value)
-    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
-
-
 def _check_fit(parts: Sequence[_Part]) -> None:
-    """Refuse parts that do not belong together, naming the files and what does not match."""
+    """Refuse parts that do not belong together, naming the files and what does not match: the runtime's check of
+    widths and past shapes (check_fit), then what only the files show, opsets and shared weights."""
+    check_fit({p.entry: ({i.name: _dims(i) for i in p.inputs}, {o.name: _dims(o) for _, o in p.outputs}) for p in parts},
+              {p.entry: p.file for p in parts}, MetadataEmbeddingError)
     by_entry = {p.entry: p for p in parts}
     enc, dec, past = by_entry["encoder"], by_entry.get("decoder"), by_entry.get("decoder_with_past")
 
@@ -333,14 +330,6 @@ def _check_fit(parts: Sequence[_Part]) -> None:
         names = a.file if a.file == b.file else f"{a.file} and {b.file}"
         return MetadataEmbeddingError(f"{names} do not fit together: {what}; are they from the same export?")
 
-    hidden = next((o for _, o in enc.outputs if o.name == "last_hidden_state"), enc.outputs[0][1])
-    for d in (dec, past):
-        taken = next((i for i in d.inputs if i.name == "encoder_hidden_states"), None) if d else None
-        if d is not None and taken is not None:
-            given, wanted = _width(hidden), _width(taken)
-            if given and wanted and given != wanted:
-                raise refuse(enc, d, f"{enc.file} gives {hidden.name} of width {given}, {d.file} takes "
-                                     f"encoder_hidden_states of width {wanted}")
     for one, other in ((enc, dec), (enc, past), (dec, past)):
         if one is None or other is None:
             continue
@@ -350,25 +339,6 @@ def _check_fit(parts: Sequence[_Part]) -> None:
                                          f"{other.opsets[domain]} in {other.file}")
     if dec is None or past is None:
         return
-    dec_out = {o.name: o for _, o in dec.outputs}
-    past_out = {o.name: o for _, o in past.outputs}
-    for value in past.inputs:
-        if not is_past_input(value.name):
-            continue
-        present = present_for(value.name)
-        sources = [(dec, dec_out)] if is_cross_attention(value.name) else [(dec, dec_out), (past, past_out)]
-        for part, outs in sources:
-            if present not in outs:
-                raise refuse(dec, past, f"{past.file} takes {value.name}, but {part.file} gives no {present}")
-            mine, theirs = _dims(value), _dims(outs[present])
-            if mine and theirs and len(mine) == len(theirs) and any(
-                    isinstance(x, int) and isinstance(y, int) and x and y and x != y for x, y in zip(mine, theirs)):
-                raise refuse(dec, past, f"{past.file} takes {value.name} of shape {mine}, {part.file} gives {present} "
-                                        f"of shape {theirs}")
-    if "logits" in dec_out and "logits" in past_out:
-        first, step = _width(dec_out["logits"]), _width(past_out["logits"])
-        if first and step and first != step:
-            raise refuse(dec, past, f"logits of width {first} in {dec.file}, {step} in {past.file}")
     # The two decoders of one export are the same weights; a decoder of another model of the same shape is not.
     shared = {w.key for w in dec.weights.values()}
     total = sum(w.nbytes for w in past.weights.values())
