@@ -10,7 +10,7 @@ canonical JSON.
 Where transformers would decide something the files do not say (an unknown or remote-code class, a
 special token missing from the vocabulary, added tokens or constructor options that disagree with
 tokenizer.json), files_metadata() returns None and discovery loads the tokenizer with transformers.
-tests/test_tokenizer_files.py proves that both ways give the runtime the same tokenizer.
+tests/authoring/test_tokenizer_files.py proves that both ways give the runtime the same tokenizer.
 """
 
 from __future__ import annotations
