@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +55,7 @@ TOKENIZER_FILES = (
     "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
 )
 # What a hub download fetches: configs and tokenizer files, never weights.
-HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "README.md")  # README: a model card's matryoshka_dims
 # Written by transformers about how a tokenizer was loaded, not about the tokenizer.
 _LOADING_KEYS = ("is_local", "local_files_only", "name_or_path")
 
@@ -319,8 +320,21 @@ def _sentence_transformers_metadata(folder: Path) -> dict[str, Any]:
         "prompts": st_config.get("prompts") or {},
         "default_prompt_name": st_config.get("default_prompt_name"),
         "similarity_fn_name": st_config.get("similarity_fn_name"),
+        "matryoshka_dimensions": _matryoshka_dimensions(folder),
     }
     return {rt.KEY_SENTENCE_TRANSFORMERS: {k: v for k, v in config.items() if v is not None}}
+
+
+def _matryoshka_dimensions(folder: Path) -> list[int] | None:
+    """The dimensions a Matryoshka-trained model's embeddings may be cut to, as sentence-transformers' model card
+    records MatryoshkaLoss's parameters ("matryoshka_dims": [768, 512, ...]); None for other models."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = re.search(r'"matryoshka_dims"\s*:\s*\[([\d,\s]+)\]', card)
+    dims = sorted({int(d) for d in found.group(1).split(",") if d.strip()}, reverse=True) if found else []
+    return [d for d in dims if d > 0] or None
 
 
 def _feature_engineering(processors: Mapping[str, Any]) -> dict[str, Any]:

@@ -58,9 +58,9 @@ __version__ = "0.1.0"
 
 # The public surface, by what it is for; every other name is internal and may change.
 __all__ = (  # noqa: RUF022 - grouped by what the names are for, not sorted
-    # Running a model: the pipeline's answers, the sessions, the tasks (docs/ARCHITECTURE.md)
+    # Running a model: the pipeline's answers, the sessions, the tasks (docs/ARCHITECTURE.md), serving it over HTTP
     "Runtime", "pipeline", "ONNXAutoModel", "ONNXAutoProcessor", "Session", "open_sessions", "model_info", "TASKS",
-    "TASK_ALIASES",
+    "TASK_ALIASES", "Server",
     # Processors rebuilt from the metadata, and the inputs they read
     "load_processor", "load_tokenizer", "load_image_processor", "load_feature_extractor", "PROCESSORS",
     "FEATURE_EXTRACTORS", "TextTokenizer", "TokenizerProxy", "ImageProcessor", "WhisperFeatureExtractor",
@@ -4125,12 +4125,48 @@ class _Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         items, single = self.inputs(args, kwargs)
-        options = self.check_options(kwargs)
+        results = self.run(items, self.check_options(kwargs))
+        return results[0] if single else results
+
+    def run(self, items: list[Any], options: Mapping[str, Any]) -> list[Any]:
+        """Each item's result: preprocess -> forward -> postprocess, batch_size items at a time when incremental."""
         step = self.ctx.batch_size if self.incremental else max(len(items), 1)
         results: list[Any] = []
         for start in range(0, len(items), step):
             batch = self.preprocess(items[start: start + step], options)
             results += self.postprocess(batch, self.forward(batch, options), options)
+        return results
+
+    def calls(self, calls: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]) -> list[Any]:
+        """Several calls' results (or the exception each raises), run as one batch when their options are the same:
+        what each call gives alone (a batch gives what each item gives alone). When the batch fails, each call runs
+        alone, so that one bad input fails only its own call."""
+        parsed: list[tuple[list[Any], bool, dict[str, Any]] | BaseException] = []
+        for args, kwargs in calls:
+            given = dict(kwargs)
+            try:
+                items, single = self.inputs(args, given)
+                parsed.append((items, single, given))
+            except MetadataError as exc:
+                parsed.append(exc)
+        good = [p for p in parsed if not isinstance(p, BaseException)]
+        if len(good) > 1 and all(p[2] == good[0][2] for p in good):
+            try:
+                results = iter(self.run([i for p in good for i in p[0]], self.check_options(good[0][2])))
+                return [p if isinstance(p, BaseException) else self._one(p[1], [next(results) for _ in p[0]])
+                        for p in parsed]
+            except InvalidInputError:
+                pass
+        return [p if isinstance(p, BaseException) else self._alone(p) for p in parsed]
+
+    def _alone(self, call: tuple[list[Any], bool, dict[str, Any]]) -> Any:
+        try:
+            return self._one(call[1], self.run(call[0], self.check_options(call[2])))
+        except MetadataError as exc:
+            return exc
+
+    @staticmethod
+    def _one(single: bool, results: list[Any]) -> Any:
         return results[0] if single else results
 
 
@@ -4841,6 +4877,14 @@ def _pooling_modes(pooling: Mapping[str, Any]) -> list[str]:
     return modes
 
 
+class _Ids(NamedTuple):
+    """Token ids given by a caller, shaped as the tokenizer's encodings are for padding."""
+
+    ids: list[int]
+    attention_mask: list[int]
+    type_ids: list[int]
+
+
 def _pool(tokens: np.ndarray, mode: str) -> np.ndarray:
     """One pooling mode over the token rows of one text (no padding rows), as sentence-transformers."""
     if mode == "cls":
@@ -4877,6 +4921,9 @@ class _FeatureExtraction(_TextTask):
         self.lowercase = bool(st.get("do_lower_case", False))
         self.prompts: dict[str, str] = dict(st.get("prompts") or {})
         self.default_prompt_name = st.get("default_prompt_name")
+        # the sizes a Matryoshka-trained model's embeddings may be cut to (its model card's matryoshka_dims)
+        self.dimensions: list[int] = _field(f"{KEY_SENTENCE_TRANSFORMERS}.matryoshka_dimensions",
+                                            st.get("matryoshka_dimensions"), (list,), [], each=(int,), low=1)
         self.unsupported = [m.get("type", "?") for m in st.get("modules") or []
                             if str(m.get("type", "")).rsplit(".", 1)[-1] not in SENTENCE_TRANSFORMERS_MODULES]
 
@@ -4914,14 +4961,30 @@ class _FeatureExtraction(_TextTask):
             texts = [t.lower() for t in texts]
         if not texts:
             return np.zeros((0,), dtype=np.float32)
+        out = self.vectors(self.tokenizer.encode(texts), skip, normalize_embeddings)
+        return out[0] if single else out
+
+    def vectors(self, encodings: Sequence[Any], skip: int = 0, normalize_embeddings: bool = False) -> np.ndarray:
+        """The pooled (and normalized, where the model or the caller says) embeddings of encodings, (n, dim);
+        `skip` leading tokens (a prompt's) left out of the pooling."""
         vectors = []
-        for tokens in self.logits(self.tokenizer.encode(texts)):
+        for tokens in self.logits(encodings):
             tokens = tokens.astype(np.float32)[skip:]
             vectors.append(np.concatenate([_pool(tokens, m) for m in self.modes]))
         out = np.stack(vectors)
         if self.normalize or normalize_embeddings:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out[0] if single else out
+        return out
+
+    def encode_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings of texts given as token ids (special tokens included, as the model reads them), (n, dim)."""
+        vocabulary = self.tokenizer.backend.get_vocab_size(with_added_tokens=True)
+        for row in ids:
+            if not row or not all(_is_int(t) and 0 <= t < vocabulary for t in row):
+                raise InvalidInputError(f"token ids must be non-empty lists of integers in [0, {vocabulary})")
+            if len(row) > self.tokenizer.max_length:
+                raise InvalidInputError(f"{len(row)} token ids are past the model's {self.tokenizer.max_length}")
+        return self.vectors([_Ids(list(row), [1] * len(row), [0] * len(row)) for row in ids])
 
 
 # --- Zero-shot classification -------------------------------------------------------------------------
@@ -6950,6 +7013,1018 @@ class ONNXAutoProcessor:
 
 
 ########################################################################################################
+# Server
+########################################################################################################
+# ``python onnxmeta_runtime.py serve model.onnx``: the file over HTTP with the standard library alone
+# (http.server), request and response bodies as OpenAI's API documents them (chat and text completions,
+# embeddings, audio transcriptions and translations), rerank as the common rerank APIs shape it, and
+# /v1/pipeline for every task. Encoder requests that arrive together run as one batch (_Batcher); generation
+# requests run concurrently, a bounded number at once. Every error is OpenAI's error object with its 4xx
+# status, and the server goes on serving.
+
+# --- Requests and errors ------------------------------------------------------------------------------
+
+_MAX_BODY = 25 * 1024 * 1024
+_JSON_TYPE = "application/json"
+
+
+class _ApiError(Exception):
+    """An error answered as OpenAI's error object ({"error": {"message", "type", "param", "code"}}) with its status."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.param, self.code, self.kind = status, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def _api_error(exc: BaseException) -> _ApiError:
+    """What a failure answers: the caller's mistakes (InvalidInputError) a 400 with the runtime's message; the
+    model's or the server's a 500."""
+    if isinstance(exc, _ApiError):
+        return exc
+    if isinstance(exc, InvalidInputError):
+        return _ApiError(400, str(exc))
+    if isinstance(exc, MetadataError):
+        return _ApiError(500, str(exc), kind="server_error")
+    return _ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+
+
+_JSON_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+                    dict: "an object"}
+
+
+class _Body:
+    """A request's JSON object read field by field: each read checks the field's type and bounds (the error names
+    the field); done() refuses the fields nothing read, as OpenAI's API does."""
+
+    def __init__(self, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise _ApiError(400, f"the request body must be a JSON object, got {_json_type(value)}")
+        self.value: dict[str, Any] = value
+        self.read: set[str] = set()
+
+    def get(self, name: str, types: tuple[type, ...], default: Any = None, *, low: float | None = None,
+            high: float | None = None, required: bool = False) -> Any:
+        self.read.add(name)
+        value = self.value.get(name)
+        if value is None:
+            if required:
+                raise _ApiError(400, f"'{name}' is a required property", param=name, code="missing_required_parameter")
+            return default
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(_JSON_TYPE_NAMES[t] for t in types)
+            raise _ApiError(400, f"'{name}' must be {expected}, got {_json_type(value)}", param=name, code="invalid_type")
+        if _is_number(value) and ((low is not None and value < low) or (high is not None and value > high)):
+            bounds = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}" if low is not None else \
+                f"at most {high:g}"
+            raise _ApiError(400, f"'{name}' must be {bounds}, got {value!r}", param=name, code="invalid_value")
+        return value
+
+    def unsupported(self, name: str, why: str, *, allowed: Any = None) -> None:
+        """A field of OpenAI's API this server does not take: refused unless absent or `allowed`."""
+        self.read.add(name)
+        value = self.value.get(name)
+        if value is not None and value != allowed and value is not False:
+            raise _ApiError(400, f"'{name}' is not supported by this server: {why}", param=name,
+                            code="unsupported_parameter")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.value) - self.read)
+        if unknown:
+            raise _ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                            code="unrecognized_argument")
+
+
+def _form(content_type: str, data: bytes) -> dict[str, list[tuple[bytes, str | None]]]:
+    """A multipart/form-data body's parts by field name: (bytes, file name) each."""
+    from email import policy
+    from email.parser import BytesParser
+
+    if "boundary=" not in content_type:
+        raise _ApiError(400, "a multipart/form-data body needs a boundary in its Content-Type")
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + data)
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    if not parts or message.defects:
+        raise _ApiError(400, "the multipart/form-data body cannot be read: no parts between its boundaries")
+    fields: dict[str, list[tuple[bytes, str | None]]] = {}
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise _ApiError(400, "a part of the multipart/form-data body has no name")
+        payload = part.get_payload(decode=True)
+        fields.setdefault(name, []).append((payload if isinstance(payload, bytes) else b"", part.get_filename()))
+    return fields
+
+
+def _media(value: Any, what: str) -> Any:
+    """An image or audio sent in JSON: base64 text or a data URL (data:image/png;base64,...) as bytes; an audio dict's
+    samples as an array; lists item by item. The server never opens a path or a URL a client names."""
+    if isinstance(value, list):
+        return [_media(v, what) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("raw", value.get("array")), list):
+        key = "raw" if "raw" in value else "array"
+        return {**value, key: np.asarray(value[key], dtype=np.float32)}
+    if not isinstance(value, str):
+        return value
+    data = value.split(",", 1)[1] if value.startswith("data:") and ";base64," in value[:100] else value
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _ApiError(400, f"send each {what} as base64 or a data URL (data:...;base64,...); the server reads no "
+                             "paths or URLs", param="inputs") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """json.dumps' default: numpy arrays and numbers as lists and numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# --- Batching -----------------------------------------------------------------------------------------
+
+
+class _Job:
+    """One request's share of a batch: its key (requests batch only with the same key), payload and size."""
+
+    def __init__(self, key: Any, payload: Any, size: int) -> None:
+        self.key, self.payload, self.size = key, payload, size
+        self.done = threading.Event()
+        self.result: Any = None
+
+
+class _Batcher:
+    """Requests queue here and run one batch at a time, as many together as have the same key, up to max_items
+    inputs: run(key, payloads) gives each payload's result (or the exception it raised alone). While a batch runs,
+    the next one gathers; under load (the last batch had several requests) a batch also waits up to `wait` seconds
+    for more, so a lone client never waits."""
+
+    def __init__(self, run: Callable[[Any, list[Any]], list[Any]], max_items: int, wait: float) -> None:
+        self.run, self.max_items, self.wait = run, max_items, wait
+        self.jobs: list[_Job] = []
+        self.ready = threading.Condition()
+        self.busy = False
+        self.batches = self.requests = 0  # counts, for /health
+        threading.Thread(target=self._loop, name="onnxmeta-batcher", daemon=True).start()
+
+    def __call__(self, key: Any, payload: Any, size: int) -> Any:
+        job = _Job(key, payload, size)
+        with self.ready:
+            self.jobs.append(job)
+            self.ready.notify()
+        job.done.wait()
+        if isinstance(job.result, BaseException):
+            raise job.result
+        return job.result
+
+    def _queued(self, key: Any) -> int:
+        return sum(job.size for job in self.jobs if job.key == key)
+
+    def _take(self) -> list[_Job]:
+        with self.ready:
+            while not self.jobs:
+                self.ready.wait()
+            key = self.jobs[0].key
+            deadline = time.monotonic() + (self.wait if self.busy else 0.0)
+            while self._queued(key) < self.max_items and (left := deadline - time.monotonic()) > 0:
+                self.ready.wait(left)
+            group: list[_Job] = []
+            for job in self.jobs:
+                if job.key == key and (not group or sum(j.size for j in group) + job.size <= self.max_items):
+                    group.append(job)
+            self.jobs = [job for job in self.jobs if job not in group]
+            self.busy = len(group) > 1
+            return group
+
+    def _loop(self) -> None:
+        while True:
+            group = self._take()
+            try:
+                results = self.run(group[0].key, [job.payload for job in group])
+            except BaseException as exc:  # noqa: BLE001 - handed to each waiting request, which answers it
+                results = [exc] * len(group)
+            self.batches, self.requests = self.batches + 1, self.requests + len(group)
+            for job, result in zip(group, results):
+                job.result = result
+                job.done.set()
+
+
+# --- Completions --------------------------------------------------------------------------------------
+
+
+class _Penalties:
+    """OpenAI's frequency and presence penalties and logit_bias, after the model's own logits processors: each
+    token's logit less frequency_penalty times its count among the new tokens and presence_penalty where it
+    occurs among them; the biases added."""
+
+    def __init__(self, width: int, frequency: float, presence: float, bias: Mapping[int, float]) -> None:
+        self.width, self.frequency, self.presence, self.bias = width, frequency, presence, bias
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.frequency or self.presence:
+            for row, new in enumerate(ids[:, self.width:]):
+                counts = np.bincount(new, minlength=scores.shape[1])[: scores.shape[1]].astype(np.float32)
+                scores[row] -= self.frequency * counts + self.presence * (counts > 0)
+        for token, value in self.bias.items():
+            scores[:, token] += value
+        return scores
+
+
+class _Ask(NamedTuple):
+    """A completion request's generation settings: the Runtime's options, choices per prompt, stop strings, the
+    penalties, whether to stream and to end a stream with usage."""
+
+    options: dict[str, Any]
+    n: int
+    stop: tuple[str, ...]
+    frequency: float
+    presence: float
+    bias: dict[int, float]
+    stream: bool
+    usage: bool
+
+
+class _Choice(NamedTuple):
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+def _cut(text: str, stop: Sequence[str]) -> int | None:
+    """Where the first stop string starts in text, None without one."""
+    found = [at for s in stop if (at := text.find(s)) >= 0]
+    return min(found) if found else None
+
+
+def _used(sequence: np.ndarray, eos: Sequence[int]) -> tuple[int, bool]:
+    """How many new tokens a sequence used (up to its first eos, included), and whether it ended at eos."""
+    hits: Any = np.flatnonzero(np.isin(sequence, list(eos))) if eos else []
+    return (int(hits[0]) + 1, True) if len(hits) else (len(sequence), False)
+
+
+# --- The server ---------------------------------------------------------------------------------------
+
+
+class _Reply(NamedTuple):
+    """A response other than JSON: its body and content type."""
+
+    body: bytes
+    content_type: str
+
+
+class _Request:
+    """One HTTP request as an endpoint reads it: the path, the headers, the body (read once, within max_body)."""
+
+    def __init__(self, http: Any, max_body: int) -> None:
+        self.http, self.max_body = http, max_body
+        self.method: str = http.command
+        self.path = str(http.path).split("?", 1)[0].split("#", 1)[0].rstrip("/") or "/"
+        self.headers = http.headers
+        length = self.headers.get("Content-Length")
+        self.consumed = not length or length.strip() == "0"  # an unread body leaves a connection that must close
+
+    def content_type(self) -> str:
+        return str(self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+    def body(self) -> bytes:
+        if "chunked" in str(self.headers.get("Transfer-Encoding") or "").lower():
+            raise _ApiError(411, "send the body with a Content-Length, not chunked")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise _ApiError(400, "the Content-Length header is not a number") from None
+        if length > self.max_body:
+            raise _ApiError(413, f"the body has {length:,} bytes, over this server's limit of {self.max_body:,} (--max-body)",
+                            code="request_too_large")
+        data = bytes(self.http.rfile.read(length)) if length > 0 else b""
+        self.consumed = True
+        if len(data) < length:
+            raise _ApiError(400, f"the body ended after {len(data)} of its {length} bytes")
+        return data
+
+    def json(self) -> Any:
+        if self.content_type() not in ("", _JSON_TYPE):
+            raise _ApiError(415, f"send JSON with Content-Type: {_JSON_TYPE}, not {self.content_type()}")
+        data = self.body()
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise _ApiError(400, f"the body is not valid JSON ({str(exc)[:200]})") from None
+
+    def form(self) -> dict[str, list[tuple[bytes, str | None]]]:
+        if self.content_type() != "multipart/form-data":
+            raise _ApiError(415, f"send the file as multipart/form-data, not {self.content_type() or 'no Content-Type'}")
+        return _form(str(self.headers.get("Content-Type")), self.body())
+
+
+def _message(message: Any, index: int) -> dict[str, Any]:
+    """A chat message as the chat template takes it: a role and text content (OpenAI's text parts joined)."""
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise _ApiError(400, f"{where} must be an object with a 'role' and 'content'", param=where)
+    unknown = sorted(set(message) - {"role", "content", "name"})
+    if unknown:
+        raise _ApiError(400, f"{where}.{unknown[0]} is not supported by this server (text messages only)",
+                        param=f"{where}.{unknown[0]}", code="unsupported_parameter")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            raise _ApiError(400, f"{where}.content: only text parts are supported", param=f"{where}.content")
+        content = "\n".join(str(t) for t in texts)
+    if not isinstance(content, str):
+        raise _ApiError(400, f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
+    return {**message, "content": content}
+
+
+def _prompts_of(value: Any) -> list[str | list[int]]:
+    """A completion's prompt as a list: a string, strings, token ids, or lists of token ids."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(_is_int(t) for t in value):
+        return [list(value)]
+    if value and all(isinstance(p, str) or (isinstance(p, list) and p and all(_is_int(t) for t in p)) for p in value):
+        return list(value)
+    raise _ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists",
+                    param="prompt")
+
+
+def _srt_time(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    return f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d}{separator}{millis % 1000:03d}"
+
+
+def _subtitles(segments: Sequence[Mapping[str, Any]], vtt: bool) -> str:
+    """Segments as SubRip or WebVTT subtitles."""
+    blocks = [f"{'' if vtt else str(i + 1) + chr(10)}{_srt_time(s['start'], '.' if vtt else ',')} --> "
+              f"{_srt_time(s['end'], '.' if vtt else ',')}\n{s['text'].strip()}\n" for i, s in enumerate(segments)]
+    return ("WEBVTT\n\n" if vtt else "") + "\n".join(blocks)
+
+
+def _http_server(address: tuple[str, int], server: Server) -> Any:
+    """A ThreadingHTTPServer whose handler hands every request to server (http.server is imported only to serve)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length (or closes: streams)
+        server_version = "onnxmeta"
+        timeout = 120  # seconds a connection may sit idle or send its body
+
+        def do_GET(self) -> None:  # http.server's names
+            server.handle(self)
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+        def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
+            if server.log is not None:
+                server.log.write(f"{self.address_string()} {format % args}\n")
+
+    return ThreadingHTTPServer(address, Handler)
+
+
+class Server:
+    """The model over HTTP, as OpenAI's API (``python onnxmeta_runtime.py serve model.onnx``): chat and text
+    completions (text-generation), embeddings (feature-extraction), audio transcriptions and translations (speech
+    recognition), rerank (one-label text classification: cross-encoders), /v1/pipeline for every task, /v1/models
+    and /health. Each answer is what the Runtime gives called directly. Encoder requests that arrive together run
+    as one batch of up to max_batch inputs; at most max_concurrent generations run at once. Binds to 127.0.0.1
+    unless told; with api_key every request but /health needs ``Authorization: Bearer KEY``.
+
+    ``with Server("model.onnx") as server: ...`` serves from a thread (server.url); serve_forever() serves until
+    SIGINT or SIGTERM; stop() refuses new requests, lets those in flight finish and closes.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | Runtime, *, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, max_batch: int = 32, max_body: int = _MAX_BODY, max_concurrent: int = 4,
+                 batch_wait_ms: float = 5.0, task: str | None = None, threads: int | None = None,
+                 log: IO[str] | None = None) -> None:
+        self.runtime = model if isinstance(model, Runtime) else Runtime(model, task=task, intra_op_num_threads=threads)
+        self.task = self.runtime._task
+        self.model_id = os.path.basename(self.runtime.path)
+        self.created = int(os.path.getmtime(self.runtime.path))
+        self.api_key, self.log = api_key, log
+        self.max_body = _integer(1)("max_body", max_body)
+        self.slots = threading.BoundedSemaphore(_integer(1)("max_concurrent", max_concurrent))
+        wait = _number(0.0)("batch_wait_ms", batch_wait_ms) / 1000
+        self.batcher = _Batcher(self._run_batch, _integer(1)("max_batch", max_batch), wait)
+        self.routes: dict[str, tuple[str, Callable[[_Request], Any]]] = {
+            "/health": ("GET", self._health), "/v1/models": ("GET", self._models),
+            "/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completions),
+            "/v1/embeddings": ("POST", self._embeddings),
+            "/v1/audio/transcriptions": ("POST", lambda request: self._audio(request, False)),
+            "/v1/audio/translations": ("POST", lambda request: self._audio(request, True)),
+            "/v1/rerank": ("POST", self._rerank), "/rerank": ("POST", self._rerank), "/v1/pipeline": ("POST", self._pipeline),
+        }
+        self.served = self._served()
+        self.in_flight = 0
+        self.idle = threading.Condition()
+        self.closing = False
+        self.thread: threading.Thread | None = None
+        self.httpd = _http_server((host, port), self)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
+
+    def _served(self) -> list[str]:
+        """The endpoints this model's task serves."""
+        task, paths = self.task, []
+        if isinstance(task, _TextGeneration):
+            paths += (["/v1/chat/completions"] if task.chat_template else []) + ["/v1/completions"]
+        if isinstance(task, _FeatureExtraction):
+            paths.append("/v1/embeddings")
+        if isinstance(task, _SpeechRecognition):
+            paths += ["/v1/audio/transcriptions"] + (["/v1/audio/translations"] if isinstance(task, _WhisperRecognition) else [])
+        config = task.ctx.config
+        if isinstance(task, _TextClassification) and (len(config.get("id2label") or {}) or config.get("num_labels")) == 1:
+            paths += ["/v1/rerank", "/rerank"]
+        return [*paths, "/v1/pipeline"]
+
+    # serving
+
+    def start(self) -> Server:
+        """Serve from a background thread; returns the server (its url)."""
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="onnxmeta-server", daemon=True)
+        self.thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM (or stop() from another thread), then stop gracefully."""
+        import signal
+
+        stopping = threading.Event()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                handlers[number] = signal.signal(number, lambda *_: stopping.set())
+        self.start()
+        try:
+            while not stopping.wait(0.2) and not self.closing:
+                pass
+        finally:
+            self.stop()
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking connections, answer new requests on open ones with 503, wait (up to timeout seconds) for the
+        requests in flight, and close."""
+        if self.closing and self.thread is None:
+            return
+        self.closing = True
+        if self.thread is not None:
+            self.httpd.shutdown()
+            self.thread = None
+        self.httpd.socket.close()
+        deadline = time.monotonic() + timeout
+        with self.idle:
+            while self.in_flight and (left := deadline - time.monotonic()) > 0:
+                self.idle.wait(left)
+        self.httpd.server_close()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def handle(self, http: Any) -> None:
+        """Answer one request (the handler's do_*): its endpoint's answer, or the error object."""
+        with self.idle:
+            self.in_flight += 1
+        try:
+            request = _Request(http, self.max_body)
+            try:
+                answer = self._answer(request)
+            except Exception as exc:  # noqa: BLE001 - every failure is answered; the server goes on serving
+                answer = _api_error(exc)
+                if answer.status >= 500 and not isinstance(exc, (_ApiError, MetadataError)):
+                    import traceback
+
+                    traceback.print_exc(file=sys.stderr)
+            if not request.consumed:
+                http.close_connection = True
+            self._send(http, answer)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client went away
+            http.close_connection = True
+        finally:
+            with self.idle:
+                self.in_flight -= 1
+                self.idle.notify_all()
+
+    def _answer(self, request: _Request) -> Any:
+        if self.closing:
+            raise _ApiError(503, "the server is shutting down", kind="server_error")
+        method, endpoint = self._route(request.path)
+        if request.method != method:
+            raise _ApiError(405, f"{request.path} takes {method}, not {request.method}")
+        if self.api_key is not None and request.path != "/health":
+            import hmac
+
+            given = str(request.headers.get("Authorization") or "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                raise _ApiError(401, "Incorrect API key provided" if given else
+                                "Missing API key: send the header Authorization: Bearer YOUR_KEY",
+                                kind="authentication_error", code="invalid_api_key")
+        return endpoint(request)
+
+    def _route(self, path: str) -> tuple[str, Callable[[_Request], Any]]:
+        if path.startswith("/v1/models/"):
+            return "GET", lambda request: self._model_card(path[len("/v1/models/"):])
+        if path not in self.routes:
+            raise _ApiError(404, f"no endpoint {path}; this server serves {', '.join(self.served)}, /v1/models and /health",
+                            code="not_found")
+        return self.routes[path]
+
+    def _send(self, http: Any, answer: Any) -> None:
+        """Write an answer: the error object with its status, JSON, a _Reply, or a stream of events (server-sent)."""
+        if isinstance(answer, Iterator):
+            self._send_events(http, answer)
+            return
+        status, kind = 200, _JSON_TYPE
+        if isinstance(answer, _ApiError):
+            status, answer = answer.status, answer.body()
+        if isinstance(answer, _Reply):
+            data, kind = answer.body, answer.content_type
+        else:
+            data = json.dumps(answer, ensure_ascii=False, default=_jsonable).encode("utf-8")
+        http.send_response(status)
+        http.send_header("Content-Type", kind)
+        http.send_header("Content-Length", str(len(data)))
+        if http.close_connection or self.closing:
+            http.send_header("Connection", "close")
+            http.close_connection = True
+        http.end_headers()
+        http.wfile.write(data)
+
+    def _send_events(self, http: Any, events: Iterator[Any]) -> None:
+        http.send_response(200)
+        http.send_header("Content-Type", "text/event-stream")
+        http.send_header("Cache-Control", "no-cache")
+        http.send_header("Connection", "close")
+        http.end_headers()
+        http.close_connection = True
+        try:
+            for event in events:
+                http.wfile.write(b"data: " + json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n\n")
+            http.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - headers are sent: the error goes as the stream's last event
+            http.wfile.write(b"data: " + json.dumps(_api_error(exc).body()).encode("utf-8") + b"\n\n")
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # a client that went away stops its generation
+
+    # requests' common parts
+
+    def _check_model(self, name: Any) -> None:
+        if name is not None and name not in (self.model_id, os.path.splitext(self.model_id)[0]):
+            raise _ApiError(404, f"The model '{name}' does not exist; this server serves '{self.model_id}'",
+                            param="model", code="model_not_found")
+
+    def _body(self, request: _Request, path: str) -> _Body:
+        """The request's JSON object, its model checked, for an endpoint this model serves."""
+        self._need(path)
+        body = _Body(request.json())
+        self._check_model(body.get("model", (str,)))
+        return body
+
+    def _need(self, path: str) -> None:
+        if path not in self.served:
+            raise _ApiError(404, f"{self.model_id} is a {self.runtime.task} model and does not serve {path}; it serves "
+                                 f"{', '.join(self.served)}", param="model", code="unsupported_endpoint")
+
+    def _generating(self) -> _TextGeneration:
+        assert isinstance(self.task, _TextGeneration)
+        return self.task
+
+    def _run_batch(self, key: Any, payloads: list[Any]) -> list[Any]:
+        """The batcher's work: pipeline calls (one batch when their parameters match: _Task.calls) or embeddings."""
+        task = self.task
+        if key[0] == "pipeline":
+            return task.calls(payloads)
+        assert isinstance(task, _FeatureExtraction)
+        try:
+            vectors = task.encode_ids([i for p in payloads for i in p]) if key[1] == "ids" else task.encode(
+                [i for p in payloads for i in p])
+        except MetadataError as exc:
+            return [exc] if len(payloads) == 1 else [self._run_batch(key, [p])[0] for p in payloads]
+        out, start = [], 0
+        for payload in payloads:
+            out.append(vectors[start: start + len(payload)])
+            start += len(payload)
+        return out
+
+    # endpoints
+
+    def _health(self, request: _Request) -> Any:
+        return {"status": "ok", "batches": self.batcher.batches, "batched_requests": self.batcher.requests}
+
+    def _model_card(self, name: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            self._check_model(name)
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "onnxmeta",
+                "task": self.runtime.task, "format_version": str(self.runtime.metadata.get(KEY_VERSION))}
+
+    def _models(self, request: _Request) -> Any:
+        return {"object": "list", "data": [self._model_card()]}
+
+    # completions
+
+    def _ask(self, body: _Body, chat: bool) -> _Ask:
+        """The generation settings of a completion request, mapped to the Runtime's options."""
+        max_tokens = body.get("max_tokens", (int,), low=1)
+        if chat:
+            max_tokens = body.get("max_completion_tokens", (int,), low=1) or max_tokens
+        temperature = body.get("temperature", (int, float), low=0, high=2)
+        top_p = body.get("top_p", (int, float), low=0, high=1)
+        n = body.get("n", (int,), 1, low=1, high=128)
+        stop = body.get("stop", (str, list))
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        if not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+            raise _ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+        seed = body.get("seed", (int,), low=0)
+        bias = self._bias(body.get("logit_bias", (dict,), {}))
+        stream = body.get("stream", (bool,), False)
+        stream_options = body.get("stream_options", (dict,))
+        if stream_options is not None and (not stream or set(stream_options) - {"include_usage"}):
+            raise _ApiError(400, "'stream_options' takes include_usage, with stream: true", param="stream_options")
+        if stream and n > 1:
+            raise _ApiError(400, "stream gives one choice: leave n at 1", param="n")
+        body.get("user", (str,))
+        for name in ("logprobs", "top_logprobs", "tools", "functions", "function_call", "parallel_tool_calls", "suffix",
+                     "response_format", "tool_choice", "best_of", "echo" if chat else ""):
+            body.unsupported(name, "not implemented yet", allowed={"response_format": {"type": "text"}, "tool_choice": "none",
+                                                                    "best_of": 1}.get(name))
+        options: dict[str, Any] = {"return_full_text": False}
+        if max_tokens is not None:
+            options["max_new_tokens"] = max_tokens
+        if temperature is not None or top_p is not None:
+            options["do_sample"] = temperature != 0
+        if temperature:
+            options["temperature"] = float(temperature)
+        if top_p is not None and temperature != 0:
+            options["top_p"] = float(top_p)
+        if seed is not None:
+            options["seed"] = seed
+        if stops:
+            options["stop_sequence"] = list(stops)
+        return _Ask(options, n, stops, float(body.get("frequency_penalty", (int, float), 0, low=-2, high=2)),
+                    float(body.get("presence_penalty", (int, float), 0, low=-2, high=2)), bias, stream,
+                    bool((stream_options or {}).get("include_usage")))
+
+    def _bias(self, value: Mapping[str, Any]) -> dict[int, float]:
+        vocabulary = self._generating().tokenizer.backend.get_vocab_size(with_added_tokens=True)
+        bias = {}
+        for key, number in value.items():
+            if not key.isdigit() or int(key) >= vocabulary or not _is_number(number) or not -100 <= number <= 100:
+                raise _ApiError(400, f"'logit_bias' maps token ids (below {vocabulary}) to numbers from -100 to 100; got "
+                                     f"{key!r}: {number!r}", param="logit_bias")
+            bias[int(key)] = float(number)
+        return bias
+
+    def _prepare(self, given: Any, ask: _Ask, param: str) -> tuple[_Prompt, _GenerationConfig]:
+        """A prompt (text, chat messages or token ids) as token ids and its generation config, the new tokens capped to
+        the model's positions when the request sets no max_tokens."""
+        task = self._generating()
+        checked = task.check_options(ask.options)
+        if isinstance(given, list) and all(_is_int(t) for t in given):
+            vocabulary = task.tokenizer.backend.get_vocab_size(with_added_tokens=True)
+            if not all(0 <= t < vocabulary for t in given):
+                raise _ApiError(400, f"token ids must be in [0, {vocabulary})", param=param)
+            prompt, config = _Prompt(given, list(given), len(given), False, False), task.config(checked)
+        else:
+            batch = task.preprocess([given], checked)
+            prompt, config = batch.prompts[0], batch.config
+        config = config._replace(num_return_sequences=ask.n if config.do_sample else 1)
+        limit, used = task.positions, len(prompt.ids)
+        if limit is None:
+            return prompt, config
+        new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - used
+        if "max_new_tokens" not in ask.options and used < limit:
+            new = min(new, limit - used)
+            config = config._replace(max_new_tokens=new)
+        if used + new > limit:
+            raise _ApiError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                                 f"{used + new} tokens ({used} in the {param}, {new} in the completion). Please reduce "
+                                 f"the length of the {param} or the completion.", param=param,
+                            code="context_length_exceeded")
+        return prompt, config
+
+    def _search(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> _Search:
+        task = self._generating()
+        extra = [_Penalties(len(prompt.ids), ask.frequency, ask.presence, ask.bias)] if (
+            ask.frequency or ask.presence or ask.bias) else []
+        return task.search(task.step, [prompt.ids], config, task.tokenizer.pad_token_id, extra)
+
+    def _choices(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> list[_Choice]:
+        """A prompt's n completions: the text (cut before a stop string), why it ended, the tokens it took."""
+        task = self._generating()
+        with self.slots:
+            sequences = self._search(prompt, config, ask).run()
+        choices = []
+        for sequence in sequences:
+            used, ended = _used(sequence, config.eos_token_id or ())
+            text = task.decode([*prompt.ids[prompt.skip:], *sequence[:used]], skip_special_tokens=True)
+            at = _cut(text, ask.stop)
+            choices.append(_Choice(text if at is None else text[:at], "stop" if ended or at is not None else "length", used))
+        return choices * ask.n if len(choices) == 1 else choices
+
+    def _pieces(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> Iterator[tuple[str, str | None, int]]:
+        """A prompt's completion as it is generated: (new text, finish reason at the end, tokens so far); text held
+        back until stable (TextStreamer) and while it may be the start of a stop string."""
+        task = self._generating()
+        search = self._search(prompt, config, ask)  # here, so that a bad request fails before the stream starts
+
+        def pieces() -> Iterator[tuple[str, str | None, int]]:
+            with self.slots:
+                streamer = _TextStreamer(lambda ids: task.decode(ids, skip_special_tokens=True))
+                hold = max((len(s) for s in ask.stop), default=1) - 1
+                text, sent, count, at = "", 0, 0, None
+                for tokens in search:
+                    count += 1
+                    text += streamer.put(tokens[:1])
+                    at = _cut(text, ask.stop)
+                    if at is not None:
+                        break
+                    if len(text) - hold > sent:
+                        yield text[sent: len(text) - hold], None, count
+                        sent = len(text) - hold
+                if at is None:
+                    text += streamer.end()
+                    at = _cut(text, ask.stop)
+                ended = at is not None or _used(search.sequences[0], config.eos_token_id or ())[1]
+                yield text[sent: at], "stop" if ended else "length", count
+
+        return pieces()
+
+    def _completion(self, prepared: list[tuple[Any, _Prompt, _GenerationConfig]], ask: _Ask, chat: bool,
+                    echo: bool) -> Any:
+        """The completion of each prompt (n choices each), as OpenAI's chat.completion or text_completion, or its
+        stream of chunks."""
+        head = {"id": ("chatcmpl-" if chat else "cmpl-") + os.urandom(16).hex(), "object": "chat.completion" if chat else
+                "text_completion", "created": int(time.time()), "model": self.model_id}
+        prompt_tokens = sum(len(prompt.ids) for _, prompt, _ in prepared)
+        if ask.stream:
+            given, prompt, config = prepared[0]
+            return self._chunks(head, self._pieces(prompt, config, ask), chat, self._echo(given, prompt) if echo else "",
+                                prompt_tokens, ask.usage)
+        choices: list[dict[str, Any]] = []
+        used = 0
+        for given, prompt, config in prepared:
+            start = self._echo(given, prompt) if echo else ""
+            for choice in self._choices(prompt, config, ask):
+                index, used = len(choices), used + choice.tokens
+                choices.append({"index": index, "message": {"role": "assistant", "content": choice.text},
+                                "logprobs": None, "finish_reason": choice.finish_reason} if chat else
+                               {"text": start + choice.text, "index": index, "logprobs": None,
+                                "finish_reason": choice.finish_reason})
+        return {**head, "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+                                                      "total_tokens": prompt_tokens + used}}
+
+    def _echo(self, given: Any, prompt: _Prompt) -> str:
+        return given if isinstance(given, str) else self._generating().decode(prompt.ids)
+
+    def _chunks(self, head: Mapping[str, Any], pieces: Iterator[tuple[str, str | None, int]], chat: bool, start: str,
+                prompt_tokens: int, usage: bool) -> Iterator[dict[str, Any]]:
+        """A completion's stream: chunks of new text, the finish reason, and usage when asked."""
+        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return {**head, "choices": [{"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+        def events() -> Iterator[dict[str, Any]]:
+            try:
+                yield chunk(None, None, True) if chat else chunk(start, None)
+                count = 0
+                for text, finish, tokens in pieces:
+                    count = tokens
+                    if text:
+                        yield chunk(text, None)
+                    if finish is not None:
+                        yield chunk(None, finish)
+                if usage:
+                    yield {**head, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": count,
+                                                            "total_tokens": prompt_tokens + count}}
+            finally:
+                pieces.close()  # type: ignore[attr-defined]
+
+        return events()
+
+    def _chat(self, request: _Request) -> Any:
+        body = self._body(request, "/v1/chat/completions")
+        value = body.get("messages", (list,), required=True)
+        if not value:
+            raise _ApiError(400, "'messages' must not be empty", param="messages")
+        messages = [_message(m, i) for i, m in enumerate(value)]
+        ask = self._ask(body, chat=True)
+        body.done()
+        return self._completion([(messages, *self._prepare(messages, ask, "messages"))], ask, True, False)
+
+    def _completions(self, request: _Request) -> Any:
+        body = self._body(request, "/v1/completions")
+        prompts = _prompts_of(body.get("prompt", (str, list), required=True))
+        echo = body.get("echo", (bool,), False)
+        ask = self._ask(body, chat=False)
+        body.done()
+        if ask.stream and len(prompts) > 1:
+            raise _ApiError(400, "stream takes one prompt", param="prompt")
+        return self._completion([(p, *self._prepare(p, ask, "prompt")) for p in prompts], ask, False, echo)
+
+    # encoders
+
+    def _embeddings(self, request: _Request) -> Any:
+        body = self._body(request, "/v1/embeddings")
+        task = self.task
+        assert isinstance(task, _FeatureExtraction)
+        given = body.get("input", (str, list), required=True)
+        form = body.get("encoding_format", (str,), "float")
+        if form not in ("float", "base64"):
+            raise _ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {form!r}", param="encoding_format")
+        dimensions = body.get("dimensions", (int,), low=1)
+        body.get("user", (str,))
+        body.done()
+        if dimensions is not None and not task.dimensions:
+            raise _ApiError(400, "this model was not trained for shorter embeddings (Matryoshka); leave out 'dimensions'",
+                            param="dimensions")
+        items: list[Any] = [given] if isinstance(given, str) else _prompts_of(given) if given else []
+        if not items or (not all(isinstance(i, str) for i in items) and not all(isinstance(i, list) for i in items)):
+            raise _ApiError(400, "'input' must be a non-empty string, a list of strings, token ids or lists of token ids",
+                            param="input")
+        ids = isinstance(items[0], list)
+        vectors = self.batcher(("embed", "ids" if ids else "texts"), items, len(items))
+        width = vectors.shape[1]
+        if dimensions is not None:
+            if dimensions > width:
+                raise _ApiError(400, f"'dimensions' must be at most {width}", param="dimensions")
+            vectors = vectors[:, :dimensions]
+            if task.normalize:  # unit vectors stay unit vectors, as OpenAI's shortened embeddings are
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        tokens = sum(len(i) for i in items) if ids else sum(len(e.ids) for e in task.tokenizer.encode(items))
+        data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+                 if form == "base64" else v.astype(np.float32).tolist()} for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": self.model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    def _rerank(self, request: _Request) -> Any:
+        body = self._body(request, "/v1/rerank")
+        query = body.get("query", (str,), required=True)
+        documents = body.get("documents", (list,), required=True)
+        top_n = body.get("top_n", (int,), low=1)
+        keep = body.get("return_documents", (bool,), False)
+        body.done()
+        texts = [d.get("text") if isinstance(d, dict) else d for d in documents]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise _ApiError(400, "'documents' must be a non-empty list of strings (or {\"text\": ...} objects)",
+                            param="documents")
+        pairs = [{"text": query, "text_pair": t} for t in texts]
+        scores = self.batcher(("pipeline", "{}"), ((pairs,), {}), len(pairs))
+        order = sorted(range(len(texts)), key=lambda i: -float(scores[i]["score"]))[:top_n]
+        assert isinstance(self.task, _TextTask)
+        tokens = sum(len(e.ids) for e in self.task.tokenizer.encode([(query, t) for t in texts]))
+        return {"id": f"rerank-{os.urandom(8).hex()}", "model": self.model_id,
+                "results": [{"index": i, "relevance_score": scores[i]["score"],
+                             **({"document": {"text": texts[i]}} if keep else {})} for i in order],
+                "usage": {"total_tokens": tokens}}
+
+    def _pipeline(self, request: _Request) -> Any:
+        body = self._body(request, "/v1/pipeline")
+        if "inputs" not in body.value:
+            raise _ApiError(400, "'inputs' is a required property", param="inputs", code="missing_required_parameter")
+        body.read.add("inputs")
+        inputs = body.value["inputs"]
+        parameters = body.get("parameters", (dict,), {})
+        body.done()
+        kinds = type(self.task).processors
+        if "image_processor" in kinds or "feature_extractor" in kinds:
+            inputs = _media(inputs, "image" if "image_processor" in kinds else "audio")
+        if isinstance(self.task, _Generating):
+            with self.slots:
+                return self.runtime(inputs, **parameters)
+        key = ("pipeline", json.dumps(parameters, sort_keys=True, default=str))
+        return self.batcher(key, ((inputs,), parameters), len(inputs) if isinstance(inputs, list) else 1)
+
+    # audio
+
+    def _audio(self, request: _Request, translate: bool) -> Any:
+        self._need("/v1/audio/translations" if translate else "/v1/audio/transcriptions")
+        task = self.task
+        assert isinstance(task, _SpeechRecognition)
+        fields = request.form()
+        granularity = "timestamp_granularities[]"
+        unknown = sorted(set(fields) - {"file", "model", "language", "prompt", "response_format", "temperature",
+                                        granularity, "timestamp_granularities"})
+        if unknown:
+            raise _ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                            code="unrecognized_argument")
+
+        def text(name: str) -> str | None:
+            values = fields.get(name)
+            try:
+                return values[0][0].decode("utf-8") if values else None
+            except UnicodeDecodeError:
+                raise _ApiError(400, f"'{name}' is not UTF-8 text", param=name) from None
+
+        data = fields["file"][0][0] if "file" in fields else b""
+        if not data:
+            raise _ApiError(400, "send the audio as the form's 'file' part", param="file")
+        self._check_model(text("model"))
+        language, prompt, form = text("language") or None, text("prompt") or None, text("response_format") or "json"
+        if form not in ("json", "text", "verbose_json", "srt", "vtt"):
+            raise _ApiError(400, f"'response_format' must be json, text, verbose_json, srt or vtt; got {form!r}",
+                            param="response_format")
+        granularities = [v.decode("utf-8", "replace") for v, _ in fields.get(granularity, []) + fields.get(
+            "timestamp_granularities", [])]
+        if any(g != "segment" for g in granularities) or (granularities and form != "verbose_json"):
+            raise _ApiError(400, "timestamp_granularities takes 'segment', with response_format verbose_json (word "
+                                 "timestamps are not supported)", param=granularity)
+        try:
+            temperature = float(text("temperature") or 0)
+        except ValueError:
+            raise _ApiError(400, "'temperature' must be a number", param="temperature") from None
+        if temperature:
+            raise _ApiError(400, "sampling is not supported for transcription: leave temperature at 0", param="temperature")
+        if prompt is not None:
+            raise _ApiError(400, "a prompt to condition the transcription on is not supported by this runtime",
+                            param="prompt")
+        whisper = isinstance(task, _WhisperRecognition)
+        options: dict[str, Any] = {}
+        if language is not None and not whisper:
+            raise _ApiError(400, "a CTC model transcribes the language it was trained on: leave out 'language'",
+                            param="language")
+        generate = {**({"language": language} if language else {}), **({"task": "translate"} if translate else {})}
+        if generate:
+            options["generate_kwargs"] = generate
+        timed = form in ("verbose_json", "srt", "vtt")
+        if timed and whisper:
+            options["return_timestamps"] = True
+        with self.slots:
+            result = self.runtime(data, **options)
+        if form == "json":
+            return {"text": result["text"]}
+        if form == "text":
+            return _Reply(result["text"].encode("utf-8"), "text/plain; charset=utf-8")
+        duration = len(load_audio(data, task.features.sampling_rate)) / task.features.sampling_rate
+        segments = self._segments(result, duration)
+        if form != "verbose_json":
+            return _Reply(_subtitles(segments, form == "vtt").encode("utf-8"), f"text/{form}; charset=utf-8")
+        return {"task": "translate" if translate else "transcribe", "language": language or getattr(
+            getattr(task, "settings", None), "language", None) or "unknown", "duration": duration,
+                "text": result["text"], "segments": segments}
+
+    def _segments(self, result: Mapping[str, Any], duration: float) -> list[dict[str, Any]]:
+        """verbose_json's segments: Whisper's timestamped chunks, or the whole clip as one (CTC)."""
+        chunks = result.get("chunks") or [{"timestamp": (0.0, duration), "text": result["text"]}]
+        tokenizer = getattr(self.task, "tokenizer", None)
+        out = []
+        for i, chunk in enumerate(chunks):
+            start, end = chunk["timestamp"]
+            tokens = tokenizer.encode([chunk["text"]], add_special_tokens=False)[0].ids if isinstance(
+                tokenizer, TextTokenizer) else []
+            out.append({"id": i, "seek": 0, "start": float(start or 0.0), "end": float(duration if end is None else end),
+                        "text": chunk["text"], "tokens": list(tokens), "temperature": 0.0, "avg_logprob": None,
+                        "compression_ratio": None, "no_speech_prob": None})
+        return out
+
+
+def _serve_main(argv: Sequence[str]) -> int:
+    """python onnxmeta_runtime.py serve model.onnx [options]: serve until SIGINT or SIGTERM."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="onnxmeta_runtime serve",
+                                     description="Serve a self-contained ONNX model over HTTP with OpenAI's API.")
+    parser.add_argument("model", help="a self-contained .onnx file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed)")
+    parser.add_argument("--api-key", default=os.environ.get("ONNXMETA_API_KEY"),
+                        help="require Authorization: Bearer KEY (default: $ONNXMETA_API_KEY; none: open)")
+    parser.add_argument("--max-batch", type=int, default=32, help="inputs per batch of encoder requests (1: no batching)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more under load")
+    parser.add_argument("--max-concurrent", type=int, default=4, help="generations running at once (others wait)")
+    parser.add_argument("--max-body", type=int, default=_MAX_BODY, help=f"largest request body in bytes ({_MAX_BODY:,})")
+    parser.add_argument("--task", help="serve as this task instead of the embedded one")
+    parser.add_argument("--threads", type=int, help="onnxruntime's intra-op threads (default: the cores)")
+    parser.add_argument("--log", action="store_true", help="log each request on stderr")
+    args = parser.parse_args(argv)
+    try:
+        server = Server(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
+                        batch_wait_ms=args.batch_wait_ms, max_concurrent=args.max_concurrent, max_body=args.max_body,
+                        task=args.task, threads=args.threads, log=sys.stderr if args.log else None)
+    except (MetadataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"serving {server.model_id} ({server.runtime.task}) on {server.url}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+########################################################################################################
 # Command line
 ########################################################################################################
 
@@ -7003,6 +8078,10 @@ def _json_lines(runtime: Runtime, options: Mapping[str, Any], stdin: IO[str], st
 
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
+
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["serve"] and not os.path.isfile("serve"):
+        return _serve_main(given[1:])
 
     parser = argparse.ArgumentParser(
         prog="onnxmeta_runtime", description="Run a self-contained ONNX model.",
