@@ -7167,7 +7167,7 @@ class _Batcher:
         self.run, self.max_items, self.wait = run, max_items, wait
         self.jobs: list[_Job] = []
         self.ready = threading.Condition()
-        self.busy = False
+        self.busy = self.closed = False
         self.batches = self.requests = 0  # counts, for /health
         threading.Thread(target=self._loop, name="onnxmeta-batcher", daemon=True).start()
 
@@ -7184,9 +7184,17 @@ class _Batcher:
     def _queued(self, key: Any) -> int:
         return sum(job.size for job in self.jobs if job.key == key)
 
+    def close(self) -> None:
+        """End the batching thread once the queued requests are answered."""
+        with self.ready:
+            self.closed = True
+            self.ready.notify()
+
     def _take(self) -> list[_Job]:
         with self.ready:
             while not self.jobs:
+                if self.closed:
+                    return []
                 self.ready.wait()
             key = self.jobs[0].key
             deadline = time.monotonic() + (self.wait if self.busy else 0.0)
@@ -7201,8 +7209,7 @@ class _Batcher:
             return group
 
     def _loop(self) -> None:
-        while True:
-            group = self._take()
+        while group := self._take():
             try:
                 results = self.run(group[0].key, [job.payload for job in group])
             except BaseException as exc:  # noqa: BLE001 - handed to each waiting request, which answers it
@@ -7482,6 +7489,7 @@ class Server:
             while self.in_flight and (left := deadline - time.monotonic()) > 0:
                 self.idle.wait(left)
         self.httpd.server_close()
+        self.batcher.close()
 
     def __enter__(self) -> Server:
         return self.start()
@@ -7656,7 +7664,7 @@ class Server:
             raise _ApiError(400, "stream gives one choice: leave n at 1", param="n")
         body.get("user", (str,))
         for name in ("logprobs", "top_logprobs", "tools", "functions", "function_call", "parallel_tool_calls", "suffix",
-                     "response_format", "tool_choice", "best_of", "echo" if chat else ""):
+                     "response_format", "tool_choice", "best_of", *(("echo",) if chat else ())):
             body.unsupported(name, "not implemented yet", allowed={"response_format": {"type": "text"}, "tool_choice": "none",
                                                                     "best_of": 1}.get(name))
         options: dict[str, Any] = {"return_full_text": False}

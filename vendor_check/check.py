@@ -61,6 +61,17 @@ assert [r["label"] for r in out] == ["POSITIVE", "NEGATIVE"], out
 line = cli("I love this movie!")
 assert line[0]["label"] == "POSITIVE", line
 print(f"  text api: {[r['label'] for r in out]}; cli: {line[0]['label']}")
+import re, signal, urllib.request
+server = subprocess.Popen([sys.executable, "-I", "onnxmeta_runtime.py", "serve", model, "--port", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+url = re.search(r" on (http://\\S+)", server.stdout.readline()).group(1)
+request = urllib.request.Request(url + "/v1/pipeline", json.dumps({"inputs": ["I love this movie!"]}).encode(),
+                                 {"Content-Type": "application/json"})
+served = json.loads(urllib.request.urlopen(request, timeout=60).read())
+server.send_signal(signal.SIGTERM)
+assert server.wait(30) == 0, server.stderr.read()
+assert served == [out[0]], served
+print(f"  text server: {served[0]['label']} from {url}/v1/pipeline, stopped by SIGTERM")
 """,
     "image": PRELUDE + """
 from PIL import Image
