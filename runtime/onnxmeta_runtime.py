@@ -7303,7 +7303,9 @@ class _Request:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise _ApiError(400, "the Content-Length header is not a number") from None
+            length = -1
+        if length < 0:
+            raise _ApiError(400, "the Content-Length header is not a number of bytes")
         if length > self.max_body:
             raise _ApiError(413, f"the body has {length:,} bytes, over this server's limit of {self.max_body:,} (--max-body)",
                             code="request_too_large")
@@ -7505,6 +7507,8 @@ class Server:
             request = _Request(http, self.max_body)
             try:
                 answer = self._answer(request)
+                if not isinstance(answer, (_Reply, Iterator)):  # encoded here, so that a failure is answered too
+                    answer = _Reply(json.dumps(answer, ensure_ascii=False, default=_jsonable).encode("utf-8"), _JSON_TYPE)
             except Exception as exc:  # noqa: BLE001 - every failure is answered; the server goes on serving
                 answer = _api_error(exc)
                 if answer.status >= 500 and not isinstance(exc, (_ApiError, MetadataError)):
@@ -7546,17 +7550,14 @@ class Server:
         return self.routes[path]
 
     def _send(self, http: Any, answer: Any) -> None:
-        """Write an answer: the error object with its status, JSON, a _Reply, or a stream of events (server-sent)."""
+        """Write an answer: the error object with its status, a _Reply, or a stream of events (server-sent)."""
         if isinstance(answer, Iterator):
             self._send_events(http, answer)
             return
-        status, kind = 200, _JSON_TYPE
+        status = answer.status if isinstance(answer, _ApiError) else 200
         if isinstance(answer, _ApiError):
-            status, answer = answer.status, answer.body()
-        if isinstance(answer, _Reply):
-            data, kind = answer.body, answer.content_type
-        else:
-            data = json.dumps(answer, ensure_ascii=False, default=_jsonable).encode("utf-8")
+            answer = _Reply(json.dumps(answer.body(), ensure_ascii=False).encode("utf-8"), _JSON_TYPE)
+        data, kind = answer.body, answer.content_type
         http.send_response(status)
         http.send_header("Content-Type", kind)
         http.send_header("Content-Length", str(len(data)))
