@@ -7382,6 +7382,7 @@ def _http_server(address: tuple[str, int], server: Server) -> Any:
         protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length (or closes: streams)
         server_version = "onnxmeta"
         timeout = 120  # seconds a connection may sit idle or send its body
+        disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms wait for a delayed ACK
 
         def do_GET(self) -> None:  # http.server's names
             server.handle(self)
