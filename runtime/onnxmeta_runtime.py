@@ -7316,8 +7316,9 @@ class _Request:
         return data
 
     def json(self) -> Any:
-        if self.content_type() not in ("", _JSON_TYPE):
-            raise _ApiError(415, f"send JSON with Content-Type: {_JSON_TYPE}, not {self.content_type()}")
+        if self.content_type() != _JSON_TYPE:
+            raise _ApiError(415, f"send JSON with the header Content-Type: {_JSON_TYPE}, not "
+                                 f"{self.content_type() or 'no Content-Type'}")
         data = self.body()
         try:
             return json.loads(data)
@@ -7350,16 +7351,16 @@ def _message(message: Any, index: int) -> dict[str, Any]:
     return {**message, "content": content}
 
 
-def _prompts_of(value: Any) -> list[str | list[int]]:
-    """A completion's prompt as a list: a string, strings, token ids, or lists of token ids."""
+def _prompts_of(value: Any, param: str = "prompt") -> list[str | list[int]]:
+    """A completion's prompt (or the texts to embed) as a list: a string, strings, token ids, or lists of token ids."""
     if isinstance(value, str):
         return [value]
     if value and all(_is_int(t) for t in value):
         return [list(value)]
     if value and all(isinstance(p, str) or (isinstance(p, list) and p and all(_is_int(t) for t in p)) for p in value):
         return list(value)
-    raise _ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists",
-                    param="prompt")
+    raise _ApiError(400, f"'{param}' must be a string, a list of strings, a list of token ids or a list of such lists",
+                    param=param)
 
 
 def _srt_time(seconds: float, separator: str) -> str:
@@ -7393,7 +7394,10 @@ def _http_server(address: tuple[str, int], server: Server) -> Any:
             if server.log is not None:
                 server.log.write(f"{self.address_string()} {format % args}\n")
 
-    return ThreadingHTTPServer(address, Handler)
+    class HTTPServer(ThreadingHTTPServer):
+        request_queue_size = 256  # connections waiting to be accepted (socketserver's 5 resets clients under load)
+
+    return HTTPServer(address, Handler)
 
 
 class Server:
@@ -7465,9 +7469,14 @@ class Server:
 
         stopping = threading.Event()
         handlers = {}
+
+        def on_signal(*_: Any) -> None:
+            self.closing = True  # new requests are refused from the signal on; stop() runs on the next wake
+            stopping.set()
+
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
-                handlers[number] = signal.signal(number, lambda *_: stopping.set())
+                handlers[number] = signal.signal(number, on_signal)
         self.start()
         try:
             while not stopping.wait(0.2) and not self.closing:
@@ -7863,7 +7872,7 @@ class Server:
         if dimensions is not None and not task.dimensions:
             raise _ApiError(400, "this model was not trained for shorter embeddings (Matryoshka); leave out 'dimensions'",
                             param="dimensions")
-        items: list[Any] = [given] if isinstance(given, str) else _prompts_of(given) if given else []
+        items: list[Any] = [given] if isinstance(given, str) else _prompts_of(given, "input") if given else []
         if not items or (not all(isinstance(i, str) for i in items) and not all(isinstance(i, list) for i in items)):
             raise _ApiError(400, "'input' must be a non-empty string, a list of strings, token ids or lists of token ids",
                             param="input")
@@ -7974,18 +7983,22 @@ class Server:
         timed = form in ("verbose_json", "srt", "vtt")
         if timed and whisper:
             options["return_timestamps"] = True
+        rate = task.features.sampling_rate
+        try:
+            audio = load_audio(data, rate)  # decoded once: what the runtime takes, and the duration
+        except InvalidInputError as exc:
+            raise _ApiError(400, str(exc), param="file") from None
         with self.slots:
-            result = self.runtime(data, **options)
+            result = self.runtime(audio, **options)
         if form == "json":
             return {"text": result["text"]}
         if form == "text":
             return _Reply(result["text"].encode("utf-8"), "text/plain; charset=utf-8")
-        duration = len(load_audio(data, task.features.sampling_rate)) / task.features.sampling_rate
-        segments = self._segments(result, duration)
+        segments = self._segments(result, len(audio) / rate)
         if form != "verbose_json":
             return _Reply(_subtitles(segments, form == "vtt").encode("utf-8"), f"text/{form}; charset=utf-8")
         return {"task": "translate" if translate else "transcribe", "language": language or getattr(
-            getattr(task, "settings", None), "language", None) or "unknown", "duration": duration,
+            getattr(task, "settings", None), "language", None) or "unknown", "duration": len(audio) / rate,
                 "text": result["text"], "segments": segments}
 
     def _segments(self, result: Mapping[str, Any], duration: float) -> list[dict[str, Any]]:
