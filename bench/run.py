@@ -24,6 +24,8 @@ printing its table (in-process and whole-process figures, each labelled) and wri
 11. Whisper transcription, real-time factor vs Optimum's pipeline and     bench_whisper.py
     faster-whisper's int8
 12. int4 LLM one files vs onnxruntime-genai's int4, Optimum, llama.cpp    bench_quantize.py
+13. the OpenAI-compatible server: embeddings req/s batched vs not,        bench_serve.py
+    streaming chat tokens/s vs Runtime.stream, cold start to /health
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
 minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
@@ -54,6 +56,7 @@ MODALITIES = {
     "audio": "bench_audio.py",
     "whisper": "bench_whisper.py",
     "quantize": "bench_quantize.py",
+    "serve": "bench_serve.py",
 }
 
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    parser.add_argument("--all", action="store_true", help="also every modality part (8-12)")
+    parser.add_argument("--all", action="store_true", help="also every modality part (8-13)")
     parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
                         help="modality parts to run after 1-7")
     parser.add_argument("--only-parts", action="store_true", help="skip 1-7")
