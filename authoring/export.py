@@ -59,6 +59,7 @@ _OPTIMUM_TASKS = {"zero-shot-classification": "text-classification", "image-feat
                   "summarization": "text2text-generation", "translation": "text2text-generation"}
 
 _BATCH = {0: "batch"}
+_DENSE_TASKS = ("depth-estimation", "image-to-image")  # an image out per image in
 _TOKENS = {0: "batch", 1: "sequence"}
 # The tasks torch.onnx.export makes here: the transformers auto class, and the outputs the runtime reads with
 # their dynamic axes (an output the model does not return is left out: a ViT without pooler).
@@ -74,6 +75,9 @@ _TORCH_TASKS: dict[str, tuple[str, dict[str, dict[int, str]]]] = {
     "image-feature-extraction": ("AutoModel", {"last_hidden_state": _BATCH, "pooler_output": _BATCH,
                                                "image_embeds": _BATCH}),
     "zero-shot-image-classification": ("AutoModel", {"logits_per_image": {0: "batch", 1: "texts"}}),
+    "object-detection": ("AutoModelForObjectDetection", {"logits": _BATCH, "pred_boxes": _BATCH}),
+    "depth-estimation": ("AutoModelForDepthEstimation", {"predicted_depth": {0: "batch", 1: "height", 2: "width"}}),
+    "image-to-image": ("AutoModelForImageToImage", {"reconstruction": {0: "batch", 2: "height", 3: "width"}}),
     "audio-classification": ("AutoModelForAudioClassification", {"logits": _BATCH}),
     "automatic-speech-recognition": ("AutoModelForCTC", {"logits": {0: "batch", 1: "frames"}}),
 }
@@ -329,6 +333,17 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
         pixels = _processor(metadata, "image_processor", task)([np.zeros((224, 224, 3), dtype=np.uint8)])["pixel_values"]
         inputs["pixel_values"] = torch.randn(2, *pixels.shape[1:])
         axes["pixel_values"] = _BATCH
+    if task == "object-detection":  # the processor keeps the aspect ratio: height and width vary
+        processed = _processor(metadata, "image_processor", task)([np.zeros((240, 320, 3), dtype=np.uint8)] * 2)
+        inputs["pixel_values"] = torch.randn(*processed["pixel_values"].shape)
+        axes["pixel_values"] = {0: "batch", 2: "height", 3: "width"}
+        if "pixel_mask" in parameters and "pixel_mask" in processed:
+            inputs["pixel_mask"] = torch.from_numpy(processed["pixel_mask"])
+            axes["pixel_mask"] = {0: "batch", 1: "height", 2: "width"}
+    if task in _DENSE_TASKS:  # one output pixel per input pixel: height and width vary where the processor keeps them
+        processor = _processor(metadata, "image_processor", task)
+        inputs["pixel_values"] = torch.randn(2, *processor([np.zeros((240, 320, 3), dtype=np.uint8)])["pixel_values"].shape[1:])
+        axes["pixel_values"] = _BATCH if processor.output_size else {0: "batch", 2: "height", 3: "width"}
     if task in ("audio-classification", "automatic-speech-recognition"):
         extractor = _processor(metadata, "feature_extractor", task)
         features = extractor([np.zeros(extractor.sampling_rate, dtype=np.float32)] * 2)
@@ -336,13 +351,37 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
             if name in parameters:
                 inputs[name] = torch.from_numpy(np.ascontiguousarray(array))
                 axes[name] = _TOKENS if array.ndim == 2 else _BATCH  # a waveform's samples vary, a spectrogram is fixed
-    elif task not in ("image-classification", "image-feature-extraction"):
+    elif task not in ("image-classification", "image-feature-extraction", "object-detection", *_DENSE_TASKS):
         clip = task == "zero-shot-image-classification"
         for name in _text_inputs(metadata, parameters, task):
             fill = 0 if name == "token_type_ids" else 1
             inputs[name] = torch.full((3 if clip else 2, 7), fill, dtype=torch.long)
             axes[name] = {0: "texts", 1: "sequence"} if clip else _TOKENS
     return inputs, axes
+
+
+@contextlib.contextmanager
+def traceable_depth_anything() -> Iterator[None]:
+    """Depth Anything's head with its upsampling size left as traced values while torch.onnx traces it: transformers
+    wraps that size in int(), which bakes the example's height and width into the graph."""
+    import torch
+    from transformers.models.depth_anything import modeling_depth_anything as module
+
+    head = module.DepthAnythingDepthEstimationHead
+    original = head.forward
+
+    def forward(self: Any, hidden_states: list[Any], patch_height: Any, patch_width: Any) -> Any:
+        depth = self.conv1(hidden_states[self.head_in_index])
+        depth = torch.nn.functional.interpolate(depth, (patch_height * self.patch_size, patch_width * self.patch_size),
+                                                mode="bilinear", align_corners=True)
+        depth = self.activation2(self.conv3(self.activation1(self.conv2(depth)))) * self.max_depth
+        return depth.squeeze(dim=1)
+
+    head.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        head.forward = original  # type: ignore[method-assign]
 
 
 def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, Any], opset: int | None) -> dict[str, Any]:
@@ -380,10 +419,12 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
             result = self.model(**dict(zip(names, tensors)), **options)
             return tuple(getattr(result, name) for name in outputs)
 
+    fixed = task in _DENSE_TASKS and axes["pixel_values"] == _BATCH  # a fixed-size processor: so are the outputs
+    outputs_axes = dict.fromkeys(outputs, _BATCH) if fixed else {n: wanted[n] for n in outputs}
     try:
-        with _quiet():
+        with _quiet(), traceable_depth_anything() if task == "depth-estimation" else contextlib.nullcontext():
             torch.onnx.export(Heads().eval(), tuple(inputs.values()), os.fspath(path), input_names=names,
-                              output_names=outputs, dynamic_axes={**axes, **{n: wanted[n] for n in outputs}},
+                              output_names=outputs, dynamic_axes={**axes, **outputs_axes},
                               opset_version=opset or DEFAULT_OPSET, dynamo=False)
     except Exception as exc:  # the exporter raises torch's errors, onnx's, RuntimeError...
         logger.debug("torch.onnx.export failed", exc_info=True)
@@ -394,9 +435,15 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
     return {"exporter": "torch.onnx", "exporter_task": task}
 
 
+def _generates(task: str, config: Mapping[str, Any]) -> bool:
+    """Whether the model is an encoder-decoder that generates (several graphs); DETR's config says is_encoder_decoder
+    too, but its encoder and decoder run once, in one graph."""
+    return task in SEQ2SEQ_TASKS or (config.get("is_encoder_decoder") is True and task != "object-detection")
+
+
 def _check_torch_task(task: str, config: Mapping[str, Any]) -> None:
     """Refuse what the torch path cannot make: encoder-decoders, and tasks without a recipe here."""
-    if task in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True:
+    if _generates(task, config):
         raise MetadataExtractionError(
             f"{config.get('model_type', 'this')} is an encoder-decoder ({task}): it is exported with Optimum's exporter, "
             f"which is not installed: {OPTIMUM_INSTALL}"
@@ -735,7 +782,7 @@ def export(
     if level != "minimal":  # no processor is embedded at the minimal level, by the caller's choice
         _check_processors(chosen_task, metadata)
     config = metadata[rt.KEY_MODEL_CONFIG]
-    if optimize and (chosen_task in SEQ2SEQ_TASKS or config.get("is_encoder_decoder") is True):
+    if optimize and _generates(chosen_task, config):
         raise MetadataExtractionError(f"--optimize is not available for encoder-decoders ({chosen_task}) yet: the "
                                       "transformer optimizer has no fusions for their parts; export without it")
     chosen = choose_exporter(exporter, chosen_task, config)

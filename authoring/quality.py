@@ -95,6 +95,10 @@ def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     images = [rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8) for size in (40, 64, 96)]
     if task in ("image-classification", "image-feature-extraction"):
         return [((list(images),), {"top_k": None} if task == "image-classification" else {})]
+    if task == "object-detection":
+        return [((list(images),), {"threshold": 0.0})]
+    if task in ("depth-estimation", "image-to-image"):
+        return [((list(images),), {})]
     if task == "zero-shot-image-classification":
         return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"]})]
     if task in ("audio-classification", "automatic-speech-recognition"):
@@ -126,6 +130,10 @@ def _plain(value: Any) -> Any:
     """numpy arrays and scalars as lists and numbers."""
     if hasattr(value, "tolist"):
         return value.tolist()
+    if hasattr(value, "getbands"):  # a PIL image (depth, image-to-image): its pixels, compared as the answer
+        import numpy as np
+
+        return np.asarray(value).tolist()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

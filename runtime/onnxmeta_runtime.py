@@ -63,7 +63,8 @@ __all__ = (  # noqa: RUF022 - grouped by what the names are for, not sorted
     "TASK_ALIASES", "Server",
     # Processors rebuilt from the metadata, and the inputs they read
     "load_processor", "load_tokenizer", "load_image_processor", "load_feature_extractor", "PROCESSORS",
-    "FEATURE_EXTRACTORS", "TextTokenizer", "TokenizerProxy", "ImageProcessor", "WhisperFeatureExtractor",
+    "FEATURE_EXTRACTORS", "TextTokenizer", "TokenizerProxy", "ImageProcessor", "DetectionImageProcessor",
+    "WhisperFeatureExtractor",
     "Wav2Vec2FeatureExtractor", "ASTFeatureExtractor", "CTCDecoder", "load_image", "load_audio", "resample",
     "mel_filter_bank",
     # Reading a file: metadata without loading the graph (docs/FORMAT.md)
@@ -1210,6 +1211,8 @@ def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | 
 _IMAGENET_STANDARD = [0.5, 0.5, 0.5]
 _OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_IMAGENET_DEFAULT_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_DEFAULT_STD = [0.229, 0.224, 0.225]
 # What a field left out of preprocessor_config.json (or null) means: the class attribute of transformers'
 # image processor, for every class (_IMAGE_DEFAULTS) and per class (_IMAGE_PROCESSORS, which also lists the
 # fields only that class reads: crop_pct, do_flip_channel_order).
@@ -1240,7 +1243,21 @@ _IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
                                 "do_center_crop": True, "crop_size": {"height": 256, "width": 256}, "do_rescale": True,
                                 "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD,
                                 "do_flip_channel_order": True},
+    # the detection processors (DetectionImageProcessor): size and padding are read there
+    **{name: {**_STANDARD_STEPS, "size": {"shortest_edge": 800, "longest_edge": 1333}, "default_to_square": False,
+              "resample": 2, "image_mean": _IMAGENET_DEFAULT_MEAN, "image_std": _IMAGENET_DEFAULT_STD, "do_pad": True}
+       for name in ("DetrImageProcessor", "ConditionalDetrImageProcessor", "YolosImageProcessor")},
+    # the dense-prediction processors (_DenseImageProcessor): DPT (and Depth Anything, which uses it) resizes to size,
+    # or as near as the aspect ratio allows, in multiples of ensure_multiple_of, and may pad to multiples of
+    # size_divisor; GLPN rounds each image down to multiples of size_divisor; Swin2SR only rescales and pads.
+    "DPTImageProcessor": {**_STANDARD_STEPS, "size": {"height": 384, "width": 384}, "resample": 3,
+                          "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD, "do_pad": False,
+                          "keep_aspect_ratio": False, "ensure_multiple_of": 1},
+    "GLPNImageProcessor": {"do_resize": True, "resample": 2, "do_rescale": True},
+    "Swin2SRImageProcessor": {"do_rescale": True, "do_pad": True},
 }
+# The dense-prediction classes that pad, and the size_divisor each pads to by default (DPT: none, no padding).
+_PADDING_DIVISORS: dict[str, int | None] = {"DPTImageProcessor": None, "Swin2SRImageProcessor": 8}
 # MobileViT's processor never normalizes, whatever do_normalize says.
 _NEVER_NORMALIZED = frozenset({"MobileViTImageProcessor"})
 # The class transformers picks for a config that names none, from the model config's model_type.
@@ -1252,12 +1269,16 @@ _IMAGE_PROCESSOR_MODEL_TYPES = {
     "clip": "CLIPImageProcessor",
     **dict.fromkeys(("bit", "dinov2", "focalnet"), "BitImageProcessor"),
     **dict.fromkeys(("mobilevit", "mobilevitv2"), "MobileViTImageProcessor"),
+    "detr": "DetrImageProcessor", "conditional_detr": "ConditionalDetrImageProcessor", "yolos": "YolosImageProcessor",
+    **dict.fromkeys(("dpt", "depth_anything"), "DPTImageProcessor"),
+    "glpn": "GLPNImageProcessor", "swin2sr": "Swin2SRImageProcessor",
 }
 _NUMBER_NAMES = (int, float)
 # JSON types of the fields the image processor reads (null: the class default).
 _IMAGE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad",
-                     "default_to_square", "do_flip_channel_order"), (bool,)),
+                     "default_to_square", "do_flip_channel_order", "keep_aspect_ratio"), (bool,)),
+    **dict.fromkeys(("ensure_multiple_of", "size_divisor"), (int,)),
     "resample": (int,), "rescale_factor": _NUMBER_NAMES, "crop_pct": _NUMBER_NAMES,
     "size": (int, list, dict), "crop_size": (int, list, dict), "image_mean": (int, float, list), "image_std": (int, float, list),
 }
@@ -1604,6 +1625,10 @@ class ImageProcessor:
             image = _normalize(image, self.image_mean, self.image_std)
         return image.astype(np.float32, copy=False)
 
+    def target_size(self, height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+        """The (height, width) an image of height x width is resized to."""
+        return _resize_size(height, width, size)
+
     def process(self, image: Any) -> np.ndarray:
         """One image (a PIL.Image, an HWC array, or what load_image opens) as (3, height, width) float32 pixels."""
         Image = _pil()
@@ -1635,7 +1660,7 @@ class ImageProcessor:
                 size = {"shortest_edge": int(edge / self.crop_pct)} if edge < 384 else {"height": edge, "width": edge}
             else:
                 size = self.size
-            pil = _resize(pil, *_resize_size(pil.height, pil.width, size), self.resample)
+            pil = _resize(pil, *self.target_size(pil.height, pil.width, size), self.resample)
             array = np.asarray(pil)
             if self.crop_pct is not None and self.size["shortest_edge"] < 384:
                 array = _center_crop(array, self.size["shortest_edge"], self.size["shortest_edge"])
@@ -1670,6 +1695,193 @@ class ImageProcessor:
         return f"ImageProcessor({self.name}, output size {self.output_size or 'per image'})"
 
 
+_DETECTION_PROCESSORS = frozenset({"DetrImageProcessor", "ConditionalDetrImageProcessor", "YolosImageProcessor"})
+_DETR_SIZE: dict[str, int] = _IMAGE_PROCESSORS["DetrImageProcessor"]["size"]  # its size, and max_size, left out
+
+
+def _detection_size(config: Mapping[str, Any]) -> dict[str, int]:
+    """DETR's size field as its __init__ reads it: an int is the shortest edge, max_size (1333 when left out) the
+    longest; a dict is {shortest_edge, longest_edge} or {height, width}."""
+    size = config.get("size")
+    if size is None:
+        return dict(_DETR_SIZE)
+    if _is_int(size):
+        size = {"shortest_edge": size, "longest_edge": config.get("max_size", _DETR_SIZE["longest_edge"])}
+    if (not isinstance(size, dict) or set(size) not in ({"shortest_edge", "longest_edge"}, {"height", "width"})
+            or not all(_is_int(v) and v > 0 for v in size.values())):
+        raise ProcessorReconstructionError(
+            f"{KEY_IMAGE_PROCESSOR_CONFIG}.size is {size!r} (max_size {config.get('max_size')!r}); this runtime reads "
+            "{shortest_edge, longest_edge} or {height, width} of positive integers for DETR-style processors"
+        )
+    return dict(size)
+
+
+def _yolos_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+    """The (height, width) YOLOS resizes an image to: DETR's rule with its own order of cases, rounded down to
+    multiples of 16 (get_size_with_aspect_ratio_yolos)."""
+    if "height" in size:
+        return size["height"], size["width"]
+    shortest, longest = size["shortest_edge"], size["longest_edge"]
+    raw = None
+    low, high = float(min(height, width)), float(max(height, width))
+    if high / low * shortest > longest:
+        raw = longest * low / high
+        shortest = round(raw)
+    edge = shortest if raw is None else raw
+    if width < height:
+        new_height, new_width = int(edge * height / width), shortest
+    elif (height <= width and height == shortest) or (width <= height and width == shortest):
+        new_height, new_width = height, width
+    else:
+        new_height, new_width = shortest, int(edge * width / height)
+    return new_height - new_height % 16, new_width - new_width % 16
+
+
+def _pad_bottom_right(pixels: Sequence[np.ndarray], size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(3, height, width) arrays zero-padded at the bottom and right to the largest height and width among them (or
+    to size), stacked, and their pixel_mask: 1 on the image, 0 on the padding (int64), as DETR's pad."""
+    height = max(p.shape[1] for p in pixels) if size is None else size[0]
+    width = max(p.shape[2] for p in pixels) if size is None else size[1]
+    values = np.zeros((len(pixels), 3, height, width), dtype=np.float32)
+    mask = np.zeros((len(pixels), height, width), dtype=np.int64)
+    for i, p in enumerate(pixels):
+        if p.shape[1] > height or p.shape[2] > width:
+            raise InvalidInputError(f"an image processes to {p.shape[1]}x{p.shape[2]} pixels, larger than the pad_size "
+                                    f"{height}x{width} of the image processor")
+        values[i, :, :p.shape[1], :p.shape[2]] = p
+        mask[i, :p.shape[1], :p.shape[2]] = 1
+    return values, mask
+
+
+class DetectionImageProcessor(ImageProcessor):
+    """DETR's, Conditional DETR's and YOLOS's image processors (their PIL backends): ImageProcessor's steps with their
+    size rules (the shortest edge, the longest capped; YOLOS's multiples of 16), and images padded at the bottom and
+    right to the batch's largest with a pixel_mask. ``processor(images)`` gives ``{"pixel_values", "pixel_mask"}``."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        where = KEY_IMAGE_PROCESSOR_CONFIG
+        do_pad = _field(f"{where}.do_pad", config.get("do_pad", config.get("pad_and_return_pixel_mask")), (bool,), True,
+                        error=ProcessorReconstructionError)
+        pad_size = _field(f"{where}.pad_size", config.get("pad_size"), (dict,), error=ProcessorReconstructionError)
+        if pad_size is not None and (set(pad_size) != {"height", "width"}
+                                     or not all(_is_int(v) and v > 0 for v in pad_size.values())):
+            raise ProcessorReconstructionError(f"{where}.pad_size is {pad_size!r}; expected {{height, width}} of positive "
+                                               "integers")
+        super().__init__({**config, "do_pad": False, "size": _detection_size(config)})
+        self.config = dict(config)
+        self.do_pad = do_pad
+        self.pad_size = None if pad_size is None else (pad_size["height"], pad_size["width"])
+
+    def target_size(self, height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+        if self.name == "YolosImageProcessor":
+            return _yolos_size(height, width, size)
+        return _resize_size(height, width, size)
+
+    def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Process a list of images (or one) into ``{"pixel_values": (n, 3, height, width) float32, "pixel_mask":
+        (n, height, width) int64}``, padded to the largest (without do_pad: pixel_values of images of one shape)."""
+        if not self.do_pad:
+            return super().__call__(images)
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise InvalidInputError("no images given; pass an image or a list of images")
+        values, mask = _pad_bottom_right([self.process(image) for image in items], self.pad_size)
+        return {"pixel_values": values, "pixel_mask": mask}
+
+
+def _multiple_of(value: float, multiple: int) -> int:
+    """value rounded to a multiple of multiple, as DPT's constrain_to_multiple_of (no bounds; Python's round)."""
+    import math
+
+    rounded = round(value / multiple) * multiple
+    return rounded if rounded >= 0 else math.ceil(value / multiple) * multiple
+
+
+def _dpt_size(height: int, width: int, size: Mapping[str, int], keep_aspect_ratio: bool, multiple: int) -> tuple[int, int]:
+    """The (height, width) DPT resizes an image to: size, or with keep_aspect_ratio one scale for both sides (the
+    one nearer 1), each side a multiple of ensure_multiple_of (get_resize_output_image_size)."""
+    scale_height, scale_width = size["height"] / height, size["width"] / width
+    if keep_aspect_ratio:
+        if abs(1 - scale_width) < abs(1 - scale_height):
+            scale_height = scale_width
+        else:
+            scale_width = scale_height
+    return _multiple_of(scale_height * height, multiple), _multiple_of(scale_width * width, multiple)
+
+
+def _pad_centered(pixels: np.ndarray, divisor: int) -> np.ndarray:
+    """A (3, height, width) array zero-padded on both sides of each axis (the odd pixel after) up to multiples of
+    divisor, as DPT's pad_image."""
+    def sides(length: int) -> tuple[int, int]:
+        pad = -(-length // divisor) * divisor - length
+        return pad // 2, pad - pad // 2
+
+    padded: np.ndarray = np.pad(pixels, ((0, 0), sides(pixels.shape[1]), sides(pixels.shape[2])))
+    return padded
+
+
+def _pad_symmetric(pixels: np.ndarray, divisor: int) -> np.ndarray:
+    """A (3, height, width) array padded at the bottom and right by mirroring (numpy's symmetric mode) past the next
+    multiple of divisor (a whole divisor more when it is one already), as Swin2SR's pad."""
+    height, width = pixels.shape[1:]
+    bottom, right = (height // divisor + 1) * divisor - height, (width // divisor + 1) * divisor - width
+    padded: np.ndarray = np.pad(pixels, ((0, 0), (0, bottom), (0, right)), mode="symmetric")
+    return padded
+
+
+_DENSE_PROCESSORS = frozenset({"DPTImageProcessor", "GLPNImageProcessor", "Swin2SRImageProcessor"})
+
+
+class _DenseImageProcessor(ImageProcessor):
+    """DPT's (Depth Anything's), GLPN's and Swin2SR's image processors (their PIL backends): ImageProcessor's steps
+    with their sizes (DPT: size kept to the aspect ratio and multiples; GLPN: rounded down to multiples of
+    size_divisor) and their padding of each image after the other steps (DPT: zeros, centred; Swin2SR: mirrored)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        name = self._class_name(config)
+        where = KEY_IMAGE_PROCESSOR_CONFIG
+        values = _IMAGE_PROCESSORS[name]
+
+        def read(key: str, low: int | None = None) -> Any:
+            # pad_size, only read for Swin2SR here, is an int (DETR's is {height, width}, read there)
+            return _field(f"{where}.{key}", config.get(key), _IMAGE_FIELD_TYPES.get(key, (int,)), values.get(key), low=low,
+                          error=ProcessorReconstructionError)
+
+        self.do_pad = bool(read("do_pad")) if name in _PADDING_DIVISORS else False
+        # Swin2SR's legacy pad_size is its size_divisor where that is left out
+        divisor = read("size_divisor", 1) or (read("pad_size", 1) if name == "Swin2SRImageProcessor" else None)
+        self.size_divisor: int | None = divisor or (32 if name == "GLPNImageProcessor" else _PADDING_DIVISORS.get(name))
+        self.keep_aspect_ratio = bool(read("keep_aspect_ratio")) if name == "DPTImageProcessor" else False
+        self.ensure_multiple_of = int(read("ensure_multiple_of", 1)) if name == "DPTImageProcessor" else 1
+        # GLPN reads no size: each image is rounded down to multiples of size_divisor (target_size)
+        placeholder = {"size": {"height": 1, "width": 1}} if name == "GLPNImageProcessor" else {}
+        super().__init__({**config, **placeholder, "do_pad": False})
+        self.config = dict(config)
+        if self.do_resize and name == "DPTImageProcessor" and "height" not in self.size:
+            raise ProcessorReconstructionError(f"{where}.size is {self.size}; DPT's processor reads {{height, width}}")
+
+    def target_size(self, height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+        if self.name == "GLPNImageProcessor" and self.size_divisor:
+            return height // self.size_divisor * self.size_divisor, width // self.size_divisor * self.size_divisor
+        return _dpt_size(height, width, size, self.keep_aspect_ratio, self.ensure_multiple_of)
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every processed image: DPT's without keep_aspect_ratio; None for the others."""
+        if self.name != "DPTImageProcessor" or self.keep_aspect_ratio or not self.do_resize:
+            return None
+        height, width = (_multiple_of(self.size[side], self.ensure_multiple_of) for side in ("height", "width"))
+        if self.do_pad and self.size_divisor:
+            height, width = (-(-n // self.size_divisor) * self.size_divisor for n in (height, width))
+        return height, width
+
+    def process(self, image: Any) -> np.ndarray:
+        pixels = super().process(image)
+        if not self.do_pad or self.size_divisor is None:
+            return pixels
+        return (_pad_symmetric if self.name == "Swin2SRImageProcessor" else _pad_centered)(pixels, self.size_divisor)
+
+
 def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
     """The image processor of a model, rebuilt from hf_image_processor_config (the class named there, else
     the one transformers uses for the model config's model_type); None when none is embedded."""
@@ -1682,6 +1894,10 @@ def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
         model_type = (metadata.get(KEY_MODEL_CONFIG) or {}).get("model_type")
         if model_type in _IMAGE_PROCESSOR_MODEL_TYPES:
             config = {**config, "image_processor_type": _IMAGE_PROCESSOR_MODEL_TYPES[model_type]}
+    if ImageProcessor._class_name(config) in _DETECTION_PROCESSORS:
+        return DetectionImageProcessor(config)
+    if ImageProcessor._class_name(config) in _DENSE_PROCESSORS:
+        return _DenseImageProcessor(config)
     return ImageProcessor(config)
 
 
@@ -3365,6 +3581,7 @@ class _Search:
         # processors of the caller's own (generate()'s logits_processor argument), after those of the options
         self.extra = list(extra)
         self.sequences: list[np.ndarray] = []
+        self.unfinished: np.ndarray | None = None  # sampling's rows still going (after the step before the last yield)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._beam_search() if self.config.num_beams > 1 else self._sample()
@@ -3392,7 +3609,7 @@ class _Search:
         stopping = _Stopping(prompts.max_lengths[rows], pad, config.eos_token_id or (), self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         fill = config.pad if config.pad is not None else 0
-        unfinished = np.ones(len(rows), dtype=bool)
+        unfinished = self.unfinished = np.ones(len(rows), dtype=bool)
         generated = np.zeros(len(rows), dtype=np.int64)
         length = width
         while True:
@@ -5103,11 +5320,14 @@ class _Generating(_Task):
             raise InvalidInputError(
                 f"the output may grow to {rows.max_lengths[longest]} tokens ({len(sequences[longest])} given), past the "
                 f"model's {self.positions} positions; lower max_new_tokens (or max_length){self.too_long}")
-        stop = None
-        if config.stop_strings:
-            self._token_text = self._token_text or _TokenText(self.tokenizer)
-            stop = _StopStrings(config.stop_strings, self._token_text)
-        return _Search(step, rows, config, stop, extra)
+        return _Search(step, rows, config, self.stops(config), extra)
+
+    def stops(self, config: _GenerationConfig) -> _StopStrings | None:
+        """The stop strings' criterion, None without them."""
+        if not config.stop_strings:
+            return None
+        self._token_text = self._token_text or _TokenText(self.tokenizer)
+        return _StopStrings(config.stop_strings, self._token_text)
 
     def generate(self, keys: Sequence[Any], config: _GenerationConfig, search: Callable[[list[int]], _Search], *,
                  mixed: bool = True) -> list[list[np.ndarray]]:
@@ -5705,6 +5925,20 @@ class _Translation(_Seq2Seq):
 # --- Image tasks ------------------------------------------------------------------------------------
 
 
+class _Sized(NamedTuple):
+    """An image's processed pixels, and its size as opened (what the output is brought back to)."""
+
+    pixels: np.ndarray
+    height: int
+    width: int
+
+
+def _sized(processor: ImageProcessor, item: Any) -> _Sized:
+    image = load_image(item)
+    height, width = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
+    return _Sized(processor.process(image), height, width)
+
+
 class _ImageTask(_Task):
     """A task on images: each opened as transformers' load_image opens it and processed by the embedded image
     processor; images of one pixel shape run together, batch_size at a time."""
@@ -5907,6 +6141,207 @@ class _ZeroShotImageClassification(_ImageTask):
             ranked = sorted(zip(scores, options["candidate_labels"]), key=lambda x: -float(x[0]))
             results.append([{"score": float(s), "label": label} for s, label in ranked])
         return results
+
+
+# --- Object detection ---------------------------------------------------------------------------------
+# DETR-style heads: per query, class logits (with the no-object class last: softmax, that class dropped; Conditional
+# DETR: sigmoid over every class, the best 100 query-class pairs) and a box (centre x, centre y, width, height, in
+# [0, 1] of the processed image), as the image processors' post_process_object_detection reads them.
+
+_SIGMOID_DETECTION = frozenset({"ConditionalDetrImageProcessor"})  # post-processing with sigmoid scores
+_SIGMOID_TOP_K = 100  # post_process_object_detection's top_k, which the pipeline leaves at its default
+
+
+def _corner_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(centre x, centre y, width, height) boxes in [0, 1] as (xmin, ymin, xmax, ymax) in pixels of a height x
+    width image, in float32 as center_to_corners_format and the scaling compute them."""
+    cx, cy, w, h = boxes.astype(np.float32).T
+    half = np.float32(0.5)
+    corners = np.stack([cx - half * w, cy - half * h, cx + half * w, cy + half * h], axis=-1)
+    scaled: np.ndarray = corners * np.array([width, height, width, height], dtype=np.float32)
+    return scaled
+
+
+def _softmax_detections(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's best class and score, the no-object class (the last) left out; and the queries, in order."""
+    probabilities = _softmax(logits.astype(np.float32))[:, :-1]
+    return probabilities.max(-1), probabilities.argmax(-1), np.arange(len(logits))
+
+
+def _sigmoid_detections(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best query-class pairs by sigmoid score (at most 100, best first): scores, classes, queries."""
+    flat = _sigmoid(logits.astype(np.float32)).reshape(-1)
+    top = np.argsort(-flat, kind="stable")[:_SIGMOID_TOP_K]
+    return flat[top], top % logits.shape[1], top // logits.shape[1]
+
+
+class _ObjectDetection(_ImageTask):
+    """object-detection with a DETR-style head (DETR, Conditional DETR, YOLOS: logits and pred_boxes per query), as
+    transformers.ObjectDetectionPipeline: the detections scoring above threshold, boxes in the image's pixels."""
+
+    name = "object-detection"
+    options = (_Option("threshold", _number(0.0, high=1.0), 0.5),)
+    axes = "(batch, queries, classes)"
+    ports = (_Reads("pixel_values", _FLOAT_DTYPES), _Reads("pixel_mask", _INT_DTYPES, required=False))
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        _check_ports(self.session, self.ports, [_Reads("pred_boxes", axes="(batch, queries, box)")], what=self.name)
+        self.detections = _sigmoid_detections if self.processor.name in _SIGMOID_DETECTION else _softmax_detections
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_Sized]:
+        return [_sized(self.processor, item) for item in items]
+
+    def forward(self, batch: list[_Sized], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """Images of one processed shape run together (padding others to it changes what the backbone sees near the
+        padding: the pipeline runs each image alone), with an all-ones pixel_mask where the graph takes one."""
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            pixels = np.stack([batch[i].pixels for i in chunk]).astype(self.pixel_dtype, copy=False)
+            feed = {"pixel_values": pixels}
+            if "pixel_mask" in self.dtypes:
+                feed["pixel_mask"] = np.ones((len(chunk), *pixels.shape[2:]), dtype=self.dtypes["pixel_mask"])
+            logits, boxes = self.session.run([self.output_name, "pred_boxes"], feed)
+            return [[logits[position], boxes[position]] for position in range(len(chunk))]
+
+        return _batched([d.pixels.shape for d in batch], self.ctx.batch_size, run, mixed=False)
+
+    def postprocess(self, batch: list[_Sized], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """Each image's detections above threshold: score, label and box (pixels, truncated to ints as the pipeline's)."""
+        results = []
+        for image, (logits, boxes) in zip(batch, outputs):
+            scores, classes, queries = self.detections(logits)
+            corners = _corner_boxes(boxes, image.height, image.width)[queries]
+            labels = self.ctx.labels(logits.shape[-1])
+            keep = scores > options["threshold"]
+            results.append([
+                {"score": float(score), "label": labels[int(label)],
+                 "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (int(v) for v in box)))}
+                for score, label, box in zip(scores[keep], classes[keep], corners[keep])
+            ])
+        return results
+
+
+# --- Depth estimation ---------------------------------------------------------------------------------
+# The model's depth map back at the image's size as post_process_depth_estimation makes it (torch's bicubic
+# interpolation, rebuilt in numpy: within 1e-5 of torch's relative to the map's largest value), then the 8-bit
+# depth image of DepthEstimationPipeline (the map's minimum to maximum as 0 to 255, truncated).
+
+_CUBIC_A = -0.75  # torch's cubic convolution constant (upsample_bicubic2d)
+
+
+def _cubic_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of target positions, the 4 source positions it reads (clamped to the edges) and their weights, as
+    torch's upsample_bicubic2d with align_corners=False computes them (in float32: centres aligned, scale
+    source / target)."""
+    scale = np.float32(source / target)
+    real = scale * (np.arange(target, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    floor = np.floor(real)
+    distance = np.abs((real - floor)[:, None] + np.array([1, 0, -1, -2], dtype=np.float32))
+    a = np.float32(_CUBIC_A)
+    near = ((a + 2) * distance - (a + 3)) * distance * distance + 1
+    far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a
+    weights = np.where(distance <= 1, near, far).astype(np.float32)
+    positions = np.clip(floor.astype(np.int64)[:, None] + np.arange(-1, 3), 0, source - 1)
+    return positions, weights
+
+
+def _bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A (h, w) map resized to (height, width) in float32 as torch.nn.functional.interpolate(mode="bicubic",
+    align_corners=False): along each row, then down each column."""
+    columns, column_weights = _cubic_taps(image.shape[1], width)
+    rows, row_weights = _cubic_taps(image.shape[0], height)
+    source = image.astype(np.float32, copy=False)
+    wide = np.zeros((image.shape[0], width), dtype=np.float32)
+    for tap in range(4):
+        wide += column_weights[:, tap] * source[:, columns[:, tap]]
+    out = np.zeros((height, width), dtype=np.float32)
+    for tap in range(4):
+        out += row_weights[:, tap, None] * wide[rows[:, tap]]
+    return out
+
+
+def _depth_image(depth: np.ndarray) -> Any:
+    """The pipeline's depth image: (depth - min) / (max - min) * 255 truncated to uint8 ("L"); black for a flat map
+    (where the pipeline divides by zero)."""
+    low, high = depth.min(), depth.max()
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    return _pil().fromarray((scaled * 255).astype(np.uint8))
+
+
+def _written(value: str, suffix: str, image: Any) -> str:
+    """The command line's image output saved as PNG next to the input it came from; the path written."""
+    path = f"{os.path.splitext(value)[0]}-{suffix}.png"
+    try:
+        image.save(path, format="PNG")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+class _DepthEstimation(_ImageTask):
+    """depth-estimation, as transformers.DepthEstimationPipeline (DPT, Depth Anything, GLPN: one depth map per image):
+    predicted_depth, the map interpolated to the image's size (a float32 array), and depth, it as an 8-bit image."""
+
+    name = "depth-estimation"
+    output = "predicted_depth"
+    axes = "(batch, height, width)"
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_Sized]:
+        return [_sized(self.processor, item) for item in items]
+
+    def forward(self, batch: list[_Sized], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows([image.pixels for image in batch], [self.output_name])
+
+    def postprocess(self, batch: list[_Sized], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        results = []
+        for image, (depth,) in zip(batch, outputs):
+            predicted = _bicubic(depth, image.height, image.width)
+            results.append({"predicted_depth": predicted, "depth": _depth_image(predicted)})
+        return results
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+        """Each input's depth image written next to it (photo-depth.png) and, as JSON, the depth map's shape and range."""
+        for value, result in zip(values, self(list(values), **options)):
+            depth = result["predicted_depth"]
+            summary = {"input": value, "depth": _written(value, "depth", result["depth"]), "predicted_depth": {
+                "shape": list(depth.shape), "min": float(depth.min()), "max": float(depth.max()), "mean": float(depth.mean())}}
+            yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- Image to image -----------------------------------------------------------------------------------
+# Super-resolution (Swin2SR) as transformers 4.57's ImageToImagePipeline (transformers 5 removed it; transformers.js
+# has it): the reconstruction clipped to [0, 1] as an 8-bit RGB image. Neither pipeline crops the processor's
+# padding: the image is the padded input's size times the model's upscale.
+
+
+def _reconstructed_image(reconstruction: np.ndarray) -> Any:
+    """A (3, height, width) reconstruction as the pipeline's RGB image: clipped to [0, 1], times 255, rounded (half to
+    even, as torch.round)."""
+    pixels = np.moveaxis(np.clip(reconstruction.astype(np.float32), 0, 1), 0, -1)
+    return _pil().fromarray((pixels * 255.0).round().astype(np.uint8))
+
+
+class _ImageToImage(_ImageTask):
+    """image-to-image, as transformers 4.57's ImageToImagePipeline (Swin2SR super-resolution): one image per image."""
+
+    name = "image-to-image"
+    output = "reconstruction"
+    axes = "(batch, channels, height, width)"
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[np.ndarray]:
+        return self.pixels(items)
+
+    def forward(self, batch: list[np.ndarray], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows(batch, [self.output_name])
+
+    def postprocess(self, batch: list[np.ndarray], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        return [_reconstructed_image(reconstruction) for (reconstruction,) in outputs]
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+        """Each input's output image written next to it (photo-output.png); as JSON, where and its size."""
+        for value, image in zip(values, self(list(values), **options)):
+            summary = {"input": value, "image": _written(value, "output", image), "size": [image.width, image.height]}
+            yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
 
 
 # --- Audio tasks --------------------------------------------------------------------------------------
@@ -6806,6 +7241,9 @@ TASKS: dict[str, type[_Task]] = {
     "image-classification": _ImageClassification,
     "image-feature-extraction": _ImageFeatureExtraction,
     "zero-shot-image-classification": _ZeroShotImageClassification,
+    "object-detection": _ObjectDetection,
+    "depth-estimation": _DepthEstimation,
+    "image-to-image": _ImageToImage,
     "automatic-speech-recognition": _SpeechRecognition,
     "audio-classification": _AudioClassification,
 }
@@ -7139,9 +7577,16 @@ def _media(value: Any, what: str) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    """json.dumps' default: numpy arrays and numbers as lists and numbers."""
+    """json.dumps' default: numpy arrays and numbers as lists and numbers, PIL images (depth, image-to-image) as PNG
+    data URLs."""
     if hasattr(value, "tolist"):
         return value.tolist()
+    if hasattr(value, "getbands"):
+        import io
+
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -7159,23 +7604,31 @@ class _Job:
 
 class _Batcher:
     """Requests queue here and run one batch at a time, as many together as have the same key, up to max_items
-    inputs: run(key, payloads) gives each payload's result (or the exception it raised alone). While a batch runs,
-    the next one gathers; under load (the last batch had several requests) a batch also waits up to `wait` seconds
-    for more, so a lone client never waits."""
+    inputs: run(key, payloads) gives each payload's result (or the exception it raised alone), `workers` batches at
+    once. While a batch runs, the next one gathers; under load (the last batch had several requests, or another is
+    running) a batch also waits up to `wait` seconds for more, so a lone client never waits."""
 
-    def __init__(self, run: Callable[[Any, list[Any]], list[Any]], max_items: int, wait: float) -> None:
+    def __init__(self, run: Callable[[Any, list[Any]], list[Any]], max_items: int, wait: float, workers: int = 1) -> None:
         self.run, self.max_items, self.wait = run, max_items, wait
         self.jobs: list[_Job] = []
         self.ready = threading.Condition()
         self.busy = self.closed = False
+        self.running = 0  # batches running now
         self.batches = self.requests = 0  # counts, for /health
-        threading.Thread(target=self._loop, name="onnxmeta-batcher", daemon=True).start()
+        for _ in range(workers):  # batches run at once
+            threading.Thread(target=self._loop, name="onnxmeta-batcher", daemon=True).start()
 
-    def __call__(self, key: Any, payload: Any, size: int) -> Any:
+    def submit(self, key: Any, payload: Any, size: int) -> _Job:
+        """Queue a request's payload; its job is done when its batch has run."""
         job = _Job(key, payload, size)
         with self.ready:
             self.jobs.append(job)
             self.ready.notify()
+        return job
+
+    def __call__(self, key: Any, payload: Any, size: int) -> Any:
+        """A request's result, once its batch has run."""
+        job = self.submit(key, payload, size)
         job.done.wait()
         if isinstance(job.result, BaseException):
             raise job.result
@@ -7188,7 +7641,7 @@ class _Batcher:
         """End the batching thread once the queued requests are answered."""
         with self.ready:
             self.closed = True
-            self.ready.notify()
+            self.ready.notify_all()
 
     def _take(self) -> list[_Job]:
         with self.ready:
@@ -7197,7 +7650,7 @@ class _Batcher:
                     return []
                 self.ready.wait()
             key = self.jobs[0].key
-            deadline = time.monotonic() + (self.wait if self.busy else 0.0)
+            deadline = time.monotonic() + (self.wait if self.busy or self.running else 0.0)
             while self._queued(key) < self.max_items and (left := deadline - time.monotonic()) > 0:
                 self.ready.wait(left)
             group: list[_Job] = []
@@ -7206,6 +7659,7 @@ class _Batcher:
                     group.append(job)
             self.jobs = [job for job in self.jobs if job not in group]
             self.busy = len(group) > 1
+            self.running += 1
             return group
 
     def _loop(self) -> None:
@@ -7214,7 +7668,9 @@ class _Batcher:
                 results = self.run(group[0].key, [job.payload for job in group])
             except BaseException as exc:  # noqa: BLE001 - handed to each waiting request, which answers it
                 results = [exc] * len(group)
-            self.batches, self.requests = self.batches + 1, self.requests + len(group)
+            with self.ready:
+                self.running -= 1
+                self.batches, self.requests = self.batches + 1, self.requests + len(group)
             for job, result in zip(group, results):
                 job.result = result
                 job.done.set()
@@ -7253,6 +7709,26 @@ class _Ask(NamedTuple):
     bias: dict[int, float]
     stream: bool
     usage: bool
+
+
+class _Rows:
+    """A completion's rows (one per choice) in a batch of generations: the request's prompt and settings, and each
+    step's tokens of its rows, handed over by the batch as they come (None once they have ended)."""
+
+    def __init__(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> None:
+        import queue
+
+        self.prompt, self.config, self.ask = prompt, config, ask
+        self.count = config.num_return_sequences if config.do_sample else 1
+        self.steps: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Each step's tokens of these rows; the batch's failure raised."""
+        while (step := self.steps.get()) is not None:
+            if isinstance(step, BaseException):
+                raise step
+            yield step
 
 
 class _Choice(NamedTuple):
@@ -7431,6 +7907,8 @@ class Server:
         self.slots = threading.BoundedSemaphore(_integer(1)("max_concurrent", max_concurrent))
         wait = _number(0.0)("batch_wait_ms", batch_wait_ms) / 1000
         self.batcher = _Batcher(self._run_batch, _integer(1)("max_batch", max_batch), wait)
+        # completions that wait together decode as one batch (the same settings), max_concurrent batches at once
+        self.generations = _Batcher(self._generate, max_batch, wait, workers=max_concurrent)
         self.routes: dict[str, tuple[str, Callable[[_Request], Any]]] = {
             "/health": ("GET", self._health), "/v1/models": ("GET", self._models),
             "/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completions),
@@ -7508,6 +7986,7 @@ class Server:
                 self.idle.wait(left)
         self.httpd.server_close()
         self.batcher.close()
+        self.generations.close()
 
     def __enter__(self) -> Server:
         return self.start()
@@ -7646,7 +8125,8 @@ class Server:
     # endpoints
 
     def _health(self, request: _Request) -> Any:
-        return {"status": "ok", "batches": self.batcher.batches, "batched_requests": self.batcher.requests}
+        return {"status": "ok", "batches": self.batcher.batches, "batched_requests": self.batcher.requests,
+                "generation_batches": self.generations.batches, "generation_requests": self.generations.requests}
 
     def _model_card(self, name: str | None = None) -> dict[str, Any]:
         if name is not None:
@@ -7726,30 +8206,73 @@ class Server:
             prompt, config = batch.prompts[0], batch.config
         config = config._replace(num_return_sequences=ask.n if config.do_sample else 1)
         limit, used = task.positions, len(prompt.ids)
-        if limit is None:
-            return prompt, config
-        new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - used
-        if "max_new_tokens" not in ask.options and used < limit:
+        new = int(_prompts([prompt.ids], config, task.tokenizer.pad_token_id, None).max_lengths[0]) - used
+        if limit is not None and "max_new_tokens" not in ask.options and used < limit:
             new = min(new, limit - used)
-            config = config._replace(max_new_tokens=new)
-        if used + new > limit:
+        if limit is not None and used + new > limit:
             raise _ApiError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
                                  f"{used + new} tokens ({used} in the {param}, {new} in the completion). Please reduce "
                                  f"the length of the {param} or the completion.", param=param,
                             code="context_length_exceeded")
-        return prompt, config
+        return prompt, config._replace(max_new_tokens=new)
 
-    def _search(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> _Search:
-        task = self._generating()
-        extra = [_Penalties(len(prompt.ids), ask.frequency, ask.presence, ask.bias)] if (
+    def _submit(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> _Rows:
+        """A completion's rows, queued to run with others of the same settings."""
+        rows = _Rows(prompt, config, ask)
+        if rows.count > 1 or (config.do_sample and config.seed is not None):
+            key: Any = object()  # alone: a seed's draws, several choices of one prompt
+        else:
+            mixed = "position_ids" in self._generating().step.int_types  # else left padding would shift positions
+            key = (config._replace(max_new_tokens=None), ask.frequency, ask.presence, sorted(ask.bias.items()),
+                   None if mixed else len(prompt.ids))
+        self.generations.submit(key, rows, 1)
+        return rows
+
+    def _generate(self, key: Any, group: list[_Rows]) -> list[None]:
+        """One batch of completions (the generation batcher's work): a search over the rows of every request still
+        waiting, each step's tokens handed to their requests, a request's rows closed once they end or its client
+        goes away."""
+        live = [rows for rows in group if not rows.cancelled]
+        try:
+            with self.slots:
+                if live:
+                    self._steps(live)
+        except BaseException as exc:  # noqa: BLE001 - each request of the batch answers it
+            for rows in live:
+                rows.steps.put(exc)
+        for rows in group:
+            rows.steps.put(None)
+        return [None] * len(group)
+
+    def _steps(self, group: list[_Rows]) -> None:
+        task, first = self._generating(), group[0]
+        lengths = np.array([len(rows.prompt.ids) for rows in group])
+        prompts = _prompts([rows.prompt.ids for rows in group], first.config._replace(max_new_tokens=1),
+                           task.tokenizer.pad_token_id, None)
+        prompts = prompts._replace(max_lengths=lengths + np.array([rows.config.max_new_tokens for rows in group]))
+        ask = first.ask
+        extra = [_Penalties(prompts.ids.shape[1], ask.frequency, ask.presence, ask.bias)] if (
             ask.frequency or ask.presence or ask.bias) else []
-        return task.search(task.step, [prompt.ids], config, task.tokenizer.pad_token_id, extra)
+        search = _Search(task.step, prompts, first.config, task.stops(first.config), extra)
+        spans = [slice(i * rows.count, (i + 1) * rows.count) for i, rows in enumerate(group)]
+        going = set(range(len(group)))
+        for tokens in search:
+            for i in sorted(going):  # search.unfinished: the rows still going after the step before this one
+                rows, span = group[i], spans[i]
+                if rows.cancelled or (search.unfinished is not None and not search.unfinished[span].any()):
+                    rows.steps.put(None)
+                    going.discard(i)
+                else:
+                    rows.steps.put(tokens[span].copy())
+            if not going:
+                break
 
     def _choices(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> list[_Choice]:
         """A prompt's n completions: the text (cut before a stop string), why it ended, the tokens it took."""
         task = self._generating()
-        with self.slots:
-            sequences = self._search(prompt, config, ask).run()
+        rows = self._submit(prompt, config, ask)
+        steps = list(rows)
+        sequences = np.array(steps, dtype=np.int64).T if steps else np.zeros((rows.count, 0), dtype=np.int64)
         choices = []
         for sequence in sequences:
             used, ended = _used(sequence, config.eos_token_id or ())
@@ -7762,15 +8285,16 @@ class Server:
         """A prompt's completion as it is generated: (new text, finish reason at the end, tokens so far); text held
         back until stable (TextStreamer) and while it may be the start of a stop string."""
         task = self._generating()
-        search = self._search(prompt, config, ask)  # here, so that a bad request fails before the stream starts
+        rows = self._submit(prompt, config, ask)
+        eos = set(config.eos_token_id or ())
 
         def pieces() -> Iterator[tuple[str, str | None, int]]:
-            with self.slots:
+            try:
                 streamer = _TextStreamer(lambda ids: task.decode(ids, skip_special_tokens=True))
                 hold = max((len(s) for s in ask.stop), default=1) - 1
-                text, sent, count, at = "", 0, 0, None
-                for tokens in search:
-                    count += 1
+                text, sent, count, at, last = "", 0, 0, None, -1
+                for tokens in rows:
+                    count, last = count + 1, int(tokens[0])
                     text += streamer.put(tokens[:1])
                     at = _cut(text, ask.stop)
                     if at is not None:
@@ -7781,8 +8305,9 @@ class Server:
                 if at is None:
                     text += streamer.end()
                     at = _cut(text, ask.stop)
-                ended = at is not None or _used(search.sequences[0], config.eos_token_id or ())[1]
-                yield text[sent: at], "stop" if ended else "length", count
+                yield text[sent: at], "stop" if at is not None or last in eos else "length", count
+            finally:
+                rows.cancelled = True  # a client gone (or a stop string found) ends the rows at the batch's next step
 
         return pieces()
 
@@ -8103,7 +8628,7 @@ def _json_lines(runtime: Runtime, options: Mapping[str, Any], stdin: IO[str], st
         except InvalidInputError as exc:
             failed += 1
             out = {"error": str(exc)}
-        stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        stdout.write(json.dumps(out, ensure_ascii=False, default=_jsonable) + "\n")
         stdout.flush()
     return 1 if failed else 0
 

@@ -448,8 +448,9 @@ def test_a_resize_to_nothing_is_refused():
 
 @pytest.mark.parametrize("config, message", [
     ({}, "names no image processor class"),
-    ({"image_processor_type": "DetrImageProcessor"}, "image processor 'DetrImageProcessor' is not supported by this runtime; "
-                                                     "supported: BeitImageProcessor, BitImageProcessor, CLIPImageProcessor"),
+    ({"image_processor_type": "LayoutLMv3ImageProcessor"}, "image processor 'LayoutLMv3ImageProcessor' is not supported by "
+                                                           "this runtime; supported: BeitImageProcessor, BitImageProcessor, "
+                                                           "CLIPImageProcessor"),
     ({"image_processor_type": "ViTImageProcessor", "size": "224"}, "hf_image_processor_config.size must be an integer or an "
                                                                    "array or an object, got a string"),
     ({"image_processor_type": "ViTImageProcessor", "do_resize": "yes"}, "do_resize must be a boolean, got a string"),

@@ -59,10 +59,11 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
     with pytest.raises(rt.TaskDetectionError) as info:
         rt.Runtime(bert_embedded, task="table-question-answering")
     assert str(info.value) == ("task 'table-question-answering' is not supported by this runtime; supported: "
-                               "audio-classification, automatic-speech-recognition, feature-extraction, fill-mask, "
-                               "image-classification, image-feature-extraction, question-answering, summarization, "
-                               "text-classification, text-generation, text2text-generation, token-classification, translation, "
-                               "zero-shot-classification, zero-shot-image-classification (translation_XX_to_YY too)")
+                               "audio-classification, automatic-speech-recognition, depth-estimation, feature-extraction, "
+                               "fill-mask, image-classification, image-feature-extraction, image-to-image, object-detection, "
+                               "question-answering, summarization, text-classification, text-generation, text2text-generation, "
+                               "token-classification, translation, zero-shot-classification, zero-shot-image-classification "
+                               "(translation_XX_to_YY too)")
     from authoring import embed
 
     from authoring.discovery import discover
