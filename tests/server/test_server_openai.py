@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
+from runtime_under_test import rt
 from server_models import speech
 
 MODEL = "model.onnx"  # every built file is called so: its id
@@ -330,6 +331,28 @@ def test_embeddings_base64_equal_float(embed):
     np.testing.assert_allclose(np.array(raw), floats, atol=1e-7, rtol=0)
     # the client's default: it asks for base64 and decodes it itself
     np.testing.assert_allclose(vectors(embed.client.embeddings.create(model=MODEL, input=TEXTS)), floats, atol=1e-7, rtol=0)
+
+
+def test_matryoshka_dimensions(embedding_model, tmp_path):
+    """A model whose card records MatryoshkaLoss's dims embeds them; the server cuts its embeddings to `dimensions`
+    (renormalized, as the model normalizes), and refuses more than it has."""
+    import shutil
+
+    from server_models import _embed
+
+    folder = shutil.copytree(embedding_model.parents[1] / "hf", tmp_path / "hf")
+    (folder / "README.md").write_text('## Training\n```json\n{"loss": "MatryoshkaLoss", "matryoshka_dims": [32, 16, 8]}\n```\n')
+    path = _embed(embedding_model.parents[1] / "graph.onnx", folder, tmp_path / "model.onnx")
+    runtime = rt.Runtime(path)
+    assert runtime.metadata[rt.KEY_SENTENCE_TRANSFORMERS]["matryoshka_dimensions"] == [32, 16, 8]
+    with rt.Server(runtime) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        short = vectors(client.embeddings.create(model=MODEL, input=TEXTS, dimensions=16, encoding_format="float"))
+        full = runtime.encode(TEXTS)[:, :16]
+        np.testing.assert_allclose(short, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
+        with pytest.raises(openai.BadRequestError, match="at most 32"):
+            client.embeddings.create(model=MODEL, input=TEXTS, dimensions=64)
 
 
 def test_embeddings_of_token_ids(embed):
