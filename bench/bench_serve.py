@@ -495,15 +495,20 @@ print("RESULT " + json.dumps({{"bs1_texts_per_s": one, "bs32_texts_per_s": bs32,
 """
 
 
-def encode_in_process(model: Path, singles: int, batches: int) -> dict[str, float]:
-    """The model alone, no HTTP: Runtime.encode texts/s one sentence at a time and 32 at a time (a fresh process)."""
-    code = ENCODE.format(bench=str(Path(__file__).parent))
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(CORES), str(singles), str(batches)],
-                          capture_output=True, text=True, env=child_env(), check=False)
+def fresh_process(script: str, what: str, *args: object) -> Any:
+    """What a script prints on its RESULT line, run in a fresh process with the bench's environment."""
+    code = script.format(bench=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env=child_env(), check=False)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
-        raise RuntimeError(f"in-process encode failed:\n{done.stderr[-3000:]}")
-    result: dict[str, float] = json.loads(line[len("RESULT "):])
+        raise RuntimeError(f"in-process {what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def encode_in_process(model: Path, singles: int, batches: int) -> dict[str, float]:
+    """The model alone, no HTTP: Runtime.encode texts/s one sentence at a time and 32 at a time (a fresh process)."""
+    result: dict[str, float] = fresh_process(ENCODE, "encode", model, CORES, singles, batches)
     return result
 
 
@@ -634,13 +639,7 @@ print("RESULT " + json.dumps({{"records": out, "cpu_cores": mine / wall,
 
 def in_process(model: Path, requests: int) -> dict[str, Any]:
     """The same single-stream generations through Runtime.stream in a fresh process (load not timed)."""
-    code = IN_PROCESS.format(bench=str(Path(__file__).parent))
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(CORES), str(requests), str(MAX_TOKENS)],
-                          capture_output=True, text=True, env=child_env(), check=False)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"in-process generation failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    result: dict[str, Any] = fresh_process(IN_PROCESS, "generation", model, CORES, requests, MAX_TOKENS)
     return result
 
 

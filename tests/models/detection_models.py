@@ -41,37 +41,34 @@ def _detr_config(cls: Any, **config: Any) -> Any:
                num_queries=12, init_std=0.5, init_xavier_std=1.0, **_labels(), **config)
 
 
-def tiny_detr(folder: Path, *, seed: int = 0) -> Any:
-    """A random-weight DetrForObjectDetection saved in folder with a DETR image processor (PIL backend); returns it."""
+def _detr_family(folder: Path, seed: int, names: tuple[str, str, str]) -> Any:
+    """A random-weight model of the DETR family (config, model and image processor class names in transformers),
+    its class head calibrated, saved in folder with its image processor (PIL backend); returns it."""
     import torch
-    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil
+    import transformers
 
-    config = _detr_config(DetrConfig)
-    config.architectures = ["DetrForObjectDetection"]
+    config_class, model_class, processor_class = (getattr(transformers, name) for name in names)
+    config = _detr_config(config_class)
+    config.architectures = [names[1]]
     torch.manual_seed(seed)
-    model = DetrForObjectDetection(config).eval()
+    model = model_class(config).eval()
     _calibrate([model.class_labels_classifier], 4.0, seed + 1)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    DetrImageProcessorPil(size=SIZE).save_pretrained(folder)
+    processor_class(size=SIZE).save_pretrained(folder)
     return model
+
+
+def tiny_detr(folder: Path, *, seed: int = 0) -> Any:
+    """A random-weight DetrForObjectDetection saved in folder with a DETR image processor; returns it."""
+    return _detr_family(folder, seed, ("DetrConfig", "DetrForObjectDetection", "DetrImageProcessorPil"))
 
 
 def tiny_conditional_detr(folder: Path, *, seed: int = 0) -> Any:
     """A random-weight ConditionalDetrForObjectDetection (sigmoid scores, no no-object class) with its image
     processor; returns it."""
-    import torch
-    from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ConditionalDetrImageProcessorPil
-
-    config = _detr_config(ConditionalDetrConfig)
-    config.architectures = ["ConditionalDetrForObjectDetection"]
-    torch.manual_seed(seed)
-    model = ConditionalDetrForObjectDetection(config).eval()
-    _calibrate([model.class_labels_classifier], 4.0, seed + 1)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    ConditionalDetrImageProcessorPil(size=SIZE).save_pretrained(folder)
-    return model
+    return _detr_family(folder, seed, ("ConditionalDetrConfig", "ConditionalDetrForObjectDetection",
+                                       "ConditionalDetrImageProcessorPil"))
 
 
 def tiny_yolos(folder: Path, *, seed: int = 0) -> Any:

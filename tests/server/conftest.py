@@ -17,53 +17,28 @@ from server_models import Served
 THREADS = ("--threads", "1")
 
 
-def _built(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
-    return build(tmp_path_factory.mktemp(f"server_{name}"))
+def _model(fixture: str, build: Callable[[Path], Path], doc: str) -> Any:
+    """A session fixture called `fixture`: the one-file model `build` makes in a folder of its own."""
+
+    def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return build(tmp_path_factory.mktemp(f"server_{fixture}"))
+
+    built.__doc__ = doc
+    return pytest.fixture(scope="session", name=fixture)(built)
 
 
-@pytest.fixture(scope="session")
-def chat_model(tmp_path_factory) -> Path:
-    """text-generation with a chat template (a tiny Llama, no cache)."""
-    return _built(tmp_path_factory, "chat", server_models.text_generation)
-
-
-@pytest.fixture(scope="session")
-def embedding_model(tmp_path_factory) -> Path:
-    """feature-extraction, a sentence-transformers folder (mean pooling, normalized)."""
-    return _built(tmp_path_factory, "embed", server_models.sentence_embedder)
-
-
-@pytest.fixture(scope="session")
-def rerank_model(tmp_path_factory) -> Path:
-    """text-classification with one label: a cross-encoder."""
-    return _built(tmp_path_factory, "rerank", lambda root: server_models.classifier(root, num_labels=1))
-
-
-@pytest.fixture(scope="session")
-def multilabel_model(tmp_path_factory) -> Path:
-    """text-classification, three labels, multi_label_classification (sigmoid)."""
-    return _built(tmp_path_factory, "multilabel", lambda root: server_models.classifier(
-        root, num_labels=3, problem_type="multi_label_classification", seed=2))
-
-
-@pytest.fixture(scope="session")
-def qa_model(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, "qa", server_models.question_answering)
-
-
-@pytest.fixture(scope="session")
-def vit_model(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, "vit", server_models.image_classifier)
-
-
-@pytest.fixture(scope="session")
-def ctc_model(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, "ctc", server_models.ctc)
-
-
-@pytest.fixture(scope="session")
-def whisper_model(tmp_path_factory) -> Path:
-    return _built(tmp_path_factory, "whisper", server_models.whisper)
+chat_model = _model("chat_model", server_models.text_generation, "text-generation with a chat template (a tiny Llama, no cache).")
+embedding_model = _model("embedding_model", server_models.sentence_embedder,
+                         "feature-extraction, a sentence-transformers folder (mean pooling, normalized).")
+rerank_model = _model("rerank_model", lambda root: server_models.classifier(root, num_labels=1),
+                      "text-classification with one label: a cross-encoder.")
+multilabel_model = _model("multilabel_model", lambda root: server_models.classifier(
+    root, num_labels=3, problem_type="multi_label_classification", seed=2),
+    "text-classification, three labels, multi_label_classification (sigmoid).")
+qa_model = _model("qa_model", server_models.question_answering, "question-answering (extractive).")
+vit_model = _model("vit_model", server_models.image_classifier, "image-classification (a tiny ViT).")
+ctc_model = _model("ctc_model", server_models.ctc, "automatic-speech-recognition with CTC (a tiny wav2vec2).")
+whisper_model = _model("whisper_model", server_models.whisper, "automatic-speech-recognition with a multilingual Whisper.")
 
 
 class Servers:

@@ -394,12 +394,18 @@ def verbose(endpoint: Endpoint, wav: bytes, task: str) -> dict[str, Any]:
     return answer
 
 
-def test_whisper_transcriptions(whisper, clips):
-    texts = [whisper.runtime(wav)["text"] for wav in clips]
+def assert_transcribes(served: Endpoint, clips: list[bytes]) -> list[str]:
+    """Each clip's transcription as json and as text equals the runtime's; the texts."""
+    texts = [served.runtime(wav)["text"] for wav in clips]
     assert_varied(texts)
     for wav, text in zip(clips, texts):
-        assert transcribe(whisper, wav).text == text
-        assert_text_answer(transcribe(whisper, wav, response_format="text"), text)
+        assert transcribe(served, wav).text == text
+        assert_text_answer(transcribe(served, wav, response_format="text"), text)
+    return texts
+
+
+def test_whisper_transcriptions(whisper, clips):
+    assert_transcribes(whisper, clips)
 
 
 def test_whisper_verbose_json_segments(whisper, clips):
@@ -447,11 +453,7 @@ def test_whisper_translations(whisper, clips):
 
 
 def test_ctc_transcriptions(ctc, clips):
-    texts = [ctc.runtime(wav)["text"] for wav in clips]
-    assert_varied(texts)
-    for wav, text in zip(clips, texts):
-        assert transcribe(ctc, wav).text == text
-        assert_text_answer(transcribe(ctc, wav, response_format="text"), text)
+    texts = assert_transcribes(ctc, clips)
     answer = verbose(ctc, clips[0], "transcribe")
     assert answer["text"] == texts[0]
     assert " ".join(" ".join(s["text"] for s in answer["segments"]).split()) == " ".join(texts[0].split())
