@@ -59,7 +59,7 @@ _OPTIMUM_TASKS = {"zero-shot-classification": "text-classification", "image-feat
                   "summarization": "text2text-generation", "translation": "text2text-generation"}
 
 _BATCH = {0: "batch"}
-_DENSE_TASKS = ("depth-estimation", "image-to-image")  # an image out per image in
+_DENSE_TASKS = ("depth-estimation", "image-to-image", "image-segmentation")  # an image (or maps) out per image in
 _TOKENS = {0: "batch", 1: "sequence"}
 # The tasks torch.onnx.export makes here: the transformers auto class, and the outputs the runtime reads with
 # their dynamic axes (an output the model does not return is left out: a ViT without pooler).
@@ -76,8 +76,11 @@ _TORCH_TASKS: dict[str, tuple[str, dict[str, dict[int, str]]]] = {
                                                "image_embeds": _BATCH}),
     "zero-shot-image-classification": ("AutoModel", {"logits_per_image": {0: "batch", 1: "texts"}}),
     "object-detection": ("AutoModelForObjectDetection", {"logits": _BATCH, "pred_boxes": _BATCH}),
+    "zero-shot-object-detection": ("AutoModelForZeroShotObjectDetection", {"logits": {0: "batch", 2: "queries"},
+                                                                           "pred_boxes": _BATCH}),
     "depth-estimation": ("AutoModelForDepthEstimation", {"predicted_depth": {0: "batch", 1: "height", 2: "width"}}),
     "image-to-image": ("AutoModelForImageToImage", {"reconstruction": {0: "batch", 2: "height", 3: "width"}}),
+    "image-segmentation": ("AutoModelForSemanticSegmentation", {"logits": {0: "batch", 2: "height", 3: "width"}}),
     "audio-classification": ("AutoModelForAudioClassification", {"logits": _BATCH}),
     "automatic-speech-recognition": ("AutoModelForCTC", {"logits": {0: "batch", 1: "frames"}}),
 }
@@ -329,7 +332,8 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
 
     inputs: dict[str, Any] = {}
     axes: dict[str, Any] = {}
-    if task in ("image-classification", "image-feature-extraction", "zero-shot-image-classification"):
+    if task in ("image-classification", "image-feature-extraction", "zero-shot-image-classification",
+                "zero-shot-object-detection"):
         pixels = _processor(metadata, "image_processor", task)([np.zeros((224, 224, 3), dtype=np.uint8)])["pixel_values"]
         inputs["pixel_values"] = torch.randn(2, *pixels.shape[1:])
         axes["pixel_values"] = _BATCH
@@ -352,10 +356,12 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
                 inputs[name] = torch.from_numpy(np.ascontiguousarray(array))
                 axes[name] = _TOKENS if array.ndim == 2 else _BATCH  # a waveform's samples vary, a spectrogram is fixed
     elif task not in ("image-classification", "image-feature-extraction", "object-detection", *_DENSE_TASKS):
-        clip = task == "zero-shot-image-classification"
+        clip = task in ("zero-shot-image-classification", "zero-shot-object-detection")
+        # OWL-ViT's texts are the queries of each image, one image's after another: 3 per image of the 2
+        rows = 6 if task == "zero-shot-object-detection" else 3 if clip else 2
         for name in _text_inputs(metadata, parameters, task):
             fill = 0 if name == "token_type_ids" else 1
-            inputs[name] = torch.full((3 if clip else 2, 7), fill, dtype=torch.long)
+            inputs[name] = torch.full((rows, 7), fill, dtype=torch.long)
             axes[name] = {0: "texts", 1: "sequence"} if clip else _TOKENS
     return inputs, axes
 

@@ -97,10 +97,12 @@ def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [((list(images),), {"top_k": None} if task == "image-classification" else {})]
     if task == "object-detection":
         return [((list(images),), {"threshold": 0.0})]
-    if task in ("depth-estimation", "image-to-image"):
+    if task in ("depth-estimation", "image-to-image", "image-segmentation"):
         return [((list(images),), {})]
     if task == "zero-shot-image-classification":
         return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"]})]
+    if task == "zero-shot-object-detection":
+        return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"], "threshold": 0.0})]
     if task in ("audio-classification", "automatic-speech-recognition"):
         rate = int(runtime.metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG].get("sampling_rate") or 16000)
         t = np.arange(rate) / rate

@@ -23,6 +23,8 @@ ARCHITECTURE_PATTERNS = (
     ("forctc", "automatic-speech-recognition"),
     ("foraudioclassification", "audio-classification"),
     ("forimageclassification", "image-classification"),
+    ("owlvitforobjectdetection", "zero-shot-object-detection"),  # text-queried detectors, before the generic rule
+    ("owlv2forobjectdetection", "zero-shot-object-detection"),
     ("forobjectdetection", "object-detection"),
     ("forsemanticsegmentation", "image-segmentation"),
     ("fordepthestimation", "depth-estimation"),
@@ -36,6 +38,7 @@ MODEL_TYPE_TASK_MAP = {
     **dict.fromkeys(("whisper", "wav2vec2", "hubert"), "automatic-speech-recognition"),
     **dict.fromkeys(("vit", "deit", "convnext", "resnet", "swin", "beit"), "image-classification"),
     **dict.fromkeys(("clip", "siglip"), "zero-shot-image-classification"),
+    **dict.fromkeys(("owlvit", "owlv2"), "zero-shot-object-detection"),
 }
 
 # Tasks transformers pipelines know (including those transformers 5 removed but users still run).

@@ -1239,6 +1239,13 @@ _IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
     "BitImageProcessor": {**_STANDARD_STEPS, "size": {"shortest_edge": 224}, "default_to_square": False, "resample": 3,
                           "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "image_mean": _OPENAI_CLIP_MEAN,
                           "image_std": _OPENAI_CLIP_STD, "do_convert_rgb": True},
+    "OwlViTImageProcessor": {**_STANDARD_STEPS, "size": {"height": 768, "width": 768}, "resample": 3,
+                             "do_center_crop": False, "crop_size": {"height": 768, "width": 768},
+                             "image_mean": _OPENAI_CLIP_MEAN, "image_std": _OPENAI_CLIP_STD, "do_convert_rgb": True},
+    # OWLv2's (_Owlv2ImageProcessor): padded to a square, then resized as scikit-image does, not by Pillow
+    "Owlv2ImageProcessor": {**_STANDARD_STEPS, "size": {"height": 960, "width": 960}, "resample": 2,
+                            "image_mean": _OPENAI_CLIP_MEAN, "image_std": _OPENAI_CLIP_STD, "do_convert_rgb": True,
+                            "do_pad": True},
     "MobileViTImageProcessor": {"do_resize": True, "size": {"shortest_edge": 224}, "default_to_square": False, "resample": 3,
                                 "do_center_crop": True, "crop_size": {"height": 256, "width": 256}, "do_rescale": True,
                                 "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD,
@@ -1255,6 +1262,9 @@ _IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
                           "keep_aspect_ratio": False, "ensure_multiple_of": 1},
     "GLPNImageProcessor": {"do_resize": True, "resample": 2, "do_rescale": True},
     "Swin2SRImageProcessor": {"do_rescale": True, "do_pad": True},
+    # SegFormer's (UperNet's too): resize to size, rescale, normalize; do_reduce_labels only touches label maps
+    "SegformerImageProcessor": {**_STANDARD_STEPS, "size": {"height": 512, "width": 512}, "resample": 2,
+                                "image_mean": _IMAGENET_DEFAULT_MEAN, "image_std": _IMAGENET_DEFAULT_STD},
 }
 # The dense-prediction classes that pad, and the size_divisor each pads to by default (DPT: none, no padding).
 _PADDING_DIVISORS: dict[str, int | None] = {"DPTImageProcessor": None, "Swin2SRImageProcessor": 8}
@@ -1266,12 +1276,13 @@ _IMAGE_PROCESSOR_MODEL_TYPES = {
     "deit": "DeiTImageProcessor",
     **dict.fromkeys(("beit", "data2vec-vision"), "BeitImageProcessor"),
     **dict.fromkeys(("convnext", "convnextv2", "cvt", "resnet", "regnet"), "ConvNextImageProcessor"),
-    "clip": "CLIPImageProcessor",
+    "clip": "CLIPImageProcessor", "owlvit": "OwlViTImageProcessor", "owlv2": "Owlv2ImageProcessor",
     **dict.fromkeys(("bit", "dinov2", "focalnet"), "BitImageProcessor"),
     **dict.fromkeys(("mobilevit", "mobilevitv2"), "MobileViTImageProcessor"),
     "detr": "DetrImageProcessor", "conditional_detr": "ConditionalDetrImageProcessor", "yolos": "YolosImageProcessor",
     **dict.fromkeys(("dpt", "depth_anything"), "DPTImageProcessor"),
     "glpn": "GLPNImageProcessor", "swin2sr": "Swin2SRImageProcessor",
+    **dict.fromkeys(("segformer", "upernet"), "SegformerImageProcessor"),
 }
 _NUMBER_NAMES = (int, float)
 # JSON types of the fields the image processor reads (null: the class default).
@@ -1882,6 +1893,84 @@ class _DenseImageProcessor(ImageProcessor):
         return (_pad_symmetric if self.name == "Swin2SRImageProcessor" else _pad_centered)(pixels, self.size_divisor)
 
 
+def _mirror_blur(image: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d of a float32 array along axis (truncated at 4 sigma, mode "mirror": the edge
+    sample not repeated), computed in float64 and stored as float32."""
+    radius = int(4.0 * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 / (sigma * sigma) * offsets ** 2)
+    weights /= weights.sum()
+    moved = np.moveaxis(image.astype(np.float64), axis, 0)
+    length = moved.shape[0]
+    index = np.abs(np.arange(-radius, length + radius))  # mirrored about the first and the last sample
+    if length > 1:
+        period = 2 * (length - 1)
+        index = index % period
+        index = np.where(index >= length, period - index, index)
+    else:
+        index = np.zeros_like(index)
+    padded = moved[index]
+    out = np.zeros_like(moved)
+    for k, weight in enumerate(weights):
+        out += weight * padded[k: k + length]
+    return np.moveaxis(out, 0, axis).astype(np.float32)
+
+
+def _mirror_zoom(image: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """scipy.ndimage.zoom with order 1, mode "mirror" and grid_mode along axis, to length samples: linear
+    interpolation at (i + 0.5) * old / new - 0.5, coordinates mirrored about the first and last samples; float64."""
+    old = image.shape[axis]
+    if old == 1:
+        return np.repeat(image, length, axis=axis)
+    coords = (np.arange(length, dtype=np.float64) + 0.5) * (old / length) - 0.5
+    coords = np.abs(coords)
+    coords = np.where(coords > old - 1, 2 * (old - 1) - coords, coords)
+    low = np.clip(np.floor(coords).astype(np.int64), 0, old - 1)
+    high = np.where(low + 1 > old - 1, 2 * (old - 1) - (low + 1), low + 1)
+    shape = [1] * image.ndim
+    shape[axis] = length
+    fraction = (coords - low).reshape(shape)
+    out: np.ndarray = np.take(image, low, axis=axis) * (1 - fraction) + np.take(image, high, axis=axis) * fraction
+    return out
+
+
+class _Owlv2ImageProcessor(ImageProcessor):
+    """OWLv2's image processor (its PIL backend): rescale, zero-pad at the bottom and right to a square, resize as
+    scikit-image does (a Gaussian blur of sigma (factor - 1) / 2 when shrinking, then linear interpolation, scipy's mirror
+    edges), clip to the padded image's range, normalize; in numpy (within 1e-5 of scipy's)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__({**config, "do_pad": False})
+        self.do_pad = bool(_field(f"{KEY_IMAGE_PROCESSOR_CONFIG}.do_pad", config.get("do_pad"), (bool,), True,
+                                  error=ProcessorReconstructionError))
+
+    def process(self, image: Any) -> np.ndarray:
+        loaded = load_image(image)
+        if isinstance(loaded, np.ndarray):
+            array = _array_to_rgb(loaded)
+        else:
+            try:
+                array = np.asarray(_pil_to_rgb(loaded))
+            except ValueError as exc:  # a mode Pillow cannot convert (La)
+                raise InvalidInputError(f"cannot convert the PIL image to RGB: {exc}") from None
+        pixels = _rescale(array, self.rescale_factor) if self.do_rescale else array.astype(np.float32)
+        if self.do_pad:
+            side = max(pixels.shape[:2])
+            pixels = np.pad(pixels, ((0, side - pixels.shape[0]), (0, side - pixels.shape[1]), (0, 0)))
+        if self.do_resize:
+            low, high = pixels.min(), pixels.max()
+            target = (self.size["height"], self.size["width"])
+            for axis in (0, 1):
+                sigma = max(0.0, (pixels.shape[axis] / target[axis] - 1) / 2)
+                if sigma > 1e-15:
+                    pixels = _mirror_blur(pixels, sigma, axis)
+            zoomed = _mirror_zoom(_mirror_zoom(pixels.astype(np.float64), target[0], 0), target[1], 1)
+            pixels = np.clip(zoomed.astype(np.float32), low, high)
+        if self.do_normalize:
+            pixels = _normalize(pixels, self.image_mean, self.image_std)
+        return np.ascontiguousarray(pixels.astype(np.float32, copy=False).transpose(2, 0, 1))
+
+
 def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
     """The image processor of a model, rebuilt from hf_image_processor_config (the class named there, else
     the one transformers uses for the model config's model_type); None when none is embedded."""
@@ -1896,6 +1985,8 @@ def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
             config = {**config, "image_processor_type": _IMAGE_PROCESSOR_MODEL_TYPES[model_type]}
     if ImageProcessor._class_name(config) in _DETECTION_PROCESSORS:
         return DetectionImageProcessor(config)
+    if ImageProcessor._class_name(config) == "Owlv2ImageProcessor":
+        return _Owlv2ImageProcessor(config)
     if ImageProcessor._class_name(config) in _DENSE_PROCESSORS:
         return _DenseImageProcessor(config)
     return ImageProcessor(config)
@@ -6221,6 +6312,103 @@ class _ObjectDetection(_ImageTask):
         return results
 
 
+# --- Zero-shot object detection -----------------------------------------------------------------------
+# OWL-ViT and OWLv2 (its boxes relative to the image padded to a square, scaled by its longer side as its
+# post-processing does): the labels (a text query each, through the tokenizer) and the image through one graph: input_ids and
+# attention_mask (a row per query of each image, images' rows one after the other), pixel_values; logits (batch, boxes,
+# queries) and pred_boxes (batch, boxes, 4). The pipeline runs each label alone through post_process_object_detection
+# (its sigmoid score per box, boxes scaled to the image as opened), then sorts all labels' boxes by score (stably:
+# label order, then box order) and keeps top_k.
+
+
+def _detection_labels(name: str, value: Any) -> list[str]:
+    """candidate_labels as the pipeline reads them: a list of strings, or one string split at its commas (as is)."""
+    if isinstance(value, str) and value:
+        value = value.split(",")
+    if not value or not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise InvalidInputError(
+            f"zero-shot-object-detection needs {name}: a list of strings or a comma-separated string, e.g. "
+            f"{name}=['a cat', 'a remote control']; got {value!r}"
+        )
+    return list(value)
+
+
+class _Queries(NamedTuple):
+    """Images processed (with their sizes as opened), and the labels tokenized as the graph's text inputs."""
+
+    images: list[_Sized]
+    feed: dict[str, np.ndarray]
+
+
+class _ZeroShotObjectDetection(_ImageTask):
+    """zero-shot-object-detection with OWL-ViT (both towers in one graph), as transformers.ZeroShotObjectDetectionPipeline:
+    each label's boxes scoring above threshold, best first, boxes in the image's pixels."""
+
+    name = "zero-shot-object-detection"
+    processors = ("image_processor", "tokenizer")
+    options = (
+        _Option("candidate_labels", _detection_labels, _REQUIRED),
+        _Option("threshold", _number(0.0, high=1.0), 0.1),
+        _Option("top_k", _integer(0, optional=True), None),
+    )
+    axes = "(batch, boxes, queries)"
+    ports = (_Reads("pixel_values", _FLOAT_DTYPES), *_TOKEN_INPUTS[:2])
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        _check_ports(self.session, self.ports, [_Reads("pred_boxes", axes="(batch, boxes, box)")], what=self.name)
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        self.dtypes = {k: v for k, v in self.dtypes.items() if k != "pixel_values"}  # what the tokenizer fills
+        text_config = ctx.config.get("text_config")
+        positions = text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None
+        self.positions = positions if _is_int(positions) and positions > 0 else None
+        self.square = isinstance(self.processor, _Owlv2ImageProcessor)  # its post-processing scales by the longer side
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        if "text_queries" in kwargs:  # the pipeline's older name for the labels
+            kwargs["candidate_labels"] = kwargs.pop("text_queries")
+        return super().inputs(_positional_labels(args, kwargs), kwargs)
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Queries:
+        labels = options["candidate_labels"]
+        encodings = self.tokenizer.encode(labels)
+        for label, encoding in zip(labels, encodings):
+            if self.positions is not None and len(encoding.ids) > self.positions:
+                raise InvalidInputError(
+                    f"candidate label {label!r} is {len(encoding.ids)} tokens; the model's text encoder takes at most "
+                    f"{self.positions}"
+                )
+        return _Queries([_sized(self.processor, item) for item in items], self.tokenizer.pad(encodings, self.dtypes))
+
+    def forward(self, batch: _Queries, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """Images of one processed shape run together, the queries repeated for each."""
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            pixels = np.stack([batch.images[i].pixels for i in chunk]).astype(self.pixel_dtype, copy=False)
+            feed = {name: np.tile(array, (len(chunk), 1)) for name, array in batch.feed.items()}
+            logits, boxes = self.session.run([self.output_name, "pred_boxes"], {**feed, "pixel_values": pixels})
+            return [[logits[position], boxes[position]] for position in range(len(chunk))]
+
+        return _batched([image.pixels.shape for image in batch.images], self.ctx.batch_size, run, mixed=False)
+
+    def postprocess(self, batch: _Queries, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        """Each image's boxes above threshold for each label, by score, best first; top_k of them when given."""
+        results = []
+        for image, (logits, boxes) in zip(batch.images, outputs):
+            if self.square:  # OWLv2: boxes relative to the image padded to a square
+                corners = _corner_boxes(boxes, max(image.height, image.width), max(image.height, image.width))
+            else:
+                corners = _corner_boxes(boxes, image.height, image.width)
+            found = []
+            for query, label in enumerate(options["candidate_labels"]):
+                scores = _sigmoid(logits[:, query].astype(np.float32))
+                for box in np.nonzero(scores > options["threshold"])[0]:
+                    found.append({"score": float(scores[box]), "label": label,
+                                  "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (int(v) for v in corners[box])))})
+            found.sort(key=lambda detection: detection["score"], reverse=True)
+            results.append(found[:options["top_k"]] if options["top_k"] else found)
+        return results
+
+
 # --- Depth estimation ---------------------------------------------------------------------------------
 # The model's depth map back at the image's size as post_process_depth_estimation makes it (torch's bicubic
 # interpolation, rebuilt in numpy: within 1e-5 of torch's relative to the map's largest value), then the 8-bit
@@ -6342,6 +6530,110 @@ class _ImageToImage(_ImageTask):
         for value, image in zip(values, self(list(values), **options)):
             summary = {"input": value, "image": _written(value, "output", image), "size": [image.width, image.height]}
             yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- Image segmentation -------------------------------------------------------------------------------
+# Semantic segmentation (SegFormer, UperNet: logits (batch, labels, height, width) at the processed image's size or a
+# fraction of it) as ImageSegmentationPipeline's semantic subtask: post_process_semantic_segmentation's logits brought
+# to the image's size by torch's bilinear interpolation (align_corners=False, rebuilt in numpy: within 1e-5 of torch's
+# relative to the largest logit), the label of each pixel the first largest, and one 0/255 mask per label present, in
+# label order, with no score. Panoptic and instance segmentation (DETR, MaskFormer, Mask2Former, OneFormer) are not run.
+
+_UNSUPPORTED_SUBTASKS = ("instance", "panoptic")
+
+
+def _subtask(name: str, value: Any) -> str:
+    if value == "semantic":
+        return "semantic"
+    if value in _UNSUPPORTED_SUBTASKS:
+        raise InvalidInputError(f"{name} {value!r} is not supported by this runtime: it runs semantic segmentation only "
+                                f"({name}='semantic' or None; panoptic and instance models are not supported)")
+    raise InvalidInputError(f"{name} must be 'semantic' (or None); got {value!r}")
+
+
+def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each of target positions, the 2 source positions it reads and their weights, as torch's
+    upsample_bilinear2d with align_corners=False computes them (in float32: centres aligned, scale source / target,
+    positions before the first clamped to it)."""
+    scale = np.float32(source / target)
+    real = np.maximum(scale * (np.arange(target, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    low = real.astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    far = np.clip(real - low.astype(np.float32), np.float32(0), np.float32(1))
+    return low, high, (np.float32(1) - far).astype(np.float32), far.astype(np.float32)
+
+
+def _bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(..., h, w) maps resized to (..., height, width) in float32 as torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False): along each row, then down each column."""
+    source = maps.astype(np.float32, copy=False)
+    low, high, near, far = _linear_taps(source.shape[-1], width)
+    wide = source[..., low] * near + source[..., high] * far
+    low, high, near, far = _linear_taps(source.shape[-2], height)
+    out: np.ndarray = wide[..., low, :] * near[:, None] + wide[..., high, :] * far[:, None]
+    return out
+
+
+def _semantic_map(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The (height, width) label of each pixel: the logits brought to the image's size, their first largest label
+    (a band of rows at a time, so that a large image never holds every label's full-size map at once)."""
+    rows = max(1, (1 << 24) // max(1, logits.shape[0] * width))
+    low, high, near, far = _linear_taps(logits.shape[-2], height)
+    source = logits.astype(np.float32, copy=False)
+    columns, right, left_weight, right_weight = _linear_taps(source.shape[-1], width)
+    wide = source[..., columns] * left_weight + source[..., right] * right_weight
+    labels = np.empty((height, width), dtype=np.int64)
+    for start in range(0, height, rows):
+        band = slice(start, start + rows)
+        resized = wide[:, low[band], :] * near[band, None] + wide[:, high[band], :] * far[band, None]
+        labels[band] = resized.argmax(axis=0)
+    return labels
+
+
+class _ImageSegmentation(_ImageTask):
+    """image-segmentation, semantic (SegFormer, UperNet: one logit map per label), as transformers'
+    ImageSegmentationPipeline with subtask "semantic": per label present, {"score": None, "label", "mask"} (an "L"
+    image of the input's size, 255 where the pixel has the label). threshold, mask_threshold and
+    overlap_mask_area_threshold are taken and change nothing, as for the pipeline's semantic models."""
+
+    name = "image-segmentation"
+    options = (
+        _Option("subtask", _subtask),
+        _Option("threshold", _number(0.0, high=1.0), 0.9),
+        _Option("mask_threshold", _number(0.0, high=1.0), 0.5),
+        _Option("overlap_mask_area_threshold", _number(0.0, high=1.0), 0.5),
+    )
+    axes = "(batch, labels, height, width)"
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_Sized]:
+        return [_sized(self.processor, item) for item in items]
+
+    def forward(self, batch: list[_Sized], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows([image.pixels for image in batch], [self.output_name])
+
+    def postprocess(self, batch: list[_Sized], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        Image = _pil()
+        results = []
+        for image, (logits,) in zip(batch, outputs):
+            segmentation = _semantic_map(logits, image.height, image.width)
+            names = self.ctx.labels(logits.shape[0])
+            results.append([{"score": None, "label": names[int(label)],
+                             "mask": Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")}
+                            for label in np.unique(segmentation)])
+        return results
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+        """Each input's masks written next to it (photo-mask-0-<label>.png, in the result's order); as JSON, each
+        label, its mask's path and size and its share of the image."""
+        for value, segments in zip(values, self(list(values), **options)):
+            masks = []
+            for index, segment in enumerate(segments):
+                slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in segment["label"])
+                mask = segment["mask"]
+                masks.append({"label": segment["label"], "mask": _written(value, f"mask-{index}-{slug}", mask),
+                              "size": [mask.width, mask.height],
+                              "area": float((np.asarray(mask) > 0).mean())})
+            yield json.dumps({"input": value, "segments": masks}, indent=2, ensure_ascii=False) + "\n"
 
 
 # --- Audio tasks --------------------------------------------------------------------------------------
@@ -7242,8 +7534,10 @@ TASKS: dict[str, type[_Task]] = {
     "image-feature-extraction": _ImageFeatureExtraction,
     "zero-shot-image-classification": _ZeroShotImageClassification,
     "object-detection": _ObjectDetection,
+    "zero-shot-object-detection": _ZeroShotObjectDetection,
     "depth-estimation": _DepthEstimation,
     "image-to-image": _ImageToImage,
+    "image-segmentation": _ImageSegmentation,
     "automatic-speech-recognition": _SpeechRecognition,
     "audio-classification": _AudioClassification,
 }

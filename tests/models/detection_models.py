@@ -109,3 +109,24 @@ def export_detection_onnx(model: Any, path: Path, input_names: Sequence[str]) ->
                       dynamic_axes={n: axes[n] for n in (*input_names, *outputs)}, opset_version=17, dynamo=False)
     model.eval()
     return path
+
+
+def detection_images(root: Path) -> list[Any]:
+    """Images of many sizes and modes (RGBA, greyscale, palette, CMYK, tiny, thin, odd), and EXIF-rotated JPEGs in root."""
+    from image_helpers import exif_rotated_jpeg, synthetic
+
+    items: list[Any] = [synthetic(w, h, mode, seed=i) for i, (w, h, mode) in enumerate(
+        [(64, 48, "RGB"), (20, 90, "L"), (120, 40, "RGBA"), (7, 5, "P"), (48, 64, "CMYK"), (300, 200, "RGB"),
+         (17, 33, "LA"), (225, 223, "RGB"), (3, 120, "RGB")])]
+    items += [str(exif_rotated_jpeg(root / f"rotated-{o}.jpg", o, (90, 50))) for o in (3, 6, 8)]
+    return items
+
+
+def assert_detections(actual: Any, expected: Any, tol: float = 1e-4) -> float:
+    """Detections of each image alike: labels and boxes identical, in order, scores within tol; the largest score
+    difference."""
+    assert [[(d["label"], d["box"]) for d in image] for image in actual] == \
+        [[(d["label"], d["box"]) for d in image] for image in expected]
+    differences = [abs(a["score"] - e["score"]) for x, y in zip(actual, expected) for a, e in zip(x, y)]
+    assert max(differences, default=0.0) <= tol
+    return max(differences, default=0.0)

@@ -16,9 +16,17 @@ import sys
 
 import numpy as np
 import pytest
-from detection_models import SIZE, export_detection_onnx, tiny_conditional_detr, tiny_detr, tiny_yolos
+from detection_models import (
+    SIZE,
+    assert_detections,
+    detection_images,
+    export_detection_onnx,
+    tiny_conditional_detr,
+    tiny_detr,
+    tiny_yolos,
+)
 from helpers import ROOT
-from image_helpers import exif_rotated_jpeg, photo_paths, synthetic
+from image_helpers import photo_paths, synthetic
 from runtime_under_test import rt
 
 pytest.importorskip("PIL")
@@ -60,22 +68,7 @@ def detector(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built_images(tmp_path_factory):
-    """Images of many sizes and modes (RGBA, greyscale, palette, CMYK, tiny, thin, odd), and EXIF-rotated JPEGs."""
-    root = tmp_path_factory.mktemp("detection-images")
-    items: list = [synthetic(w, h, mode, seed=i) for i, (w, h, mode) in enumerate(
-        [(64, 48, "RGB"), (20, 90, "L"), (120, 40, "RGBA"), (7, 5, "P"), (48, 64, "CMYK"), (300, 200, "RGB"),
-         (17, 33, "LA"), (225, 223, "RGB"), (3, 120, "RGB")])]
-    items += [str(exif_rotated_jpeg(root / f"rotated-{o}.jpg", o, (90, 50))) for o in (3, 6, 8)]
-    return items
-
-
-def assert_detections(actual, expected) -> float:
-    """Labels and boxes identical, scores within TOL; returns the largest score difference."""
-    assert [[(d["label"], d["box"]) for d in image] for image in actual] == \
-        [[(d["label"], d["box"]) for d in image] for image in expected]
-    differences = [abs(a["score"] - e["score"]) for x, y in zip(actual, expected) for a, e in zip(x, y)]
-    assert max(differences, default=0.0) <= TOL
-    return max(differences, default=0.0)
+    return detection_images(tmp_path_factory.mktemp("detection-images"))
 
 
 def test_embedded_task_and_processor(detector):

@@ -60,10 +60,10 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
         rt.Runtime(bert_embedded, task="table-question-answering")
     assert str(info.value) == ("task 'table-question-answering' is not supported by this runtime; supported: "
                                "audio-classification, automatic-speech-recognition, depth-estimation, feature-extraction, "
-                               "fill-mask, image-classification, image-feature-extraction, image-to-image, object-detection, "
-                               "question-answering, summarization, text-classification, text-generation, text2text-generation, "
-                               "token-classification, translation, zero-shot-classification, zero-shot-image-classification "
-                               "(translation_XX_to_YY too)")
+                               "fill-mask, image-classification, image-feature-extraction, image-segmentation, image-to-image, "
+                               "object-detection, question-answering, summarization, text-classification, text-generation, text2text-generation, "
+                               "token-classification, translation, zero-shot-classification, zero-shot-image-classification, "
+                               "zero-shot-object-detection (translation_XX_to_YY too)")
     from authoring import embed
 
     from authoring.discovery import discover
