@@ -4394,7 +4394,7 @@ class _Task:
         """The call's arguments for inputs given on the command line: one value alone, several as a list."""
         return (values[0] if len(values) == 1 else list(values),), {}
 
-    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
         """What the command line prints for inputs given there: the result as JSON (a generating task prints
         text as it comes)."""
         args, kwargs = self.cli_inputs(values)
@@ -5751,7 +5751,7 @@ class _TextGeneration(_Generating):
         if text:
             yield text
 
-    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
         """One prompt on the command line prints as it is generated: the prompt, then the new text."""
         checked = self.check_options(options)
         if len(values) != 1 or not self.streamable(checked):
@@ -6456,12 +6456,19 @@ def _depth_image(depth: np.ndarray) -> Any:
     return _pil().fromarray((scaled * 255).astype(np.uint8))
 
 
-def _written(value: str, suffix: str, image: Any) -> str:
-    """The command line's image output saved as PNG next to the input it came from; the path written."""
-    path = f"{os.path.splitext(value)[0]}-{suffix}.png"
+def _written(value: str, suffix: str, image: Any, output: str | None = None) -> str:
+    """The command line's image output saved as PNG next to the input it came from (in the folder `output`, made if
+    missing, when given), written whole or not at all (a temporary file renamed); the path written."""
+    stem = os.path.splitext(value if output is None else os.path.join(output, os.path.basename(value)))[0]
+    path, temporary = f"{stem}-{suffix}.png", f"{stem}-{suffix}.png.{os.getpid()}.tmp"
     try:
-        image.save(path, format="PNG")
+        if output is not None:
+            os.makedirs(output, exist_ok=True)
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
     except OSError as exc:
+        if os.path.exists(temporary):
+            os.remove(temporary)
         raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
@@ -6487,11 +6494,12 @@ class _DepthEstimation(_ImageTask):
             results.append({"predicted_depth": predicted, "depth": _depth_image(predicted)})
         return results
 
-    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
-        """Each input's depth image written next to it (photo-depth.png) and, as JSON, the depth map's shape and range."""
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
+        """Each input's depth image written next to it or in --output (photo-depth.png) and, as JSON, the depth map's
+        shape and range."""
         for value, result in zip(values, self(list(values), **options)):
             depth = result["predicted_depth"]
-            summary = {"input": value, "depth": _written(value, "depth", result["depth"]), "predicted_depth": {
+            summary = {"input": value, "depth": _written(value, "depth", result["depth"], output), "predicted_depth": {
                 "shape": list(depth.shape), "min": float(depth.min()), "max": float(depth.max()), "mean": float(depth.mean())}}
             yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
 
@@ -6525,10 +6533,10 @@ class _ImageToImage(_ImageTask):
     def postprocess(self, batch: list[np.ndarray], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         return [_reconstructed_image(reconstruction) for (reconstruction,) in outputs]
 
-    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
-        """Each input's output image written next to it (photo-output.png); as JSON, where and its size."""
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
+        """Each input's output image written next to it or in --output (photo-output.png); as JSON, where and its size."""
         for value, image in zip(values, self(list(values), **options)):
-            summary = {"input": value, "image": _written(value, "output", image), "size": [image.width, image.height]}
+            summary = {"input": value, "image": _written(value, "output", image, output), "size": [image.width, image.height]}
             yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -6622,15 +6630,15 @@ class _ImageSegmentation(_ImageTask):
                             for label in np.unique(segmentation)])
         return results
 
-    def cli(self, values: Sequence[str], options: Mapping[str, Any]) -> Iterator[str]:
-        """Each input's masks written next to it (photo-mask-0-<label>.png, in the result's order); as JSON, each
-        label, its mask's path and size and its share of the image."""
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
+        """Each input's masks written next to it or in --output (photo-mask-0-<label>.png, in the result's order); as
+        JSON, each label, its mask's path and size and its share of the image."""
         for value, segments in zip(values, self(list(values), **options)):
             masks = []
             for index, segment in enumerate(segments):
                 slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in segment["label"])
                 mask = segment["mask"]
-                masks.append({"label": segment["label"], "mask": _written(value, f"mask-{index}-{slug}", mask),
+                masks.append({"label": segment["label"], "mask": _written(value, f"mask-{index}-{slug}", mask, output),
                               "size": [mask.width, mask.height],
                               "area": float((np.asarray(mask) > 0).mean())})
             yield json.dumps({"input": value, "segments": masks}, indent=2, ensure_ascii=False) + "\n"
@@ -8951,6 +8959,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", help="run as this task instead of the embedded one")
     parser.add_argument("--options", default="{}", metavar="JSON",
                         help='task options as a JSON object, e.g. \'{"aggregation_strategy": "simple"}\'')
+    parser.add_argument("--output", metavar="DIR",
+                        help="the folder image outputs are written to (depth maps, masks, images); default: beside each input")
     args = parser.parse_args(argv)
     lines = args.inputs == ["-"] or (not args.inputs and not sys.stdin.isatty())
     if not (args.inputs or lines or args.inspect or args.metadata):
@@ -8973,7 +8983,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         runtime = Runtime(args.model, task=args.task)
         if lines:
             return _json_lines(runtime, options, sys.stdin, sys.stdout)
-        for text in runtime._task.cli(args.inputs, options):
+        for text in runtime._task.cli(args.inputs, options, args.output):
             print(text, end="", flush=True)
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)

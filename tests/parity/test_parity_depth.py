@@ -157,6 +157,23 @@ def test_cli_writes_the_depth_image(depth, tmp_path, capsys):
     assert np.abs(written - np.asarray(expected["depth"], dtype=np.int16)).max() <= 1
 
 
+def test_cli_output_folder(depth, tmp_path, capsys):
+    """--output DIR: the image lands in that folder (made if missing), nothing beside the input; a folder that cannot
+    be made is the project's error, and no partial file is left."""
+    path = tmp_path / "photo.png"
+    synthetic(64, 48, seed=9).save(path)
+    out = tmp_path / "out" / "depths"
+    assert rt._main([str(depth.onnx), str(path), "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["depth"] == str(out / "photo-depth.png") and (out / "photo-depth.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photo.png"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert rt._main([str(depth.onnx), str(path), "--output", str(blocker / "sub")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out", "photo.png"]
+
+
 def test_json_lines_and_the_server_encode_the_outputs(depth, tmp_path):
     """JSON lines (and the server, through the same default) give the map as nested lists, the image as a PNG data URL."""
     import base64
