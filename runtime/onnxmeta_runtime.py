@@ -4366,9 +4366,15 @@ class _Task:
     # Whether a list runs through the three steps batch_size items at a time, so that a long list of images or
     # audio never holds all its arrays; text tasks take the whole list at once, to sort it by length.
     incremental: ClassVar[bool] = False
+    # the endpoints of OpenAI's API (and the common rerank API) the server answers with this task, beside /v1/pipeline
+    endpoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: _Context) -> None:
         self.ctx = ctx
+
+    def served(self) -> tuple[str, ...]:
+        """The endpoints this model serves: the task's, less those its model cannot (a chat without a template)."""
+        return self.endpoints
 
     @classmethod
     def variant(cls, metadata: Mapping[str, Any]) -> type[_Task]:
@@ -4608,6 +4614,12 @@ class _TextClassification(_TextTask):
         _Option("top_k", _integer(1, optional=True), _UNSET, none=True),
         _Option("function_to_apply", _choice(*_FUNCTIONS), lambda task, _: _default_function(task.ctx.config)),
     )
+    endpoints = ("/v1/rerank", "/rerank")
+
+    def served(self) -> tuple[str, ...]:
+        """Rerank for a cross-encoder: one label, its score the relevance."""
+        config = self.ctx.config
+        return self.endpoints if (len(config.get("id2label") or {}) or config.get("num_labels")) == 1 else ()
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
         items, single = _Task.inputs(self, args, kwargs)
@@ -5216,6 +5228,7 @@ class _FeatureExtraction(_TextTask):
 
     name = "feature-extraction"
     options = (_Option("return_tensors", _flag, False),)
+    endpoints = ("/v1/embeddings",)
     output = "last_hidden_state"
     axes = "(batch, sequence, features)"
 
@@ -5541,6 +5554,10 @@ class _TextGeneration(_Generating):
     # the pipeline's defaults, where neither the caller nor the model's generation config sets them
     defaults: ClassVar[Mapping[str, Any]] = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
     too_long = ", shorten the prompt, or pass handle_long_generation='hole' to drop its start"
+    endpoints = ("/v1/chat/completions", "/v1/completions")
+
+    def served(self) -> tuple[str, ...]:
+        return self.endpoints if self.chat_template else self.endpoints[1:]
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -6790,6 +6807,7 @@ class _SpeechRecognition(_AudioTask):
 
     name = "automatic-speech-recognition"
     processors = ("feature_extractor", "tokenizer")
+    endpoints: ClassVar[tuple[str, ...]] = ("/v1/audio/transcriptions",)
     options: ClassVar[tuple[_Option, ...]] = (
         _Option("chunk_length_s", _chunk_length, 0.0),  # 0: the whole input at once
         _Option("stride_length_s", _stride_length),  # default: chunk_length_s / 6 on each side
@@ -7307,6 +7325,7 @@ class _WhisperRecognition(_SpeechRecognition, _Generating):
     them, directly or in generate_kwargs. Audio past one window needs chunk_length_s (long-form decoding is not
     supported)."""
 
+    endpoints = ("/v1/audio/transcriptions", "/v1/audio/translations")
     options = (
         _Option("chunk_length_s", _chunk_length, 0.0),
         _Option("stride_length_s", _stride_length),
@@ -8219,27 +8238,13 @@ class Server:
             "/v1/audio/translations": ("POST", lambda request: self._audio(request, True)),
             "/v1/rerank": ("POST", self._rerank), "/rerank": ("POST", self._rerank), "/v1/pipeline": ("POST", self._pipeline),
         }
-        self.served = self._served()
+        self.served = [*self.task.served(), "/v1/pipeline"]
         self.in_flight = 0
         self.idle = threading.Condition()
         self.closing = False
         self.thread: threading.Thread | None = None
         self.httpd = _http_server((host, port), self)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
-
-    def _served(self) -> list[str]:
-        """The endpoints this model's task serves."""
-        task, paths = self.task, []
-        if isinstance(task, _TextGeneration):
-            paths += (["/v1/chat/completions"] if task.chat_template else []) + ["/v1/completions"]
-        if isinstance(task, _FeatureExtraction):
-            paths.append("/v1/embeddings")
-        if isinstance(task, _SpeechRecognition):
-            paths += ["/v1/audio/transcriptions"] + (["/v1/audio/translations"] if isinstance(task, _WhisperRecognition) else [])
-        config = task.ctx.config
-        if isinstance(task, _TextClassification) and (len(config.get("id2label") or {}) or config.get("num_labels")) == 1:
-            paths += ["/v1/rerank", "/rerank"]
-        return [*paths, "/v1/pipeline"]
 
     # serving
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from helpers import SHARED, positional
 
@@ -43,6 +44,16 @@ def synthetic(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Any:
     if mode == "F":
         return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.float32) * 1.5)
     return rgb.convert(mode)
+
+
+def json_lines_answer(runtime: Any, json_lines: Any, folder: Path) -> tuple[Any, str]:
+    """The runtime's JSON-lines answer (json_lines: the runtime module's _json_lines) for a 50x40 photo saved in
+    folder, and the photo's path."""
+    path = folder / "photo.png"
+    synthetic(50, 40, seed=3).save(path)
+    out = io.StringIO()
+    assert json_lines(runtime, {}, io.StringIO(json.dumps(str(path)) + "\n"), out) == 0
+    return json.loads(out.getvalue()), str(path)
 
 
 def png_bytes(image: Any) -> bytes:

@@ -58,30 +58,37 @@ def _calibrate(model: Any, seed: int) -> None:
 def tiny_owlvit(folder: Path, *, seed: int = 0) -> Any:
     """A random-weight OwlViTForObjectDetection saved in folder with the CLIP tokenizer and an OwlViT image processor
     (processor_config.json); returns the model."""
-    import torch
-    from transformers import AutoTokenizer, OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil, OwlViTProcessor
+    return _owl(folder, seed, "OwlViT", crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
+
+def _owl(folder: Path, seed: int, family: str, **processor: Any) -> Any:
+    """A random-weight OWL model (OwlViT or Owlv2 ForObjectDetection: tiny towers, calibrated) saved in folder with a
+    CLIP tokenizer and the family's processor (PIL backend); returns the model."""
+    import torch
+    import transformers
+
+    config_class, model_class, image_class, processor_class = (getattr(transformers, f"{family}{part}") for part in (
+        "Config", "ForObjectDetection", "ImageProcessorPil", "Processor"))
     folder.mkdir(parents=True, exist_ok=True)
     clip_tokenizer_folder(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.bos_token_id == 0:  # the trained CLIP-style BPE: OwlViT masks a query whose first token is 0
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    if tok.bos_token_id == 0:  # the trained CLIP-style BPE: OWL masks a query whose first token is 0
         _owl_tokenizer_folder(folder)
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
     text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": tok.eos_token_id,
             "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id}
     vision = {"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
               "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32, initializer_range=0.5,
+    config = config_class(text_config=text, vision_config=vision, projection_dim=32, initializer_range=0.5,
                           initializer_factor=5.0)
-    config.architectures = ["OwlViTForObjectDetection"]
+    config.architectures = [f"{family}ForObjectDetection"]
     torch.manual_seed(seed)
-    model = OwlViTForObjectDetection(config).eval()
+    model = model_class(config).eval()
     _calibrate(model, seed)
     model.save_pretrained(folder)
-    image_processor = OwlViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    OwlViTProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    image_processor = image_class(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, **processor)
+    processor_class(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
     return model
 
 
@@ -104,27 +111,4 @@ def export_owlvit_onnx(model: Any, path: Path) -> Path:
 def tiny_owlv2(folder: Path, *, seed: int = 0) -> Any:
     """A random-weight Owlv2ForObjectDetection (the same tiny towers, calibrated alike) saved in folder with the CLIP
     tokenizer and an OWLv2 image processor (pad to a square, scikit-image's resize); returns the model."""
-    import torch
-    from transformers import AutoTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
-
-    folder.mkdir(parents=True, exist_ok=True)
-    clip_tokenizer_folder(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.bos_token_id == 0:
-        _owl_tokenizer_folder(folder)
-        tok = AutoTokenizer.from_pretrained(folder)
-    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": tok.eos_token_id,
-            "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id}
-    vision = {"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=32, initializer_range=0.5,
-                         initializer_factor=5.0)
-    config.architectures = ["Owlv2ForObjectDetection"]
-    torch.manual_seed(seed)
-    model = Owlv2ForObjectDetection(config).eval()
-    _calibrate(model, seed)
-    model.save_pretrained(folder)
-    image_processor = Owlv2ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    Owlv2Processor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
-    return model
+    return _owl(folder, seed, "Owlv2")

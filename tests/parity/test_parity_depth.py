@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 from depth_models import export_dense_onnx, optimum_export_file, tiny_depth_anything, tiny_dpt, tiny_glpn
-from image_helpers import exif_rotated_jpeg, photo_paths, synthetic
+from image_helpers import exif_rotated_jpeg, json_lines_answer, photo_paths, synthetic
 from runtime_under_test import rt
 
 pytest.importorskip("PIL")
@@ -181,12 +181,8 @@ def test_json_lines_and_the_server_encode_the_outputs(depth, tmp_path):
 
     from PIL import Image
 
-    path = tmp_path / "photo.png"
-    synthetic(50, 40, seed=3).save(path)
-    out = io.StringIO()
-    assert rt._json_lines(depth.runtime, {}, io.StringIO(json.dumps(str(path)) + "\n"), out) == 0
-    line = json.loads(out.getvalue())
-    expected = depth.runtime(str(path))
+    line, path = json_lines_answer(depth.runtime, rt._json_lines, tmp_path)
+    expected = depth.runtime(path)
     assert np.array_equal(np.asarray(line["predicted_depth"], dtype=np.float32), expected["predicted_depth"])
     prefix = "data:image/png;base64,"
     assert line["depth"].startswith(prefix)

@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 import pytest
-from image_helpers import exif_rotated_jpeg, photo_paths, synthetic
+from image_helpers import exif_rotated_jpeg, json_lines_answer, photo_paths, synthetic
 from runtime_under_test import rt
 from segmentation_models import LABELS, export_segmentation_onnx, tiny_segformer, tiny_upernet
 
@@ -200,14 +200,8 @@ def test_cli_writes_the_masks(seg, tmp_path, capsys):
 
 
 def test_json_lines_encode_the_masks(seg, tmp_path):
-    import io
-
-    path = tmp_path / "photo.png"
-    synthetic(50, 40, seed=3).save(path)
-    out = io.StringIO()
-    assert rt._json_lines(seg.runtime, {}, io.StringIO(json.dumps(str(path)) + "\n"), out) == 0
-    line = json.loads(out.getvalue())
-    assert [s["label"] for s in line] == [s["label"] for s in seg.runtime(str(path))]
+    line, path = json_lines_answer(seg.runtime, rt._json_lines, tmp_path)
+    assert [s["label"] for s in line] == [s["label"] for s in seg.runtime(path)]
     assert all(s["score"] is None and s["mask"].startswith("data:image/png;base64,") for s in line)
 
 
