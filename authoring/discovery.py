@@ -206,32 +206,42 @@ def _tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
 
 
 CTC_TOKENIZER_CLASS = "Wav2Vec2CTCTokenizer"
-# Wav2Vec2CTCTokenizer's defaults, written out for tokenizer configs that leave them out (older hub folders).
-_CTC_TOKENIZER_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                           "word_delimiter_token": "|", "replace_word_delimiter_char": " ", "do_lower_case": False}
+VITS_TOKENIZER_CLASS = "VitsTokenizer"
+# The defaults of the tokenizers made of vocab.json and settings alone, written out for tokenizer configs that leave
+# them out (older hub folders).
+_VOCAB_TOKENIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    CTC_TOKENIZER_CLASS: {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                          "word_delimiter_token": "|", "replace_word_delimiter_char": " ", "do_lower_case": False},
+    VITS_TOKENIZER_CLASS: {"pad_token": "<pad>", "unk_token": "<unk>", "language": None, "add_blank": True,
+                           "normalize": True, "phonemize": True, "is_uroman": False},
+}
 
 
-def _is_ctc_tokenizer(folder: Path) -> bool:
-    """A Wav2Vec2CTCTokenizer folder: vocab.json and settings, no tokenizer.json (the class says so, or the model is *ForCTC)."""
+def _vocab_tokenizer_class(folder: Path) -> str | None:
+    """The class of a tokenizer of vocab.json and settings, no tokenizer.json: Wav2Vec2CTCTokenizer (the class says
+    so, or the model is *ForCTC) or VitsTokenizer (the class says so, or the model is a VITS); None for another."""
     if (folder / "tokenizer.json").is_file() or (folder / "merges.txt").is_file() or not (folder / "vocab.json").is_file():
-        return False
+        return None
     tokenizer_class = (_read_json(folder / "tokenizer_config.json") or {}).get("tokenizer_class")
     if tokenizer_class is not None:
-        return bool(tokenizer_class == CTC_TOKENIZER_CLASS)
-    architectures = (_read_json(folder / "config.json") or {}).get("architectures") or []
-    return any(str(a).endswith("ForCTC") for a in architectures)
+        return str(tokenizer_class) if tokenizer_class in _VOCAB_TOKENIZER_DEFAULTS else None
+    config = _read_json(folder / "config.json") or {}
+    if config.get("model_type") == "vits":
+        return VITS_TOKENIZER_CLASS
+    return CTC_TOKENIZER_CLASS if any(str(a).endswith("ForCTC") for a in config.get("architectures") or []) else None
 
 
-def _ctc_tokenizer_metadata(folder: Path, include_vocab: bool) -> dict[str, Any]:
-    """hf_tokenizer_config of a Wav2Vec2CTCTokenizer read from its JSON files as transformers reads them (no
-    transformers needed), its defaults written out; with include_vocab, vocab.json under "vocab"."""
+def _ctc_tokenizer_metadata(folder: Path, include_vocab: bool, tokenizer_class: str = CTC_TOKENIZER_CLASS) -> dict[str, Any]:
+    """hf_tokenizer_config of a tokenizer of vocab.json and settings (Wav2Vec2CTCTokenizer, VitsTokenizer) read from its
+    JSON files as transformers reads them (no transformers needed), its defaults written out; with include_vocab,
+    vocab.json under "vocab"."""
     config = _read_json(folder / "tokenizer_config.json") or {}
     if "added_tokens_decoder" not in config:  # older folders: special_tokens_map.json overrides, as transformers loads it
         config.update(_read_json(folder / "special_tokens_map.json") or {})
         added = _read_json(folder / "added_tokens.json") or {}
         if added:
             config["added_tokens_decoder"] = {str(i): {"content": token} for token, i in added.items()}
-    config = {**_CTC_TOKENIZER_DEFAULTS, **config, "tokenizer_class": CTC_TOKENIZER_CLASS}
+    config = {**_VOCAB_TOKENIZER_DEFAULTS[tokenizer_class], **config, "tokenizer_class": tokenizer_class}
     for key in _LOADING_KEYS:
         config.pop(key, None)
     if include_vocab:
@@ -455,8 +465,9 @@ class MetadataDiscovery:
     @staticmethod
     def _processors(folder: Path, config: Mapping[str, Any], include_vocab: bool) -> dict[str, Any]:
         processors = _preprocessor_metadata(folder)
-        if _is_ctc_tokenizer(folder):
-            processors.update(_ctc_tokenizer_metadata(folder, include_vocab))
+        vocab_tokenizer = _vocab_tokenizer_class(folder)
+        if vocab_tokenizer is not None:
+            processors.update(_ctc_tokenizer_metadata(folder, include_vocab, vocab_tokenizer))
         elif any((folder / name).is_file() for name in TOKENIZER_FILES):
             processors.update(_tokenizer_from_files(folder, config, include_vocab)
                               or _tokenizer_metadata(folder, include_vocab))

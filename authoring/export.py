@@ -30,7 +30,7 @@ from typing import Any
 import onnxmeta_runtime as rt
 from onnxmeta_runtime import MetadataEmbeddingError, MetadataExtractionError, MetadataValidationError, TaskDetectionError
 
-from . import fileio, genai, progress
+from . import fileio, genai, progress, vits
 from .discovery import HUB_PATTERNS, MetadataDiscovery, embedding_level, hub_snapshot
 from .embedder import EmbeddedEntry, compress_threshold, embed
 from .external import data_files
@@ -56,7 +56,8 @@ _WEIGHTS = (("*.safetensors",), ("pytorch_model*.bin",))
 
 # Pipeline task -> Optimum's task, where the names differ ("-with-past" is added where Optimum offers it).
 _OPTIMUM_TASKS = {"zero-shot-classification": "text-classification", "image-feature-extraction": "feature-extraction",
-                  "summarization": "text2text-generation", "translation": "text2text-generation"}
+                  "summarization": "text2text-generation", "translation": "text2text-generation",
+                  "document-question-answering": "image-to-text"}  # Donut: Optimum's vision-encoder-decoder task
 
 _BATCH = {0: "batch"}
 _DENSE_TASKS = ("depth-estimation", "image-to-image", "image-segmentation")  # an image (or maps) out per image in
@@ -83,7 +84,16 @@ _TORCH_TASKS: dict[str, tuple[str, dict[str, dict[int, str]]]] = {
     "image-segmentation": ("AutoModelForSemanticSegmentation", {"logits": {0: "batch", 2: "height", 3: "width"}}),
     "audio-classification": ("AutoModelForAudioClassification", {"logits": _BATCH}),
     "automatic-speech-recognition": ("AutoModelForCTC", {"logits": {0: "batch", 1: "frames"}}),
+    "zero-shot-audio-classification": ("AutoModel", {"logits_per_audio": {0: "batch", 1: "texts"}}),
+    # VITS: its own module (authoring/vits.py) with the noise as inputs
+    "text-to-audio": ("AutoModelForTextToWaveform", {"waveform": {0: "batch", 1: "samples"}, "frames": _BATCH}),
 }
+# image-segmentation with a label and a mask per query (MaskFormer, Mask2Former; DETR's logits and pred_masks), in
+# place of the semantic recipe.
+_QUERY_SEGMENTATION = ("AutoModelForUniversalSegmentation", {
+    "class_queries_logits": _BATCH, "masks_queries_logits": {0: "batch", 2: "height", 3: "width"},
+    "logits": _BATCH, "pred_masks": {0: "batch", 2: "height", 3: "width"}})
+_QUERY_SEGMENTERS = ("maskformer", "mask2former", "detr")
 
 # model_type -> the model type onnxruntime's transformer optimizer fuses it as (Optimum's ORTConfigManager).
 _ORT_MODEL_TYPES = {
@@ -267,6 +277,24 @@ def _optimum_notes() -> Iterator[None]:
                 logger.warning("Optimum's check of the export against PyTorch: %s", optimum_check_summary(message))
 
 
+def _decoder_has_past(config: Mapping[str, Any]) -> bool:
+    """Whether Optimum exports the decoder of a composite encoder-decoder (VisionEncoderDecoderModel: config.decoder)
+    with past, as its EncoderDecoderBaseOnnxConfig decides: a BERT decoder has none (each step reruns on all the
+    tokens); True for every other model."""
+    from optimum.exporters.onnx.base import OnnxConfigWithPast
+    from optimum.exporters.tasks import TasksManager
+
+    decoder = config.get("decoder")
+    if not isinstance(decoder, dict) or not isinstance(decoder.get("model_type"), str):
+        return True
+    try:
+        constructor = TasksManager.get_exporter_config_constructor(
+            exporter="onnx", model_type=decoder["model_type"], task="feature-extraction", library_name="transformers")
+    except (KeyError, ValueError):
+        return True  # Optimum's export says what it cannot do
+    return issubclass(getattr(constructor, "func", constructor), OnnxConfigWithPast)
+
+
 def _optimum_export(folder: Path, out: Path, task: str, config: Mapping[str, Any], opset: int | None,
                     check: bool) -> dict[str, Any]:
     """Optimum's main_export of a local folder into out; returns what export_config records of it."""
@@ -279,7 +307,7 @@ def _optimum_export(folder: Path, out: Path, task: str, config: Mapping[str, Any
         supported = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
     except KeyError:
         raise MetadataExtractionError(f"Optimum's exporter does not know the model type {model_type!r}") from None
-    optimum_task = f"{wanted}-with-past" if f"{wanted}-with-past" in supported else wanted
+    optimum_task = f"{wanted}-with-past" if f"{wanted}-with-past" in supported and _decoder_has_past(config) else wanted
     if optimum_task not in supported:
         raise MetadataExtractionError(f"Optimum cannot export a {model_type} model for {task} (as {wanted}); it "
                                       f"exports {model_type} for: {', '.join(supported)}")
@@ -346,8 +374,14 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
             axes["pixel_mask"] = {0: "batch", 1: "height", 2: "width"}
     if task in _DENSE_TASKS:  # one output pixel per input pixel: height and width vary where the processor keeps them
         processor = _processor(metadata, "image_processor", task)
-        inputs["pixel_values"] = torch.randn(2, *processor([np.zeros((240, 320, 3), dtype=np.uint8)])["pixel_values"].shape[1:])
+        # a small image to trace with (the axes stay dynamic): Swin2SR's window attention at 240x320 held some 20 GB
+        # of traced intermediates for a lightweight x2 model; height and width differ so that neither is baked in
+        inputs["pixel_values"] = torch.randn(2, *processor([np.zeros((72, 96, 3), dtype=np.uint8)])["pixel_values"].shape[1:])
         axes["pixel_values"] = _BATCH if processor.output_size else {0: "batch", 2: "height", 3: "width"}
+        if (metadata.get(rt.KEY_MODEL_CONFIG) or {}).get("model_type") == "detr" and "pixel_mask" in parameters:
+            # DETR's panoptic head reads which pixels are padding (a pad_size pads each image)
+            inputs["pixel_mask"] = torch.ones((2, *inputs["pixel_values"].shape[2:]), dtype=torch.long)
+            axes["pixel_mask"] = {0: "batch", 1: "height", 2: "width"} if len(axes["pixel_values"]) > 1 else _BATCH
     if task in ("audio-classification", "automatic-speech-recognition"):
         extractor = _processor(metadata, "feature_extractor", task)
         features = extractor([np.zeros(extractor.sampling_rate, dtype=np.float32)] * 2)
@@ -355,8 +389,18 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
             if name in parameters:
                 inputs[name] = torch.from_numpy(np.ascontiguousarray(array))
                 axes[name] = _TOKENS if array.ndim == 2 else _BATCH  # a waveform's samples vary, a spectrogram is fixed
-    elif task not in ("image-classification", "image-feature-extraction", "object-detection", *_DENSE_TASKS):
-        clip = task in ("zero-shot-image-classification", "zero-shot-object-detection")
+    if task == "zero-shot-audio-classification":
+        # each clip featurized alone, as the pipeline does (with fusion every clip is then is_longer: the fused path is
+        # traced); an unfused CLAP ignores is_longer, which is then no graph input
+        extractor = _processor(metadata, "feature_extractor", task)
+        clips = [extractor([np.zeros(extractor.sampling_rate, dtype=np.float32)], np.random.RandomState(0)) for _ in "ab"]
+        audio_config = (metadata[rt.KEY_MODEL_CONFIG].get("audio_config") or {})
+        for name in ("input_features", "is_longer") if audio_config.get("enable_fusion") else ("input_features",):
+            inputs[name] = torch.from_numpy(np.concatenate([features[name] for features in clips]))
+            axes[name] = _BATCH
+    if task not in ("audio-classification", "automatic-speech-recognition", "image-classification",
+                    "image-feature-extraction", "object-detection", *_DENSE_TASKS):
+        clip = task in ("zero-shot-image-classification", "zero-shot-object-detection", "zero-shot-audio-classification")
         # OWL-ViT's texts are the queries of each image, one image's after another: 3 per image of the 2
         rows = 6 if task == "zero-shot-object-detection" else 3 if clip else 2
         for name in _text_inputs(metadata, parameters, task):
@@ -397,7 +441,14 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
     import torch
     import transformers
 
-    auto_class, wanted = _TORCH_TASKS[task]
+    model_type = (metadata.get(rt.KEY_MODEL_CONFIG) or {}).get("model_type")
+    query = task == "image-segmentation" and model_type in _QUERY_SEGMENTERS
+    auto_class, wanted = _QUERY_SEGMENTATION if query else _TORCH_TASKS[task]
+    if query and model_type == "mask2former" and _processor(metadata, "image_processor", task).output_size is None:
+        raise MetadataExtractionError(
+            "torch.onnx traces Mask2Former's deformable attention at one image size only (the feature maps' sizes become "
+            "constants), and this image processor keeps each image's aspect ratio: the graph would be wrong for other "
+            "sizes; set the processor's size to {height, width} to export it at that size")
     with _quiet():
         try:
             # eager attention: onnxruntime's optimizer fuses its pattern into Attention, not the one of SDPA
@@ -406,6 +457,8 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
         except Exception as exc:  # noqa: BLE001 - from_pretrained raises ValueError, OSError, KeyError...
             raise MetadataExtractionError(f"transformers cannot load {folder.name} as {auto_class} for {task}: "
                                           f"{str(exc).strip()[:300]}") from None
+    if task == "text-to-audio":
+        return _vits_export(model, path, opset)
     parameters = list(inspect.signature(model.forward).parameters)
     inputs, axes = _dummy_inputs(task, metadata, parameters)
     options = {"use_cache": False} if task == "text-generation" else {}
@@ -438,13 +491,64 @@ def _torch_export(folder: Path, path: Path, task: str, metadata: Mapping[str, An
             f"torch.onnx.export failed on {type(model).__name__} ({task}): {type(exc).__name__}: {str(exc).strip()[:400]}; "
             f"Optimum's exporter may handle it: {OPTIMUM_INSTALL}"
         ) from None
+    if query and axes["pixel_values"] != _BATCH:
+        _check_other_sizes(Heads().eval(), path, metadata, names, outputs)
     return {"exporter": "torch.onnx", "exporter_task": task}
+
+
+def _check_other_sizes(heads: Any, path: Path, metadata: Mapping[str, Any], names: Sequence[str],
+                       outputs: Sequence[str]) -> None:
+    """A segmenter traced at one image size runs as the model at others: the trace keeps Python branches on sizes as
+    constants (Swin's window padding: taken or not at the traced size). Two images of other shapes, as the processor
+    makes them, through the graph and through torch; a difference refuses the export."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    processor = _processor(metadata, "image_processor", "image-segmentation")
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    for height, width in ((96, 72), (50, 150)):
+        pixels = processor([np.zeros((height, width, 3), dtype=np.uint8)])["pixel_values"]
+        feed = {"pixel_values": np.random.default_rng(0).standard_normal(pixels.shape).astype(np.float32),
+                "pixel_mask": np.ones((1, *pixels.shape[2:]), dtype=np.int64)}
+        with torch.no_grad():
+            expected = heads(*(torch.from_numpy(feed[name]) for name in names))
+        failure = "different outputs"
+        try:
+            actual = session.run(list(outputs), {name: feed[name] for name in names})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors: a reshape to the traced size...
+            actual, failure = [], f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        if not actual or any(a.shape != tuple(e.shape) or np.abs(a - e.numpy()).max() > 1e-3 * max(1.0, float(e.abs().max()))
+                             for a, e in zip(actual, expected)):
+            raise MetadataExtractionError(
+                f"the graph torch.onnx traced at one image size does not run as the model at {pixels.shape[2]}x"
+                f"{pixels.shape[3]} ({failure}): branches on the image's size were traced as constants; export at a "
+                "fixed size (the processor's size as {height, width})")
+
+
+def _vits_export(model: Any, path: Path, opset: int | None) -> dict[str, Any]:
+    """A VitsModel as one graph with its noise as inputs (authoring/vits.py); other text-to-waveform models refused."""
+    if type(model).__name__ != "VitsModel":
+        raise MetadataExtractionError(f"text-to-audio is exported for VITS models (VitsModel, MMS-TTS), not "
+                                      f"{type(model).__name__}")
+    if int(model.config.num_speakers) > 1:
+        logger.warning("%s has %d speakers; the export speaks as the pipeline does without speaker_id (no speaker "
+                       "embedding)", type(model).__name__, model.config.num_speakers)
+    try:
+        with _quiet():
+            vits.export_vits(model, path, opset or DEFAULT_OPSET)
+    except Exception as exc:  # the exporter raises torch's errors, onnx's, RuntimeError...
+        logger.debug("torch.onnx.export failed", exc_info=True)
+        raise MetadataExtractionError(f"torch.onnx.export failed on VitsModel: {type(exc).__name__}: "
+                                      f"{str(exc).strip()[:400]}") from None
+    return {"exporter": "torch.onnx", "exporter_task": "text-to-audio"}
 
 
 def _generates(task: str, config: Mapping[str, Any]) -> bool:
     """Whether the model is an encoder-decoder that generates (several graphs); DETR's config says is_encoder_decoder
-    too, but its encoder and decoder run once, in one graph."""
-    return task in SEQ2SEQ_TASKS or (config.get("is_encoder_decoder") is True and task != "object-detection")
+    too (and MaskFormer's DETR decoder), but its encoder and decoder run once, in one graph."""
+    return task in SEQ2SEQ_TASKS or (config.get("is_encoder_decoder") is True
+                                     and task not in ("object-detection", "image-segmentation"))
 
 
 def _check_torch_task(task: str, config: Mapping[str, Any]) -> None:
@@ -580,6 +684,22 @@ def _check_choices(optimize: str | None, exporter: str, opset: int | None) -> No
 def choose_exporter(requested: str, task: str, config: Mapping[str, Any]) -> str:
     """The exporter for a model: onnxruntime-genai's builder for the decoder-only architectures it supports (fused
     operators: several times faster than a plain export), else Optimum's, else torch.onnx; or the one asked for."""
+    if task == "background-removal":  # no transformers class: the models (RMBG, BiRefNet) are their repositories' code
+        raise MetadataExtractionError(
+            "background-removal models (BriaRMBG, BiRefNet) are custom code, which export does not run "
+            "(trust_remote_code); take the repository's ONNX file (onnx/model.onnx) or export it with the model's own "
+            "code, then embed it: onnxmeta embed model.onnx <model folder> --task background-removal"
+        )
+    if task == "text-to-audio":  # the runtime feeds VITS its noise: authoring/vits.py's graph, which torch.onnx makes
+        if requested not in ("auto", "torch"):
+            raise MetadataExtractionError(f"text-to-audio (VITS) is exported with torch.onnx, its noise as graph inputs "
+                                          f"that a seed fills (Optimum's graph draws it inside); not with --exporter "
+                                          f"{requested}")
+        _check_torch_task(task, config)
+        return "torch"
+    if task == "zero-shot-audio-classification" and requested == "auto":  # Optimum has no such task: the whole
+        _check_torch_task(task, config)  # ClapModel (both towers, logits_per_audio) is one torch.onnx graph
+        return "torch"
     if requested == "genai" or (requested == "auto" and task == "text-generation" and genai.supports(config)
                                 and genai.available()):
         if task != "text-generation" or not genai.supports(config):

@@ -13,6 +13,7 @@ from onnxmeta_runtime import MetadataError
 
 from .external import check_data_files
 from .tasks import PIPELINE_TASKS, detect_task
+from .vits import INPUTS as VITS_INPUTS
 
 # What each embedding level promises to carry.
 REQUIRED_KEYS = {
@@ -148,6 +149,10 @@ def _processor_check(path: str | os.PathLike[str], metadata: dict[str, Any]) -> 
     if isinstance(tokenizer, rt.CTCDecoder):
         raise rt.ProcessorReconstructionError(f"a CTC vocabulary without the feature extractor its audio needs "
                                               f"({rt.KEY_FEATURE_EXTRACTOR_CONFIG})")
+    if isinstance(tokenizer, rt.VitsTokenizer):
+        if metadata.get(rt.KEY_PIPELINE_TASK) in rt.TASKS:
+            rt.Runtime(path)  # builds the session and the task: the graph must take the noise the runtime feeds
+        return f"VITS character tokenizer rebuilt ({len(tokenizer.vocab)} characters, add_blank {tokenizer.add_blank})"
     vocab = tokenizer.backend.get_vocab_size()
     config_vocab = (metadata.get(rt.KEY_MODEL_CONFIG) or {}).get("vocab_size")
     if isinstance(config_vocab, int) and vocab > config_vocab:
@@ -260,9 +265,14 @@ def _inputs_check(metadata: dict[str, Any], inputs: list[str], found: _Findings)
         made = tokenizer_config.get("model_input_names") or list(TOKENIZER_OUTPUTS)
         if rt.KEY_IMAGE_PROCESSOR_CONFIG in metadata:  # CLIP: the image processor fills pixel_values
             made = [*made, "pixel_values"]
+        if task == "text-to-audio":  # VITS: the runtime feeds the noise and its scales (authoring/vits.py)
+            made = [*made, *VITS_INPUTS[2:]]
         extra = [n for n in inputs if n not in made and not (task == "text-generation" and _LOOP_INPUTS.fullmatch(n))]
         if extra:
             found.failures.append(f"graph inputs {extra} are not among the tokenizer's outputs {list(made)}")
+        elif "input_ids" not in inputs and "pixel_values" in inputs and rt.KEY_GRAPH_LAYOUT in metadata:
+            # an image encoder-decoder (captioning, OCR): the tokenizer decodes what its decoder generates
+            found.checked.append("input pixel_values comes from the image processor")
         elif "input_ids" not in inputs:
             found.failures.append(f"graph inputs {inputs} lack input_ids")
         else:

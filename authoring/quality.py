@@ -103,11 +103,13 @@ def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"]})]
     if task == "zero-shot-object-detection":
         return [((list(images),), {"candidate_labels": ["a cat", "a dog", "a car"], "threshold": 0.0})]
-    if task in ("audio-classification", "automatic-speech-recognition"):
+    if task in ("audio-classification", "automatic-speech-recognition", "zero-shot-audio-classification"):
         rate = int(runtime.metadata[rt.KEY_FEATURE_EXTRACTOR_CONFIG].get("sampling_rate") or 16000)
         t = np.arange(rate) / rate
         tones = [(0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(rate)).astype(np.float32)
                  for f in (220.0, 440.0, 1000.0)]
+        if task == "zero-shot-audio-classification":  # seeded: long clips are cropped at random
+            return [((tones,), {"candidate_labels": ["a dog barking", "rain", "music"], "seed": 0})]
         return [((tones,), {"top_k": None} if task == "audio-classification" else {})]
     texts = list(PROBE_TEXTS)
     if task == "fill-mask":
@@ -121,6 +123,8 @@ def probe_calls(runtime: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [((texts[:3],), {"do_sample": False, "num_beams": 1, "max_new_tokens": GENERATION_TOKENS})]
     if task == "text-classification":
         return [((texts,), {"top_k": None})]
+    if task == "text-to-audio":  # the same noise on both sides
+        return [((texts,), {"seed": 0})]
     return [((texts,), {})]
 
 
@@ -237,6 +241,18 @@ def _generation_scores(plain: Any, changed: Any) -> dict[str, float]:
             "probe_tokens": float(len(agree) + 1)}
 
 
+def _waveform_scores(plain: Any, changed: Any) -> dict[str, float]:
+    """Speech (text-to-audio, the same seed on both sides): the share of probe texts spoken at the same length (the
+    durations agree), and the lowest cosine similarity of those waveforms."""
+    (args, kwargs), = probe_calls(plain)
+    pairs = [(x["audio"], y["audio"]) for x, y in zip(plain(*args, **kwargs), changed(*args, **kwargs))]
+    same = [(x, y) for x, y in pairs if x.shape == y.shape]
+    scores = {"same_length": len(same) / max(len(pairs), 1)}
+    if same:
+        scores["cosine_similarity"] = min(_cosine(x, y) for x, y in same)
+    return scores
+
+
 def quality_card(plain: str | os.PathLike[str], changed: str | os.PathLike[str]) -> Quality:
     """Run both files (self-contained, same task) on the task's probe inputs; the card of the changed one."""
     a, b = rt.Runtime(plain), rt.Runtime(changed)
@@ -259,6 +275,8 @@ def quality_card(plain: str | os.PathLike[str], changed: str | os.PathLike[str])
         metrics.update(_generation_scores(a, b))
     elif task in _TEXT_OUTPUTS:
         metrics["word_error_rate"] = errors / max(words, 1)
+    elif task == "text-to-audio":
+        metrics.update(_waveform_scores(a, b))
     elif task in _EMBEDDINGS:  # what a user compares: the pooled vectors of encode() (sentence-transformers' own)
         inputs = probe_calls(a)[0][0][0]
         metrics["cosine_similarity"] = min(_cosine(x, y) for x, y in zip(a.encode(inputs), b.encode(inputs)))

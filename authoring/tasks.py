@@ -28,6 +28,9 @@ ARCHITECTURE_PATTERNS = (
     ("forobjectdetection", "object-detection"),
     ("forsemanticsegmentation", "image-segmentation"),
     ("fordepthestimation", "depth-estimation"),
+    # matting models, custom code (config.json's auto_map): transformers.js's background-removal
+    ("briarmbg", "background-removal"),
+    ("birefnet", "background-removal"),
 )
 
 # Step 4: families whose bare config (no architectures) has one obvious task.
@@ -36,27 +39,39 @@ MODEL_TYPE_TASK_MAP = {
                     "text-generation"),
     **dict.fromkeys(("t5", "mt5", "bart", "mbart", "marian", "pegasus", "m2m_100"), "text2text-generation"),
     **dict.fromkeys(("whisper", "wav2vec2", "hubert"), "automatic-speech-recognition"),
+    "vits": "text-to-audio",
     **dict.fromkeys(("vit", "deit", "convnext", "resnet", "swin", "beit"), "image-classification"),
     **dict.fromkeys(("clip", "siglip"), "zero-shot-image-classification"),
     **dict.fromkeys(("owlvit", "owlv2"), "zero-shot-object-detection"),
+    "clap": "zero-shot-audio-classification",
+    "vision-encoder-decoder": "image-to-text",
 }
 
-# Tasks transformers pipelines know (including those transformers 5 removed but users still run).
+# Tasks transformers pipelines know (including those transformers 5 removed but users still run), and
+# background-removal, transformers.js's.
 PIPELINE_TASKS = frozenset({
-    "audio-classification", "automatic-speech-recognition", "depth-estimation", "document-question-answering",
+    "audio-classification", "automatic-speech-recognition", "background-removal", "depth-estimation",
+    "document-question-answering",
     "feature-extraction", "fill-mask", "image-classification", "image-feature-extraction", "image-segmentation",
-    "image-text-to-text", "image-to-image", "mask-generation", "object-detection", "question-answering",
+    "image-text-to-text", "image-to-image", "image-to-text", "mask-generation", "object-detection", "question-answering",
     "sentiment-analysis", "summarization", "table-question-answering", "text-classification", "text-generation",
     "text-to-audio", "text2text-generation", "token-classification", "translation", "video-classification",
-    "visual-question-answering", "zero-shot-classification", "zero-shot-image-classification",
-    "zero-shot-object-detection",
+    "visual-question-answering", "zero-shot-audio-classification", "zero-shot-classification",
+    "zero-shot-image-classification", "zero-shot-object-detection",
 })
+
+# Architectures whose pipeline no auto-model mapping names (step 1 reads these first): CLAP's zero-shot audio
+# classification runs the whole ClapModel, which transformers lists only as a base model (feature-extraction).
+# A VisionEncoderDecoderModel (captioning, OCR) is image-to-text: transformers 5 lists it for image-text-to-text, whose
+# pipeline cannot run it; 4.57's image-to-text pipeline does (the runtime answers to both names).
+ARCHITECTURE_OVERRIDES = {"ClapModel": "zero-shot-audio-classification", "VisionEncoderDecoderModel": "image-to-text"}
 
 
 def detect_task(config: Mapping[str, Any]) -> str | None:
     """The pipeline task for a model config, or None when undetermined.
 
-    1. architecture exact match; 2. architecture name patterns; 3. task_specific_params (which also make a
+    1. architecture exact match; 2. architecture name patterns (without architectures: those of the classes
+    auto_map names); 3. task_specific_params (which also make a
     text2text-generation model, T5 or BART, a translation or summarization one); 4. model_type; 5. labels.
     """
     architectures = config.get("architectures") or []
@@ -64,7 +79,7 @@ def detect_task(config: Mapping[str, Any]) -> str | None:
     hint = next((h for h in ("translation", "summarization") if isinstance(params, dict)
                  and any(str(k).startswith(h) for k in params)), None)
     if architectures and isinstance(architectures[0], str):
-        task = ARCHITECTURE_TASKS.get(architectures[0])
+        task = ARCHITECTURE_OVERRIDES.get(architectures[0]) or ARCHITECTURE_TASKS.get(architectures[0])
         if task == "feature-extraction" and ("num_channels" in config or "image_size" in config):
             return "image-feature-extraction"  # a vision backbone (ViTModel, Dinov2Model, CLIPVisionModel...)
         if task is None:
@@ -72,6 +87,13 @@ def detect_task(config: Mapping[str, Any]) -> str | None:
             task = next((t for pattern, t in ARCHITECTURE_PATTERNS if pattern in lowered), None)
         if task:
             return hint if task == "text2text-generation" and hint else task
+    else:  # custom code without architectures: the classes auto_map names ("briarmbg.BriaRMBG"), by pattern
+        auto_map = config.get("auto_map")
+        names = [v.rsplit(".", 1)[-1].lower() for v in auto_map.values() if isinstance(v, str)] \
+            if isinstance(auto_map, dict) else []
+        task = next((t for name in names for pattern, t in ARCHITECTURE_PATTERNS if pattern in name), None)
+        if task:
+            return task
     if hint:
         return hint
     model_type = str(config.get("model_type", "")).lower()

@@ -26,6 +26,8 @@ printing its table (in-process and whole-process figures, each labelled) and wri
 12. int4 LLM one files vs onnxruntime-genai's int4, Optimum, llama.cpp    bench_quantize.py
 13. the OpenAI-compatible server: embeddings req/s batched vs not,        bench_serve.py
     streaming chat tokens/s vs Runtime.stream, cold start to /health
+14. text to speech (VITS, tiny and MMS-TTS-sized): real-time factor vs    bench_tts.py
+    transformers' text-to-audio pipeline, whole process with a WAV
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
 minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
@@ -57,6 +59,7 @@ MODALITIES = {
     "whisper": "bench_whisper.py",
     "quantize": "bench_quantize.py",
     "serve": "bench_serve.py",
+    "tts": "bench_tts.py",
 }
 
 

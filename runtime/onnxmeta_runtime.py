@@ -65,8 +65,8 @@ __all__ = (  # noqa: RUF022 - grouped by what the names are for, not sorted
     "load_processor", "load_tokenizer", "load_image_processor", "load_feature_extractor", "PROCESSORS",
     "FEATURE_EXTRACTORS", "TextTokenizer", "TokenizerProxy", "ImageProcessor", "DetectionImageProcessor",
     "WhisperFeatureExtractor",
-    "Wav2Vec2FeatureExtractor", "ASTFeatureExtractor", "CTCDecoder", "load_image", "load_audio", "resample",
-    "mel_filter_bank",
+    "Wav2Vec2FeatureExtractor", "ASTFeatureExtractor", "CTCDecoder", "VitsTokenizer", "load_image", "load_audio", "resample",
+    "mel_filter_bank", "ClapFeatureExtractor",
     # Reading a file: metadata without loading the graph (docs/FORMAT.md)
     "read_metadata", "scan_model", "ModelScan", "Entry", "decode_metadata", "iter_fields", "value_text", "graph_layout",
     "graph_operators", "session_signature", "metadata_digest", "clear_metadata_cache", "read_varint", "WIRE_LEN",
@@ -1064,29 +1064,35 @@ class TextTokenizer:
         return self.pad(self.encode(inputs), dtypes)
 
 
+def _vocab_json(config: Mapping[str, Any], missing: str) -> dict[str, int]:
+    """The vocab.json a tokenizer config carries under ``vocab`` (embedded at the full level; the target_lang's where
+    it nests one per language, as MMS does); missing starts the error when there is none."""
+    vocab = config.get("vocab")
+    if vocab is None:
+        raise ProcessorReconstructionError(
+            f"{missing}; re-embed with --include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
+        )
+    target_lang = config.get("target_lang")
+    if target_lang is not None:  # nested multilingual vocabularies (MMS): one per language
+        if not isinstance(vocab, dict) or not isinstance(vocab.get(target_lang), dict):
+            raise ProcessorReconstructionError(
+                f"{KEY_TOKENIZER_CONFIG}.vocab has no vocabulary for target_lang {target_lang!r}"
+            )
+        vocab = vocab[target_lang]
+    if not isinstance(vocab, dict) or not all(_is_int(i) for i in vocab.values()):
+        raise ProcessorReconstructionError(
+            f"{KEY_TOKENIZER_CONFIG}.vocab must map tokens to integer ids; re-embed with --include-vocab"
+        )
+    return vocab
+
+
 class CTCDecoder:
     """Greedy CTC decoding of argmax ids as transformers' Wav2Vec2CTCTokenizer.decode: repeats collapsed, the
     pad (blank) token dropped, the word delimiter turned into spaces; built from the embedded tokenizer config,
     whose ``vocab`` holds vocab.json (embedded at the full level)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        vocab = config.get("vocab")
-        if vocab is None:
-            raise ProcessorReconstructionError(
-                "no CTC vocabulary embedded, so this model's output cannot be decoded to text; re-embed with "
-                "--include-vocab (python -m authoring embed model.onnx <model> --include-vocab)"
-            )
-        target_lang = config.get("target_lang")
-        if target_lang is not None:  # nested multilingual vocabularies (MMS): one per language
-            if not isinstance(vocab, dict) or not isinstance(vocab.get(target_lang), dict):
-                raise ProcessorReconstructionError(
-                    f"{KEY_TOKENIZER_CONFIG}.vocab has no vocabulary for target_lang {target_lang!r}"
-                )
-            vocab = vocab[target_lang]
-        if not isinstance(vocab, dict) or not all(_is_int(i) for i in vocab.values()):
-            raise ProcessorReconstructionError(
-                f"{KEY_TOKENIZER_CONFIG}.vocab must map tokens to integer ids; re-embed with --include-vocab"
-            )
+        vocab = _vocab_json(config, "no CTC vocabulary embedded, so this model's output cannot be decoded to text")
         self.tokens = {i: token for token, i in vocab.items()}
         added = config.get("added_tokens_decoder") or {}
         for key, token in (added.items() if isinstance(added, dict) else ()):
@@ -1167,6 +1173,126 @@ class CTCDecoder:
         return words
 
 
+VITS_TOKENIZER_CLASS = "VitsTokenizer"
+
+
+class VitsTokenizer:
+    """VITS / MMS-TTS's character tokenizer as transformers' VitsTokenizer encodes a text: ``normalize`` (each
+    vocabulary word kept as it is written, other characters lower-cased, then characters outside the vocabulary dropped
+    and the ends stripped), the text cut at its added tokens, and with ``add_blank`` the id-0 token between characters
+    and at both ends of each piece; no special tokens added. Built from the embedded tokenizer config, whose ``vocab``
+    holds vocab.json. ``do_lower_case`` is not read: transformers' VitsTokenizer does not either (normalize
+    lower-cases). Texts are phonemized (espeak) or romanized (uroman) by no code here: a tokenizer that phonemizes is
+    refused, a romanizing one refuses non-ASCII text."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        if config.get("phonemize", True):  # VitsTokenizer's default
+            raise ProcessorReconstructionError(
+                "this VITS tokenizer turns text into phonemes with the phonemizer package and espeak (phonemize: true), "
+                "which this runtime does not do; MMS-TTS models (phonemize: false) run here"
+            )
+        self.vocab = _vocab_json(config, "no character vocabulary embedded, so this model cannot tokenize text")
+        self.add_blank = bool(config.get("add_blank", True))
+        self.normalize = bool(config.get("normalize", True))
+        self.is_uroman = bool(config.get("is_uroman", False))
+        self.language = config.get("language")
+        added = config.get("added_tokens_decoder") or {}
+        self.added: dict[str, tuple[int, Mapping[str, Any]]] = {}
+        for key, token in sorted(added.items() if isinstance(added, dict) else (), key=lambda kv: int(kv[0])
+                                 if str(kv[0]).isdigit() else -1):
+            content = _token_content(token)
+            if str(key).isdigit() and content:
+                self.added[content] = (int(key), token if isinstance(token, dict) else {})
+        for name in ("pad_token", "unk_token"):  # transformers adds its special tokens to those it splits at
+            content = _token_content(config.get(name, "<pad>" if name == "pad_token" else "<unk>"))
+            if content and content not in self.added and content in self.vocab:
+                self.added[content] = (self.vocab[content], {})
+        unk = _token_content(config.get("unk_token", "<unk>"))
+        self.unk_id = self.token_id(unk) if unk else None
+        if self.add_blank and 0 not in self.vocab.values():
+            raise ProcessorReconstructionError(f"{KEY_TOKENIZER_CONFIG}.vocab has no token of id 0, which add_blank puts "
+                                               "between characters; re-embed the model's vocab.json")
+        # normalize tries the vocabulary's words in vocab.json's order, as transformers' save_pretrained writes it
+        # (sorted), then the added tokens; grouped here by first character
+        self._words: dict[str, list[str]] = {}
+        for word in [*self.vocab, *self.added]:
+            if word:
+                self._words.setdefault(word[0], []).append(word)
+
+    def token_id(self, token: str) -> int | None:
+        """A token's id as transformers converts it: an added token's, the vocabulary's, else None."""
+        return self.added[token][0] if token in self.added else self.vocab.get(token)
+
+    def normalized(self, text: str) -> str:
+        """The text as VitsTokenizer.prepare_for_tokenization leaves it."""
+        if self.normalize:
+            out, i = [], 0
+            while i < len(text):
+                word = next((w for w in self._words.get(text[i], ()) if text.startswith(w, i)), None)
+                out.append(text[i].lower() if word is None else word)
+                i += 1 if word is None else len(word)
+            text = "".join(out)
+        if self.language == "ron":
+            text = text.replace("ț", "ţ")
+        if self.is_uroman and not text.isascii():
+            raise InvalidInputError(
+                "this model's tokenizer romanizes non-Roman text with uroman (is_uroman), which this runtime does not "
+                "do; romanize the text first (pip install uroman: uroman.Uroman().romanize_string(text))"
+            )
+        return "".join(c for c in text if c in self.vocab).strip() if self.normalize else text
+
+    def _pieces(self, text: str) -> list[str]:
+        """The text cut at its added tokens (the longest first where several start at one place), each kept whole;
+        their lstrip, rstrip and single_word as transformers' tokenize applies them."""
+        pieces: list[str] = []
+        start = i = 0
+        while i < len(text):
+            token = max((t for t in self.added if text.startswith(t, i)), key=len, default=None)
+            if token is None:
+                i += 1
+                continue
+            pieces += [text[start:i], token]
+            start = i = i + len(token)
+        pieces.append(text[start:])
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                continue
+            flags = self.added[piece][1]
+            if flags.get("rstrip") and pieces[i + 1]:
+                pieces[i + 1] = pieces[i + 1].lstrip()
+            if flags.get("lstrip") and pieces[i - 1]:
+                pieces[i - 1] = pieces[i - 1].rstrip()
+            if flags.get("single_word"):
+                if pieces[i - 1] and pieces[i - 1][-1] != " ":
+                    pieces[i - 1], pieces[i] = pieces[i - 1] + piece, ""
+                elif pieces[i + 1] and pieces[i + 1][0] != " ":
+                    pieces[i + 1], pieces[i] = piece + pieces[i + 1], ""
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        """The input_ids of one text, as VitsTokenizer(text)["input_ids"]."""
+        ids: list[int] = []
+        blank = next(token for token, i in self.vocab.items() if i == 0) if self.add_blank else ""
+        for i, piece in enumerate(self._pieces(self.normalized(text))):
+            if not piece:
+                continue
+            if i % 2 and piece in self.added:
+                ids.append(self.added[piece][0])
+                continue
+            tokens = list(piece)
+            if self.add_blank:
+                tokens = [blank, *(t for c in tokens for t in (c, blank))]
+            for token in tokens:
+                found = self.token_id(token)
+                if found is None:
+                    found = self.unk_id
+                if found is None:
+                    raise InvalidInputError(f"{token!r} is not in the model's vocabulary and its tokenizer has no "
+                                            "unk_token; leave it out of the text")
+                ids.append(found)
+        return ids
+
+
 def _max_length(metadata: Mapping[str, Any]) -> int:
     """Longest input the model takes: tokenizer, model and sentence-transformers limits, the smallest."""
     model_config = metadata.get(KEY_MODEL_CONFIG) or {}
@@ -1189,14 +1315,16 @@ def _max_length(metadata: Mapping[str, Any]) -> int:
     return min(limits)
 
 
-def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | TokenizerProxy | None:
-    """The tokenizer of a model: full when the vocabulary is embedded (tokenizer.json, or a CTC tokenizer's
-    vocab.json), a proxy when only its config is."""
+def load_tokenizer(metadata: Mapping[str, Any]) -> TextTokenizer | CTCDecoder | VitsTokenizer | TokenizerProxy | None:
+    """The tokenizer of a model: full when the vocabulary is embedded (tokenizer.json, or the vocab.json of a CTC
+    tokenizer or of VITS's character tokenizer), a proxy when only its config is."""
     _check_value_types(metadata)
     config = metadata.get(KEY_TOKENIZER_CONFIG)
     tokenizer_json = metadata.get(KEY_TOKENIZER_JSON)
     if tokenizer_json is not None:
         return TextTokenizer(tokenizer_json, config or {}, _max_length(metadata))
+    if config is not None and config.get("vocab") is not None and config.get("tokenizer_class") == VITS_TOKENIZER_CLASS:
+        return VitsTokenizer(config)
     if config is not None and config.get("vocab") is not None:  # a CTC tokenizer's vocab.json (Wav2Vec2CTCTokenizer)
         return CTCDecoder(config)
     if config is not None:
@@ -1254,6 +1382,11 @@ _IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
     **{name: {**_STANDARD_STEPS, "size": {"shortest_edge": 800, "longest_edge": 1333}, "default_to_square": False,
               "resample": 2, "image_mean": _IMAGENET_DEFAULT_MEAN, "image_std": _IMAGENET_DEFAULT_STD, "do_pad": True}
        for name in ("DetrImageProcessor", "ConditionalDetrImageProcessor", "YolosImageProcessor")},
+    # MaskFormer's and Mask2Former's: DETR's size rule, each side then rounded up to multiples of size_divisor
+    **{name: {**_STANDARD_STEPS, "size": {"shortest_edge": 800, "longest_edge": 1333}, "default_to_square": False,
+              "resample": 2, "image_mean": _IMAGENET_DEFAULT_MEAN, "image_std": _IMAGENET_DEFAULT_STD,
+              "size_divisor": 32}  # no do_pad: they pad whatever it says
+       for name in ("MaskFormerImageProcessor", "Mask2FormerImageProcessor")},
     # the dense-prediction processors (_DenseImageProcessor): DPT (and Depth Anything, which uses it) resizes to size,
     # or as near as the aspect ratio allows, in multiples of ensure_multiple_of, and may pad to multiples of
     # size_divisor; GLPN rounds each image down to multiples of size_divisor; Swin2SR only rescales and pads.
@@ -1262,10 +1395,19 @@ _IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
                           "keep_aspect_ratio": False, "ensure_multiple_of": 1},
     "GLPNImageProcessor": {"do_resize": True, "resample": 2, "do_rescale": True},
     "Swin2SRImageProcessor": {"do_rescale": True, "do_pad": True},
+    # Donut's (_DonutImageProcessor): turned to size's long axis, shortest edge resized, thumbnail, centred padding
+    "DonutImageProcessor": {**_STANDARD_STEPS, "size": {"height": 2560, "width": 1920}, "resample": 2,
+                            "image_mean": _IMAGENET_STANDARD, "image_std": _IMAGENET_STANDARD, "do_pad": True,
+                            "do_thumbnail": True, "do_align_long_axis": False},
     # SegFormer's (UperNet's too): resize to size, rescale, normalize; do_reduce_labels only touches label maps
     "SegformerImageProcessor": {**_STANDARD_STEPS, "size": {"height": 512, "width": 512}, "resample": 2,
                                 "image_mean": _IMAGENET_DEFAULT_MEAN, "image_std": _IMAGENET_DEFAULT_STD},
+    # transformers.js's base class (configs written for it, e.g. RMBG's, name "ImageFeatureExtractor"): resize to
+    # size, rescale, normalize where the config says so, bilinear and 1/255 unless it says otherwise
+    "ImageProcessor": {"do_resize": True, "resample": 2, "do_rescale": True},
 }
+# Class names that are not "<Model>FeatureExtractor" for "<Model>ImageProcessor".
+_IMAGE_PROCESSOR_ALIASES = {"ImageFeatureExtractor": "ImageProcessor"}
 # The dense-prediction classes that pad, and the size_divisor each pads to by default (DPT: none, no padding).
 _PADDING_DIVISORS: dict[str, int | None] = {"DPTImageProcessor": None, "Swin2SRImageProcessor": 8}
 # MobileViT's processor never normalizes, whatever do_normalize says.
@@ -1280,6 +1422,7 @@ _IMAGE_PROCESSOR_MODEL_TYPES = {
     **dict.fromkeys(("bit", "dinov2", "focalnet"), "BitImageProcessor"),
     **dict.fromkeys(("mobilevit", "mobilevitv2"), "MobileViTImageProcessor"),
     "detr": "DetrImageProcessor", "conditional_detr": "ConditionalDetrImageProcessor", "yolos": "YolosImageProcessor",
+    "maskformer": "MaskFormerImageProcessor", "mask2former": "Mask2FormerImageProcessor",
     **dict.fromkeys(("dpt", "depth_anything"), "DPTImageProcessor"),
     "glpn": "GLPNImageProcessor", "swin2sr": "Swin2SRImageProcessor",
     **dict.fromkeys(("segformer", "upernet"), "SegformerImageProcessor"),
@@ -1288,7 +1431,8 @@ _NUMBER_NAMES = (int, float)
 # JSON types of the fields the image processor reads (null: the class default).
 _IMAGE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad",
-                     "default_to_square", "do_flip_channel_order", "keep_aspect_ratio"), (bool,)),
+                     "default_to_square", "do_flip_channel_order", "keep_aspect_ratio", "do_thumbnail",
+                     "do_align_long_axis"), (bool,)),
     **dict.fromkeys(("ensure_multiple_of", "size_divisor"), (int,)),
     "resample": (int,), "rescale_factor": _NUMBER_NAMES, "crop_pct": _NUMBER_NAMES,
     "size": (int, list, dict), "crop_size": (int, list, dict), "image_mean": (int, float, list), "image_std": (int, float, list),
@@ -1520,6 +1664,22 @@ def _array_to_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+# transformers.js's base ImageProcessor's steps this runtime does not rebuild (it rebuilds the resize to one
+# {height, width}, rescale and normalize, which RMBG's configs ask for).
+_UNBUILT_BASE_STEPS = ("do_thumbnail", "do_crop_margin", "size_divisibility", "size_divisor", "pad_size")
+
+
+def _check_base_steps(config: Mapping[str, Any], size: Mapping[str, int]) -> None:
+    """Refuse a transformers.js ImageFeatureExtractor config that asks for a step or size rule not rebuilt here."""
+    steps = [key for key in _UNBUILT_BASE_STEPS if config.get(key)]
+    if steps or (size and "height" not in size):
+        raise ProcessorReconstructionError(
+            f"{KEY_IMAGE_PROCESSOR_CONFIG} (transformers.js's ImageFeatureExtractor) asks for "
+            f"{', '.join(steps) or f'size {dict(size)}'}; this runtime rebuilds its resize to one {{height, width}}, "
+            "rescale and normalize only"
+        )
+
+
 def _pil_to_rgb(image: Any) -> Any:
     """A PIL image as RGB, transparency composited onto white, as transformers' convert_to_rgb."""
     Image = _pil()
@@ -1560,6 +1720,8 @@ class ImageProcessor:
         _pil()
         self.do_resize = bool(values["do_resize"])
         self.size = _size_dict(values["size"], values["default_to_square"], "size") if self.do_resize else {}
+        if self.name == "ImageProcessor":
+            _check_base_steps(config, self.size)
         self.resample = values["resample"]
         if self.do_resize and self.resample not in _RESAMPLE_NAMES:
             raise ProcessorReconstructionError(
@@ -1594,7 +1756,8 @@ class ImageProcessor:
         name = config.get("image_processor_type")
         if name is None and isinstance(config.get("feature_extractor_type"), str):
             # transformers reads an old ViTFeatureExtractor config as ViTImageProcessor
-            name = config["feature_extractor_type"].replace("FeatureExtractor", "ImageProcessor")
+            name = config["feature_extractor_type"]
+            name = _IMAGE_PROCESSOR_ALIASES.get(name) or name.replace("FeatureExtractor", "ImageProcessor")
         if not isinstance(name, str):
             raise ProcessorReconstructionError(
                 f"{KEY_IMAGE_PROCESSOR_CONFIG} names no image processor class (image_processor_type); re-embed from "
@@ -1679,6 +1842,10 @@ class ImageProcessor:
             array = np.asarray(pil)
         if self.do_center_crop:
             array = _center_crop(array, self.crop_size["height"], self.crop_size["width"])
+        return self._pixels(array, scaled)
+
+    def _pixels(self, array: np.ndarray, scaled: bool) -> np.ndarray:
+        """An HWC image rescaled and normalized (by table for bytes; scaled: bytes of a [0, 1] image) as CHW float32."""
         if array.dtype != np.uint8:
             values = self._values(array)
             return np.ascontiguousarray(values[..., list(self.channel_order)].transpose(2, 0, 1))
@@ -1706,7 +1873,9 @@ class ImageProcessor:
         return f"ImageProcessor({self.name}, output size {self.output_size or 'per image'})"
 
 
-_DETECTION_PROCESSORS = frozenset({"DetrImageProcessor", "ConditionalDetrImageProcessor", "YolosImageProcessor"})
+_DETECTION_PROCESSORS = frozenset({"DetrImageProcessor", "ConditionalDetrImageProcessor", "YolosImageProcessor",
+                                   "MaskFormerImageProcessor", "Mask2FormerImageProcessor"})
+_DIVISOR_PADDED = frozenset({"MaskFormerImageProcessor", "Mask2FormerImageProcessor"})  # always padded; size_divisor
 _DETR_SIZE: dict[str, int] = _IMAGE_PROCESSORS["DetrImageProcessor"]["size"]  # its size, and max_size, left out
 
 
@@ -1765,9 +1934,10 @@ def _pad_bottom_right(pixels: Sequence[np.ndarray], size: tuple[int, int] | None
 
 
 class DetectionImageProcessor(ImageProcessor):
-    """DETR's, Conditional DETR's and YOLOS's image processors (their PIL backends): ImageProcessor's steps with their
-    size rules (the shortest edge, the longest capped; YOLOS's multiples of 16), and images padded at the bottom and
-    right to the batch's largest with a pixel_mask. ``processor(images)`` gives ``{"pixel_values", "pixel_mask"}``."""
+    """DETR's, Conditional DETR's, YOLOS's, MaskFormer's and Mask2Former's image processors (their PIL backends):
+    ImageProcessor's steps with their size rules (the shortest edge, the longest capped; YOLOS's multiples of 16;
+    MaskFormer's sides rounded up to multiples of size_divisor), and images padded at the bottom and right to the
+    batch's largest with a pixel_mask. ``processor(images)`` gives ``{"pixel_values", "pixel_mask"}``."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         where = KEY_IMAGE_PROCESSOR_CONFIG
@@ -1780,13 +1950,29 @@ class DetectionImageProcessor(ImageProcessor):
                                                "integers")
         super().__init__({**config, "do_pad": False, "size": _detection_size(config)})
         self.config = dict(config)
-        self.do_pad = do_pad
+        # MaskFormer's and Mask2Former's pad whatever do_pad says (they read none)
+        self.do_pad = do_pad or self.name in _DIVISOR_PADDED
         self.pad_size = None if pad_size is None else (pad_size["height"], pad_size["width"])
+        self.size_divisor = 0
+        if self.name in _DIVISOR_PADDED:
+            self.size_divisor = _field(f"{where}.size_divisor", config.get("size_divisor"), (int,),
+                                       _IMAGE_PROCESSORS[self.name]["size_divisor"], low=0,
+                                       error=ProcessorReconstructionError)
 
     def target_size(self, height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
         if self.name == "YolosImageProcessor":
             return _yolos_size(height, width, size)
-        return _resize_size(height, width, size)
+        height, width = _resize_size(height, width, size)
+        if self.size_divisor:  # MaskFormer's resize: each side up to a multiple of size_divisor
+            height, width = (-(-side // self.size_divisor) * self.size_divisor for side in (height, width))
+        return height, width
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every processed image (a {height, width} size, rounded as target_size rounds it), or None."""
+        if "height" not in self.size:
+            return super().output_size
+        return self.target_size(1, 1, self.size)
 
     def __call__(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
         """Process a list of images (or one) into ``{"pixel_values": (n, 3, height, width) float32, "pixel_mask":
@@ -1971,6 +2157,81 @@ class _Owlv2ImageProcessor(ImageProcessor):
         return np.ascontiguousarray(pixels.astype(np.float32, copy=False).transpose(2, 0, 1))
 
 
+def _thumbnail_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+    """The (height, width) Donut's thumbnail shrinks an image to: within size, its aspect ratio kept (rounded down)."""
+    new_height, new_width = min(height, size["height"]), min(width, size["width"])
+    if (new_height, new_width) == (height, width):
+        return height, width
+    if height > width:
+        new_width = int(width * new_height / height)
+    elif width > height:
+        new_height = int(height * new_width / width)
+    return new_height, new_width
+
+
+def _pad_around(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An HWC image zero-padded to height x width, the image centred (the odd pixel after it), as Donut pads."""
+    top, left = (height - array.shape[0]) // 2, (width - array.shape[1]) // 2
+    return np.pad(array, ((top, height - array.shape[0] - top), (left, width - array.shape[1] - left), (0, 0)))
+
+
+class _DonutImageProcessor(ImageProcessor):
+    """Donut's image processor (its PIL backend): an image whose long axis is not size's turned a quarter clockwise
+    (do_align_long_axis), its shortest edge resized to size's shorter side, shrunk to fit size with its aspect ratio
+    kept (do_thumbnail: bicubic unless resample names a filter), zero-padded around its centre to size (do_pad), then
+    rescaled and normalized. size may be a [width, height] list, as Donut reads it."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        defaults = _IMAGE_PROCESSORS["DonutImageProcessor"]
+        size = config.get("size")
+        size = size[::-1] if isinstance(size, list) else size
+        super().__init__({**config, "size": size, "do_pad": False})
+        self.config = dict(config)
+
+        def read(key: str) -> bool:
+            return bool(_field(f"{KEY_IMAGE_PROCESSOR_CONFIG}.{key}", config.get(key), (bool,), defaults[key],
+                               error=ProcessorReconstructionError))
+
+        self.do_pad, self.do_thumbnail, self.do_align_long_axis = read("do_pad"), read("do_thumbnail"), read("do_align_long_axis")
+        self.target = _size_dict(defaults["size"] if size is None else size, True, "size")
+        if "height" not in self.target:
+            raise ProcessorReconstructionError(f"{KEY_IMAGE_PROCESSOR_CONFIG}.size is {size!r}; Donut's processor reads "
+                                               "{height, width} or [width, height]")
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        return (self.target["height"], self.target["width"]) if self.do_pad else None
+
+    def process(self, image: Any) -> np.ndarray:
+        Image = _pil()
+        loaded = load_image(image)
+        scaled = False
+        if isinstance(loaded, np.ndarray):
+            pil, scaled = _array_to_pil(_array_to_rgb(loaded))
+        else:
+            try:
+                pil = _pil_to_rgb(loaded)
+            except ValueError as exc:  # a mode Pillow cannot convert (La)
+                raise InvalidInputError(f"cannot convert the PIL image to RGB: {exc}") from None
+        height, width = self.target["height"], self.target["width"]
+        if self.do_align_long_axis and ((width < height and pil.width > pil.height)
+                                        or (width > height and pil.width < pil.height)):
+            pil = pil.transpose(Image.Transpose.ROTATE_270)
+        if self.do_resize:
+            pil = _resize(pil, *_resize_size(pil.height, pil.width, {"shortest_edge": min(height, width)}), self.resample)
+        if self.do_thumbnail:
+            shrunk = _thumbnail_size(pil.height, pil.width, self.target)
+            if shrunk != (pil.height, pil.width):
+                pil = _resize(pil, *shrunk, self.resample or 3)
+        array = np.asarray(pil)
+        if self.do_pad:
+            if array.shape[0] > height or array.shape[1] > width:
+                raise InvalidInputError(f"the image is {array.shape[1]}x{array.shape[0]} after resizing, larger than the "
+                                        f"{width}x{height} Donut pads to (its processor's do_thumbnail is off)")
+            array = _pad_around(array, height, width)
+        return self._pixels(array, scaled)
+
+
 def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
     """The image processor of a model, rebuilt from hf_image_processor_config (the class named there, else
     the one transformers uses for the model config's model_type); None when none is embedded."""
@@ -1987,9 +2248,37 @@ def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
         return DetectionImageProcessor(config)
     if ImageProcessor._class_name(config) == "Owlv2ImageProcessor":
         return _Owlv2ImageProcessor(config)
+    if ImageProcessor._class_name(config) == "DonutImageProcessor":
+        return _DonutImageProcessor(config)
     if ImageProcessor._class_name(config) in _DENSE_PROCESSORS:
         return _DenseImageProcessor(config)
     return ImageProcessor(config)
+
+
+# torch's bilinear interpolation (align_corners=False) in numpy: semantic segmentation brings logits to the image's
+# size with it, CLAP's feature extractor shrinks a long clip's whole mel spectrogram.
+
+def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each of target positions, the 2 source positions it reads and their weights, as torch's
+    upsample_bilinear2d with align_corners=False computes them (in float32: centres aligned, scale source / target,
+    positions before the first clamped to it)."""
+    scale = np.float32(source / target)
+    real = np.maximum(scale * (np.arange(target, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    low = real.astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    far = np.clip(real - low.astype(np.float32), np.float32(0), np.float32(1))
+    return low, high, (np.float32(1) - far).astype(np.float32), far.astype(np.float32)
+
+
+def _bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(..., h, w) maps resized to (..., height, width) in float32 as torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False): along each row, then down each column."""
+    source = maps.astype(np.float32, copy=False)
+    low, high, near, far = _linear_taps(source.shape[-1], width)
+    wide = source[..., low] * near + source[..., high] * far
+    low, high, near, far = _linear_taps(source.shape[-2], height)
+    out: np.ndarray = wide[..., low, :] * near[:, None] + wide[..., high, :] * far[:, None]
+    return out
 
 
 # --- Audio feature extractors -------------------------------------------------------------------------
@@ -1997,7 +2286,8 @@ def load_image_processor(metadata: Mapping[str, Any]) -> ImageProcessor | None:
 # Audio inputs become mono float32 waveforms at the model's sampling rate (load_audio), then the features
 # the graph takes, computed in numpy exactly as transformers computes them in the pipeline: Whisper's
 # log-mel spectrogram, Wav2Vec2's normalized waveform, the Audio Spectrogram Transformer's Kaldi filter
-# bank. CTCDecoder turns the argmax ids of a CTC model into text as Wav2Vec2CTCTokenizer does.
+# bank, CLAP's dB mels (cut, repeated or fused). CTCDecoder turns the argmax ids of a CTC model into text as
+# Wav2Vec2CTCTokenizer does.
 
 _WAVE_PCM, _WAVE_FLOAT, _WAVE_EXTENSIBLE = 1, 3, 0xFFFE
 # WAV encodings decoded here: (format tag, bits per sample) -> numpy dtype of one sample.
@@ -2198,6 +2488,8 @@ def resample(audio: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
 
 
 def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
+    if mel_scale == "htk":
+        return 2595.0 * np.log10(1.0 + freq / 700.0)
     if mel_scale == "kaldi":
         return 1127.0 * np.log(1.0 + freq / 700.0)
     # slaney: linear below 1 kHz, logarithmic above
@@ -2206,6 +2498,8 @@ def _hertz_to_mel(freq: Any, mel_scale: str) -> Any:
 
 
 def _mel_to_hertz(mels: Any, mel_scale: str) -> Any:
+    if mel_scale == "htk":
+        return 700.0 * (np.power(10, mels / 2595.0) - 1.0)
     if mel_scale == "kaldi":
         return 700.0 * (np.exp(mels / 1127.0) - 1.0)
     return np.where(mels >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mels - 15.0)), 200.0 * mels / 3.0)
@@ -2215,7 +2509,8 @@ def mel_filter_bank(num_frequency_bins: int, num_mel_filters: int, min_frequency
                     sampling_rate: int, *, norm: str | None, mel_scale: str,
                     triangularize_in_mel_space: bool = False) -> np.ndarray:
     """Triangular mel filters (num_frequency_bins, num_mel_filters), float64, as transformers.audio_utils.mel_filter_bank
-    computes them: mel_scale "slaney" (with norm "slaney": Whisper's, as librosa) or "kaldi" (in mel space: AST's)."""
+    computes them: mel_scale "slaney" (with norm "slaney": Whisper's, as librosa; CLAP's rand_trunc), "kaldi" (in mel
+    space: AST's) or "htk" (CLAP's fusion, as torchaudio)."""
     mel_freqs = np.linspace(_hertz_to_mel(min_frequency, mel_scale), _hertz_to_mel(max_frequency, mel_scale), num_mel_filters + 2)
     filter_freqs = _mel_to_hertz(mel_freqs, mel_scale)
     if triangularize_in_mel_space:
@@ -2297,9 +2592,15 @@ def _kaldi_power(waveform: np.ndarray, window: np.ndarray, hop: int, fft_length:
     frames = _frames(waveform.astype(np.float64), len(window), hop)
     frames = frames - frames.mean(axis=-1, keepdims=True)
     emphasized = np.concatenate([frames[:, :1] * (1 - 0.97), frames[:, 1:] - 0.97 * frames[:, :-1]], axis=-1)
-    # stored as complex64, then squared in float64, as transformers' spectrogram does
-    spectrum = np.fft.rfft(emphasized * window, n=fft_length, axis=-1).astype(np.complex64)
-    return np.abs(spectrum, dtype=np.float64) ** 2
+    return _power_spectrum(emphasized * window, fft_length)
+
+
+def _power_spectrum(frames: np.ndarray, fft_length: int) -> np.ndarray:
+    """|rfft|² (frames, fft_length // 2 + 1) of windowed float64 frames as transformers' numpy spectrogram computes it:
+    the spectrum stored as complex64, then squared in float64."""
+    spectrum = np.fft.rfft(frames, n=fft_length, axis=-1).astype(np.complex64)
+    out: np.ndarray = np.abs(spectrum, dtype=np.float64) ** 2
+    return out
 
 
 def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[type, ...], *, at_most: int | None = None) -> Any:
@@ -2309,11 +2610,17 @@ def _fe_value(config: Mapping[str, Any], name: str, default: Any, types: tuple[t
                   low=1 if at_most else None, high=at_most, error=ProcessorReconstructionError)
 
 
+def _fe_choice(config: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A feature extractor config field that names one of choices."""
+    value = _fe_value(config, name, default, (str,))
+    if value not in choices:
+        raise ProcessorReconstructionError(f"{KEY_FEATURE_EXTRACTOR_CONFIG}.{name} is {value!r}; expected "
+                                           f"{', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}")
+    return str(value)
+
+
 def _fe_side(config: Mapping[str, Any]) -> str:
-    side = _fe_value(config, "padding_side", "right", (str,))
-    if side not in ("right", "left"):
-        raise ProcessorReconstructionError(f"{KEY_FEATURE_EXTRACTOR_CONFIG}.padding_side is {side!r}; expected 'right' or 'left'")
-    return str(side)
+    return _fe_choice(config, "padding_side", "right", ("right", "left"))
 
 
 class _AudioFeatureExtractor:
@@ -2442,10 +2749,118 @@ class ASTFeatureExtractor(_AudioFeatureExtractor):
         return {"input_values": features}
 
 
+_CLAP_TRUNCATIONS, _CLAP_PADDINGS = ("fusion", "rand_trunc"), ("repeatpad", "repeat", "pad")
+_CLAP_SHRUNK_BINS = 64  # fusion shrinks the whole clip's mel to 64 bins, whatever feature_size says (as transformers)
+_STFT_BLOCK = 4096  # frames per block of a spectrogram: a long clip's frames are never all held at once
+
+
+def _clap_log_mel(waveform: np.ndarray, window: np.ndarray, hop: int, filters: np.ndarray) -> np.ndarray:
+    """Log-mel spectrogram (frames, mels), float32 dB, of a float64 waveform as transformers' spectrogram computes it
+    for CLAP: centred frames (reflect padding), power spectrum, mel floored at 1e-10, 10 log10."""
+    half = len(window) // 2
+    frames = _frames(np.pad(waveform, (half, half), mode="reflect"), len(window), hop)
+    mel = np.concatenate([np.maximum(1e-10, _power_spectrum(frames[i: i + _STFT_BLOCK] * window, len(window)) @ filters)
+                          for i in range(0, len(frames), _STFT_BLOCK)])
+    out: np.ndarray = (10.0 * np.log10(mel)).astype(np.float32)
+    return out
+
+
+class ClapFeatureExtractor(_AudioFeatureExtractor):
+    """CLAP's log-mel features as transformers' ClapFeatureExtractor computes them. A clip longer than max_length_s is
+    cut or fused (truncation "rand_trunc": a random window of max_length_s, slaney mels; "fusion": the whole clip's htk
+    mels shrunk to the window's frames by torch's bilinear interpolation beside 3 random crops of them, one from each
+    third); a shorter one is repeated (padding "repeat", "repeatpad") and zero-padded to max_length_s. input_features
+    (n, 4 with fusion else 1, frames, feature_size) float32, is_longer (n, 1) bool: whether the clip was cut or fused
+    (with fusion, when none of the batch was, one chosen at random is marked, as transformers does)."""
+
+    model_input_names = ("input_features", "is_longer")
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.feature_size = int(_fe_value(config, "feature_size", 64, _INT, at_most=_MAX_MEL_BINS))
+        self.sampling_rate = int(_fe_value(config, "sampling_rate", 48000, _INT, at_most=_MAX_RATE))
+        self.hop_length = int(_fe_value(config, "hop_length", 480, _INT, at_most=_MAX_FFT))
+        self.max_length_s = int(_fe_value(config, "max_length_s", 10, _INT, at_most=_MAX_CHUNK_SAMPLES))
+        self.fft_window_size = int(_fe_value(config, "fft_window_size", 1024, _INT, at_most=_MAX_FFT))
+        self.padding_value = 0.0  # transformers pads with zeros, whatever padding_value says
+        low = float(_fe_value(config, "frequency_min", 0, _NUMBER))
+        high = float(_fe_value(config, "frequency_max", 14000, _NUMBER))
+        self.truncation = _fe_choice(config, "truncation", "fusion", _CLAP_TRUNCATIONS)
+        self.padding = _fe_choice(config, "padding", "repeatpad", _CLAP_PADDINGS)
+        self.max_length = self.max_length_s * self.sampling_rate  # transformers' nb_max_samples
+        if not 2 <= self.fft_window_size <= self.max_length <= _MAX_CHUNK_SAMPLES or not 0 <= low <= high:
+            raise ProcessorReconstructionError(
+                f"{KEY_FEATURE_EXTRACTOR_CONFIG}: max_length_s {self.max_length_s} at {self.sampling_rate} Hz is "
+                f"{self.max_length} samples, fft_window_size {self.fft_window_size}, frequencies {low:g} to {high:g} Hz; "
+                f"the window must be from 2 samples to max_length, max_length at most {_MAX_CHUNK_SAMPLES}, and "
+                "0 <= frequency_min <= frequency_max"
+            )
+        if self.truncation == "fusion" and self.feature_size != _CLAP_SHRUNK_BINS:
+            raise ProcessorReconstructionError(
+                f"{KEY_FEATURE_EXTRACTOR_CONFIG}: truncation 'fusion' shrinks a long clip's mel spectrogram to "
+                f"{_CLAP_SHRUNK_BINS} bins (as transformers), so feature_size must be {_CLAP_SHRUNK_BINS}, "
+                f"not {self.feature_size}"
+            )
+        self.frames = self.max_length // self.hop_length + 1  # transformers' chunk_frames
+        self.window = _hann_window(self.fft_window_size, periodic=True)
+        # fusion's filters are torchaudio's (htk), rand_trunc's librosa's (slaney), as in the original implementation
+        scale = "htk" if self.truncation == "fusion" else "slaney"
+        self.mel_filters = mel_filter_bank(self.fft_window_size // 2 + 1, self.feature_size, low, high, self.sampling_rate,
+                                           norm=None if scale == "htk" else "slaney", mel_scale=scale)
+
+    def log_mel(self, waveform: np.ndarray) -> np.ndarray:
+        """Log-mel spectrogram (frames, feature_size) float32 of one waveform (float64)."""
+        return _clap_log_mel(waveform, self.window, self.hop_length, self.mel_filters)
+
+    def fusion(self, mel: np.ndarray, rng: Any) -> np.ndarray:
+        """A long clip's 4 mels: the whole of it shrunk to the window's frames, and 3 crops starting in each third of
+        the possible starts (rng.choice, as transformers' np.random.choice)."""
+        starts = np.array_split(np.arange(len(mel) - self.frames + 1), 3)
+        picked = [rng.choice(s if len(s) else [0]) for s in starts]
+        shrunk = _bilinear(mel, self.frames, _CLAP_SHRUNK_BINS)
+        return np.stack([shrunk, *(mel[int(p): int(p) + self.frames] for p in picked)])
+
+    def input_mel(self, waveform: np.ndarray, rng: Any) -> tuple[np.ndarray, bool]:
+        """One waveform's mels (4 or 1, frames, feature_size) and whether it was longer than max_length (transformers'
+        _get_input_mel)."""
+        waveform = waveform.astype(np.float64)
+        if len(waveform) > self.max_length:
+            if self.truncation == "rand_trunc":
+                start = int(rng.randint(0, len(waveform) - self.max_length + 1))
+                return self.log_mel(waveform[start: start + self.max_length])[None], True
+            mel = self.log_mel(waveform)
+            if len(mel) == self.frames:  # longer by less than a hop: the whole clip, 4 times, as transformers
+                return np.stack([mel] * 4), False
+            return self.fusion(mel, rng), True
+        if len(waveform) < self.max_length:
+            if self.padding == "repeat":
+                waveform = np.tile(waveform, int(self.max_length / len(waveform)) + 1)[: self.max_length]
+            elif self.padding == "repeatpad":
+                waveform = np.tile(waveform, int(self.max_length / len(waveform)))
+            waveform = np.pad(waveform, (0, self.max_length - len(waveform)))
+        mel = self.log_mel(waveform)
+        return (np.stack([mel] * 4) if self.truncation == "fusion" else mel[None]), False
+
+    def __call__(self, audios: Sequence[np.ndarray], rng: Any = None) -> dict[str, np.ndarray]:
+        """input_features and is_longer of the waveforms; rng draws the random crops and marks (numpy's RandomState
+        API: randint, choice), numpy's global random state by default, as transformers draws them."""
+        rng = np.random if rng is None else rng
+        mels, longer = [], []
+        for audio in self._waveforms(audios):
+            if not len(audio):
+                raise InvalidInputError("the audio is empty: CLAP's features need at least one sample")
+            mel, is_longer = self.input_mel(audio, rng)
+            mels.append(mel)
+            longer.append(is_longer)
+        if self.truncation == "fusion" and not any(longer):
+            longer[int(rng.randint(0, len(mels)))] = True
+        return {"input_features": np.stack(mels), "is_longer": np.array(longer, dtype=bool)[:, None]}
+
+
 FEATURE_EXTRACTORS: dict[str, Callable[[Mapping[str, Any]], _AudioFeatureExtractor]] = {
     "WhisperFeatureExtractor": WhisperFeatureExtractor,
     "Wav2Vec2FeatureExtractor": Wav2Vec2FeatureExtractor,
     "ASTFeatureExtractor": ASTFeatureExtractor,
+    "ClapFeatureExtractor": ClapFeatureExtractor,
 }
 """The audio feature extractors this runtime rebuilds, by their ``feature_extractor_type``."""
 # What transformers' AutoFeatureExtractor picks for a config that names no feature_extractor_type.
@@ -2454,6 +2869,7 @@ _MODEL_FEATURE_EXTRACTORS = {
                      "wav2vec2-conformer"), "Wav2Vec2FeatureExtractor"),
     "whisper": "WhisperFeatureExtractor",
     "audio-spectrogram-transformer": "ASTFeatureExtractor",
+    "clap": "ClapFeatureExtractor",
 }
 
 
@@ -2831,7 +3247,9 @@ def _one_file_layout(signature: _Signature) -> dict[str, Any]:
         else:
             outputs["decoder" if name == "logits" or is_present_output(name) else "encoder"][name] = name
     first = {roles[n]: n for n in decoder_in if not is_past_input(n)}
-    step = {roles[n]: n for n in decoder_in if n != "encoder_hidden_states"}
+    # later steps read the cross-attention past; a decoder without one (GPT-2's cross-attention) the encoder's output
+    cross_past = any(is_past_input(n) and is_cross_attention(n) for n in decoder_in)
+    step = {roles[n]: n for n in decoder_in if n != "encoder_hidden_states" or not cross_past}
     entries = {
         "encoder": {"inputs": _same(encoder_in), "outputs": outputs["encoder"], "phase": PHASES["encoder"]},
         "decoder": {"inputs": first, "outputs": outputs["decoder"], "phase": PHASES["decoder"]},
@@ -3121,6 +3539,29 @@ def _strings(name: str, value: Any) -> tuple[str, ...]:
     return tuple(texts)
 
 
+# The constraint options (the Constraints room compiles them) are checked to hashable values: a _GenerationConfig
+# stays one (the server batches by it).
+def _json_schema_option(name: str, value: Any) -> str:
+    """A JSON Schema (an object or a boolean, or its JSON text) as compact JSON text, its key order kept."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidInputError(f"{name} must be a JSON Schema (an object, or its JSON text): {exc}") from None
+    if not isinstance(value, (dict, bool)):
+        raise InvalidInputError(f"{name} must be a JSON Schema (an object, or its JSON text), got {value!r}")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:  # a value JSON cannot hold, a circular reference
+        raise InvalidInputError(f"{name} must be a JSON Schema, which holds JSON values only: {exc}") from None
+
+
+def _choices_option(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InvalidInputError(f"{name} must be a non-empty list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
 _GENERATION_OPTIONS = (  # name, check, transformers' global default (GenerationConfig)
     _Option("max_new_tokens", _integer(1), None),
     _Option("max_length", _integer(1), 20),
@@ -3149,8 +3590,15 @@ _GENERATION_OPTIONS = (  # name, check, transformers' global default (Generation
     _Option("use_cache", _boolean, True),
     # not transformers': sampling here draws from numpy, so a seed makes it reproducible
     _Option("seed", _integer(0), None),
+    # not transformers': constrained generation (the Constraints room), at most one of them
+    _Option("json_schema", _json_schema_option, None),
+    _Option("json_object", _boolean, False),
+    _Option("regex", _string, None),
+    _Option("choices", _choices_option, None),
 )
 _GENERATION_OPTION_NAMES = tuple(o.name for o in _GENERATION_OPTIONS)
+# options a caller gives, never a model's generation config or task_specific_params
+_CALLER_OPTIONS = frozenset({"seed", "json_schema", "json_object", "regex", "choices"})
 
 _SAMPLING_OPTIONS = frozenset({"temperature", "top_k", "top_p", "typical_p"})
 # Keys of a generation_config.json that change nothing here: bookkeeping, and outputs a pipeline never returns.
@@ -3190,6 +3638,10 @@ class _GenerationConfig(NamedTuple):
     stop_strings: tuple[str, ...] | None
     use_cache: bool
     seed: int | None
+    json_schema: str | None
+    json_object: bool
+    regex: str | None
+    choices: tuple[str, ...] | None
     explicit: frozenset[str]
 
     @property
@@ -3221,7 +3673,7 @@ def _model_generation_defaults(generation_config: Mapping[str, Any] | None, mode
     for key, value in source.items():
         if value is None or key in _INERT_GENERATION_KEYS:
             continue
-        if key not in checks or key == "seed":
+        if key not in checks or key in _CALLER_OPTIONS:
             ignored.append(key)
             continue
         _checked("the embedded generation config", key, value, checks[key])
@@ -3499,9 +3951,12 @@ class _Typical:
         return np.where(_unsort(remove, order), -np.inf, scores).astype(scores.dtype, copy=False)
 
 
-def _logits_processors(config: _GenerationConfig, prompts: _Prompts, rows: np.ndarray) -> list[_Processor]:
+def _logits_processors(config: _GenerationConfig, prompts: _Prompts, rows: np.ndarray,
+                       constraints: Sequence[_TokenIndex | None] | None = None) -> list[_Processor]:
     """The processors generate() builds for these options, in _get_logits_processor's order (warpers last,
-    when sampling); rows maps each decoding row to its prompt."""
+    when sampling); rows maps each decoding row to its prompt. A constraint (one per prompt, None for a free one)
+    masks after the other processors and before the warpers (as a logits_processor given to generate() runs), so
+    that sampling, top-k and top-p choose among the tokens it allows."""
     pad, lengths = prompts.pad[rows], prompts.ids.shape[1] - prompts.pad[rows]
     eos = config.eos_token_id or ()
     processors: list[_Processor] = []
@@ -3523,6 +3978,8 @@ def _logits_processors(config: _GenerationConfig, prompts: _Prompts, rows: np.nd
         # the first new token, or the second when a forced bos follows a prompt of one token
         late = (lengths <= 1) & (config.forced_bos_token_id is not None)
         processors.append(_SuppressTokens(config.begin_suppress_tokens, lengths + late, pad))
+    if constraints is not None and any(c is not None for c in constraints):
+        processors.append(_Constrained([constraints[r] for r in rows.tolist()], eos))
     if config.do_sample:
         # beams keep at least one token that is not eos, to go on with
         keep = len(eos) + 1 if config.num_beams > 1 else 1
@@ -3626,6 +4083,964 @@ class _Stopping:
         return done
 
 
+# --- Constraints --------------------------------------------------------------------------------------
+# Constrained generation (the options json_schema, json_object, regex, choices): the constraint becomes a regular
+# expression (a JSON Schema through _json_schema_regex, choices an alternation of their literal text), parsed
+# (Python re syntax without back-references or look-around) into an NFA over UTF-8 bytes (a character class is
+# the byte ranges of its encodings), determinized lazily (_Automaton: a state is a set of NFA states; transitions
+# by byte class filled as they are first needed; capped). _TokenIndex maps an automaton state to the tokens whose
+# bytes it can read, walking the whole vocabulary at once in numpy (tokens longest first, one byte column at a time:
+# a trie's walk, vectorized), cached per state; _Constrained masks the logits row by row. Bytes, not characters, so
+# a token that ends inside a multi-byte character is as good as any. The new text must match the whole pattern.
+
+_MAX_PATTERN = 200_000  # characters of a pattern
+_MAX_REPEAT = 10_000  # a {m,n} bound
+_MAX_NFA_STATES = 300_000
+_MAX_DFA_STATES = 20_000
+_MAX_SUBSET_ITEMS = 4_000_000  # NFA states in the DFA's states, together (about 200 MB at most)
+_MAX_MASKS = 1_024  # token masks kept per constraint (one bool per token each)
+_MAX_CONSTRAINTS = 8  # compiled constraints kept per task
+_MAX_TOKEN_BYTES = 256  # longer tokens are never allowed under a constraint (their walk would cost more than they give)
+_JSON_DEPTH = 4  # containers nested in the object of json_object=True
+_SCHEMA_ANY_DEPTH = 2  # containers nested in a schema's untyped parts ({}, true, an object without properties)
+_MAX_NESTING = 120  # groups nested in a pattern (a schema nests at most half as deep)
+_MAX_CHAR = 0x10FFFF
+_BOUND_DIGITS = 15  # a schema's numeric bounds lie within +-10**15
+
+_Node = tuple[Any, ...]  # ("set", ranges) | ("cat", nodes) | ("alt", nodes) | ("rep", node, low, high or None)
+_Ranges = tuple[tuple[int, int], ...]
+# re.ASCII's classes: a generated digit is an ASCII digit
+_CLASS_ESCAPES: dict[str, _Ranges] = {"d": ((48, 57),), "w": ((48, 57), (65, 90), (95, 95), (97, 122)),
+                                      "s": ((9, 13), (32, 32))}
+_CHAR_ESCAPES = {"n": 10, "t": 9, "r": 13, "f": 12, "v": 11, "a": 7}
+_QUANTIFIER = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+def _merged(ranges: Iterable[tuple[int, int]]) -> _Ranges:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def _negated(ranges: Iterable[tuple[int, int]]) -> _Ranges:
+    out, start = [], 0
+    for lo, hi in _merged(ranges):
+        if lo > start:
+            out.append((start, lo - 1))
+        start = hi + 1
+    if start <= _MAX_CHAR:
+        out.append((start, _MAX_CHAR))
+    return tuple(out)
+
+
+class _RegexParser:
+    """A pattern in Python's re syntax as a tree of _Node: literals, escapes, classes, groups, alternation and
+    quantifiers (lazy ones read as greedy: the same language). Back-references, look-around, word boundaries,
+    conditionals, atomic groups, possessive quantifiers and inline flags are refused: they are not regular, or
+    change what matches. ^ and $ (\\A, \\Z) are taken at the ends only: the text matches the whole pattern."""
+
+    def __init__(self, pattern: str, what: str) -> None:
+        self.p, self.i, self.what = pattern, 0, what
+        self.depth = 0
+
+    def error(self, message: str) -> InvalidInputError:
+        shown = self.p if len(self.p) <= 60 else self.p[:57] + "..."
+        return InvalidInputError(f"{self.what}: {message} (at position {self.i} of {shown!r})")
+
+    def parse(self) -> _Node:
+        if len(self.p) > _MAX_PATTERN:
+            raise InvalidInputError(f"{self.what} is {len(self.p)} characters long, more than {_MAX_PATTERN}; "
+                                    "simplify it")
+        node = self.alternation()
+        if self.i < len(self.p):
+            raise self.error("unbalanced parenthesis")
+        return node
+
+    def alternation(self) -> _Node:
+        items = [self.sequence()]
+        while self.i < len(self.p) and self.p[self.i] == "|":
+            self.i += 1
+            items.append(self.sequence())
+        return items[0] if len(items) == 1 else ("alt", tuple(items))
+
+    def sequence(self) -> _Node:
+        items: list[_Node] = []
+        while self.i < len(self.p) and self.p[self.i] not in "|)":
+            atom = self.atom()
+            if atom is not None:
+                items.append(self.quantified(atom))
+        return items[0] if len(items) == 1 else ("cat", tuple(items))
+
+    def quantified(self, atom: _Node) -> _Node:
+        p = self.p
+        while self.i < len(p):
+            c = p[self.i]
+            bounds = _QUANTIFIER.match(p, self.i)
+            if c in "*+?":
+                low, high = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
+                self.i += 1
+            elif c == "{" and bounds is not None and (bounds[1] or bounds[3]):
+                if max(len(bounds[1]), len(bounds[3])) > len(str(_MAX_REPEAT)):
+                    raise self.error(f"a repetition bound above {_MAX_REPEAT}")
+                low = int(bounds[1] or 0)
+                high = int(bounds[3]) if bounds[3] else (None if bounds[2] else low)
+                if max(low, high or 0) > _MAX_REPEAT:
+                    raise self.error(f"a repetition bound above {_MAX_REPEAT}")
+                if high is not None and high < low:
+                    raise self.error("min repeat greater than max repeat")
+                self.i = bounds.end()
+            else:
+                return atom
+            if self.i < len(p) and p[self.i] == "?":
+                self.i += 1
+            elif self.i < len(p) and p[self.i] == "+":
+                raise self.error("possessive quantifiers (*+, ++, ?+) are not supported")
+            atom = ("rep", atom, low, high)
+        return atom
+
+    def atom(self) -> _Node | None:
+        p, c = self.p, self.p[self.i]
+        self.i += 1
+        if c == "(":
+            return self.group()
+        if c == "[":
+            return ("set", self.klass())
+        if c == ".":
+            return ("set", ((0, 9), (11, _MAX_CHAR)))
+        if c == "^" or c == "$":
+            if (c == "^" and self.i == 1) or (c == "$" and self.i == len(p)):
+                return None
+            raise self.error(f"{c} is taken only at the {'start' if c == '^' else 'end'} of the pattern")
+        if c in "*+?":
+            raise self.error("nothing to repeat")
+        if c == "\\":
+            ahead = p[self.i: self.i + 1]
+            if (ahead == "A" and self.i == 1) or (ahead == "Z" and self.i + 1 == len(p)):
+                self.i += 1
+                return None
+            return ("set", self.escape(in_class=False))
+        return ("set", ((ord(c), ord(c)),))
+
+    def group(self) -> _Node | None:
+        p = self.p
+        if p.startswith("?", self.i):
+            ahead = p[self.i: self.i + 4]
+            if ahead.startswith("?:"):
+                self.i += 2
+            elif ahead.startswith("?P="):
+                raise self.error("back-references ((?P=name)) are not supported: they are not regular")
+            elif ahead.startswith(("?P<", "?<")) and not ahead.startswith(("?<=", "?<!")):
+                end = p.find(">", self.i)
+                if end < 0:
+                    raise self.error("unterminated group name")
+                self.i = end + 1
+            elif ahead.startswith(("?=", "?!", "?<=", "?<!")):
+                raise self.error(f"look-around (({ahead[:3] if ahead.startswith('?<') else ahead[:2]}...)) is not "
+                                 "supported")
+            elif ahead.startswith("?#"):
+                end = p.find(")", self.i)
+                if end < 0:
+                    raise self.error("unterminated comment")
+                self.i = end + 1
+                return None
+            elif ahead.startswith("?("):
+                raise self.error("conditional groups ((?(1)...)) are not supported: they are not regular")
+            elif ahead.startswith("?>"):
+                raise self.error("atomic groups ((?>...)) are not supported")
+            else:
+                raise self.error("inline flags ((?i), (?s), ...) are not supported; write the characters out")
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise self.error(f"groups nested more than {_MAX_NESTING} deep")
+        node = self.alternation()
+        self.depth -= 1
+        if self.i >= len(p) or p[self.i] != ")":
+            raise self.error("missing ), unterminated subpattern")
+        self.i += 1
+        return node
+
+    def escape(self, in_class: bool) -> _Ranges:
+        p = self.p
+        if self.i >= len(p):
+            raise self.error("the pattern ends with a backslash")
+        c = p[self.i]
+        self.i += 1
+        if c in _CLASS_ESCAPES:
+            return _CLASS_ESCAPES[c]
+        if c.lower() in _CLASS_ESCAPES:
+            return _negated(_CLASS_ESCAPES[c.lower()])
+        if c in _CHAR_ESCAPES:
+            return ((_CHAR_ESCAPES[c],) * 2,)
+        if c == "b" and in_class:
+            return ((8, 8),)
+        if c in "xuU":
+            digits = {"x": 2, "u": 4, "U": 8}[c]
+            text = p[self.i: self.i + digits]
+            if len(text) != digits or not all(d in "0123456789abcdefABCDEF" for d in text) or int(text, 16) > _MAX_CHAR:
+                raise self.error(f"bad escape \\{c}{text}")
+            self.i += digits
+            return ((int(text, 16),) * 2,)
+        if c == "0":
+            octal = re.match(r"[0-7]{0,2}", p[self.i:])
+            self.i += len(octal[0]) if octal else 0
+            value = int("0" + (octal[0] if octal else ""), 8)
+            return ((value, value),)
+        if c.isdigit():
+            raise self.error(f"back-references (\\{c}) are not supported: they are not regular")
+        if c in "bB":
+            raise self.error(f"word boundaries (\\{c}) are not supported")
+        if c in "AZ":
+            raise self.error(f"\\{c} is taken only at the {'start' if c == 'A' else 'end'} of the pattern")
+        if c.isascii() and c.isalpha():
+            raise self.error(f"bad escape \\{c}")
+        return ((ord(c), ord(c)),)
+
+    def klass(self) -> _Ranges:
+        p = self.p
+        negate = p.startswith("^", self.i)
+        self.i += negate
+        ranges: list[tuple[int, int]] = []
+        first = True
+        while True:
+            if self.i >= len(p):
+                raise self.error("unterminated character set")
+            if p[self.i] == "]" and not first:
+                self.i += 1
+                break
+            first = False
+            item = self.class_item()
+            if p.startswith("-", self.i) and not p.startswith("-]", self.i) and len(item) == 1 and item[0][0] == item[0][1]:
+                self.i += 1
+                end = self.class_item()
+                if len(end) != 1 or end[0][0] != end[0][1] or end[0][0] < item[0][0]:
+                    raise self.error("bad character range")
+                item = ((item[0][0], end[0][0]),)
+            ranges.extend(item)
+        return _negated(ranges) if negate else _merged(ranges)
+
+    def class_item(self) -> _Ranges:
+        c = self.p[self.i]
+        self.i += 1
+        return self.escape(in_class=True) if c == "\\" else ((ord(c), ord(c)),)
+
+
+def _regex_source(node: _Node) -> str:
+    """A _Node as a pattern that _RegexParser (and re) read back."""
+    kind = node[0]
+    if kind == "set":
+        ranges = node[1]
+        if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+            return _char_source(ranges[0][0])
+        if not ranges:
+            return "[^\\x00-\\U0010ffff]"
+        return "[" + "".join(_char_source(lo) if lo == hi else f"{_char_source(lo)}-{_char_source(hi)}"
+                             for lo, hi in ranges) + "]"
+    if kind == "cat":
+        return "".join(f"(?:{_regex_source(n)})" if n[0] == "alt" else _regex_source(n) for n in node[1])
+    if kind == "alt":
+        return "|".join(_regex_source(n) for n in node[1])
+    inner = _regex_source(node[1])
+    inner = inner if node[1][0] == "set" else f"(?:{inner})"
+    low, high = node[2], node[3]
+    return inner + ("*" if (low, high) == (0, None) else "+" if (low, high) == (1, None) else "?" if (low, high) == (0, 1)
+                    else f"{{{low},}}" if high is None else f"{{{low},{high}}}")
+
+
+def _char_source(code: int) -> str:
+    char = chr(code)
+    if char.isascii() and char.isalnum():
+        return char
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
+    """The code points lo..hi (surrogates left out) as UTF-8: sequences of byte ranges, each matching whole
+    characters (as regex-automata's Utf8Sequences)."""
+    out: list[list[tuple[int, int]]] = []
+    pending = [(lo, hi)]
+    while pending:
+        lo, hi = pending.pop()
+        if lo <= 0xDFFF and hi >= 0xD800:
+            pending += [r for r in ((lo, 0xD7FF), (0xE000, hi)) if r[0] <= r[1]]
+            continue
+        split = next(((lo, b), (b + 1, hi)) for b in (0x7F, 0x7FF, 0xFFFF, hi) if lo <= b <= hi)
+        if split[0][1] != hi:
+            pending += split
+            continue
+        if hi <= 0x7F:
+            out.append([(lo, hi)])
+            continue
+        for k in range(1, 4):
+            m = (1 << (6 * k)) - 1
+            if lo & ~m != hi & ~m:
+                if lo & m:
+                    pending += [(lo, lo | m), ((lo | m) + 1, hi)]
+                    break
+                if hi & m != m:
+                    pending += [(lo, (hi & ~m) - 1), (hi & ~m, hi)]
+                    break
+        else:
+            out.append(list(zip(chr(lo).encode(), chr(hi).encode())))
+    return out
+
+
+class _Nfa:
+    """Thompson's construction over bytes: per state its byte-range edges and its empty moves; capped."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.edges: list[list[tuple[int, int, int]]] = []
+        self.eps: list[list[int]] = []
+
+    def state(self) -> int:
+        if len(self.eps) >= _MAX_NFA_STATES:
+            raise InvalidInputError(f"{self.what} is too large: its automaton passes {_MAX_NFA_STATES} states; "
+                                    "simplify it (fewer alternatives, smaller repetition bounds)")
+        self.edges.append([])
+        self.eps.append([])
+        return len(self.eps) - 1
+
+    def build(self, node: _Node) -> tuple[int, int]:
+        """The (start, end) states of a fragment matching node; each call builds a new copy."""
+        kind = node[0]
+        if kind == "set":
+            start, end = self.state(), self.state()
+            for lo, hi in node[1]:
+                for sequence in _utf8_sequences(lo, hi):
+                    at = start
+                    for k, (low, high) in enumerate(sequence):
+                        to = end if k == len(sequence) - 1 else self.state()
+                        self.edges[at].append((low, high, to))
+                        at = to
+            return start, end
+        if kind == "cat":
+            start = end = self.state()
+            for item in node[1]:
+                first, last = self.build(item)
+                self.eps[end].append(first)
+                end = last
+            return start, end
+        if kind == "alt":
+            start, end = self.state(), self.state()
+            for item in node[1]:
+                first, last = self.build(item)
+                self.eps[start].append(first)
+                self.eps[last].append(end)
+            return start, end
+        _, item, low, high = node
+        start = end = self.state()
+        for _ in range(low):
+            first, last = self.build(item)
+            self.eps[end].append(first)
+            end = last
+        if high is None:
+            loop = self.state()
+            self.eps[end].append(loop)
+            first, last = self.build(item)
+            self.eps[loop].append(first)
+            self.eps[last].append(loop)
+            return start, loop
+        exit_ = self.state()
+        for _ in range(high - low):
+            first, last = self.build(item)
+            self.eps[end] += [exit_, first]
+            end = last
+        self.eps[end].append(exit_)
+        return start, exit_
+
+
+class _Automaton:
+    """A DFA over bytes built lazily from an NFA by the subset construction: state 0 is the start, -1 the dead state;
+    ``table[state, byte class]`` is the next state (-2 until first needed). The NFA is trimmed to the states that can
+    still reach its end, so every DFA state can still complete the text."""
+
+    def __init__(self, nfa: _Nfa, start: int, end: int, what: str) -> None:
+        self.what = what
+        count = len(nfa.eps)
+        back: list[list[int]] = [[] for _ in range(count)]
+        for s in range(count):
+            for t in nfa.eps[s]:
+                back[t].append(s)
+            for _, _, t in nfa.edges[s]:
+                back[t].append(s)
+        live = bytearray(count)
+        live[end] = 1
+        stack = [end]
+        while stack:
+            for s in back[stack.pop()]:
+                if not live[s]:
+                    live[s] = 1
+                    stack.append(s)
+        if not live[start]:
+            raise InvalidInputError(f"{what} matches no text at all; nothing can be generated under it")
+        cuts = {0, 256}
+        for s in range(count):
+            if live[s]:
+                for lo, hi, t in nfa.edges[s]:
+                    if live[t]:
+                        cuts.update((lo, hi + 1))
+        bounds = sorted(cuts)
+        self.classes = np.zeros(256, dtype=np.int32)
+        for k in range(len(bounds) - 1):
+            self.classes[bounds[k]: bounds[k + 1]] = k
+        self.byte_class = self.classes.tolist()
+        self.moves: list[dict[int, list[int]]] = [{} for _ in range(count)]
+        for s in range(count):
+            for lo, hi, t in nfa.edges[s] if live[s] else ():
+                if live[t]:
+                    for k in range(self.byte_class[lo], self.byte_class[hi] + 1):
+                        self.moves[s].setdefault(k, []).append(t)
+        self.eps = [[t for t in targets if live[t]] for targets in nfa.eps]
+        self.end = end
+        self.sets: list[frozenset[int]] = []
+        self.held = 0  # NFA states in all the sets: what their memory grows with
+        self.ids: dict[frozenset[int], int] = {}
+        self.accepting: list[bool] = []
+        self.table = np.full((64, len(bounds) - 1), -2, dtype=np.int32)
+        self.add(self.closure([start]))
+
+    def closure(self, states: Iterable[int]) -> frozenset[int]:
+        seen = set(states)
+        stack = list(seen)
+        while stack:
+            for t in self.eps[stack.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+        return frozenset(seen)
+
+    def add(self, states: frozenset[int]) -> int:
+        known = self.ids.get(states)
+        if known is not None:
+            return known
+        self.held += len(states)
+        if len(self.sets) >= _MAX_DFA_STATES or self.held > _MAX_SUBSET_ITEMS:
+            raise InvalidInputError(f"{self.what} needs more than {_MAX_DFA_STATES} automaton states (or states of "
+                                    f"{_MAX_SUBSET_ITEMS} NFA states in all); simplify it (patterns such as "
+                                    "(a|b)*a(a|b){20} grow exponentially)")
+        if len(self.sets) == len(self.table):
+            self.table = np.concatenate([self.table, np.full_like(self.table, -2)])
+        self.ids[states] = len(self.sets)
+        self.sets.append(states)
+        self.accepting.append(self.end in states)
+        return len(self.sets) - 1
+
+    def step(self, state: int, byte_class: int) -> int:
+        """The state after a byte of that class (-1: dead)."""
+        known = int(self.table[state, byte_class])
+        if known != -2:
+            return known
+        targets = [t for s in self.sets[state] for t in self.moves[s].get(byte_class, ())]
+        after = self.add(self.closure(targets)) if targets else -1
+        self.table[state, byte_class] = after
+        return after
+
+    def walk(self, state: int, data: bytes) -> int:
+        for byte in data:
+            if state < 0:
+                break
+            state = self.step(state, self.byte_class[byte])
+        return state
+
+
+def _regex_constraint(pattern: str, what: str = "regex") -> _Automaton:
+    """A pattern (Python re syntax, matched whole) compiled to a lazily built automaton over UTF-8 bytes;
+    InvalidInputError names what it cannot take."""
+    if not isinstance(pattern, str):
+        raise InvalidInputError(f"{what} must be a string, got {pattern!r}")
+    nfa = _Nfa(what)
+    start, end = nfa.build(_RegexParser(pattern, what).parse())
+    return _Automaton(nfa, start, end, what)
+
+
+# JSON Schema as a regular expression: the text json.dumps(value, ensure_ascii=False) writes (separators ", " and
+# ": ", no newlines), properties in the schema's order, required ones always present, optional ones skippable.
+
+_JSON_STRING_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
+_JSON_STRING = f'"{_JSON_STRING_CHAR}*"'
+_JSON_INTEGER = r"(?:0|-?[1-9][0-9]*)"  # not -0, which json.dumps never writes for an int
+_JSON_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_JSON_DAYS = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+              r"|02-(?:0[1-9]|1[0-9]|2[0-8]))")  # February to the 28th
+_JSON_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+_JSON_FORMATS = {  # what the string holds (no character needs escaping)
+    "date-time": rf"[0-9]{{4}}-{_JSON_DAYS}T{_JSON_TIME}",
+    "date": rf"[0-9]{{4}}-{_JSON_DAYS}",
+    "time": _JSON_TIME,
+    "email": r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+",
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+}
+# keywords that constrain a value in ways this runtime does not express: refused rather than ignored
+_SCHEMA_UNSUPPORTED = ("not", "if", "then", "else", "patternProperties", "dependentRequired", "dependentSchemas",
+                       "prefixItems", "contains", "multipleOf", "minProperties", "maxProperties", "propertyNames",
+                       "unevaluatedProperties", "unevaluatedItems", "dependencies")
+_JSON_ANY: dict[int, str] = {}
+
+
+def _json_any(depth: int) -> str:
+    """Any JSON value with containers nested at most depth deep."""
+    if depth not in _JSON_ANY:
+        scalar = f"{_JSON_STRING}|{_JSON_NUMBER}|true|false|null"
+        if depth <= 0:
+            _JSON_ANY[depth] = f"(?:{scalar})"
+        else:
+            inner = _json_any(depth - 1)
+            _JSON_ANY[depth] = (f"(?:{scalar}|\\[(?:{inner}(?:, {inner})*)?\\]"
+                                f"|\\{{(?:{_JSON_STRING}: {inner}(?:, {_JSON_STRING}: {inner})*)?\\}})")
+    return _JSON_ANY[depth]
+
+
+def _floor(x: float) -> int:
+    return int(x // 1)
+
+
+def _ceil(x: float) -> int:
+    return -int(-x // 1)
+
+
+def _digit_strings(a: str, b: str) -> str:
+    """All digit strings from a to b (of one length) as a pattern."""
+    if a == b:
+        return a
+    k = len(a) - 1
+    if a[0] == b[0]:
+        return a[0] + _digit_strings(a[1:], b[1:])
+    tail = f"[0-9]{{{k}}}" if k else ""
+    parts, first, last = [], int(a[0]), int(b[0])
+    if a[1:] != "0" * k:
+        parts.append(a[0] + _digit_strings(a[1:], "9" * k))
+        first += 1
+    end = None
+    if b[1:] != "9" * k:
+        end = b[0] + _digit_strings("0" * k, b[1:])
+        last -= 1
+    if first <= last:
+        parts.append((f"[{first}-{last}]" if first < last else str(first)) + tail)
+    if end is not None:
+        parts.append(end)
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _natural_range(low: int, high: int | None) -> str:
+    """The numerals (no leading zeros) of the integers low..high (high None: unbounded), 0 <= low <= high."""
+    parts = []
+    top = len(str(high)) if high is not None else len(str(low))
+    for digits in range(len(str(low)), top + 1):
+        a = max(low, 10 ** (digits - 1) if digits > 1 else 0)
+        b = 10 ** digits - 1 if high is None else min(high, 10 ** digits - 1)
+        if a <= b:
+            parts.append(_digit_strings(str(a), str(b)))
+    if high is None:
+        parts.append(f"[1-9][0-9]{{{len(str(low))},}}")
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _integer_range(low: int | None, high: int | None) -> str | None:
+    """Integers low..high (None: unbounded) as JSON writes them; None when there are none."""
+    parts = []
+    if low is None or low < 0:
+        top = None if low is None else -low
+        bottom = 1 if high is None or high >= 0 else -high
+        if top is None or bottom <= top:
+            parts.append("-" + _natural_range(bottom, top))
+    if high is None or high >= 0:
+        bottom = 0 if low is None or low < 0 else low
+        if high is None or bottom <= high:
+            parts.append(_natural_range(bottom, high))
+    return "(?:" + "|".join(parts) + ")" if parts else None
+
+
+class _SchemaRegex:
+    """A JSON Schema (draft 2020-12 and the drafts before it, as far as a regular language goes) as a pattern."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.refs: list[str] = []
+
+    def error(self, path: str, message: str) -> InvalidInputError:
+        return InvalidInputError(f"json_schema at {path or '/'}: {message}")
+
+    def value(self, schema: Any, path: str) -> str:
+        if path.count("/") > _MAX_NESTING // 2:
+            raise self.error(path[:200] + "...", f"schemas nested more than {_MAX_NESTING // 2} deep")
+        if schema is True or schema == {}:
+            return _json_any(_SCHEMA_ANY_DEPTH)
+        if schema is False:
+            raise self.error(path, "the schema false matches nothing")
+        if not isinstance(schema, dict):
+            raise self.error(path, f"a schema must be an object or a boolean, got {schema!r}")
+        for key in _SCHEMA_UNSUPPORTED:
+            if key in schema:
+                raise self.error(path, f"{key!r} is not supported in constrained generation")
+        if schema.get("uniqueItems") is True:
+            raise self.error(path, "uniqueItems is not supported in constrained generation (not regular)")
+        if "$ref" in schema:
+            return self.ref(schema, path)
+        if "const" in schema:
+            return re.escape(json.dumps(schema["const"], ensure_ascii=False))
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise self.error(path, "enum must be a non-empty array")
+            return "(?:" + "|".join(re.escape(json.dumps(v, ensure_ascii=False)) for v in values) + ")"
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = schema[key]
+                if not isinstance(options, list) or not options:
+                    raise self.error(path, f"{key} must be a non-empty array")
+                rest = {k: v for k, v in schema.items() if k != key}
+                return "(?:" + "|".join(self.value({**rest, **o} if isinstance(o, dict) else o, f"{path}/{key}/{i}")
+                                        for i, o in enumerate(options)) + ")"
+        if "allOf" in schema:
+            parts = schema["allOf"]
+            if not isinstance(parts, list) or len(parts) != 1:
+                raise self.error(path, "allOf is supported with one schema only")
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            return self.value({**rest, **parts[0]} if isinstance(parts[0], dict) else parts[0], f"{path}/allOf/0")
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            if not kind:
+                raise self.error(path, "type must not be an empty array")
+            return "(?:" + "|".join(self.value({**schema, "type": k}, path) for k in kind) + ")"
+        if kind is None:
+            kind = "object" if "properties" in schema or "required" in schema else "array" if "items" in schema else None
+            if kind is None:
+                return _json_any(_SCHEMA_ANY_DEPTH)
+        if kind == "object":
+            return self.object(schema, path)
+        if kind == "array":
+            return self.array(schema, path)
+        if kind == "string":
+            return self.string(schema, path)
+        if kind in ("integer", "number"):
+            return self.number(schema, path, kind == "integer")
+        if kind in ("boolean", "null"):
+            return "(?:true|false)" if kind == "boolean" else "null"
+        raise self.error(path, f"unknown type {kind!r}")
+
+    def ref(self, schema: dict[str, Any], path: str) -> str:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise self.error(path, f"$ref {ref!r}: only references inside the schema (#/$defs/...) are supported")
+        if ref in self.refs:
+            raise self.error(path, f"$ref {ref!r} is recursive; a recursive schema is not a regular language, so it "
+                             "cannot constrain generation (unroll it to a fixed depth)")
+        target: Any = self.root
+        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise self.error(path, f"$ref {ref!r} points nowhere in the schema")
+            target = target[part]
+        self.refs.append(ref)
+        try:
+            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            return self.value({**rest, **target} if isinstance(target, dict) and rest else target, path)
+        finally:
+            self.refs.pop()
+
+    def object(self, schema: dict[str, Any], path: str) -> str:
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        if not isinstance(properties, dict) or not isinstance(required, list):
+            raise self.error(path, "properties must be an object and required an array")
+        if not properties and not required:
+            if schema.get("additionalProperties") is False:
+                return r"\{\}"
+            inner = _json_any(_SCHEMA_ANY_DEPTH - 1)
+            return f"\\{{(?:{_JSON_STRING}: {inner}(?:, {_JSON_STRING}: {inner})*)?\\}}"
+        names = [*properties, *(r for r in required if r not in properties)]
+        members = [(re.escape(json.dumps(name, ensure_ascii=False)) + ": "
+                    + self.value(properties.get(name, True), f"{path}/properties/{name}"), name in required)
+                   for name in names]
+        # after[k]: the members from k on once one is written, each behind its comma, optional ones skippable
+        after = [""] * (len(members) + 1)
+        for k in range(len(members) - 1, -1, -1):
+            member, needed = members[k]
+            after[k] = (f", {member}" if needed else f"(?:, {member})?") + after[k + 1]
+        # the first member written: an optional one before the first required one, or that one
+        firsts = []
+        for k, (member, needed) in enumerate(members):
+            firsts.append(member + after[k + 1])
+            if needed:
+                break
+        body = "(?:" + "|".join(firsts) + ")" + ("" if any(needed for _, needed in members) else "?")
+        return f"\\{{{body}\\}}"
+
+    def array(self, schema: dict[str, Any], path: str) -> str:
+        low, high = schema.get("minItems", 0), schema.get("maxItems")
+        if not _is_int(low) or low < 0 or (high is not None and (not _is_int(high) or high < low)):
+            raise self.error(path, "minItems and maxItems must be integers, 0 <= minItems <= maxItems")
+        if max(low, high or 0) > _MAX_REPEAT:
+            raise self.error(path, f"minItems and maxItems above {_MAX_REPEAT} are not supported")
+        if high == 0:
+            return r"\[\]"
+        item = self.value(schema.get("items", True), f"{path}/items")
+        more = f"(?:, {item}){{{max(low - 1, 0)},{'' if high is None else high - 1}}}"
+        return f"\\[{item}{more}\\]" if low else f"\\[(?:{item}{more})?\\]"
+
+    def string(self, schema: dict[str, Any], path: str) -> str:
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        pattern, form = schema.get("pattern"), schema.get("format")
+        if not _is_int(low) or low < 0 or (high is not None and (not _is_int(high) or high < low)):
+            raise self.error(path, "minLength and maxLength must be integers, 0 <= minLength <= maxLength")
+        if pattern is not None or (isinstance(form, str) and form in _JSON_FORMATS):
+            if low or high is not None or (pattern is not None and form in _JSON_FORMATS):
+                raise self.error(path, "pattern, format and minLength/maxLength cannot be combined here; use one")
+            if pattern is None:
+                return f'"{_JSON_FORMATS[str(form)]}"'
+            if not isinstance(pattern, str):
+                raise self.error(path, f"pattern must be a string, got {pattern!r}")
+            # the string's characters as the pattern matches them, those JSON must escape left out
+            node = _RegexParser(pattern, f"json_schema at {path or '/'}: pattern").parse()
+            return '"' + _regex_source(_without_escapes(node)) + '"'
+        if max(low, high or 0) > _MAX_REPEAT:
+            raise self.error(path, f"minLength and maxLength above {_MAX_REPEAT} are not supported")
+        return f'"{_JSON_STRING_CHAR}{{{low},{"" if high is None else high}}}"'
+
+    def number(self, schema: dict[str, Any], path: str, integer: bool) -> str:
+        bounds = {}
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            value = schema.get(key)
+            if value is not None and not isinstance(value, bool) and not _is_number(value):
+                raise self.error(path, f"{key} must be a number, got {value!r}")
+            if _is_number(value) and not -(10 ** _BOUND_DIGITS) <= value <= 10 ** _BOUND_DIGITS:
+                raise self.error(path, f"{key} must lie within +-10**{_BOUND_DIGITS} here, got {value!r}")
+            bounds[key] = value
+        low, low_open = bounds["minimum"], False
+        high, high_open = bounds["maximum"], False
+        # draft 4 writes exclusiveMinimum: true beside minimum; later drafts give the bound itself
+        if bounds["exclusiveMinimum"] is True:
+            low_open = True
+        elif _is_number(bounds["exclusiveMinimum"]) and (low is None or bounds["exclusiveMinimum"] >= low):
+            low, low_open = bounds["exclusiveMinimum"], True
+        if bounds["exclusiveMaximum"] is True:
+            high_open = True
+        elif _is_number(bounds["exclusiveMaximum"]) and (high is None or bounds["exclusiveMaximum"] <= high):
+            high, high_open = bounds["exclusiveMaximum"], True
+        if low is None and high is None:
+            return _JSON_INTEGER if integer else _JSON_NUMBER
+        # integers in range; decimals only where their whole unit interval is in range (a subset, but regular)
+        first = None if low is None else (_floor(low) + 1 if low_open else _ceil(low))
+        last = None if high is None else (_ceil(high) - 1 if high_open else _floor(high))
+        parts = [_integer_range(first, last)]
+        if not integer:  # ip.digits lies in [ip, ip + 1); -ip.digits in (-ip - 1, -ip]
+            parts.append(_integer_range(0 if first is None else max(first, 0),
+                                        None if high is None else _floor(high) - 1))
+            if low is None or low < 0:
+                smallest = 0 if high is None else max(0, _floor(-high) + 1 if high_open else _ceil(-high))
+                parts.append(_integer_range(smallest, None if low is None else _floor(-low) - 1))
+            parts = [parts[0], *(f"{sign}{p}\\.[0-9]+" for sign, p in zip(("", "-"), parts[1:]) if p is not None)]
+        kept = [p for p in parts if p is not None]
+        if not kept:
+            raise self.error(path, "no number lies between its bounds")
+        return "(?:" + "|".join(kept) + ")"
+
+
+def _without_escapes(node: _Node) -> _Node:
+    """node with the characters a JSON string must escape (", \\ and controls) taken out of every class."""
+    kind = node[0]
+    if kind == "set":
+        return ("set", _negated([*_negated(node[1]), (0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]))
+    if kind in ("cat", "alt"):
+        return (kind, tuple(_without_escapes(n) for n in node[1]))
+    return ("rep", _without_escapes(node[1]), node[2], node[3])
+
+
+def _json_schema_regex(schema: Any) -> str:
+    """A JSON Schema as a pattern (Python re syntax, matched whole) whose texts are the JSON values it accepts, as
+    json.dumps(value, ensure_ascii=False) writes them (escapes allowed in strings): separators ", " and ": ",
+    properties in the order of "properties" (required ones always,
+    optional ones when the model writes them), no other properties. InvalidInputError for what is not regular
+    (recursive $ref, uniqueItems, ...). Numbers with bounds are the integers in range and the decimals whose unit
+    interval is in range (no exponents); a "pattern" is matched whole (as if anchored), its characters that JSON
+    escapes left out; an untyped value (``{}``, an object without properties) nests containers at most
+    _SCHEMA_ANY_DEPTH deep."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as exc:
+            raise InvalidInputError(f"json_schema is not valid JSON: {exc}") from None
+    return _SchemaRegex(schema).value(schema, "")
+
+
+# Token masks: an automaton state's allowed tokens over the vocabulary, and the logits processor.
+
+class _Vocabulary:
+    """Each token's bytes (_TokenText: byte-level and byte-fallback pieces as their bytes, SentencePiece's ▁ as a
+    space), special tokens empty (never allowed under a constraint; eos ends it), and the bytes as a matrix of
+    tokens sorted longest first, for _TokenIndex's walk."""
+
+    def __init__(self, tokenizer: TextTokenizer, token_text: _TokenText) -> None:
+        backend = tokenizer.backend
+        self.size = int(backend.get_vocab_size(with_added_tokens=True))
+        special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self.texts: list[bytes] = []
+        for i in range(self.size):
+            text = b"" if i in special else token_text(i)
+            text = text if isinstance(text, bytes) else text.encode("utf-8")
+            self.texts.append(text if len(text) <= _MAX_TOKEN_BYTES else b"")
+        lengths = np.array([len(t) for t in self.texts], dtype=np.int64)
+        self.order = np.argsort(-lengths, kind="stable")
+        ordered = lengths[self.order]
+        width = int(ordered[0]) if self.size else 0
+        # longer[j]: how many tokens have more than j bytes (the first ones, longest first)
+        self.longer = np.searchsorted(-ordered, -np.arange(width), side="left")
+        flat = np.frombuffer(b"".join(self.texts[i] for i in self.order.tolist()), dtype=np.uint8)
+        rows = np.repeat(np.arange(self.size), ordered)
+        columns = np.arange(len(flat)) - np.repeat(np.cumsum(ordered) - ordered, ordered)
+        self.matrix = np.zeros((self.size, max(width, 1)), dtype=np.uint8)
+        self.matrix[rows, columns] = flat
+        self.nonempty = ordered > 0
+
+
+class _TokenIndex:
+    """A constraint's automaton over a vocabulary: per automaton state, the tokens whose bytes it reads without
+    dying (a boolean mask, True where banned, eos not included), computed the first time a state is met and kept."""
+
+    def __init__(self, automaton: _Automaton, vocabulary: _Vocabulary) -> None:
+        self.automaton, self.vocabulary = automaton, vocabulary
+        # the byte classes of the tokens' bytes, one contiguous row per byte position
+        self.columns = np.ascontiguousarray(automaton.classes.astype(np.uint8)[vocabulary.matrix].T)
+        self.masks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def banned(self, state: int) -> np.ndarray:
+        with self.lock:
+            mask = self.masks.get(state)
+            if mask is None:
+                mask = self._walk(state)
+                if len(self.masks) >= _MAX_MASKS:
+                    self.masks.popitem(last=False)
+                self.masks[state] = mask
+            return mask
+
+    def _walk(self, state: int) -> np.ndarray:
+        """All tokens read from state at once, one byte column at a time (tokens sorted longest first, so the
+        tokens still reading are a prefix of the rows)."""
+        automaton, vocabulary = self.automaton, self.vocabulary
+        alive = vocabulary.nonempty.copy()
+        rows = np.flatnonzero(alive)  # the tokens still reading, and their states
+        current = np.full(len(rows), state, dtype=np.int64)
+        width = automaton.table.shape[1]
+        for column, count in enumerate(vocabulary.longer.tolist()):
+            reading = int(np.searchsorted(rows, count))  # the rest have no byte in this column: they read whole
+            if not reading:
+                break
+            rows, current = rows[:reading], current[:reading]
+            cells = current * width + self.columns[column][rows]
+            after = automaton.table.reshape(-1)[cells]
+            unknown = after == -2
+            if unknown.any():
+                for cell in set(cells[unknown].tolist()):
+                    automaton.step(*divmod(cell, width))
+                after = automaton.table.reshape(-1)[cells]  # the table may have grown
+            dead = after < 0
+            if dead.any():
+                alive[rows[dead]] = False
+                rows, after = rows[~dead], after[~dead]
+            current = after
+        banned = np.ones(vocabulary.size, dtype=bool)
+        banned[vocabulary.order[alive]] = False
+        return banned
+
+    def advance(self, state: int, token: int) -> int:
+        texts = self.vocabulary.texts
+        if state < 0 or token >= len(texts) or not texts[token]:
+            return -1
+        with self.lock:
+            return self.automaton.walk(state, texts[token])
+
+    def text(self, tokens: Iterable[int]) -> str:
+        """The text the tokens stand for under the constraint: their bytes joined (special tokens, eos among
+        them, left out), as UTF-8."""
+        texts = self.vocabulary.texts
+        return b"".join(texts[t] for t in tokens if 0 <= t < len(texts)).decode("utf-8", errors="replace")
+
+
+class _Constrained:
+    """The logits processor of constrained rows: each row's automaton state follows the tokens it chose (found by the
+    row's new tokens, so beams that reorder and rows that repeat keep theirs), tokens it cannot read banned, eos
+    allowed only where the text is complete (and forced when nothing else can follow). Rows whose index is None
+    are left alone; so are finished rows (their filler is no text of the constraint)."""
+
+    def __init__(self, indexes: Sequence[_TokenIndex | None], eos: Sequence[int]) -> None:
+        self.indexes, self.eos = list(indexes), np.array(eos, dtype=np.int64)
+        self.start: int | None = None
+        self.states: dict[tuple[int, bytes], int] = {}
+
+    def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.start is None:
+            self.start = ids.shape[1]
+        states: dict[tuple[int, bytes], int] = {}
+        width = scores.shape[-1]
+        eos = self.eos[self.eos < width]
+        for row, index in enumerate(self.indexes):
+            if index is None:
+                continue
+            new = ids[row, self.start:]
+            key = (id(index), new.tobytes())
+            state = states.get(key)
+            if state is None:
+                state = self.states.get(key)
+            if state is None:
+                before = self.states.get((id(index), new[:-1].tobytes())) if len(new) else 0
+                if before is None:  # not seen at the step before: read the row from the start
+                    before = 0
+                    for token in new[:-1].tolist():
+                        before = index.advance(before, token)
+                state = index.advance(before, int(new[-1])) if len(new) else before
+            states[key] = state
+            if state < 0:
+                continue
+            scores[row] = self.mask(index, state, scores[row], eos)
+        self.states = states
+        return scores
+
+    def mask(self, index: _TokenIndex, state: int, scores: np.ndarray, eos: np.ndarray) -> np.ndarray:
+        banned = index.banned(state)
+        size, width = len(banned), len(scores)
+        complete = index.automaton.accepting[state]
+        kept = scores[eos].copy()
+        np.copyto(scores[:size], -np.inf, where=banned[:width])
+        scores[size:] = -np.inf
+        scores[eos] = kept if complete else -np.inf
+        if complete and banned.all():
+            scores[eos] = np.where(np.isfinite(kept), kept, 0.0)  # nothing else can follow: end here
+        if not np.isfinite(scores).any():
+            allowed = np.flatnonzero(~banned[:width])
+            if not len(allowed) and not complete:
+                raise InvalidInputError(
+                    f"{index.automaton.what}: the model's vocabulary has no token that can continue the text here; "
+                    "the constraint asks for characters the tokenizer cannot write")
+            # the other processors banned every token the constraint allows: the constraint wins
+            scores[allowed] = 0.0
+            if complete:
+                scores[eos] = 0.0
+        return scores
+
+
+def _constraint_pattern(config: _GenerationConfig) -> tuple[str, str] | None:
+    """The call's constraint (the options json_schema, json_object, regex, choices) as (the option, its pattern);
+    None without one. At most one may be set."""
+    given = [name for name in ("json_schema", "json_object", "regex", "choices") if getattr(config, name)]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise InvalidInputError(f"{' and '.join(given)} cannot be combined; pass one constraint")
+    if config.json_schema is not None:
+        return "json_schema", _json_schema_regex(config.json_schema)
+    if config.json_object:
+        inner = _json_any(_JSON_DEPTH - 1)
+        return "json_object", f"\\{{(?:{_JSON_STRING}: {inner}(?:, {_JSON_STRING}: {inner})*)?\\}}"
+    if config.regex is not None:
+        return "regex", config.regex
+    return "choices", "|".join(re.escape(c) for c in config.choices or ())
+
+
 # --- Search -------------------------------------------------------------------------------------------
 
 class _Step:
@@ -3667,10 +5082,11 @@ class _Search:
     order, cut as the prompt alone would be (a batch pads finished rows while others go on)."""
 
     def __init__(self, step: _Step, prompts: _Prompts, config: _GenerationConfig, stop: _StopStrings | None,
-                 extra: Sequence[_Processor] = ()) -> None:
+                 extra: Sequence[_Processor] = (), constraints: Sequence[_TokenIndex | None] | None = None) -> None:
         self.step, self.prompts, self.config, self.stop = step, prompts, config, stop
         # processors of the caller's own (generate()'s logits_processor argument), after those of the options
         self.extra = list(extra)
+        self.constraints = constraints  # one per prompt (_Generating.constraints), None for a free one
         self.sequences: list[np.ndarray] = []
         self.unfinished: np.ndarray | None = None  # sampling's rows still going (after the step before the last yield)
 
@@ -3696,7 +5112,7 @@ class _Search:
             logits = logits[rows]
         ids = np.empty((len(rows), width + int(new_tokens.max())), dtype=np.int64)
         ids[:, :width] = prompts.ids[rows]
-        processors = [*_logits_processors(config, prompts, rows), *self.extra]
+        processors = [*_logits_processors(config, prompts, rows, self.constraints), *self.extra]
         stopping = _Stopping(prompts.max_lengths[rows], pad, config.eos_token_id or (), self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         fill = config.pad if config.pad is not None else 0
@@ -3734,7 +5150,7 @@ class _Search:
         state, logits = step.prefill(prompts.ids, prompts.mask, config.use_cache, width + int(max_new.max()))
         step.reorder(state, rows)
         logits = logits[rows]
-        processors = [*_logits_processors(config, prompts, rows), *self.extra]
+        processors = [*_logits_processors(config, prompts, rows, self.constraints), *self.extra]
         candidate_rows = np.repeat(np.arange(batch), keep)
         stopping = _Stopping(prompts.max_lengths[candidate_rows], prompts.pad[candidate_rows], eos, self.stop)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
@@ -4174,6 +5590,11 @@ class _EncoderDecoderModel:
         pairs = self.decoder.past if self.with_past is not None else ()
         self.cross = [(past, present) for past, present, cross in pairs if cross]
         self.self_past = [(past, present) for past, present, cross in pairs if not cross]
+        # what the step with past takes once per input row: the cross-attention past, and the encoder's output where
+        # every step attends to it anew (GPT-2's cross-attention keeps no past)
+        self.kept = [past for past, _ in self.cross]
+        if self.with_past is not None and "encoder_hidden_states" in self.with_past.inputs:
+            self.kept.append("encoder_hidden_states")
         self.int_types: dict[str, str] = {}
         logits = [_Reads("logits", axes="(batch, sequence, vocabulary)")]
         for entry, session in (("decoder", self.decoder), ("decoder_with_past", self.with_past)):
@@ -4210,8 +5631,8 @@ class _EncoderDecoderState:
         self._view: tuple[np.ndarray | None, np.ndarray, list[Any]] | None = None
 
     def rows(self) -> tuple[np.ndarray, list[Any]]:
-        """The encoder attention mask and the cross-attention past of the decoding rows (once the cross-attention past
-        is there)."""
+        """The encoder attention mask and what the step keeps per input row (the model's ``kept``: the
+        cross-attention past, the encoder's output) of the decoding rows, once the first step has run."""
         view = self._view
         if view is None or not (view[0] is self.owner or (view[0] is not None and self.owner is not None
                                                            and np.array_equal(view[0], self.owner))):
@@ -4242,7 +5663,7 @@ class _EncoderDecoder(_Step):
         state = _EncoderDecoderState(model, hidden, encoder_mask, ids, use_cache)
         values = state.decoder.run(self._decoder_feed(state, ids), model.first_outputs if state.step else ["logits"])
         if state.step is not None:
-            state.cross = values[1: 1 + len(model.cross)]
+            state.cross = [*values[1: 1 + len(model.cross)], *([hidden] if "encoder_hidden_states" in model.kept else [])]
             state.past = values[1 + len(model.cross):]
         return state, _last_logits(values[0])
 
@@ -4255,7 +5676,7 @@ class _EncoderDecoder(_Step):
         feed: dict[str, Any] = {"input_ids": np.ascontiguousarray(tokens[:, None], dtype=model.int_types["input_ids"])}
         if "encoder_attention_mask" in state.step.session.inputs:
             feed["encoder_attention_mask"] = mask
-        feed.update(zip((past for past, _ in model.cross), cross))
+        feed.update(zip(model.kept, cross))
         feed.update(zip((past for past, _ in model.self_past), state.past))
         values = state.step.run(feed, model.step_outputs)
         state.past = values[1:]
@@ -5408,6 +6829,8 @@ class _Generating(_Task):
     positions: int | None = None
     too_long: ClassVar[str] = ""  # the last hint of the positions check
     _token_text: _TokenText | None = None
+    _vocabulary: _Vocabulary | None = None  # the tokens' bytes, for constraints
+    _constraint_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def generation(self, options: Mapping[str, Any], **given: Any) -> _GenerationConfig:
         """The call's generation config: the caller's generate() options (and `given`) over the model's and the
@@ -5424,7 +6847,54 @@ class _Generating(_Task):
             raise InvalidInputError(
                 f"the output may grow to {rows.max_lengths[longest]} tokens ({len(sequences[longest])} given), past the "
                 f"model's {self.positions} positions; lower max_new_tokens (or max_length){self.too_long}")
-        return _Search(step, rows, config, self.stops(config), extra)
+        return _Search(step, rows, config, self.stops(config), extra, self.constraints(config, len(sequences)))
+
+    def constraint(self, config: _GenerationConfig) -> _TokenIndex | None:
+        """The call's constraint (json_schema, json_object, regex, choices) over the tokenizer's vocabulary; None
+        without one. Kept (a few): the same constraint in later calls reuses its automaton and token masks."""
+        key = (config.json_schema, config.json_object, config.regex, config.choices)
+        if not any(key):
+            return None
+        with _Generating._constraint_lock:
+            compiled = self.__dict__.setdefault("_compiled", OrderedDict())
+            index: _TokenIndex | None = compiled.get(key)
+            if index is None:
+                pattern = _constraint_pattern(config)
+                if pattern is None:
+                    return None
+                if self._vocabulary is None:
+                    self._token_text = self._token_text or _TokenText(self.tokenizer)
+                    self._vocabulary = _Vocabulary(self.tokenizer, self._token_text)
+                index = compiled[key] = _TokenIndex(_regex_constraint(pattern[1], pattern[0]), self._vocabulary)
+                if len(compiled) > _MAX_CONSTRAINTS:
+                    compiled.popitem(last=False)
+            compiled.move_to_end(key)
+        if not config.eos_token_id:
+            raise InvalidInputError(f"{index.automaton.what} needs an eos token, to end the text where the constraint "
+                                    "is complete, and the model names none; pass eos_token_id")
+        return index
+
+    def constraints(self, config: _GenerationConfig, prompts: int) -> list[_TokenIndex | None] | None:
+        """The constraint of each of the prompts that run together (_Search's constraints); None without one."""
+        index = self.constraint(config)
+        return None if index is None else [index] * prompts
+
+    def constrained(self, config: _GenerationConfig, sequence: Iterable[int]) -> tuple[str, bool] | None:
+        """A constrained sequence's text (its tokens' own text: what the constraint matched, which decode() may
+        change, dropping a SentencePiece leading space) and whether it was cut before the text was complete
+        (max_new_tokens, max_length, a stop string); None for a free one."""
+        index = self.constraint(config)
+        if index is None:
+            return None
+        eos = set(config.eos_token_id or ())
+        tokens = [int(t) for t in sequence if t >= 0]
+        ended = next((k for k, t in enumerate(tokens) if t in eos), None)
+        tokens = tokens[:ended]
+        state = 0
+        for token in tokens:
+            state = index.advance(state, token)
+        complete = ended is not None or (state >= 0 and index.automaton.accepting[state])
+        return index.text(tokens), not complete
 
     def stops(self, config: _GenerationConfig) -> _StopStrings | None:
         """The stop strings' criterion, None without them."""
@@ -5449,6 +6919,182 @@ class _Generating(_Task):
         return self.tokenizer.decode([int(t) for t in ids if t >= 0], **options)
 
 
+# --- Tool calls ---------------------------------------------------------------------------------------
+# Tools reach the chat template as transformers' apply_chat_template(tools=...) hands them over: OpenAI function tools
+# ({"type": "function", "function": {...}}) or bare JSON-schema function dicts, as given. The model's answer is parsed
+# back in the format its chat template teaches, recognised by the template's text (_tool_format): Hermes / Qwen
+# <tool_call>{json}</tool_call> blocks, Llama 3.x's JSON message ({"name", "parameters"}, after <|python_tag|> or not),
+# Mistral's [TOOL_CALLS] [{...}] (and its later [TOOL_CALLS]name[ARGS]{...}). A call is {"type": "function",
+# "function": {"name", "arguments": dict}}, as transformers' parse_response shapes it. tool_choice "required" or a named
+# tool constrains generation to one call in that format: its literal text around the call's JSON schema.
+
+
+def _tool_function(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A tool's function: an OpenAI tool's "function", else the dict itself (as transformers' parser reads tools)."""
+    function = tool.get("function", tool)
+    return function if isinstance(function, dict) else {}
+
+
+def _tools(name: str, value: Any) -> list[dict[str, Any]]:
+    """A list of tools, each a dict with a function name (and a JSON-schema object of parameters, if any); names unique."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, dict) for t in value):
+        raise InvalidInputError(f"{name} must be a list of tool dicts ({{'type': 'function', 'function': {{'name': ..., "
+                                f"'parameters': {{...}}}}}}), got {value!r:.200}")
+    seen: set[str] = set()
+    for i, tool in enumerate(value):
+        function = _tool_function(tool)
+        tool_name, parameters = function.get("name"), function.get("parameters")
+        if not isinstance(tool_name, str) or not tool_name:
+            raise InvalidInputError(f"{name}[{i}] has no function name: give {{'type': 'function', 'function': "
+                                    "{'name': ..., 'parameters': {...}}}")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidInputError(f"{name}[{i}].function.parameters must be a JSON schema object, got {parameters!r:.200}")
+        if tool_name in seen:
+            raise InvalidInputError(f"{name} names the function {tool_name!r} twice")
+        seen.add(tool_name)
+    return [dict(t) for t in value]
+
+
+def _tool_choice(name: str, value: Any) -> str | dict[str, Any]:
+    """"auto", "none", "required", or a named function ({"type": "function", "function": {"name": ...}})."""
+    if value in ("auto", "none", "required"):
+        return str(value)
+    if isinstance(value, dict) and isinstance(_tool_function(value).get("name"), str):
+        return value
+    raise InvalidInputError(f"{name} must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': "
+                            f"...}}}}, got {value!r:.200}")
+
+
+def _json_or_none(text: str) -> Any:
+    """The JSON value of text, None when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _json_values(text: str) -> list[Any]:
+    """The JSON values written one after another in text, apart by spaces or ";" (Llama 3.2's parallel calls); [] when
+    anything else is there."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return []
+        values.append(value)
+        while at < len(text) and text[at] in " \t\r\n;":
+            at += 1
+    return values
+
+
+def _call(value: Any, arguments: str = "arguments") -> dict[str, Any] | None:
+    """A parsed call as {"type": "function", "function": {"name", "arguments"}}; None when value is not one. Arguments
+    given as a JSON string are read as the object they encode."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    args = value.get(arguments, value.get("arguments", value.get("parameters", {})))
+    if isinstance(args, str):
+        args = _json_or_none(args)
+    if not isinstance(args, dict):
+        return None
+    return {"type": "function", "function": {"name": value["name"], "arguments": args}}
+
+
+class _ToolFormat(NamedTuple):
+    """A chat template's tool-call format: its name, where a call may start in the answer (`start`, "" where the whole
+    answer is the call), and a forced call's text around its JSON (`prefix`, `suffix`), whose arguments sit under
+    `arguments`."""
+
+    name: str
+    start: str
+    prefix: str
+    suffix: str
+    arguments: str = "arguments"
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """The answer's text outside its calls (stripped) and its calls; a block that does not parse stays text."""
+        if self.name == "hermes":
+            calls, kept, at = [], [], 0
+            for match in re.finditer(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", text, re.S):
+                call = _call(_json_or_none(match.group(1)))
+                if call is not None:
+                    calls.append(call)
+                    kept.append(text[at: match.start()])
+                    at = match.end()
+            return ("".join(kept) + text[at:]).strip(), calls
+        if self.name == "llama3":
+            body = text.strip()
+            body = body[len(self.start):].lstrip() if body.startswith(self.start) else body
+            found = [_call(v, "parameters") for v in _json_values(body)] if body.startswith("{") else []
+            return ("", [c for c in found if c]) if found and all(found) else (text.strip(), [])
+        at = text.find(self.start)  # mistral
+        if at < 0:
+            return text.strip(), []
+        body = text[at + len(self.start):].strip()
+        if body.startswith("["):
+            values = _json_or_none(body)
+            found = [_call(v) for v in values] if isinstance(values, list) else []
+        else:  # [TOOL_CALLS]name[ARGS]{...}, repeated for parallel calls
+            pieces = [piece.partition("[ARGS]") for piece in body.split(self.start)]
+            found = [_call({"name": name.strip(), "arguments": _json_or_none(args)}) if tag else None
+                     for name, tag, args in pieces]
+        return (text[:at].strip(), [c for c in found if c]) if found and all(found) else (text.strip(), [])
+
+    def held(self, text: str) -> int:
+        """Where a stream's text must be held back from: a call's start, or the start of what may become one."""
+        if self.name == "llama3":
+            stripped = text.lstrip()
+            return 0 if stripped[:1] == "{" or self.start.startswith(stripped[: len(self.start)]) else len(text)
+        at = text.find(self.start)
+        if at >= 0:
+            return at
+        return next((len(text) - k for k in range(min(len(self.start) - 1, len(text)), 0, -1)
+                     if self.start.startswith(text[-k:])), len(text))
+
+    def pattern(self, tools: Sequence[Mapping[str, Any]], regex: Callable[[Any], str]) -> str:
+        """The regular expression of one call to any of the tools in this format, `regex` turning a JSON schema into
+        the regular expression of its JSON: the JSON {"name": <its name>, <arguments>: <its parameters>} between the
+        format's prefix and suffix, or (Mistral's later format) name[ARGS]{parameters}."""
+        functions = [_tool_function(t) for t in tools]
+        if self.name == "mistral" and not self.suffix:  # [TOOL_CALLS]name[ARGS]{...}
+            return re.escape(self.prefix) + "(?:" + "|".join(
+                re.escape(f["name"] + "[ARGS]") + regex(f.get("parameters") or {"type": "object"}) for f in functions) + ")"
+        calls = [{"type": "object", "properties": {"name": {"const": f["name"]},
+                                                     self.arguments: f.get("parameters") or {"type": "object"}},
+                  "required": ["name", self.arguments], "additionalProperties": False} for f in functions]
+        return re.escape(self.prefix) + regex(calls[0] if len(calls) == 1 else {"anyOf": calls}) + re.escape(self.suffix)
+
+
+# Each format by the texts its chat template writes (all of them), tried in order.
+_TOOL_FORMATS = (
+    (("<tool_call>",), _ToolFormat("hermes", "<tool_call>", "<tool_call>\n", "\n</tool_call>")),
+    (("[TOOL_CALLS]", "[ARGS]"), _ToolFormat("mistral", "[TOOL_CALLS]", "[TOOL_CALLS]", "")),
+    (("[TOOL_CALLS]",), _ToolFormat("mistral", "[TOOL_CALLS]", "[TOOL_CALLS] [", "]")),
+    (("<|python_tag|>",), _ToolFormat("llama3", "<|python_tag|>", "", "", "parameters")),
+    (('"parameters"', "<|eot_id|>"), _ToolFormat("llama3", "<|python_tag|>", "", "", "parameters")),
+)
+
+
+def _tool_format(template: str | None) -> _ToolFormat | None:
+    """The tool-call format a chat template teaches, None when it reads no tools or writes no format known here."""
+    if not template or "tools" not in template:
+        return None
+    return next((f for markers, f in _TOOL_FORMATS if all(m in template for m in markers)), None)
+
+
+def _forced_tools(tools: Sequence[Mapping[str, Any]], choice: str | Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The tools a forced call may call: all of them for "required", the named one."""
+    if choice == "required":
+        return list(tools)
+    wanted = _tool_function(choice if isinstance(choice, Mapping) else {}).get("name")
+    named = [t for t in tools if _tool_function(t).get("name") == wanted]
+    if not named:
+        raise InvalidInputError(f"tool_choice names the function {wanted!r}, which is not among the tools "
+                                f"({', '.join(repr(_tool_function(t).get('name')) for t in tools)})")
+    return named
+
+
 # --- Text generation ----------------------------------------------------------------------------------
 
 
@@ -5469,6 +7115,8 @@ _TEXT_GENERATION_OPTIONS = (
     _Option("handle_long_generation", _long_generation),
     _Option("continue_final_message", _boolean),
     _Option("skip_special_tokens", _boolean, True),
+    _Option("tools", _tools),
+    _Option("tool_choice", _tool_choice, "auto"),
     *(option._replace(default=None) for option in _GENERATION_OPTIONS),
 )
 # The chat template's tag marking where the final message ends, when the model continues it.
@@ -5574,6 +7222,7 @@ class _TextGeneration(_Generating):
         if isinstance(template, list):  # named templates, as transformers 4 saved several
             template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
         self.chat_template = template if isinstance(template, str) else None
+        self.tool_format = _tool_format(self.chat_template)
         self._template: Any = None
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
@@ -5597,17 +7246,28 @@ class _TextGeneration(_Generating):
             raise InvalidInputError("return_full_text is mutually exclusive with return_tensors")
         if tensors and text is not None:
             raise InvalidInputError("return_text is mutually exclusive with return_tensors")
-        stop = {} if options["stop_sequence"] is None else {"stop_strings": options["stop_sequence"]}
-        return self.with_prefix(self.generation(options, **stop), options)
+        given: dict[str, Any] = {} if options["stop_sequence"] is None else {"stop_strings": options["stop_sequence"]}
+        forced = self.forced_call(options)
+        if forced is not None:
+            other = [n for n in ("regex", "json_schema", "json_object", "choices") if options.get(n)]
+            if other:
+                raise InvalidInputError(f"tool_choice={options['tool_choice']!r} constrains the answer to a tool call; "
+                                        f"leave out {other[0]} (or pass tool_choice='auto')")
+            given["regex"] = forced[1]
+        return self.with_prefix(self.generation(options, **given), options)
 
     def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Generation:
         """The prompts as token ids (strings behind the prefix, chats rendered with the chat template), and
         the generation config."""
         config = self.config(options)
+        forced = self.forced_call(options)
         prompts = []
         for item in items:
             continue_final = False
             if isinstance(item, str):
+                if options["tools"]:
+                    raise InvalidInputError("tools reach the model through its chat template: pass chat messages "
+                                            "([{'role': 'user', 'content': ...}]), not a string")
                 tokenizer = self.tokenizer
                 if options["max_length"] is not None:  # the pipeline hands max_length to the tokenizer too
                     tokenizer = tokenizer.with_truncation("longest_first", window=options["max_length"])
@@ -5616,10 +7276,13 @@ class _TextGeneration(_Generating):
                 continue_final = options["continue_final_message"]
                 if continue_final is None:
                     continue_final = item[-1]["role"] == "assistant"
-                ids = self.tokenizer.encode([self.render(item, continue_final)], add_special_tokens=False)[0].ids
+                text = self.render(item, continue_final, self.tools(options))
+                ids = self.tokenizer.encode([text], add_special_tokens=False)[0].ids
             if options["handle_long_generation"] == "hole":
                 ids = self.hole(ids, config)
-            if ids:
+            if forced is not None and forced[0]:  # a forced call's special tokens: the prompt's, decoded as new text
+                prompts.append(_Prompt(item, [*ids, *forced[0]], len(ids), True, continue_final))
+            elif ids:
                 prompts.append(_Prompt(item, ids, len(ids), not isinstance(item, str), continue_final))
             elif config.bos_token_id is not None:  # generate() starts an empty prompt with bos
                 prompts.append(_Prompt(item, [config.bos_token_id], 0, not isinstance(item, str), continue_final))
@@ -5655,7 +7318,74 @@ class _TextGeneration(_Generating):
             config = config._replace(min_length=config.min_length + extra)
         return config
 
-    def render(self, messages: Sequence[Mapping[str, Any]], continue_final: bool) -> str:
+    def tools(self, options: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """The tools the chat template gets: the caller's, unless tool_choice is "none"; refused where the template
+        reads none, or where a forced call needs a tool-call format this runtime does not know."""
+        tools: list[dict[str, Any]] | None = options["tools"]
+        choice = options["tool_choice"]
+        if choice != "auto" and choice != "none" and not tools:
+            raise InvalidInputError(f"tool_choice={choice!r} needs tools=[...] to choose from")
+        if not tools or choice == "none":
+            return None
+        if self.chat_template is None or "tools" not in self.chat_template:
+            raise InvalidInputError("this model's chat template does not read tools, so tools=[...] would change nothing; "
+                                    "leave tools out (or re-embed from a tokenizer whose chat_template takes tools)")
+        if choice != "auto":
+            _forced_tools(tools, choice)
+            if self.tool_format is None:
+                raise InvalidInputError(
+                    f"tool_choice={choice!r} forces a call in the model's tool-call format, and its chat template writes "
+                    "none known here (Hermes <tool_call>, Llama 3 JSON, Mistral [TOOL_CALLS]); use tool_choice='auto'")
+        return tools
+
+    def forced_call(self, options: Mapping[str, Any]) -> tuple[list[int], str] | None:
+        """For tool_choice "required" or a named tool: the special tokens that start a call in the model's format
+        (the prompt's last tokens: a constraint masks special tokens) and the regular expression of the rest of one
+        call; None otherwise."""
+        choice, tools = options["tool_choice"], options["tools"]
+        if choice in ("auto", "none") or not tools:
+            return None
+        named = _forced_tools(tools, choice)
+        if self.tool_format is None:
+            self.tools(options)  # raises, naming the formats known
+            return None
+        prefix, prefill = self.tool_format.prefix, []
+        ids = {t.content: i for i, t in self.tokenizer.backend.get_added_tokens_decoder().items() if t.special}
+        while (token := next((s for s in sorted(ids, key=len, reverse=True) if s and prefix.startswith(s)), None)):
+            prefill.append(ids[token])
+            prefix = prefix[len(token):]
+        pattern = self.tool_format._replace(prefix=prefix).pattern(named, _json_schema_regex)
+        return prefill, pattern
+
+    def parses_tools(self, options: Mapping[str, Any]) -> bool:
+        """Whether the answers of a call with these options are parsed for tool calls."""
+        return self.tool_format is not None and bool(options.get("tools")) and options.get("tool_choice") != "none"
+
+    def tool_calls(self, ids: Iterable[int], options: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+        """New tokens as (text outside the calls, the calls) when the call had tools in a format known here; else None.
+        The text is decoded with special tokens ([TOOL_CALLS] and <|python_tag|> are), which the content loses."""
+        if not self.parses_tools(options):
+            return None
+        return self.split_calls(self.decode(ids, skip_special_tokens=False), options["skip_special_tokens"])
+
+    def special_texts(self) -> list[str]:
+        """The text of each special token, longest first."""
+        tokens = self.tokenizer.backend.get_added_tokens_decoder().values()
+        return sorted({t.content for t in tokens if t.special and t.content}, key=len, reverse=True)
+
+    def split_calls(self, text: str, skip_special: bool = True) -> tuple[str, list[dict[str, Any]]]:
+        """Text decoded with its special tokens as (the text outside its calls, the calls), in the model's format; the
+        special tokens that end it (end of turn, eos, padding) dropped first, the others from the content."""
+        special = self.special_texts()
+        while (end := next((s for s in special if text.rstrip().endswith(s)), None)) is not None:
+            text = text.rstrip()[: -len(end)]
+        content, calls = self.tool_format.parse(text) if self.tool_format is not None else (text, [])
+        for token in special if skip_special else ():
+            content = content.replace(token, "")
+        return content.strip(), calls
+
+    def render(self, messages: Sequence[Mapping[str, Any]], continue_final: bool,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """Chat messages as text through the embedded chat template, as apply_chat_template renders them."""
         if self.chat_template is None:
             raise InvalidInputError(
@@ -5674,7 +7404,7 @@ class _TextGeneration(_Generating):
             chat[-1]["content"] = final + _CONTINUE_TAG
         special = {n: t for n in _SPECIAL_TOKEN_NAMES if (t := _token_content(self.tokenizer.config.get(n))) is not None}
         try:
-            text = str(self._template.render(messages=chat, tools=None, documents=None,
+            text = str(self._template.render(messages=chat, tools=None if tools is None else list(tools), documents=None,
                                              add_generation_prompt=not continue_final, **special))
         except Exception as exc:  # noqa: BLE001 - jinja2's TemplateError, or whatever a template's code raises
             raise InvalidInputError(f"the chat template cannot render these messages: {exc}") from None
@@ -5701,15 +7431,23 @@ class _TextGeneration(_Generating):
 
     def postprocess(self, batch: _Generation, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """One record per sequence: token ids (prompt included), the new text, or the prompt continued."""
-        return [self._records(prompt, sequences, options) for prompt, sequences in zip(batch.prompts, outputs)]
+        return [self._records(prompt, sequences, options, batch.config) for prompt, sequences in zip(batch.prompts, outputs)]
 
-    def _records(self, prompt: _Prompt, sequences: Sequence[np.ndarray], options: Mapping[str, Any]) -> list[dict[str, Any]]:
-        records = []
+    def _records(self, prompt: _Prompt, sequences: Sequence[np.ndarray], options: Mapping[str, Any],
+                 config: _GenerationConfig | None = None) -> list[dict[str, Any]]:
+        """A constrained call's records say whether the text was cut before it was complete ("truncated"); their
+        text is the constrained tokens' own."""
+        records: list[dict[str, Any]] = []
         for new in sequences:
+            constrained = None if config is None else self.constrained(config, new)
             if options["return_tensors"]:
                 records.append({"generated_token_ids": [*prompt.ids, *(int(t) for t in new)]})
+                if constrained is not None:
+                    records[-1]["truncated"] = constrained[1]
                 continue
             text = self.decode([*prompt.ids[prompt.skip:], *new], skip_special_tokens=options["skip_special_tokens"])
+            if constrained is not None:
+                text = self.decode(prompt.ids[prompt.skip:], skip_special_tokens=options["skip_special_tokens"]) + constrained[0]
             generated: Any = text
             if options["return_full_text"] is not False:
                 if not prompt.chat:
@@ -5717,9 +7455,14 @@ class _TextGeneration(_Generating):
                 elif prompt.continue_final:
                     final = prompt.given[-1]
                     generated = [*prompt.given[:-1], {"role": final["role"], "content": final["content"] + text}]
+                elif (parsed := self.tool_calls([*prompt.ids[prompt.skip:], *new], options)) is not None and parsed[1]:
+                    # transformers' parse_response shape; content kept (maybe "") so that the chat can be passed back
+                    generated = [*prompt.given, {"role": "assistant", "content": parsed[0], "tool_calls": parsed[1]}]
                 else:
                     generated = [*prompt.given, {"role": "assistant", "content": text}]
             records.append({"generated_text": generated})
+            if constrained is not None:
+                records[-1]["truncated"] = constrained[1]
         return records
 
     def logprobs(self, texts: str | Sequence[str]) -> Any:
@@ -5825,7 +7568,7 @@ def _task_params(config: Mapping[str, Any], task: str) -> tuple[str | None, dict
     where = f"{KEY_MODEL_CONFIG}.task_specific_params.{task}"
     if not isinstance(entry, dict) or not isinstance(entry.get("prefix", ""), str):
         raise MetadataValidationError(f"{where} must be an object whose prefix is a string; re-embed a fixed config.json")
-    checks = {o.name: o.check for o in _GENERATION_OPTIONS if o.name != "seed"}
+    checks = {o.name: o.check for o in _GENERATION_OPTIONS if o.name not in _CALLER_OPTIONS}
     options = {}
     for key, value in entry.items():
         if key in checks and value is not None:
@@ -5834,14 +7577,15 @@ def _task_params(config: Mapping[str, Any], task: str) -> tuple[str | None, dict
     return entry.get("prefix", prefix), options
 
 
-def _pipeline_generation(model: Mapping[str, Any], params: Mapping[str, Any], pad: int | None) -> dict[str, Any]:
-    """The generation options a transformers 4.57 pipeline calls generate() with, before the caller's: its defaults;
-    the model's where those are GenerationConfig's global defaults (so the pipeline's num_beams=4 and max_new_tokens=256
-    stay unless the model sets max_length); the task_specific_params entry over them; the tokenizer's pad token when
-    none is set; then, as generate() does, the model's again where the result is a global default. Options left at
-    the global defaults are left out (unset)."""
+def _pipeline_generation(model: Mapping[str, Any], params: Mapping[str, Any], pad: int | None,
+                         pipeline: Mapping[str, Any] = _SEQ2SEQ_DEFAULTS) -> dict[str, Any]:
+    """The generation options a transformers 4.57 pipeline calls generate() with, before the caller's: its defaults
+    (pipeline: its _default_generation_config); the model's where those are GenerationConfig's global defaults (so the
+    text-to-text pipelines' num_beams=4 and max_new_tokens=256 stay unless the model sets max_length); the
+    task_specific_params entry over them; the tokenizer's pad token when none is set; then, as generate() does, the
+    model's again where the result is a global default. Options left at the global defaults are left out (unset)."""
     defaults = {o.name: o.default for o in _GENERATION_OPTIONS}
-    values = {**defaults, **_SEQ2SEQ_DEFAULTS}
+    values = {**defaults, **pipeline}
 
     def model_defaults() -> None:
         for key, value in model.items():
@@ -5849,7 +7593,7 @@ def _pipeline_generation(model: Mapping[str, Any], params: Mapping[str, Any], pa
                 values[key] = value
 
     model_defaults()
-    if values["max_new_tokens"] == _SEQ2SEQ_DEFAULTS["max_new_tokens"] and values["max_length"] != defaults["max_length"]:
+    if values["max_new_tokens"] == pipeline.get("max_new_tokens") and values["max_length"] != defaults["max_length"]:
         values["max_new_tokens"] = None  # a model's max_length wins over the pipeline's length default
     values.update(params)
     if values["pad_token_id"] is None:
@@ -5971,12 +7715,15 @@ class _Seq2Seq(_Generating):
         for sequences in outputs:
             records: list[dict[str, Any]] = []
             for new in sequences:
+                constrained = self.constrained(batch.config, new)
                 if options["return_tensors"]:
                     records.append({f"{self.returns}_token_ids": [batch.start, *(int(t) for t in new)]})
                 else:
                     text = self.decode(new, skip_special_tokens=True,
                                        clean_up_tokenization_spaces=options["clean_up_tokenization_spaces"])
-                    records.append({f"{self.returns}_text": text})
+                    records.append({f"{self.returns}_text": text if constrained is None else constrained[0]})
+                if constrained is not None:  # as text generation's
+                    records[-1]["truncated"] = constrained[1]
             results.append(records)
         return results
 
@@ -6041,6 +7788,17 @@ class _Sized(NamedTuple):
     width: int
 
 
+def _image_processor(ctx: _Context) -> ImageProcessor:
+    """The context's image processor, or the error saying that the file has none."""
+    processor: ImageProcessor | None = ctx.processors.get("image_processor")
+    if processor is None:
+        raise ProcessorReconstructionError(
+            f"no image processor embedded ({KEY_IMAGE_PROCESSOR_CONFIG}); re-embed from a model folder with "
+            "its processor files (preprocessor_config.json or processor_config.json)"
+        )
+    return processor
+
+
 def _sized(processor: ImageProcessor, item: Any) -> _Sized:
     image = load_image(item)
     height, width = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
@@ -6060,13 +7818,7 @@ class _ImageTask(_Task):
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
-        processor = ctx.processors.get("image_processor")
-        if processor is None:
-            raise ProcessorReconstructionError(
-                f"no image processor embedded ({KEY_IMAGE_PROCESSOR_CONFIG}); re-embed from a model folder with "
-                "its processor files (preprocessor_config.json or processor_config.json)"
-            )
-        self.processor: ImageProcessor = processor
+        self.processor = _image_processor(ctx)
         self.session = ctx.session()
         self.output_name = self.session.output(self.output)
         self.dtypes = _check_ports(self.session, self.ports, [_Reads(self.output_name, axes=self.axes)], what=self.name)
@@ -6078,6 +7830,8 @@ class _ImageTask(_Task):
                 f"graph input 'pixel_values' has shape {list(port.shape)} but the embedded image processor makes images of "
                 f"{expected_shape}; re-embed the model with its own processor files"
             )
+        if port.shape[0] == 1:  # a graph exported with a batch of one (rembg's BiRefNet): one image a run
+            ctx.batch_size = 1
 
     def pixels(self, images: Sequence[Any]) -> list[np.ndarray]:
         """Each image opened (load_image) and processed: (3, height, width) float32 pixels."""
@@ -6186,13 +7940,21 @@ class _ImageFeatureExtraction(_ImageTask):
 # --- Zero-shot image classification -----------------------------------------------------------------
 
 
-def _image_labels(name: str, value: Any) -> list[str]:
-    if not value or not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
-        raise InvalidInputError(
-            "zero-shot-image-classification needs candidate_labels: a list of strings, e.g. "
-            "candidate_labels=['a cat', 'a dog']"
-        )
-    return list(value)
+def _label_list(task: str, example: str) -> _Check:
+    """The check of a CLIP-style task's candidate_labels: a non-empty list of strings (a string is refused: the
+    pipelines would read each of its characters as a label)."""
+    def check(name: str, value: Any) -> list[str]:
+        if not value or not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            raise InvalidInputError(f"{task} needs {name}: a list of strings, e.g. {name}={example}")
+        return list(value)
+
+    return check
+
+
+def _ranked_labels(logits: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """The labels by the softmax of their logits, best first (ties in label order), as the zero-shot pipelines."""
+    scores = _softmax(logits.astype(np.float32))
+    return [{"score": float(s), "label": label} for s, label in sorted(zip(scores, labels), key=lambda x: -float(x[0]))]
 
 
 class _Photos(NamedTuple):
@@ -6209,7 +7971,7 @@ class _ZeroShotImageClassification(_ImageTask):
     name = "zero-shot-image-classification"
     processors = ("image_processor", "tokenizer")
     options = (
-        _Option("candidate_labels", _image_labels, _REQUIRED),
+        _Option("candidate_labels", _label_list("zero-shot-image-classification", "['a cat', 'a dog']"), _REQUIRED),
         _Option("hypothesis_template", _hypothesis_template, "This is a photo of {}."),
     )
     output = "logits_per_image"
@@ -6243,12 +8005,7 @@ class _ZeroShotImageClassification(_ImageTask):
 
     def postprocess(self, batch: _Photos, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         """Each image's labels by softmax score, best first (ties in label order)."""
-        results = []
-        for (logits,) in outputs:
-            scores = _softmax(logits.astype(np.float32))
-            ranked = sorted(zip(scores, options["candidate_labels"]), key=lambda x: -float(x[0]))
-            results.append([{"score": float(s), "label": label} for s, label in ranked])
-        return results
+        return [_ranked_labels(logits, options["candidate_labels"]) for (logits,) in outputs]
 
 
 # --- Object detection ---------------------------------------------------------------------------------
@@ -6350,11 +8107,28 @@ def _detection_labels(name: str, value: Any) -> list[str]:
     return list(value)
 
 
+class _Asked(NamedTuple):
+    """An image, and its own candidate labels where the call gave them with it (None: the call's candidate_labels)."""
+
+    image: Any
+    labels: list[str] | None
+
+
+def _asked(item: Mapping[Any, Any]) -> _Asked:
+    """The pipeline's per-image input {"image": ..., "candidate_labels": ...} as an image and its labels."""
+    if set(item) != {"image", "candidate_labels"}:
+        raise InvalidInputError("zero-shot-object-detection takes an input dict as {'image': ..., 'candidate_labels': "
+                                f"[...]}}; got the keys {sorted(map(str, item))}")
+    return _Asked(item["image"], _detection_labels("candidate_labels", item["candidate_labels"]))
+
+
 class _Queries(NamedTuple):
-    """Images processed (with their sizes as opened), and the labels tokenized as the graph's text inputs."""
+    """Images processed (with their sizes as opened), each image's labels, and those tokenized as the graph's text
+    inputs (one feed a set of labels, shared by the images that have it)."""
 
     images: list[_Sized]
-    feed: dict[str, np.ndarray]
+    labels: list[list[str]]
+    feeds: list[dict[str, np.ndarray]]
 
 
 class _ZeroShotObjectDetection(_ImageTask):
@@ -6364,7 +8138,7 @@ class _ZeroShotObjectDetection(_ImageTask):
     name = "zero-shot-object-detection"
     processors = ("image_processor", "tokenizer")
     options = (
-        _Option("candidate_labels", _detection_labels, _REQUIRED),
+        _Option("candidate_labels", _detection_labels, None),  # None: each input gives its own (see inputs)
         _Option("threshold", _number(0.0, high=1.0), 0.1),
         _Option("top_k", _integer(0, optional=True), None),
     )
@@ -6382,12 +8156,32 @@ class _ZeroShotObjectDetection(_ImageTask):
         self.square = isinstance(self.processor, _Owlv2ImageProcessor)  # its post-processing scales by the longer side
 
     def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """Each image with its own labels where the call gives them so, as the pipeline reads its arguments: a dict
+        {"image", "candidate_labels"} or a list of them, or a list of images with candidate_labels a list of label lists
+        (one per image); otherwise every image takes the call's candidate_labels."""
         if "text_queries" in kwargs:  # the pipeline's older name for the labels
             kwargs["candidate_labels"] = kwargs.pop("text_queries")
-        return super().inputs(_positional_labels(args, kwargs), kwargs)
+        items, single = super().inputs(_positional_labels(args, kwargs), kwargs)
+        labels = kwargs.get("candidate_labels")
+        if any(isinstance(item, dict) for item in items):
+            if not all(isinstance(item, dict) for item in items):
+                raise InvalidInputError("zero-shot-object-detection takes a list of images or a list of {'image', "
+                                        "'candidate_labels'} dicts, not both in one list")
+            if labels is not None:
+                raise InvalidInputError("candidate_labels given both in the input dicts and as an option; give each "
+                                        "image's labels in its dict only")
+            return [_asked(item) for item in items], single
+        if single or not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, (list, tuple))
+                                                                                    for x in labels):
+            return [_Asked(item, None) for item in items], single
+        if len(labels) != len(items):
+            raise InvalidInputError(f"got {len(items)} images but {len(labels)} candidate label lists; give one list per "
+                                    "image, or one list for every image")
+        del kwargs["candidate_labels"]
+        return [_Asked(item, _detection_labels("candidate_labels", each)) for item, each in zip(items, labels)], single
 
-    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Queries:
-        labels = options["candidate_labels"]
+    def _tokenized(self, labels: list[str]) -> dict[str, np.ndarray]:
+        """The labels as the graph's text inputs, a row each; a label longer than the text encoder takes refused."""
         encodings = self.tokenizer.encode(labels)
         for label, encoding in zip(labels, encodings):
             if self.positions is not None and len(encoding.ids) > self.positions:
@@ -6395,28 +8189,41 @@ class _ZeroShotObjectDetection(_ImageTask):
                     f"candidate label {label!r} is {len(encoding.ids)} tokens; the model's text encoder takes at most "
                     f"{self.positions}"
                 )
-        return _Queries([_sized(self.processor, item) for item in items], self.tokenizer.pad(encodings, self.dtypes))
+        return self.tokenizer.pad(encodings, self.dtypes)
+
+    def preprocess(self, items: list[_Asked], options: Mapping[str, Any]) -> _Queries:
+        feeds: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+        labels = []
+        for item in items:
+            # no labels with the image nor in the call: the option's check says what is needed
+            chosen = item.labels or options["candidate_labels"] or _detection_labels("candidate_labels", None)
+            if tuple(chosen) not in feeds:
+                feeds[tuple(chosen)] = self._tokenized(chosen)
+            labels.append(chosen)
+        return _Queries([_sized(self.processor, item.image) for item in items], labels,
+                        [feeds[tuple(chosen)] for chosen in labels])
 
     def forward(self, batch: _Queries, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
-        """Images of one processed shape run together, the queries repeated for each."""
+        """Images of one processed shape and one set of labels run together, the queries repeated for each."""
         def run(chunk: list[int]) -> list[list[np.ndarray]]:
             pixels = np.stack([batch.images[i].pixels for i in chunk]).astype(self.pixel_dtype, copy=False)
-            feed = {name: np.tile(array, (len(chunk), 1)) for name, array in batch.feed.items()}
+            feed = {name: np.tile(array, (len(chunk), 1)) for name, array in batch.feeds[chunk[0]].items()}
             logits, boxes = self.session.run([self.output_name, "pred_boxes"], {**feed, "pixel_values": pixels})
             return [[logits[position], boxes[position]] for position in range(len(chunk))]
 
-        return _batched([image.pixels.shape for image in batch.images], self.ctx.batch_size, run, mixed=False)
+        keys = [(image.pixels.shape, tuple(labels)) for image, labels in zip(batch.images, batch.labels)]
+        return _batched(keys, self.ctx.batch_size, run, mixed=False)
 
     def postprocess(self, batch: _Queries, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
-        """Each image's boxes above threshold for each label, by score, best first; top_k of them when given."""
+        """Each image's boxes above threshold for each of its labels, by score, best first; top_k of them when given."""
         results = []
-        for image, (logits, boxes) in zip(batch.images, outputs):
+        for image, labels, (logits, boxes) in zip(batch.images, batch.labels, outputs):
             if self.square:  # OWLv2: boxes relative to the image padded to a square
                 corners = _corner_boxes(boxes, max(image.height, image.width), max(image.height, image.width))
             else:
                 corners = _corner_boxes(boxes, image.height, image.width)
-            found = []
-            for query, label in enumerate(options["candidate_labels"]):
+            found: list[dict[str, Any]] = []
+            for query, label in enumerate(labels):
                 scores = _sigmoid(logits[:, query].astype(np.float32))
                 for box in np.nonzero(scores > options["threshold"])[0]:
                     found.append({"score": float(scores[box]), "label": label,
@@ -6473,21 +8280,29 @@ def _depth_image(depth: np.ndarray) -> Any:
     return _pil().fromarray((scaled * 255).astype(np.uint8))
 
 
-def _written(value: str, suffix: str, image: Any, output: str | None = None) -> str:
-    """The command line's image output saved as PNG next to the input it came from (in the folder `output`, made if
-    missing, when given), written whole or not at all (a temporary file renamed); the path written."""
-    stem = os.path.splitext(value if output is None else os.path.join(output, os.path.basename(value)))[0]
-    path, temporary = f"{stem}-{suffix}.png", f"{stem}-{suffix}.png.{os.getpid()}.tmp"
+def _write_whole(path: str, save: Callable[[str], None]) -> str:
+    """path written whole or not at all: save(temporary) writes a temporary file beside it, renamed over it; path."""
+    temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        if output is not None:
-            os.makedirs(output, exist_ok=True)
-        image.save(temporary, format="PNG")
+        save(temporary)
         os.replace(temporary, path)
     except OSError as exc:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def _written(value: str, suffix: str, image: Any, output: str | None = None) -> str:
+    """The command line's image output saved as PNG next to the input it came from (in the folder `output`, made if
+    missing, when given), written whole or not at all (a temporary file renamed); the path written."""
+    stem = os.path.splitext(value if output is None else os.path.join(output, os.path.basename(value)))[0]
+    if output is not None:
+        try:
+            os.makedirs(output, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {stem}-{suffix}.png: {exc.strerror or exc}") from None
+    return _write_whole(f"{stem}-{suffix}.png", lambda temporary: image.save(temporary, format="PNG"))
 
 
 class _DepthEstimation(_ImageTask):
@@ -6562,57 +8377,232 @@ class _ImageToImage(_ImageTask):
 # fraction of it) as ImageSegmentationPipeline's semantic subtask: post_process_semantic_segmentation's logits brought
 # to the image's size by torch's bilinear interpolation (align_corners=False, rebuilt in numpy: within 1e-5 of torch's
 # relative to the largest logit), the label of each pixel the first largest, and one 0/255 mask per label present, in
-# label order, with no score. Panoptic and instance segmentation (DETR, MaskFormer, Mask2Former, OneFormer) are not run.
+# label order, with no score.
+# MaskFormer and Mask2Former (class_queries_logits: per query, label logits with a no-object label last;
+# masks_queries_logits: per query, mask logits at a quarter of the processed image, which Mask2Former's post-processing
+# first brings to 384 x 384) as the pipeline runs them: subtask "panoptic" (its default for them), "instance" or
+# "semantic", each as the image processor's post_process_*_segmentation with the pipeline's options (and no
+# label_ids_to_fuse, which the pipeline never passes). DETR's panoptic head (DetrForSegmentation: logits and
+# pred_masks) likewise, its instance segmentation being compute_segments as its panoptic. OneFormer is not run.
 
-_UNSUPPORTED_SUBTASKS = ("instance", "panoptic")
+_QUERY_SUBTASKS = ("panoptic", "instance", "semantic")  # the pipeline's order of preference
 
 
 def _subtask(name: str, value: Any) -> str:
+    """A semantic model's subtask: "semantic" alone, as the pipeline finds no other post-processing for it."""
     if value == "semantic":
         return "semantic"
-    if value in _UNSUPPORTED_SUBTASKS:
-        raise InvalidInputError(f"{name} {value!r} is not supported by this runtime: it runs semantic segmentation only "
-                                f"({name}='semantic' or None; panoptic and instance models are not supported)")
+    if value in _QUERY_SUBTASKS:
+        raise InvalidInputError(f"{name} {value!r} is not one this model can do: a semantic segmentation model (one logit "
+                                f"map per label) segments {name}='semantic' (or None); MaskFormer, Mask2Former and DETR "
+                                "panoptic models do 'panoptic' and 'instance' too")
     raise InvalidInputError(f"{name} must be 'semantic' (or None); got {value!r}")
 
 
-def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each of target positions, the 2 source positions it reads and their weights, as torch's
-    upsample_bilinear2d with align_corners=False computes them (in float32: centres aligned, scale source / target,
-    positions before the first clamped to it)."""
-    scale = np.float32(source / target)
-    real = np.maximum(scale * (np.arange(target, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
-    low = real.astype(np.int64)
-    high = np.minimum(low + 1, source - 1)
-    far = np.clip(real - low.astype(np.float32), np.float32(0), np.float32(1))
-    return low, high, (np.float32(1) - far).astype(np.float32), far.astype(np.float32)
+def _query_subtask(name: str, value: Any) -> str:
+    if value in _QUERY_SUBTASKS:
+        return str(value)
+    raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, _QUERY_SUBTASKS))} (or None: 'panoptic'); "
+                            f"got {value!r}")
 
 
-def _bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(..., h, w) maps resized to (..., height, width) in float32 as torch.nn.functional.interpolate(mode="bilinear",
-    align_corners=False): along each row, then down each column."""
+def _bilinear_bands(maps: np.ndarray, height: int, width: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """(maps, h, w) brought to (maps, height, width) as _bilinear does, a band of rows at a time, so that a large image
+    never holds every map's full-size values at once: each band's rows and its values."""
+    rows = max(1, (1 << 24) // max(1, maps.shape[0] * width))
     source = maps.astype(np.float32, copy=False)
-    low, high, near, far = _linear_taps(source.shape[-1], width)
-    wide = source[..., low] * near + source[..., high] * far
+    columns, right, left_weight, right_weight = _linear_taps(source.shape[-1], width)
+    wide = source[..., columns] * left_weight + source[..., right] * right_weight
     low, high, near, far = _linear_taps(source.shape[-2], height)
-    out: np.ndarray = wide[..., low, :] * near[:, None] + wide[..., high, :] * far[:, None]
-    return out
+    for start in range(0, height, rows):
+        band = slice(start, start + rows)
+        yield band, wide[:, low[band], :] * near[band, None] + wide[:, high[band], :] * far[band, None]
 
 
 def _semantic_map(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The (height, width) label of each pixel: the logits brought to the image's size, their first largest label
-    (a band of rows at a time, so that a large image never holds every label's full-size map at once)."""
-    rows = max(1, (1 << 24) // max(1, logits.shape[0] * width))
-    low, high, near, far = _linear_taps(logits.shape[-2], height)
+    """The (height, width) label of each pixel: the logits brought to the image's size, their first largest label.
+
+    Each resized value is near * (left * A + right * B) + far * (left * C + right * D) of its four source values
+    (weights of sum one), so it is at most their largest. The rows that read the same two source rows resize first
+    the labels that are largest at one of their source pixels: the best of those bounds each pixel's winner from
+    below, and a label whose largest corner stays below that bound, by more than float32 rounding can bridge, wins
+    nowhere along those rows. Only the others are resized there (a few of a model's 150 in a real photo), each value
+    computed exactly as _bilinear_bands computes it, so the labels are the same."""
     source = logits.astype(np.float32, copy=False)
-    columns, right, left_weight, right_weight = _linear_taps(source.shape[-1], width)
-    wide = source[..., columns] * left_weight + source[..., right] * right_weight
     labels = np.empty((height, width), dtype=np.int64)
-    for start in range(0, height, rows):
-        band = slice(start, start + rows)
-        resized = wide[:, low[band], :] * near[band, None] + wide[:, high[band], :] * far[band, None]
-        labels[band] = resized.argmax(axis=0)
+    if not np.isfinite(source).all() or source.shape[0] < 8:
+        for band, values in _bilinear_bands(source, height, width):
+            labels[band] = values.argmax(axis=0)
+        return labels
+    columns, right, left_weight, right_weight = _linear_taps(source.shape[-1], width)
+    low, high, near, far = _linear_taps(source.shape[-2], height)
+    margin = np.float32(1e-5) * (np.float32(np.abs(source).max()) + np.float32(1e-30))  # >> rounding of 2 products
+
+    def resized(two: np.ndarray, rows: slice) -> np.ndarray:  # (labels, 2 source rows, w) -> (labels, rows, width)
+        wide = two[..., columns] * left_weight + two[..., right] * right_weight
+        out: np.ndarray = wide[:, 0][:, None, :] * near[rows, None] + wide[:, 1][:, None, :] * far[rows, None]
+        return out
+
+    starts = np.flatnonzero(np.diff(low * source.shape[-2] + high, prepend=-1))
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), height]):
+        rows, two = slice(start, stop), source[:, [low[start], high[start]]]
+        leaders = np.unique(two.argmax(axis=0))
+        bound = resized(two[leaders], rows).max(axis=0).min(axis=0)  # (width,): below each column's winner
+        corners = np.maximum(two[:, 0], two[:, 1])
+        largest = np.maximum(corners[:, columns], corners[:, right])  # (labels, width): above each label's values
+        kept = np.flatnonzero((largest >= bound - margin).any(axis=1))
+        labels[rows] = kept[0] if len(kept) == 1 else kept[resized(two[kept], rows).argmax(axis=0)]
     return labels
+
+
+def _semantic_segments(logits: np.ndarray, height: int, width: int, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The pipeline's semantic result: per label present (in label order) no score, its name and its 0/255 mask."""
+    Image = _pil()
+    segmentation = _semantic_map(logits, height, width)
+    return [{"score": None, "label": names[int(label)],
+             "mask": Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")}
+            for label in np.unique(segmentation)]
+
+
+def _heap_adjust(heap: list[tuple[float, int]], first: int, hole: int, length: int, value: tuple[float, int]) -> None:
+    """libstdc++'s __adjust_heap (then __push_heap) of a max-first heap of (value, index) at heap[first:first + length]."""
+    top, child = hole, hole
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if heap[first + child][0] > heap[first + child - 1][0]:
+            child -= 1
+        heap[first + hole] = heap[first + child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        heap[first + hole] = heap[first + child - 1]
+        hole = child - 1
+    parent = (hole - 1) // 2
+    while hole > top and heap[first + parent][0] > value[0]:
+        heap[first + hole] = heap[first + parent]
+        hole, parent = parent, (parent - 1) // 2
+    heap[first + hole] = value
+
+
+def _heap_select(items: list[tuple[float, int]], first: int, middle: int, last: int) -> None:
+    """libstdc++'s __heap_select: items[first:middle] made a heap holding the best of items[first:last]."""
+    length = middle - first
+    for parent in range((length - 2) // 2, -1, -1) if length > 1 else ():
+        _heap_adjust(items, first, parent, length, items[first + parent])
+    for i in range(middle, last):
+        if items[i][0] > items[first][0]:
+            value, items[i] = items[i], items[first]
+            _heap_adjust(items, first, 0, length, value)
+
+
+def _torch_topk(values: np.ndarray, k: int) -> np.ndarray:
+    """The indices torch.topk(values, k, sorted=False) gives on the CPU, in its order: torch's kernel runs libstdc++'s
+    std::partial_sort (best first) when k * 64 <= len(values), else std::nth_element (introselect, whose order is
+    the partitions'), both rebuilt here step for step (ties fall as they fall there)."""
+    items = [(float(v), i) for i, v in enumerate(values.tolist())]
+    if k * 64 <= len(items):  # partial_sort: heap select, then sort_heap
+        _heap_select(items, 0, k, len(items))
+        for last in range(k - 1, 0, -1):
+            value, items[last] = items[last], items[0]
+            _heap_adjust(items, 0, 0, last, value)
+        return np.array([i for _, i in items[:k]], dtype=np.int64)
+    nth, first, last = k - 1, 0, len(items)
+    depth = 2 * ((last - first).bit_length() - 1)
+    while last - first > 3:
+        if depth == 0:
+            _heap_select(items, first, nth + 1, last)
+            items[first], items[nth] = items[nth], items[first]
+            return np.array([i for _, i in items[:k]], dtype=np.int64)
+        depth -= 1
+        a, b, c = first + 1, first + (last - first) // 2, last - 1  # the median of three moved to first
+        x, y, z = items[a][0], items[b][0], items[c][0]
+        median = (b if y > z else c if x > z else a) if x > y else (a if x > z else c if y > z else b)
+        items[first], items[median] = items[median], items[first]
+        low, high = first + 1, last  # __unguarded_partition about items[first]
+        while True:
+            while items[low][0] > items[first][0]:
+                low += 1
+            high -= 1
+            while items[first][0] > items[high][0]:
+                high -= 1
+            if low >= high:
+                break
+            items[low], items[high] = items[high], items[low]
+            low += 1
+        first, last = (low, last) if low <= nth else (first, low)
+    for i in range(first + 1, last):  # __insertion_sort
+        value, j = items[i], i
+        if value[0] > items[first][0]:
+            items[first + 1: i + 1] = items[first: i]
+            items[first] = value
+            continue
+        while value[0] > items[j - 1][0]:
+            items[j] = items[j - 1]
+            j -= 1
+        items[j] = value
+    return np.array([i for _, i in items[:k]], dtype=np.int64)
+
+
+def _nearest_taps(source: int, target: int) -> np.ndarray:
+    """For each of target positions the source position torch's nearest interpolation (mode "nearest") reads:
+    floor(position * source / target), in float32."""
+    scale = np.float32(source) / np.float32(target)
+    taps: np.ndarray = np.minimum(np.floor(np.arange(target, dtype=np.float32) * scale).astype(np.int64), source - 1)
+    return taps
+
+
+_Segment = tuple[int, float, "np.ndarray"]  # a label, its score and its (height, width) pixels (quoted: no numpy at import)
+
+
+def _panoptic_segments(classes: np.ndarray, masks: np.ndarray, height: int, width: int,
+                       options: Mapping[str, Any]) -> list[_Segment]:
+    """post_process_panoptic_segmentation (compute_segments, nothing fused): the queries whose best label (of all,
+    no-object included) is an object and scores above threshold; their mask probabilities brought to the image's size
+    and weighted by that score; each pixel to the query of the largest (the first of equals); a query a segment where it
+    holds pixels, more than overlap_mask_area_threshold of those where its weighted probability reaches mask_threshold."""
+    probabilities = _softmax(classes.astype(np.float32))
+    scores, labels = probabilities.max(-1), probabilities.argmax(-1)
+    kept = np.flatnonzero((labels != classes.shape[-1] - 1) & (scores > options["threshold"]))
+    if not len(kept):
+        return []
+    with np.errstate(over="ignore"):
+        probs = _sigmoid(masks[kept].astype(np.float32))
+    owner = np.empty((height, width), dtype=np.int64)
+    reached = np.zeros(len(kept), dtype=np.int64)
+    for band, resized in _bilinear_bands(probs, height, width):
+        weighted = resized * scores[kept][:, None, None]
+        owner[band] = weighted.argmax(axis=0)
+        reached += (weighted >= options["mask_threshold"]).sum(axis=(1, 2))
+    areas = np.bincount(owner.ravel(), minlength=len(kept))
+    return [(int(labels[query]), round(float(scores[query]), 6), owner == k) for k, query in enumerate(kept)
+            if areas[k] > 0 and reached[k] > 0
+            and float(np.float32(areas[k]) / np.float32(reached[k])) > options["overlap_mask_area_threshold"]]
+
+
+def _instance_segments(classes: np.ndarray, masks: np.ndarray, height: int, width: int,
+                       options: Mapping[str, Any]) -> list[_Segment]:
+    """post_process_instance_segmentation: as many (query, label) pairs as queries, the best by label probability
+    (no-object left out) in torch's topk order; each pair's mask where its query's logit is above 0, scored by that
+    probability times the mask's mean sigmoid; brought to the image's size by nearest interpolation; kept where it
+    covers a pixel and scores threshold or more, later masks drawn over earlier ones."""
+    queries, count = classes.shape[0], classes.shape[-1] - 1
+    flat = _softmax(classes.astype(np.float32))[:, :-1].reshape(-1)
+    order = _torch_topk(flat, queries)
+    picked = masks[order // count].astype(np.float32)
+    binary = picked > 0
+    with np.errstate(over="ignore"):
+        inside = (_sigmoid(picked) * binary).reshape(queries, -1).sum(axis=1)
+    scores = flat[order] * (inside / (binary.reshape(queries, -1).sum(axis=1, dtype=np.float32) + np.float32(1e-6)))
+    rows, columns = _nearest_taps(picked.shape[1], height), _nearest_taps(picked.shape[2], width)
+    sampled = np.ix_(np.unique(rows), np.unique(columns))
+    owner = np.full(picked.shape[1:], -1, dtype=np.int64)  # at the masks' size: nearest interpolation only samples it
+    found: list[tuple[int, float]] = []
+    for j in range(queries):
+        if binary[j][sampled].any() and float(scores[j]) >= options["threshold"]:
+            owner[binary[j]] = len(found)
+            found.append((int(order[j] % count), round(float(scores[j]), 6)))
+    full = owner[rows][:, columns]
+    return [(label, score, full == index) for index, (label, score) in enumerate(found)]
 
 
 class _ImageSegmentation(_ImageTask):
@@ -6630,6 +8620,18 @@ class _ImageSegmentation(_ImageTask):
     )
     axes = "(batch, labels, height, width)"
 
+    @classmethod
+    def variant(cls, metadata: Mapping[str, Any]) -> type[_Task]:
+        """MaskFormer, Mask2Former and DETR (a mask and a label per query) run in _QuerySegmentation and its kin."""
+        model_type = (metadata.get(KEY_MODEL_CONFIG) or {}).get("model_type")
+        if model_type in _QUERY_SEGMENTERS:
+            return _QUERY_SEGMENTERS[model_type]
+        if model_type == "oneformer":
+            raise TaskDetectionError("image-segmentation with OneFormer (task tokens through its tokenizer) is not supported "
+                                     "by this runtime; semantic models (SegFormer, UperNet), MaskFormer, Mask2Former and "
+                                     "DETR's panoptic head are")
+        return cls
+
     def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_Sized]:
         return [_sized(self.processor, item) for item in items]
 
@@ -6637,15 +8639,8 @@ class _ImageSegmentation(_ImageTask):
         return self.rows([image.pixels for image in batch], [self.output_name])
 
     def postprocess(self, batch: list[_Sized], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
-        Image = _pil()
-        results = []
-        for image, (logits,) in zip(batch, outputs):
-            segmentation = _semantic_map(logits, image.height, image.width)
-            names = self.ctx.labels(logits.shape[0])
-            results.append([{"score": None, "label": names[int(label)],
-                             "mask": Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")}
-                            for label in np.unique(segmentation)])
-        return results
+        return [_semantic_segments(logits, image.height, image.width, self.ctx.labels(logits.shape[0]))
+                for image, (logits,) in zip(batch, outputs)]
 
     def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
         """Each input's masks written next to it or in --output (photo-mask-0-<label>.png, in the result's order); as
@@ -6659,6 +8654,421 @@ class _ImageSegmentation(_ImageTask):
                               "size": [mask.width, mask.height],
                               "area": float((np.asarray(mask) > 0).mean())})
             yield json.dumps({"input": value, "segments": masks}, indent=2, ensure_ascii=False) + "\n"
+
+
+class _QuerySegmentation(_ImageSegmentation):
+    """image-segmentation with MaskFormer and Mask2Former (per query: label logits, no-object last, and mask logits),
+    as ImageSegmentationPipeline: subtask "panoptic" (None: what the pipeline picks for them), "instance" (one segment
+    per query-label pair, scored, masks drawn in torch's topk order) or "semantic" (score None)."""
+
+    options = (_Option("subtask", _query_subtask, "panoptic"), *_ImageSegmentation.options[1:])
+    output = "class_queries_logits"
+    axes = "(batch, queries, labels)"
+    ports = (_Reads("pixel_values", _FLOAT_DTYPES), _Reads("pixel_mask", _INT_DTYPES, required=False))
+    masks: ClassVar[str] = "masks_queries_logits"  # the mask logits' output
+    square: ClassVar[int] = 0  # the side the post-processing first brings the mask logits to (Mask2Former's 384)
+    instance: ClassVar[Callable[..., list[_Segment]]] = staticmethod(_instance_segments)
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        _check_ports(self.session, self.ports, [_Reads(self.masks, axes="(batch, queries, height, width)")], what=self.name)
+
+    def forward(self, batch: list[_Sized], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """Images of one processed shape run together, each padded as the pipeline pads it alone: to the processor's
+        pad_size where it has one, else not at all; with its pixel_mask where the graph takes one."""
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            padded, mask = _pad_bottom_right([batch[i].pixels for i in chunk], getattr(self.processor, "pad_size", None))
+            feed = {"pixel_values": padded.astype(self.pixel_dtype, copy=False)}
+            if "pixel_mask" in self.dtypes:
+                feed["pixel_mask"] = mask.astype(self.dtypes["pixel_mask"], copy=False)
+            classes, masks = self.session.run([self.output_name, self.masks], feed)
+            return [[classes[position], masks[position]] for position in range(len(chunk))]
+
+        return _batched([image.pixels.shape for image in batch], self.ctx.batch_size, run, mixed=False)
+
+    def postprocess(self, batch: list[_Sized], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        Image = _pil()
+        results = []
+        for image, (classes, masks) in zip(batch, outputs):
+            if self.square:
+                masks = _bilinear(masks, self.square, self.square)
+            names = self.ctx.labels(classes.shape[-1] - 1)
+            if options["subtask"] == "semantic":  # post_process_semantic_segmentation: label scores summed over queries
+                with np.errstate(over="ignore"):
+                    logits = np.einsum("qc,qhw->chw", _softmax(classes.astype(np.float32))[:, :-1],
+                                       _sigmoid(masks.astype(np.float32)))
+                results.append(_semantic_segments(logits, image.height, image.width, names))
+                continue
+            segments = (_panoptic_segments if options["subtask"] == "panoptic" else self.instance)(
+                classes, masks, image.height, image.width, options)
+            results.append([{"score": score, "label": names[label],
+                             "mask": Image.fromarray(pixels.astype(np.uint8) * np.uint8(255), mode="L")}
+                            for label, score, pixels in segments])
+        return results
+
+
+class _Mask2FormerSegmentation(_QuerySegmentation):
+    """Mask2Former: its post-processing first brings the mask logits to 384 x 384."""
+
+    square = 384
+
+
+class _DetrSegmentation(_QuerySegmentation):
+    """DETR's panoptic head (DetrForSegmentation: logits, pred_masks); its instance segmentation is compute_segments,
+    as its panoptic (nothing fused either way)."""
+
+    output = "logits"
+    masks = "pred_masks"
+    instance = staticmethod(_panoptic_segments)
+
+
+_QUERY_SEGMENTERS: dict[str, type[_Task]] = {"maskformer": _QuerySegmentation, "mask2former": _Mask2FormerSegmentation,
+                                             "detr": _DetrSegmentation}
+
+
+# --- Background removal -------------------------------------------------------------------------------
+# Matting models (RMBG-1.4, RMBG-2.0, BiRefNet: one foreground map per image) as transformers.js's
+# BackgroundRemovalPipeline (transformers has no such pipeline). The graph's first output, (batch, 1, height, width),
+# is read as its ImageSegmentationPipeline reads a model without post-processing: the sigmoid of the map unless it
+# lies in [0, 1] (within 1e-5), times 255 truncated to 8 bits, brought to the image's size by RawImage.resize's
+# bilinear interpolation as written there (source position x * in / out, not centred; rounded), and put as the alpha
+# of the image's RGB. A graph whose one input is not pixel_values (RMBG-1.4's "input") is fed the pixels under its own
+# name, as transformers.js feeds it.
+
+_MATTE_EPSILON = 1e-5  # transformers.js's margin around [0, 1] within which a map is taken as probabilities
+
+
+def _matte_alpha(matte: np.ndarray) -> np.ndarray:
+    """A (height, width) foreground map as transformers.js's 8-bit mask: the sigmoid unless the map lies in [0, 1]
+    (within 1e-5), times 255, truncated (NaN as 0); each step rounded to float32, as its Float32Array stores it."""
+    values = matte.astype(np.float32)
+    if (values < -_MATTE_EPSILON).any() or (values > 1 + _MATTE_EPSILON).any():
+        with np.errstate(over="ignore"):
+            values = (1.0 / (1.0 + np.exp(-values.astype(np.float64)))).astype(np.float32)
+    scaled = (values.astype(np.float64) * 255).astype(np.float32)
+    alpha: np.ndarray = np.clip(np.nan_to_num(np.trunc(scaled)), 0, 255).astype(np.uint8)
+    return alpha
+
+
+def _corner_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of target positions, the 2 source positions it reads and the weight of the second, as
+    transformers.js's RawImage.resize computes them (float64: position x * (source / target), its floor and the next,
+    clamped to the last)."""
+    position = np.arange(target, dtype=np.float64) * (source / target)
+    low = np.floor(position)
+    first = low.astype(np.int64)
+    return first, np.minimum(first + 1, source - 1), position - low
+
+
+def _resized_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An 8-bit (h, w) mask at (height, width) as transformers.js's RawImage.resize(width, height) (bilinear, as written
+    for browsers): the four neighbours' values along the rows, then between them, rounded half up; the same mask when
+    its size is already that (a band of rows at a time)."""
+    if mask.shape == (height, width):
+        return mask
+    columns, right, across = _corner_taps(mask.shape[1], width)
+    rows, below, down = _corner_taps(mask.shape[0], height)
+    source = mask.astype(np.float64)
+    wide = source[:, columns] * (1 - across) + source[:, right] * across
+    out = np.empty((height, width), dtype=np.uint8)
+    band = max(1, (1 << 22) // max(1, width))
+    for start in range(0, height, band):
+        part = slice(start, start + band)
+        weight = down[part, None]
+        top, bottom = wide[rows[part]], wide[below[part]]
+        top *= 1 - weight  # in place, in transformers.js's order: top * (1 - dy) + bottom * dy, then Math.round
+        bottom *= weight
+        top += bottom
+        top += 0.5
+        out[part] = np.floor(top, out=top)
+    return out
+
+
+def _matting_session(session: Session) -> Session:
+    """The model's session, its one input fed as pixel_values where the graph names it otherwise (RMBG-1.4's "input"),
+    as transformers.js feeds such a model."""
+    names = list(session.inputs)
+    if "pixel_values" in names or len(names) != 1 or session.inputs[names[0]].dtype not in _FLOAT_DTYPES:
+        return session
+    return Session(session.ort, inputs={"pixel_values": session.input_name(names[0])},
+                   outputs={name: session.output_name(name) for name in session.outputs}, fed_by="image processor")
+
+
+class _Cutout(NamedTuple):
+    """An image's processed pixels, and its RGB pixels as opened (what the alpha is put on)."""
+
+    pixels: np.ndarray
+    rgb: np.ndarray
+
+
+class _BackgroundRemoval(_ImageTask):
+    """background-removal, as transformers.js's BackgroundRemovalPipeline (RMBG, BiRefNet: one foreground map per
+    image): each image as an RGBA PIL image of its size, its RGB as opened, the map as its alpha."""
+
+    name = "background-removal"
+    output = ""  # the graph's first output, as transformers.js reads it
+    axes = "(batch, channels, height, width)"
+
+    def __init__(self, ctx: _Context) -> None:
+        ctx.sessions = {**ctx.sessions, "model": _matting_session(ctx.session())}
+        super().__init__(ctx)
+        channels = self.session.outputs[self.output_name].shape[1:2]
+        if channels and _is_int(channels[0]) and channels[0] != 1:
+            raise MetadataValidationError(
+                f"background-removal reads one foreground map per image; the output {self.output_name!r} has shape "
+                f"{list(self.session.outputs[self.output_name].shape)}: {channels[0]} maps; was it exported for another task?"
+            )
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[_Cutout]:
+        cutouts = []
+        for item in items:
+            image = load_image(item)
+            rgb = _array_to_pil(_array_to_rgb(image))[0] if isinstance(image, np.ndarray) else image
+            cutouts.append(_Cutout(self.processor.process(image), np.asarray(rgb)))
+        return cutouts
+
+    def forward(self, batch: list[_Cutout], options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        return self.rows([cutout.pixels for cutout in batch], [self.output_name])
+
+    def postprocess(self, batch: list[_Cutout], outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        Image = _pil()
+        results = []
+        for cutout, (matte,) in zip(batch, outputs):
+            if matte.shape[0] != 1:
+                raise MetadataValidationError(f"background-removal reads one foreground map per image; the model gave "
+                                              f"{matte.shape[0]} (output {self.output_name!r}, {list(matte.shape)} per image)")
+            alpha = _resized_mask(_matte_alpha(matte[0]), *cutout.rgb.shape[:2])
+            results.append(Image.fromarray(np.dstack([cutout.rgb, alpha])))
+        return results
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
+        """Each input without its background written next to it or in --output (photo-nobg.png); as JSON, where, its
+        size and its share of foreground (the mean alpha, 0 to 1)."""
+        for value, image in zip(values, self(list(values), **options)):
+            summary = {"input": value, "image": _written(value, "nobg", image, output), "size": [image.width, image.height],
+                       "foreground": float(np.asarray(image)[..., 3].mean() / 255)}
+            yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- Image to text ------------------------------------------------------------------------------------
+# transformers 4.57's ImageToTextPipeline over a VisionEncoderDecoderModel (a ViT-family encoder; a GPT-2, BERT,
+# RoBERTa or TrOCR decoder) in one file (_EncoderDecoder): each image processed as the image tasks process it, the
+# encoder run once per image, tokens generated from the decoder start token. transformers 5.25 turns "image-to-text"
+# into its image-text-to-text pipeline, which cannot run these models (its processors give no decoder_input_ids), so
+# "image-text-to-text" names this room too, with 4.57's output.
+
+# transformers 4.57's ImageToTextPipeline._default_generation_config
+_IMAGE_TO_TEXT_DEFAULTS: Mapping[str, Any] = {"max_new_tokens": 256}
+
+
+def _generation_kwargs(name: str, value: Any) -> dict[str, Any]:
+    """generate_kwargs: a dict of generate() options, each checked as the option of its name."""
+    checks = {o.name: o.check for o in _GENERATION_OPTIONS}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{name} must be a dict of generate() options, got {value!r}")
+    unknown = sorted(repr(k) for k in value if k not in checks)
+    if unknown:
+        raise InvalidInputError(f"{name} {', '.join(unknown)}: not generate() options this runtime applies; it takes "
+                                f"{', '.join(checks)}")
+    return {k: None if v is None else checks[k](f"{name}[{k!r}]", v) for k, v in value.items()}
+
+
+class _Captions(NamedTuple):
+    """Images made ready: each one's pixels, and the call's generation config."""
+
+    pixels: list[np.ndarray]
+    config: _GenerationConfig
+
+
+class _ImageToText(_Generating):
+    """image-to-text (and image-text-to-text), as transformers 4.57's ImageToTextPipeline: the generate() options by
+    name or in generate_kwargs (not both for one option), over the model's generation config and the pipeline's
+    max_new_tokens=256. An image gives num_return_sequences records ``{"generated_text": ...}`` (the decoder start
+    token and the new ones decoded without special tokens, cleaned up as the tokenizer config says, as 4.57 decodes);
+    a list of images gives a list of those."""
+
+    name = "image-to-text"
+    processors = ("image_processor", "tokenizer")
+    example = "image"
+    incremental = True
+    options = (_Option("generate_kwargs", _generation_kwargs),
+               *(option._replace(default=None) for option in _GENERATION_OPTIONS))
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.processor = _image_processor(ctx)
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        self.model = _EncoderDecoderModel(ctx, self.name)
+        self.pixel_dtype = _check_ports(self.model.encoder, (_Reads("pixel_values", _FLOAT_DTYPES),),
+                                        what=f"the encoder of {self.name}")["pixel_values"]
+        generation_config = ctx.metadata.get(KEY_GENERATION_CONFIG)
+        model = _model_generation_defaults(generation_config, ctx.config)
+        _, params = _task_params(ctx.config, self.name)
+        self.model_generation = _pipeline_generation(model, params, self.tokenizer.token_id("pad_token"),
+                                                     _IMAGE_TO_TEXT_DEFAULTS)
+        self.task_defaults = {}
+        start = _decoder_start(generation_config, ctx.config)
+        if start is None:
+            raise MetadataValidationError("the model names no decoder_start_token_id or bos_token_id to start decoding "
+                                          "from; re-embed its config.json and generation_config.json")
+        self.start = start
+        decoder = ctx.config.get("decoder")  # the decoder's own config: its learned positions end there
+        self.positions = _config_int(decoder, "max_position_embeddings", "n_positions") if isinstance(decoder, dict) else None
+        tokenizer_config = ctx.metadata.get(KEY_TOKENIZER_CONFIG) or {}
+        self.clean_up = bool(_field(f"{KEY_TOKENIZER_CONFIG}.clean_up_tokenization_spaces",
+                                    tokenizer_config.get("clean_up_tokenization_spaces"), (bool,), False))
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Captions:
+        """Each image opened and processed; the call's generation config from its options and generate_kwargs."""
+        extra = options["generate_kwargs"] or {}
+        both = sorted(k for k, v in extra.items() if v is not None and options[k] is not None)
+        if both:
+            raise InvalidInputError(f"{', '.join(both)} given both as an option and in generate_kwargs; pass it once")
+        config = self.generation({**options, **{k: v for k, v in extra.items() if v is not None}})
+        return _Captions([self.processor.process(load_image(item)) for item in items], config)
+
+    def forward(self, batch: _Captions, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """The new tokens of num_return_sequences sequences per image; images of one pixel shape decode together."""
+        pixels = batch.pixels
+
+        def search(group: list[int]) -> _Search:
+            feed = {"pixel_values": np.stack([pixels[i] for i in group]).astype(self.pixel_dtype, copy=False)}
+            return self.search(_EncoderDecoder(self.model, feed), [[self.start]] * len(group), batch.config,
+                               self.tokenizer.pad_token_id)
+
+        return self.generate([p.shape for p in pixels], batch.config, search, mixed=False)
+
+    def postprocess(self, batch: _Captions, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        return [[{"generated_text": self.decode([self.start, *new], skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=self.clean_up)} for new in sequences]
+                for sequences in outputs]
+
+
+# --- Document question answering ----------------------------------------------------------------------
+# transformers 5.25's DocumentQuestionAnsweringPipeline over Donut (a VisionEncoderDecoderModel: DonutSwin encoder,
+# MBart decoder; OCR-free) in one file: the image processed by Donut's image processor, the decoder started from the
+# task prompt, the answer read from the decoded sequence as the pipeline reads it. LayoutLM-style models answer by
+# picking OCR words (pytesseract, or the caller's word_boxes): not supported.
+
+_DOCVQA_PROMPT = "<s_docvqa><s_question>{}</s_question><s_answer>"
+_DOCVQA_TAGS = ("<s_docvqa>", "<s_question>", "</s_question>", "<s_answer>")
+# transformers 5.25's DocumentQuestionAnsweringPipeline._default_generation_config
+_DOCVQA_DEFAULTS: Mapping[str, Any] = {"max_new_tokens": 256}
+
+
+def _donut_answer(sequence: str, drop: Sequence[str]) -> str | None:
+    """The answer in a decoded Donut sequence, as the pipeline finds it: the eos and pad tokens (drop) removed, then
+    the first tag (the task's), then the text from <s_answer> to the last </s_answer>, stripped; None without one."""
+    for token in drop:
+        sequence = sequence.replace(token, "")
+    sequence = re.sub(r"<.*?>", "", sequence, count=1).strip()
+    found = re.search(r"<s_answer>(.*)</s_answer>", sequence)
+    return None if found is None else found.group(1).strip()
+
+
+class _Questions(NamedTuple):
+    """Documents made ready: each one's pixels and prompt token ids, and the call's generation config."""
+
+    pixels: list[np.ndarray]
+    prompts: list[list[int]]
+    config: _GenerationConfig
+
+
+class _DocumentQuestionAnswering(_Generating):
+    """document-question-answering with Donut, as transformers 5.25's DocumentQuestionAnsweringPipeline:
+    ``runtime(image, question)`` (or ``image=``/``question=``, or a list of ``{"image": ..., "question": ...}``) gives
+    ``[{"answer": ...}]`` (None where the model wrote no </s_answer>); a list gives a list of those. The decoder starts
+    from the prompt "<s_docvqa><s_question>{question}</s_question><s_answer>" tokenized without special tokens; the
+    pipeline's max_new_tokens=256 unless the model sets max_length; generate()'s options as the other generating
+    tasks take them, but top_k: as in the pipeline, the number of answers (taken; Donut gives one)."""
+
+    name = "document-question-answering"
+    processors = ("image_processor", "tokenizer")
+    example = "image, question"
+    incremental = True
+    # top_k is the pipeline's number of answers, not sampling's (the pipeline's _non_generation_params)
+    options = (_Option("top_k", _integer(1), 1),
+               *(option._replace(default=None) for option in _GENERATION_OPTIONS if option.name != "top_k"))
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        encoder = ctx.config.get("encoder")
+        encoder_type = encoder.get("model_type") if isinstance(encoder, dict) else None
+        if encoder_type != "donut-swin":
+            kind = str(ctx.config.get("model_type") or "this model")
+            raise TaskDetectionError(
+                f"document-question-answering runs Donut (a vision-encoder-decoder with a donut-swin encoder), not "
+                f"{kind if encoder_type is None else f'{kind} with a {encoder_type} encoder'}: LayoutLM-style models "
+                "pick the answer among OCR words, which needs pytesseract (Tesseract OCR) or the caller's word_boxes, "
+                "and are not supported by this runtime")
+        self.processor = _image_processor(ctx)
+        self.tokenizer = _text_tokenizer(ctx, self.name).with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
+        missing = [tag for tag in _DOCVQA_TAGS if self.tokenizer.backend.token_to_id(tag) is None]
+        if missing:
+            raise TaskDetectionError(f"this Donut model was not trained for document question answering: its tokenizer "
+                                     f"has no {', '.join(missing)} (the DocVQA prompt's tokens); use a Donut checkpoint "
+                                     "fine-tuned on DocVQA")
+        self.model = _EncoderDecoderModel(ctx, self.name)
+        self.pixel_dtype = _check_ports(self.model.encoder, (_Reads("pixel_values", _FLOAT_DTYPES),),
+                                        what=f"the encoder of {self.name}")["pixel_values"]
+        self.model_generation = _model_generation_defaults(ctx.metadata.get(KEY_GENERATION_CONFIG), ctx.config)
+        pad = self.tokenizer.token_id("pad_token")
+        self.task_defaults = {**_DOCVQA_DEFAULTS, **({} if pad is None else {"pad_token_id": pad})}
+        decoder = ctx.config.get("decoder")
+        self.positions = _config_int(decoder, "max_position_embeddings") if isinstance(decoder, dict) else None
+        self.drop = [t for t in (_token_content(self.tokenizer.config.get(k)) for k in ("eos_token", "pad_token")) if t]
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """(image, question) pairs: runtime(image, question), image=/question= by name, or {"image", "question"}
+        dicts (one, or a list)."""
+        if "word_boxes" in kwargs:
+            raise InvalidInputError("word_boxes are for LayoutLM-style models, which this runtime does not run; Donut "
+                                    "reads the image itself: pass runtime(image, question)")
+        given = list(args)
+        for position, key in enumerate(("image", "question")):
+            if key in kwargs and len(given) == position:
+                given.append(kwargs.pop(key))
+        items: list[Any]
+        if len(given) == 2:
+            items, single = [{"image": given[0], "question": given[1]}], True
+        elif len(given) == 1 and isinstance(given[0], (dict, list)):
+            single = isinstance(given[0], dict)
+            items = [given[0]] if single else list(given[0])
+        else:
+            raise InvalidInputError(f"{self.name} takes runtime(image, question) or a list of {{'image': ..., 'question': "
+                                    "...}} dicts")
+        for position, item in enumerate(items):
+            if not isinstance(item, dict) or "image" not in item or not isinstance(item.get("question"), str):
+                raise InvalidInputError(f"item {position} is {item!r}; each needs an image and a question (a string)")
+        return items, single
+
+    @classmethod
+    def cli_inputs(cls, values: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if len(values) != 2:
+            raise InvalidInputError("document-question-answering takes an image and a question: IMAGE QUESTION")
+        return (values[0], values[1]), {}
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Questions:
+        prompts = [e.ids for e in self.tokenizer.encode([_DOCVQA_PROMPT.format(item["question"]) for item in items],
+                                                        add_special_tokens=False)]
+        return _Questions([self.processor.process(load_image(item["image"])) for item in items], prompts,
+                          self.generation(options))
+
+    def forward(self, batch: _Questions, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        """The new tokens of each document's answer; documents with prompts of one length and one pixel shape decode
+        together (the decoder's prompts are not padded)."""
+        pixels, prompts = batch.pixels, batch.prompts
+
+        def search(group: list[int]) -> _Search:
+            feed = {"pixel_values": np.stack([pixels[i] for i in group]).astype(self.pixel_dtype, copy=False)}
+            return self.search(_EncoderDecoder(self.model, feed), [prompts[i] for i in group], batch.config,
+                               self.tokenizer.pad_token_id)
+
+        return self.generate([(len(p), x.shape) for p, x in zip(prompts, pixels)], batch.config, search, mixed=False)
+
+    def postprocess(self, batch: _Questions, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        return [[{"answer": _donut_answer(self.decode([*prompt, *sequences[0]]), self.drop)}]
+                for prompt, sequences in zip(batch.prompts, outputs)]
 
 
 # --- Audio tasks --------------------------------------------------------------------------------------
@@ -7544,6 +9954,226 @@ class _AudioClassification(_AudioTask):
         return results
 
 
+# --- Zero-shot audio classification -------------------------------------------------------------------
+# CLAP (ClapModel: the audio and text towers in one graph: input_ids, attention_mask, input_features and is_longer in,
+# logits_per_audio (batch, texts) out), as transformers.ZeroShotAudioClassificationPipeline: the hypotheses tokenized
+# once a call, each clip featurized alone by ClapFeatureExtractor (the pipeline calls it one clip at a time, so that
+# with fusion every clip is marked is_longer), the softmax over the labels. A clip longer than max_length_s is cut or
+# cropped at random, as transformers draws it from numpy's global random state; `seed` draws from RandomState(seed)
+# instead, which gives what transformers gives after np.random.seed(seed).
+
+
+def _random_state(name: str, value: Any) -> Any:
+    if not _is_int(value) or not 0 <= value < 2 ** 32:
+        raise InvalidInputError(f"{name} must be an integer from 0 to 2**32 - 1 (numpy's RandomState seed), got {value!r}")
+    return np.random.RandomState(value)
+
+
+class _Clips(NamedTuple):
+    """Clips featurized (a batch axis of 1 each), and the label hypotheses tokenized as the graph's text inputs."""
+
+    features: list[dict[str, np.ndarray]]
+    feed: dict[str, np.ndarray]
+
+
+class _ZeroShotAudioClassification(_AudioTask):
+    """zero-shot-audio-classification with CLAP (both towers in one graph), as transformers'
+    ZeroShotAudioClassificationPipeline: each clip's labels by softmax score, best first."""
+
+    name = "zero-shot-audio-classification"
+    processors = ("feature_extractor", "tokenizer")
+    options = (
+        _Option("candidate_labels", _label_list("zero-shot-audio-classification", "['a dog barking', 'rain']"), _REQUIRED),
+        _Option("hypothesis_template", _hypothesis_template, "This is a sound of {}."),
+        # what draws the random crops of long clips: numpy's global random state (as transformers), or RandomState(seed)
+        _Option("seed", _random_state, lambda task, _: np.random),
+    )
+    output = "logits_per_audio"
+    axes = "(batch, texts)"
+    one_graph = False  # the graph takes the text tower's inputs beside the features: declared here
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        if not isinstance(self.features, ClapFeatureExtractor):
+            raise ProcessorReconstructionError(
+                f"zero-shot-audio-classification runs CLAP models, whose feature extractor is ClapFeatureExtractor; the "
+                f"file embeds {type(self.features).__name__}"
+            )
+        self.clap: ClapFeatureExtractor = self.features
+        self.session = ctx.session()
+        outputs = list(self.session.outputs)
+        if self.output not in outputs:
+            raise MetadataValidationError(
+                f"zero-shot-audio-classification needs the output logits_per_audio but the graph has {outputs}; export the "
+                "whole CLAP model (both towers) for zero-shot-audio-classification"
+            )
+        self.output_name = self.output
+        ports = (_Reads("input_features", _FLOAT_DTYPES), _Reads("is_longer", ("bool",), False), *_TOKEN_INPUTS[:2])
+        self.dtypes = _check_ports(self.session, ports, [_Reads(self.output, axes=self.axes)], what=self.name)
+        shape = self.session.inputs["input_features"].shape
+        expected = (4 if self.clap.truncation == "fusion" else 1, self.clap.frames, self.clap.feature_size)
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+            raise MetadataValidationError(
+                f"graph input 'input_features' has shape {list(shape)} but the embedded feature extractor (truncation "
+                f"{self.clap.truncation!r}) makes features of {expected}; re-embed the model with its own processor files"
+            )
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        self.text_dtypes = {k: v for k, v in self.dtypes.items() if k in ("input_ids", "attention_mask")}
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        return super().inputs(_positional_labels(args, kwargs), kwargs)
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Clips:
+        hypotheses = [options["hypothesis_template"].format(label) for label in options["candidate_labels"]]
+        clips = [self.clap([load_audio(item, self.clap.sampling_rate)], options["seed"]) for item in items]
+        return _Clips(clips, self.tokenizer.pad(self.tokenizer.encode(hypotheses), self.text_dtypes))
+
+    def forward(self, batch: _Clips, options: Mapping[str, Any]) -> list[np.ndarray]:
+        """Every clip's features have one shape: batch_size clips a run, the hypotheses beside them."""
+        def run(chunk: list[int]) -> list[np.ndarray]:
+            feed = dict(batch.feed)
+            for name in ("input_features", "is_longer"):
+                if name in self.dtypes:
+                    feed[name] = np.concatenate([batch.features[i][name] for i in chunk]).astype(self.dtypes[name])
+            (logits,) = self.session.run([self.output_name], feed)
+            return list(logits)
+
+        return _batched([0] * len(batch.features), self.ctx.batch_size, run)
+
+    def postprocess(self, batch: _Clips, outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        return [_ranked_labels(logits, options["candidate_labels"]) for logits in outputs]
+
+
+# --- Text to audio ------------------------------------------------------------------------------------
+# VITS / MMS-TTS as transformers.TextToAudioPipeline runs VitsModel: one graph from token ids to a waveform
+# (authoring/vits.py exports it) whose noise is fed in: the stochastic duration predictor's (batch, 2, tokens) and the
+# prior's (batch, flow_size, frames), drawn here with numpy from `seed`, times the noise scales. How many frames the
+# prior needs is known only inside the graph: it pads a short prior_noise with zeros and says `frames`, and a run that
+# was given too few runs again with exactly enough (each noise drawn from its own stream, so the samples drawn do not
+# depend on how many were). A model without the stochastic duration predictor has no duration noise to take.
+
+_VITS_PORTS = (_Reads("input_ids", _INT_DTYPES), _Reads("attention_mask", _INT_DTYPES),
+               *(_Reads(name, _FLOAT_DTYPES) for name in ("noise_scale", "speaking_rate", "prior_noise")),
+               *(_Reads(name, _FLOAT_DTYPES, False) for name in ("noise_scale_duration", "duration_noise")))
+_VITS_NOISE_FRAMES = 12  # prior noise frames drawn per token before the first run (MMS-TTS speaks 2 to 8 a token)
+
+
+def _wav_bytes(audio: np.ndarray, sampling_rate: int) -> Callable[[str], None]:
+    """A writer of a mono 16-bit PCM WAV file of audio (floats in [-1, 1], clipped), with the standard library."""
+    import wave
+
+    pcm = np.round(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+    def save(path: str) -> None:
+        with open(path, "wb") as file, wave.open(file, "wb") as out:  # open() first: wave leaks a half-made writer
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(sampling_rate)
+            out.writeframes(pcm)
+
+    return save
+
+
+class _TextToAudio(_Task):
+    """text-to-audio (text-to-speech), as transformers.TextToAudioPipeline with a VitsModel (VITS, MMS-TTS): one
+    {"audio": float32 waveform, "sampling_rate": int} per text, each text run alone (as the pipeline does: padding
+    would change a batch's waveforms). noise_scale, noise_scale_duration and speaking_rate default to the model
+    config's; seed makes the noise, and so the waveform, reproducible (without it every call draws new noise)."""
+
+    name = "text-to-audio"
+    processors = ("tokenizer",)
+    incremental = True
+    options = (
+        _Option("noise_scale", _number(0.0), lambda task, _: task.defaults["noise_scale"]),
+        _Option("noise_scale_duration", _number(0.0), lambda task, _: task.defaults["noise_scale_duration"]),
+        _Option("speaking_rate", _number(0.0, low_open=True), lambda task, _: task.defaults["speaking_rate"]),
+        _Option("seed", _integer(0, optional=True)),
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        tokenizer = ctx.processors.get("tokenizer")
+        if isinstance(tokenizer, TokenizerProxy):
+            tokenizer()  # raises the --include-vocab error
+        if not isinstance(tokenizer, VitsTokenizer):
+            raise ProcessorReconstructionError(
+                "text-to-audio runs VITS models, whose character tokenizer (VitsTokenizer: vocab.json and "
+                "tokenizer_config.json) is embedded at the full level; re-embed with --include-vocab"
+            )
+        self.tokenizer = tokenizer
+        self.session = ctx.session()
+        self.dtypes = _check_ports(self.session, _VITS_PORTS, [_Reads("waveform", axes="(batch, samples)"),
+                                                               _Reads("frames", axes="(batch)")], what=self.name)
+        config = ctx.config
+        self.defaults = {name: float(_field(f"{KEY_MODEL_CONFIG}.{name}", config.get(name), (int, float), default,
+                                            low=0.0))
+                         for name, default in (("noise_scale", 0.667), ("noise_scale_duration", 0.8),
+                                               ("speaking_rate", 1.0))}  # VitsConfig's defaults
+        if self.defaults["speaking_rate"] <= 0:
+            raise MetadataValidationError(f"{KEY_MODEL_CONFIG}.speaking_rate must be above 0, got 0; {_REEMBED}")
+        self.sampling_rate = int(_field(f"{KEY_MODEL_CONFIG}.sampling_rate", config.get("sampling_rate"), (int,), 16000,
+                                        low=1))
+        self.flow_size = int(_field(f"{KEY_MODEL_CONFIG}.flow_size", config.get("flow_size"), (int,), 192, low=1))
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        items, single = super().inputs(args, kwargs)
+        return _texts(self.name, items), single
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> list[list[int]]:
+        batch = []
+        for text in items:
+            ids = self.tokenizer.encode(text)
+            if not ids:
+                raise InvalidInputError(
+                    f"text-to-audio got a text with nothing to speak ({text!r}): the tokenizer keeps only the "
+                    "characters of the model's vocabulary; pass text in the model's language"
+                )
+            batch.append(ids)
+        return batch
+
+    def _run(self, ids: list[int], noise: np.ndarray, prior: np.ndarray, options: Mapping[str, Any]) -> list[Any]:
+        feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids))),
+                "noise_scale": np.array(options["noise_scale"]), "speaking_rate": np.array(options["speaking_rate"]),
+                "noise_scale_duration": np.array(options["noise_scale_duration"]), "duration_noise": noise,
+                "prior_noise": prior}
+        return self.session.run(["waveform", "frames"], {k: v.astype(self.dtypes[k]) for k, v in feed.items()
+                                                         if k in self.dtypes})
+
+    def _prior(self, stream: Any, frames: int) -> np.ndarray:
+        """The prior's noise for frames: drawn frame by frame, so that fewer frames are a prefix of more."""
+        draws = np.random.default_rng(stream).standard_normal((frames, self.flow_size), dtype=np.float32)
+        return np.ascontiguousarray(draws.T[None])
+
+    def _speak(self, ids: list[int], options: Mapping[str, Any]) -> np.ndarray:
+        """One text's waveform, as the pipeline squeezes it; the prior's noise without a draw when noise_scale is 0."""
+        duration_stream, prior_stream = np.random.SeedSequence(options["seed"]).spawn(2)
+        noise = np.random.default_rng(duration_stream).standard_normal((1, 2, len(ids)), dtype=np.float32)
+        guess = 0 if options["noise_scale"] == 0 else int(np.ceil(_VITS_NOISE_FRAMES * len(ids) / options["speaking_rate"]))
+        waveform, frames = self._run(ids, noise, self._prior(prior_stream, guess), options)
+        if guess and int(frames[0]) > guess:
+            waveform, frames = self._run(ids, noise, self._prior(prior_stream, int(frames[0])), options)
+        return np.squeeze(np.asarray(waveform, dtype=np.float32))
+
+    def forward(self, batch: list[list[int]], options: Mapping[str, Any]) -> list[np.ndarray]:
+        return [self._speak(ids, options) for ids in batch]
+
+    def postprocess(self, batch: list[list[int]], outputs: list[np.ndarray], options: Mapping[str, Any]) -> list[Any]:
+        return [{"audio": audio, "sampling_rate": self.sampling_rate} for audio in outputs]
+
+    def cli(self, values: Sequence[str], options: Mapping[str, Any], output: str | None = None) -> Iterator[str]:
+        """Each text's speech written to the WAV file --output names (16-bit PCM; several texts: speech-1.wav,
+        speech-2.wav, ...) and, as JSON, where, its rate and length."""
+        if output is None:
+            raise InvalidInputError("text-to-audio writes speech to a WAV file: pass --output speech.wav")
+        stem, suffix = os.path.splitext(output)
+        for number, (value, result) in enumerate(zip(values, self(list(values), **options)), 1):
+            path = output if len(values) == 1 else f"{stem}-{number}{suffix or '.wav'}"
+            audio, rate = result["audio"], result["sampling_rate"]
+            summary = {"input": value, "audio": _write_whole(path, _wav_bytes(audio, rate)), "sampling_rate": rate,
+                       "samples": int(audio.size), "seconds": round(audio.size / rate, 3)}
+            yield json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
 # --- Registry -----------------------------------------------------------------------------------------
 
 TASKS: dict[str, type[_Task]] = {
@@ -7565,11 +10195,17 @@ TASKS: dict[str, type[_Task]] = {
     "depth-estimation": _DepthEstimation,
     "image-to-image": _ImageToImage,
     "image-segmentation": _ImageSegmentation,
+    "background-removal": _BackgroundRemoval,
+    "image-to-text": _ImageToText,
+    "document-question-answering": _DocumentQuestionAnswering,
     "automatic-speech-recognition": _SpeechRecognition,
     "audio-classification": _AudioClassification,
+    "zero-shot-audio-classification": _ZeroShotAudioClassification,
+    "text-to-audio": _TextToAudio,
 }
 """The tasks this runtime runs, by pipeline name, in the order of their rooms above."""
-TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification",
+                "text-to-speech": "text-to-audio", "image-text-to-text": "image-to-text"}
 
 
 def _task_class(name: str) -> type[_Task] | None:
@@ -8020,7 +10656,7 @@ class _Penalties:
 
 class _Ask(NamedTuple):
     """A completion request's generation settings: the Runtime's options, choices per prompt, stop strings, the
-    penalties, whether to stream and to end a stream with usage."""
+    penalties, whether to stream and to end a stream with usage, and whether an answer may hold several tool calls."""
 
     options: dict[str, Any]
     n: int
@@ -8030,6 +10666,7 @@ class _Ask(NamedTuple):
     bias: dict[int, float]
     stream: bool
     usage: bool
+    parallel: bool = True
 
 
 class _Rows:
@@ -8056,6 +10693,23 @@ class _Choice(NamedTuple):
     text: str
     finish_reason: str
     tokens: int
+    calls: list[dict[str, Any]] = []  # noqa: RUF012 - a NamedTuple's default, never mutated
+
+
+class _Piece(NamedTuple):
+    """A streamed completion's next text, its finish reason at the end, the tokens so far, and its tool calls."""
+
+    text: str
+    finish_reason: str | None
+    tokens: int
+    calls: list[dict[str, Any]] = []  # noqa: RUF012 - a NamedTuple's default, never mutated
+
+
+def _openai_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Parsed calls in OpenAI's shape: an id each, the arguments as a JSON string."""
+    return [{"id": "call_" + os.urandom(12).hex(), "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
+            for c in calls]
 
 
 def _cut(text: str, stop: Sequence[str]) -> int | None:
@@ -8128,15 +10782,40 @@ class _Request:
         return _form(str(self.headers.get("Content-Type")), self.body())
 
 
+def _tool_call_message(calls: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's tool_calls as chat templates read them: each function's arguments (a JSON string in
+    OpenAI's API) as the object it encodes, as transformers' server hands them over."""
+    if not isinstance(calls, list):
+        raise _ApiError(400, f"{where} must be a list of tool calls", param=where)
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _ApiError(400, f"{where}[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'arguments': "
+                                 "...}}", param=f"{where}[{i}]")
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            arguments = _json_or_none(arguments)
+        if not isinstance(arguments, dict):
+            raise _ApiError(400, f"{where}[{i}].function.arguments must be a JSON object (as a string)",
+                            param=f"{where}[{i}].function.arguments")
+        out.append({**call, "function": {**function, "arguments": arguments}})
+    return out
+
+
 def _message(message: Any, index: int) -> dict[str, Any]:
-    """A chat message as the chat template takes it: a role and text content (OpenAI's text parts joined)."""
+    """A chat message as the chat template takes it: a role and text content (OpenAI's text parts joined); an
+    assistant's tool_calls (content may be null then) and a tool message's tool_call_id kept."""
     where = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise _ApiError(400, f"{where} must be an object with a 'role' and 'content'", param=where)
-    unknown = sorted(set(message) - {"role", "content", "name"})
+    unknown = sorted(set(message) - {"role", "content", "name", "tool_calls", "tool_call_id"})
     if unknown:
         raise _ApiError(400, f"{where}.{unknown[0]} is not supported by this server (text messages only)",
                         param=f"{where}.{unknown[0]}", code="unsupported_parameter")
+    if message.get("tool_calls") is not None:
+        message = {**message, "content": message.get("content") or "",
+                   "tool_calls": _tool_call_message(message["tool_calls"], f"{where}.tool_calls")}
     content = message.get("content")
     if isinstance(content, list):
         texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
@@ -8467,11 +11146,14 @@ class Server:
         if stream and n > 1:
             raise _ApiError(400, "stream gives one choice: leave n at 1", param="n")
         body.get("user", (str,))
-        for name in ("logprobs", "top_logprobs", "tools", "functions", "function_call", "parallel_tool_calls", "suffix",
-                     "response_format", "tool_choice", "best_of", *(("echo",) if chat else ())):
-            body.unsupported(name, "not implemented yet", allowed={"response_format": {"type": "text"}, "tool_choice": "none",
-                                                                    "best_of": 1}.get(name))
-        options: dict[str, Any] = {"return_full_text": False}
+        options: dict[str, Any] = {"return_full_text": False, **self._response_format(body)}
+        parallel = body.get("parallel_tool_calls", (bool,), True) if chat else True
+        if chat:
+            options.update(self._tools(body))
+        for name in ("logprobs", "top_logprobs", "functions", "function_call", "suffix", "best_of", *(("echo",) if chat else ())):
+            body.unsupported(name, "not implemented yet", allowed={"best_of": 1}.get(name))
+        for name in () if chat else ("tools", "tool_choice", "parallel_tool_calls"):
+            body.unsupported(name, "tools are for /v1/chat/completions", allowed={"tool_choice": "none"}.get(name))
         if max_tokens is not None:
             options["max_new_tokens"] = max_tokens
         if temperature is not None or top_p is not None:
@@ -8486,7 +11168,51 @@ class Server:
             options["stop_sequence"] = list(stops)
         return _Ask(options, n, stops, float(body.get("frequency_penalty", (int, float), 0, low=-2, high=2)),
                     float(body.get("presence_penalty", (int, float), 0, low=-2, high=2)), bias, stream,
-                    bool((stream_options or {}).get("include_usage")))
+                    bool((stream_options or {}).get("include_usage")), parallel)
+
+    def _response_format(self, body: _Body) -> dict[str, Any]:
+        """response_format as the runtime's constraint options: {"type": "json_object"} any JSON object (with
+        llama.cpp's "schema", that schema), {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} its
+        schema; a schema the constraint cannot compile a 400 naming it."""
+        value = body.get("response_format", (dict,))
+        kind = None if value is None else value.get("type")
+        if value is None or (kind == "text" and set(value) == {"type"}):
+            return {}
+        if kind == "json_object" and set(value) <= {"type", "schema"}:
+            schema, param = value.get("schema", {"type": "object"}), "response_format.schema"
+        elif kind == "json_schema" and set(value) == {"type", "json_schema"} and isinstance(value["json_schema"], dict) \
+                and set(value["json_schema"]) <= {"name", "schema", "strict", "description"}:
+            schema, param = value["json_schema"].get("schema", {"type": "object"}), "response_format.json_schema.schema"
+        else:
+            raise _ApiError(400, "'response_format' must be {'type': 'text'}, {'type': 'json_object'} (llama.cpp's "
+                                 "'schema' beside it) or {'type': 'json_schema', 'json_schema': {'name': ..., 'schema': "
+                                 f"{{...}}, 'strict': ...}}}}; got {json.dumps(value)[:200]}", param="response_format")
+        if not isinstance(schema, (dict, bool)):
+            raise _ApiError(400, f"'{param}' must be a JSON schema object, got {_json_type(schema)}", param=param)
+        try:
+            _json_schema_regex(schema)
+        except InvalidInputError as exc:
+            raise _ApiError(400, f"'{param}': {exc}", param=param, code="invalid_schema") from None
+        return {"json_schema": schema}
+
+    def _tools(self, body: _Body) -> dict[str, Any]:
+        """tools and tool_choice as the runtime's options; a forced call's schemas compiled now (a 400 naming them)."""
+        tools, choice = body.get("tools", (list,)), body.get("tool_choice", (str, dict))
+        if tools is None and choice is None:
+            return {}
+        task, options = self._generating(), {"tools": tools, "tool_choice": choice or "auto"}
+        for i, tool in enumerate(tools or ()):
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+                raise _ApiError(400, f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': "
+                                     "{...}}}", param=f"tools[{i}]")
+        try:
+            checked = task.check_options(options)
+            task.tools(checked)
+            task.forced_call(checked)
+        except InvalidInputError as exc:
+            param = "tool_choice" if str(exc).startswith("tool_choice") else "tools"
+            raise _ApiError(400, str(exc), param=param, code="invalid_schema" if "schema" in str(exc) else None) from None
+        return options
 
     def _bias(self, value: Mapping[str, Any]) -> dict[int, float]:
         vocabulary = self._generating().tokenizer.backend.get_vocab_size(with_added_tokens=True)
@@ -8560,7 +11286,8 @@ class Server:
         ask = first.ask
         extra = [_Penalties(prompts.ids.shape[1], ask.frequency, ask.presence, ask.bias)] if (
             ask.frequency or ask.presence or ask.bias) else []
-        search = _Search(task.step, prompts, first.config, task.stops(first.config), extra)
+        search = _Search(task.step, prompts, first.config, task.stops(first.config), extra,
+                         constraints=task.constraints(first.config, len(group)))
         spans = [slice(i * rows.count, (i + 1) * rows.count) for i, rows in enumerate(group)]
         going = set(range(len(group)))
         for tokens in search:
@@ -8581,38 +11308,65 @@ class Server:
         steps = list(rows)
         sequences = np.array(steps, dtype=np.int64).T if steps else np.zeros((rows.count, 0), dtype=np.int64)
         choices = []
+        tools = task.parses_tools(ask.options)
         for sequence in sequences:
             used, ended = _used(sequence, config.eos_token_id or ())
-            text = task.decode([*prompt.ids[prompt.skip:], *sequence[:used]], skip_special_tokens=True)
+            text = task.decode([*prompt.ids[prompt.skip:], *sequence[:used]], skip_special_tokens=not tools)
+            if (constrained := task.constrained(config, sequence[:used])) is not None:  # the text the constraint matched
+                text = task.decode(prompt.ids[prompt.skip:], skip_special_tokens=not tools) + constrained[0]
             at = _cut(text, ask.stop)
-            choices.append(_Choice(text if at is None else text[:at], "stop" if ended or at is not None else "length", used))
+            text, calls = task.split_calls(text[:at]) if tools else (text[:at], [])
+            finish = "tool_calls" if calls else "stop" if ended or at is not None else "length"
+            choices.append(_Choice(text, finish, used, calls if ask.parallel else calls[:1]))
         return choices * ask.n if len(choices) == 1 else choices
 
-    def _pieces(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> Iterator[tuple[str, str | None, int]]:
-        """A prompt's completion as it is generated: (new text, finish reason at the end, tokens so far); text held
-        back until stable (TextStreamer) and while it may be the start of a stop string."""
+    def _pieces(self, prompt: _Prompt, config: _GenerationConfig, ask: _Ask) -> Iterator[_Piece]:
+        """A prompt's completion as it is generated: (new text, finish reason at the end, tokens so far, tool calls);
+        text held back until stable (TextStreamer), while it may be the start of a stop string, and from where a tool
+        call may start (its calls parsed at the end)."""
         task = self._generating()
         rows = self._submit(prompt, config, ask)
         eos = set(config.eos_token_id or ())
+        tools = task.parses_tools(ask.options)
+        special = task.special_texts() if tools else []
 
-        def pieces() -> Iterator[tuple[str, str | None, int]]:
+        def shown(text: str, end: int) -> str:
+            """With tools, the content text[:end] shows for sure: held back from a special token's or a call's start,
+            its special tokens dropped, stripped (as split_calls strips the content)."""
+            if task.tool_format is None:
+                return text[:end]
+            end = min(end, task.tool_format.held(text))
+            for token in special:  # never end inside a special token
+                at = text.find(token, max(0, end - len(token) + 1))
+                end = at if 0 <= at < end else end
+            visible = text[:end]
+            for token in special:
+                visible = visible.replace(token, "")
+            return visible.strip()
+
+        def pieces() -> Iterator[_Piece]:
             try:
-                streamer = _TextStreamer(lambda ids: task.decode(ids, skip_special_tokens=True))
+                streamer = _TextStreamer(lambda ids: task.decode(ids, skip_special_tokens=not tools))
                 hold = max((len(s) for s in ask.stop), default=1) - 1
-                text, sent, count, at, last = "", 0, 0, None, -1
+                text = task.decode(prompt.ids[prompt.skip:], skip_special_tokens=not tools)  # a forced call's start
+                sent, count, at, last = "", 0, None, -1
                 for tokens in rows:
                     count, last = count + 1, int(tokens[0])
                     text += streamer.put(tokens[:1])
                     at = _cut(text, ask.stop)
                     if at is not None:
                         break
-                    if len(text) - hold > sent:
-                        yield text[sent: len(text) - hold], None, count
-                        sent = len(text) - hold
+                    now = shown(text, len(text) - hold) if tools else text[: len(text) - hold]
+                    if len(now) > len(sent) and now.startswith(sent):
+                        yield _Piece(now[len(sent):], None, count)
+                        sent = now
                 if at is None:
                     text += streamer.end()
                     at = _cut(text, ask.stop)
-                yield text[sent: at], "stop" if at is not None or last in eos else "length", count
+                whole, calls = task.split_calls(text[:at]) if tools else (text[:at], [])
+                finish = "tool_calls" if calls else "stop" if at is not None or last in eos else "length"
+                rest = whole[len(sent):] if whole.startswith(sent) else ""
+                yield _Piece(rest, finish, count, calls if ask.parallel else calls[:1])
             finally:
                 rows.cancelled = True  # a client gone (or a stop string found) ends the rows at the batch's next step
 
@@ -8635,7 +11389,11 @@ class Server:
             start = self._echo(given, prompt) if echo else ""
             for choice in self._choices(prompt, config, ask):
                 index, used = len(choices), used + choice.tokens
-                choices.append({"index": index, "message": {"role": "assistant", "content": choice.text},
+                message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+                if choice.calls:
+                    message = {"role": "assistant", "content": choice.text or None,
+                               "tool_calls": _openai_calls(choice.calls)}
+                choices.append({"index": index, "message": message,
                                 "logprobs": None, "finish_reason": choice.finish_reason} if chat else
                                {"text": start + choice.text, "index": index, "logprobs": None,
                                 "finish_reason": choice.finish_reason})
@@ -8645,14 +11403,15 @@ class Server:
     def _echo(self, given: Any, prompt: _Prompt) -> str:
         return given if isinstance(given, str) else self._generating().decode(prompt.ids)
 
-    def _chunks(self, head: Mapping[str, Any], pieces: Iterator[tuple[str, str | None, int]], chat: bool, start: str,
+    def _chunks(self, head: Mapping[str, Any], pieces: Iterator[_Piece], chat: bool, start: str,
                 prompt_tokens: int, usage: bool) -> Iterator[dict[str, Any]]:
-        """A completion's stream: chunks of new text, the finish reason, and usage when asked."""
+        """A completion's stream: chunks of new text, each tool call whole in one delta (with its index, as
+        transformers' server sends them), the finish reason, and usage when asked."""
         head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
 
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        def chunk(text: str | None, finish: str | None, role: bool = False, **delta: Any) -> dict[str, Any]:
             if chat:
-                delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+                delta = {"role": "assistant", "content": ""} if role else delta if text is None else {"content": text}
                 return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             return {**head, "choices": [{"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish}]}
 
@@ -8660,10 +11419,12 @@ class Server:
             try:
                 yield chunk(None, None, True) if chat else chunk(start, None)
                 count = 0
-                for text, finish, tokens in pieces:
+                for text, finish, tokens, calls in pieces:
                     count = tokens
                     if text:
                         yield chunk(text, None)
+                    for index, call in enumerate(_openai_calls(calls)):
+                        yield chunk(None, None, tool_calls=[{"index": index, **call}])
                     if finish is not None:
                         yield chunk(None, finish)
                 if usage:
@@ -8903,7 +11664,9 @@ def _summary(path: str) -> str:
     architectures = config.get("architectures") or []
     labels = list((config.get("id2label") or {}).values())
     kinds = _processor_kinds(metadata)
-    vocabulary = KEY_TOKENIZER_JSON in metadata or "tokenizer" not in kinds
+    # tokenizer.json, or the vocab.json of a CTC or VITS tokenizer
+    vocabulary = (KEY_TOKENIZER_JSON in metadata or "tokenizer" not in kinds
+                  or (metadata.get(KEY_TOKENIZER_CONFIG) or {}).get("vocab") is not None)
     tokenizer = "" if vocabulary else " (no vocabulary: re-embed with --include-vocab)"
     shown = ", ".join(map(str, labels[:8])) + (", ..." if len(labels) > 8 else "")
     lines = [
@@ -8965,7 +11728,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--options", default="{}", metavar="JSON",
                         help='task options as a JSON object, e.g. \'{"aggregation_strategy": "simple"}\'')
     parser.add_argument("--output", metavar="DIR",
-                        help="the folder image outputs are written to (depth maps, masks, images); default: beside each input")
+                        help="the folder image outputs are written to (depth maps, masks, images; default: beside each "
+                             "input); for text-to-audio, the WAV file to write (speech.wav)")
     args = parser.parse_args(argv)
     lines = args.inputs == ["-"] or (not args.inputs and not sys.stdin.isatty())
     if not (args.inputs or lines or args.inspect or args.metadata):

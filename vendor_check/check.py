@@ -1,11 +1,12 @@
-"""Prove that ``runtime/onnxmeta_runtime.py`` works when vendored alone, for text, image and audio models.
+"""Prove that ``runtime/onnxmeta_runtime.py`` works when vendored alone, for text, image, detection and audio models.
 
-Builds the demo text model (or takes ``--model``) and tiny image and audio classifiers, prepares one clean
-virtual environment a kind with only what the README says that kind needs (same versions as this interpreter;
-cached and reused): numpy, onnxruntime and tokenizers for text; numpy, onnxruntime and Pillow for images; numpy
-and onnxruntime alone for audio. It copies the runtime file and a model into an empty temporary folder and runs
-them there in isolated mode, checking that transformers, torch, onnx, the authoring package and the packages the
-kind does not need cannot be imported.
+Builds the demo text model (or takes ``--model``), tiny image and audio classifiers and tiny object and zero-shot
+object detectors, prepares one clean virtual environment a set of packages with only what the README says that kind
+needs (same versions as this interpreter; cached and reused): numpy, onnxruntime and tokenizers for text; numpy,
+onnxruntime and Pillow for images and object detection; numpy and onnxruntime alone for audio; numpy, onnxruntime,
+Pillow and tokenizers for zero-shot object detection. It copies the runtime file and a model into an empty temporary
+folder and runs them there in isolated mode, checking that transformers, torch, onnx, the authoring package and the
+packages the kind does not need cannot be imported.
 
 Usage: ``python vendor_check/check.py [--model PATH] [--venv DIR] [--fresh]``. Exits 0 on success.
 """
@@ -30,7 +31,10 @@ RUNTIME = REPO / "runtime" / "onnxmeta_runtime.py"
 DEFAULT_VENV = Path.home() / ".cache" / "onnxmeta" / "vendor-venv"
 # What each kind of model needs beside the runtime file; the venvs of images and audio sit beside --venv's.
 PACKAGES = {"text": ("numpy", "onnxruntime", "tokenizers"), "image": ("numpy", "onnxruntime", "Pillow"),
-            "audio": ("numpy", "onnxruntime")}
+            "detection": ("numpy", "onnxruntime", "Pillow"), "audio": ("numpy", "onnxruntime"),
+            "zero-shot-detection": ("numpy", "onnxruntime", "Pillow", "tokenizers")}
+# The venv of each kind, beside --venv's (text's): kinds that need the same packages share one.
+VENVS = {"text": "", "image": "-image", "detection": "-image", "audio": "-audio", "zero-shot-detection": "-image-text"}
 ABSENT = ("transformers", "torch", "onnx", "authoring")
 
 # Run inside a clean venv with cwd = the vendor folder; argv: vendor folder, model file name, modules that must be absent.
@@ -85,6 +89,37 @@ assert [r[0]["label"] for r in out] == ["RED", "BLUE"], out
 line = cli("red.png")
 assert line[0]["label"] == "RED", line
 print(f"  image api: {[r[0]['label'] for r in out]}; cli: {line[0]['label']}")
+""",
+    "detection": PRELUDE + """
+from PIL import Image
+task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
+assert task == "object-detection", f"hf_pipeline_task is {task!r}"
+Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
+blue = numpy.zeros((40, 50, 3), numpy.uint8)
+blue[..., 2] = 255
+box = {"xmin": 12, "ymin": 10, "xmax": 37, "ymax": 30}  # the centre half of a 50 x 40 image
+out = onnxmeta_runtime.Runtime(model)(["red.png", blue], threshold=0.5)
+assert [[(d["label"], d["box"]) for d in r] for r in out] == [[("RED", box)], [("BLUE", box)]], out
+line = cli("red.png")
+assert [(d["label"], d["box"]) for d in line] == [("RED", box)], line
+print(f"  detection api: {[[d['label'] for d in r] for r in out]} at {box}; cli: {line[0]['label']}")
+""",
+    "zero-shot-detection": PRELUDE + """
+from PIL import Image
+task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
+assert task == "zero-shot-object-detection", f"hf_pipeline_task is {task!r}"
+Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
+blue = numpy.zeros((40, 50, 3), numpy.uint8)
+blue[..., 2] = 255
+box = {"xmin": 12, "ymin": 10, "xmax": 37, "ymax": 30}
+runtime = onnxmeta_runtime.Runtime(model)
+out = runtime(["red.png", blue], candidate_labels=["red", "blue"])
+assert [[(d["label"], d["box"]) for d in r] for r in out] == [[("red", box)], [("blue", box)]], out
+own = runtime([{"image": "red.png", "candidate_labels": ["blue"]}, {"image": blue, "candidate_labels": "red,blue"}])
+assert [[d["label"] for d in r] for r in own] == [[], ["blue"]], own
+line = cli("red.png", "--options", json.dumps({"candidate_labels": ["blue", "red"]}))
+assert [(d["label"], d["box"]) for d in line] == [("red", box)], line
+print(f"  zero-shot detection api: {[[d['label'] for d in r] for r in out]} at {box}; cli: {line[0]['label']}")
 """,
     "audio": PRELUDE + """
 import wave
@@ -189,6 +224,94 @@ def build_image_and_audio(out_dir: Path) -> dict[str, Path]:
     return {"image": image_model, "audio": audio_model}
 
 
+def _detector(path: Path, inputs: list[tuple[str, int, list[str | int]]], outputs: dict[str, list[str | int]],
+              nodes: list[Any], weights: dict[str, Any]) -> None:
+    """A graph from `inputs` (name, ONNX element type, shape) to float `outputs` (name: shape), written to path."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, path.stem, inputs=[helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs],
+        outputs=[helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs.items()],
+        initializer=[numpy_helper.from_array(np.array(value), name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def build_detectors(out_dir: Path) -> dict[str, Path]:
+    """Tiny detectors built with onnx.helper, embedded by authoring, each finding one box (the centre half of the image)
+    from the mean colour: a DETR-style object detector (RED / BLUE and the no-object class; a second query always
+    no-object) and an OWL-ViT-style zero-shot one (a word-level tokenizer; each label's score the dot product of the
+    image's mean colour with its words' vectors: "red" and "blue")."""
+    import numpy as np
+    from onnx import TensorProto, helper
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    sys.path[:0] = [str(REPO / "runtime"), str(REPO)]
+    from authoring import embed_metadata
+
+    mean = [helper.make_node("ReduceMean", ["pixel_values"], ["means"], axes=[2, 3], keepdims=0)]
+    centre = [0.5, 0.5, 0.5, 0.5]  # centre x, centre y, width, height
+    detr, detr_plain, detr_model = _embedded(
+        out_dir, "detection", {"architectures": ["DetrForObjectDetection"], "model_type": "detr",
+                               "id2label": {"0": "RED", "1": "BLUE"}},
+        {"image_processor_type": "DetrImageProcessor", "do_resize": True, "size": {"shortest_edge": 32, "longest_edge": 64},
+         "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_pad": True})
+    # logits of 2 queries x (RED, BLUE, no object): the first query's RED and BLUE from the red and blue means
+    weights = np.zeros((3, 6), np.float32)
+    weights[0, 0], weights[2, 1] = 4, 4
+    _detector(detr_plain, [("pixel_values", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+              {"logits": ["batch", 2, 3], "pred_boxes": ["batch", 2, 4]},
+              [*mean, helper.make_node("MatMul", ["means", "weights"], ["flat"]),
+               helper.make_node("Add", ["flat", "bias"], ["shifted"]),
+               helper.make_node("Reshape", ["shifted", "query_shape"], ["logits"]),
+               helper.make_node("MatMul", ["means", "no_boxes"], ["zeros"]),
+               helper.make_node("Add", ["zeros", "boxes"], ["flat_boxes"]),
+               helper.make_node("Reshape", ["flat_boxes", "box_shape"], ["pred_boxes"])],
+              {"weights": weights, "bias": np.array([0, 0, 0, 0, 0, 4], np.float32),
+               "query_shape": np.array([-1, 2, 3], np.int64), "no_boxes": np.zeros((3, 8), np.float32),
+               "boxes": np.array(centre * 2, np.float32), "box_shape": np.array([-1, 2, 4], np.int64)})
+
+    owl, owl_plain, owl_model = _embedded(
+        out_dir, "zero-shot-detection", {"architectures": ["OwlViTForObjectDetection"], "model_type": "owlvit",
+                                         "text_config": {"max_position_embeddings": 16}, "id2label": {}},
+        {"image_processor_type": "OwlViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+         "resample": 3, "do_center_crop": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    vocab = {"[PAD]": 0, "[UNK]": 1, "red": 2, "blue": 3}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]",
+                            model_max_length=16).save_pretrained(owl)
+    vectors = np.zeros((len(vocab), 3), np.float32)
+    vectors[vocab["red"]], vectors[vocab["blue"]] = [2, 0, -2], [-2, 0, 2]  # dot products of +-4 with red and blue
+    _detector(owl_plain, [("input_ids", TensorProto.INT64, ["texts", "sequence"]),
+                          ("pixel_values", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+              {"logits": ["batch", 1, "queries"], "pred_boxes": ["batch", 1, 4]},
+              [*mean, helper.make_node("Gather", ["vectors", "input_ids"], ["word_vectors"]),
+               helper.make_node("ReduceSum", ["word_vectors", "sequence_axis"], ["label_vectors"], keepdims=0),
+               helper.make_node("Shape", ["pixel_values"], ["pixel_shape"], end=1),
+               helper.make_node("Concat", ["pixel_shape", "queries_by_colour"], ["label_shape"], axis=0),
+               helper.make_node("Reshape", ["label_vectors", "label_shape"], ["labels"]),
+               helper.make_node("Transpose", ["labels"], ["columns"], perm=[0, 2, 1]),
+               helper.make_node("Unsqueeze", ["means", "box_axis"], ["box_means"]),
+               helper.make_node("MatMul", ["box_means", "columns"], ["logits"]),
+               helper.make_node("MatMul", ["box_means", "no_boxes"], ["zeros"]),
+               helper.make_node("Add", ["zeros", "boxes"], ["pred_boxes"])],
+              {"vectors": vectors, "sequence_axis": np.array([1], np.int64),
+               "queries_by_colour": np.array([-1, 3], np.int64), "box_axis": np.array([1], np.int64),
+               "no_boxes": np.zeros((3, 4), np.float32), "boxes": np.array(centre, np.float32)})
+    for folder, plain, model in ((detr, detr_plain, detr_model), (owl, owl_plain, owl_model)):
+        embed_metadata(plain, folder, model, include_vocab=True)
+    return {"detection": detr_model, "zero-shot-detection": owl_model}
+
+
 def wanted_versions(kind: str) -> dict[str, str]:
     """The versions, in the current interpreter, of what a kind of model needs."""
     return {name: importlib.metadata.version(name) for name in PACKAGES[kind]}
@@ -246,28 +369,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="self-contained text model to use (default: build the demo)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
-                        help=f"clean venv folder for text (default: {DEFAULT_VENV}); image and audio use <venv>-image, "
-                             "<venv>-audio")
+                        help=f"clean venv folder for text (default: {DEFAULT_VENV}); image and object detection use "
+                             "<venv>-image, audio <venv>-audio, zero-shot detection <venv>-image-text")
     parser.add_argument("--fresh", action="store_true", help="recreate the venvs")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="onnxmeta-demo-") as build_dir:
-            models = build_image_and_audio(Path(build_dir))
+            models = {**build_image_and_audio(Path(build_dir)), **build_detectors(Path(build_dir))}
             models["text"] = args.model.resolve() if args.model else build_demo(Path(build_dir) / "demo")
             if not models["text"].is_file():
                 raise CheckError(f"no model at {models['text']}")
             base = args.venv.expanduser()
-            for kind in ("text", "image", "audio"):
-                venv_dir = base if kind == "text" else base.with_name(f"{base.name}-{kind}")
-                python, action = prepare_venv(venv_dir, kind, args.fresh)
+            prepared: set[Path] = set()  # a venv two kinds share is recreated (--fresh) once
+            for kind in ("text", "image", "detection", "audio", "zero-shot-detection"):
+                venv_dir = base.with_name(base.name + VENVS[kind])
+                python, action = prepare_venv(venv_dir, kind, args.fresh and venv_dir not in prepared)
+                prepared.add(venv_dir)
                 print(f"{kind}: {models[kind].name}; venv {venv_dir} with {' '.join(PACKAGES[kind])} ({action})")
                 print(f"  vendored {RUNTIME.name} alone; not importable: {', '.join(absent(kind))}")
                 print(check_vendored(python, kind, models[kind]), end="")
     except CheckError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
-    print(f"OK: the vendored runtime works alone for text, image and audio ({time.perf_counter() - start:.1f}s)")
+    print(f"OK: the vendored runtime works alone for text, image, object detection, audio and zero-shot detection "
+          f"({time.perf_counter() - start:.1f}s)")
     return 0
 
 

@@ -80,3 +80,87 @@ def export_segmentation_onnx(model: Any, path: Path, size: int, *, dynamic_size:
                       opset_version=17, dynamo=False)
     model.eval()
     return path
+
+
+# --- MaskFormer and Mask2Former: a mask and a label per query ------------------------------------------------------
+# Small images: MaskFormer's shortest edge resized to 64, the longest capped at 96, then up to multiples of 32;
+# Mask2Former's to 64 x 96 (its deformable attention traces at one size only: torch.onnx bakes the feature maps' sizes).
+QUERY_SIZES = {"maskformer": {"shortest_edge": 64, "longest_edge": 96}, "mask2former": {"height": 64, "width": 96}}
+QUERY_ARCHITECTURES = {"maskformer": "MaskFormerForInstanceSegmentation", "mask2former": "Mask2FormerForUniversalSegmentation"}
+
+
+def _tiny_swin() -> Any:
+    from transformers import SwinConfig
+
+    return SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=2,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+
+
+def tiny_query_segmenter(folder: Path, family: str, *, seed: int = 0, gain: float = 8.0, spread: float = 4.0) -> Any:
+    """A random-weight MaskFormerForInstanceSegmentation or Mask2FormerForUniversalSegmentation (a tiny Swin backbone,
+    12 queries; GroupNorm's 32 groups set the feature sizes), saved in folder with its PIL image processor; its weights
+    drawn wide (init_std 1) and its label head drawn afresh (normal, gain / sqrt(fan in)), so that queries differ, some
+    labels score above the pipeline's threshold of 0.9 and the masks change with the image."""
+    import torch
+    import transformers
+    from transformers import DetrConfig
+
+    if family == "maskformer":
+        decoder = DetrConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, init_std=1.0)
+        config: Any = transformers.MaskFormerConfig(backbone_config=_tiny_swin(), decoder_config=decoder, fpn_feature_size=32,
+                                                    mask_feature_size=32, init_std=1.0, **_labels())
+    else:
+        config = transformers.Mask2FormerConfig(backbone_config=_tiny_swin(), feature_size=32, mask_feature_size=32,
+                                                hidden_dim=32, encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2,
+                                                num_attention_heads=2, dim_feedforward=32, num_queries=12, init_std=1.0,
+                                                **_labels())
+    config.architectures = [QUERY_ARCHITECTURES[family]]
+    torch.manual_seed(seed)
+    model = getattr(transformers, QUERY_ARCHITECTURES[family])(config).eval()
+    head = model.class_predictor
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * gain / head.weight.shape[1] ** 0.5)
+        head.bias.zero_()
+        # the mask embedder's last layer scaled so that mask logits spread as asked (unsaturated sigmoids: few exact ties)
+        last = [m for m in next(m for n, m in model.named_modules() if n.endswith("mask_embedder")).modules()
+                if isinstance(m, torch.nn.Linear)][-1]
+        images = torch.rand(4, 3, 64, 96, generator=generator) * 4 - 2
+        std = model(pixel_values=images).masks_queries_logits.std()
+        last.weight.mul_(spread / std)
+        last.bias.mul_(spread / std)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = {"maskformer": "MaskFormerImageProcessorPil", "mask2former": "Mask2FormerImageProcessorPil"}[family]
+    getattr(transformers, processor)(size=QUERY_SIZES[family]).save_pretrained(folder)
+    return model
+
+
+
+def tiny_detr_segmenter(folder: Path, *, seed: int = 0, gain: float = 4.0) -> Any:
+    """A random-weight DetrForSegmentation (DETR with its panoptic mask head; a tiny four-stage ResNet backbone, no timm:
+    the mask head reads three of its stages; d_model plus heads a multiple of 8), 12 queries, saved in folder with
+    DETR's PIL image processor; its label head drawn afresh (normal, gain / sqrt(fan in)) so that segments pass the
+    thresholds."""
+    import torch
+    from transformers import DetrConfig, DetrForSegmentation, DetrImageProcessorPil, ResNetConfig
+
+    backbone = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                            out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=64,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=8, decoder_attention_heads=8,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, init_std=0.5, init_xavier_std=1.0,
+                        **_labels())
+    config.architectures = ["DetrForSegmentation"]
+    torch.manual_seed(seed)
+    model = DetrForSegmentation(config).eval()
+    head = model.detr.class_labels_classifier
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * gain / head.weight.shape[1] ** 0.5)
+        head.bias.zero_()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    DetrImageProcessorPil(size={"shortest_edge": 48, "longest_edge": 80}).save_pretrained(folder)
+    return model

@@ -158,8 +158,9 @@ def test_bad_options(seg):
     for subtask in ("instance", "panoptic"):
         with pytest.raises(rt.InvalidInputError) as info:
             seg.runtime(image, subtask=subtask)
-        assert str(info.value) == (f"subtask {subtask!r} is not supported by this runtime: it runs semantic segmentation "
-                                   "only (subtask='semantic' or None; panoptic and instance models are not supported)")
+        assert str(info.value) == (f"subtask {subtask!r} is not one this model can do: a semantic segmentation model (one "
+                                   "logit map per label) segments subtask='semantic' (or None); MaskFormer, Mask2Former "
+                                   "and DETR panoptic models do 'panoptic' and 'instance' too")
         with pytest.raises(ValueError, match="not supported"):  # the pipeline refuses them for SegFormer too
             seg.oracle(image, subtask=subtask)
     with pytest.raises(rt.InvalidInputError, match="subtask must be 'semantic'"):

@@ -210,6 +210,21 @@ def test_sampling_is_reproducible_with_a_seed(families):
     assert t2t(TEXTS[0], **beams) == t2t(TEXTS[0], **beams)
 
 
+def test_constraints_hold_in_text_to_text(families):
+    """choices and json_schema (the Constraints room; tests/runtime/test_constraints.py has the rest) constrain an
+    encoder-decoder's text too, greedy and with beams: T5's SentencePiece and BART's byte-level BPE."""
+    words = ["yes", "no", "maybe not"]
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}}, "required": ["ok", "n"]}
+    for kind in ("t5", "bart"):
+        t2t = runtime(families[kind].model, "text2text-generation")
+        for options in ({"num_beams": 1}, {"num_beams": 3, "num_return_sequences": 2}):
+            records = t2t(TEXTS[0], choices=words, max_new_tokens=12, **options)
+            assert all(r["generated_text"] in words and r["truncated"] is False for r in records), records
+    [record] = runtime(families["bart"].model, "text2text-generation")(TEXTS[1], json_schema=schema, max_new_tokens=40,
+                                                                       num_beams=1)
+    assert record["truncated"] is False and json.loads(record["generated_text"])["n"] in (1, 2, 3)
+
+
 def test_without_the_cache_the_tokens_are_the_same(families):
     t2t = runtime(families["bart"].model, "text2text-generation")
     for options in (GREEDY, {"num_beams": 3, "max_new_tokens": 10, "num_return_sequences": 2}):

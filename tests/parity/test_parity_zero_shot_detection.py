@@ -5,7 +5,9 @@ Tiny random-weight OwlViTForObjectDetection and Owlv2ForObjectDetection (tests/m
 images, 16 boxes; the CLIP tokenizer; class heads calibrated so that detections pass the threshold of 0.1 and differ
 between images and labels), both towers exported in one graph with torch.onnx and embedded with
 authoring.embed_metadata. The oracle pipeline gets the tokenizer and the PIL backend of each image processor (OWLv2's:
-padded to a square, scikit-image's resize through scipy). Labels and boxes identical, scores within 1e-4.
+padded to a square, scikit-image's resize through scipy). Labels and boxes identical, scores within 1e-4. Every input
+form transformers 5's pipeline takes is compared: an image with candidate_labels (positional, by name, text_queries),
+{"image", "candidate_labels"} dicts alone or in a list, and a list of images with a label list per image.
 """
 
 from __future__ import annotations
@@ -111,6 +113,69 @@ def test_positional_labels_text_queries_and_inputs(owl):
     assert_detections([owl.runtime(image, ["a cat", "a dog"])], [expected])
     assert_detections([owl.runtime(np.asarray(image), text_queries=["a cat", "a dog"])], [expected])
     assert_detections([owl.runtime(image.copy(), candidate_labels="a cat,a dog")], [expected])
+
+
+PER_IMAGE = (["a cat", "a dog"], ["the sea"], ["a map", "a cat", "a pineapple"], ["a dog"])
+
+
+def test_input_dicts(owl, built_images):
+    """transformers 5's other forms: {"image", "candidate_labels"} alone (one result) or in a list (one each), each
+    image with its own labels (a list, or a string split at its commas), threshold and top_k applied to all."""
+    images = built_images[:4]
+    dicts = [{"image": image, "candidate_labels": labels} for image, labels in zip(images, PER_IMAGE)]
+    dicts[1] = {**dicts[1], "candidate_labels": "the sea,a cat"}
+    assert_detections(owl.runtime(dicts), owl.oracle(dicts))
+    assert_detections([owl.runtime(dicts[2])], [owl.oracle(dicts[2])])
+    assert_detections(owl.runtime(dicts, threshold=0.3, top_k=2), owl.oracle(dicts, threshold=0.3, top_k=2))
+    assert owl.runtime(dicts[1]) != owl.runtime({**dicts[1], "candidate_labels": ["a dog"]})
+
+
+def test_a_label_list_per_image(owl, built_images):
+    """A list of images with candidate_labels a list of label lists: the i-th list for the i-th image."""
+    images = built_images[:4]
+    expected = owl.oracle(images, candidate_labels=list(PER_IMAGE))
+    assert_detections(owl.runtime(images, candidate_labels=list(PER_IMAGE)), expected)
+    assert_detections(owl.runtime(images, list(PER_IMAGE)), expected)
+    assert_detections(owl.runtime(images, text_queries=[tuple(labels) for labels in PER_IMAGE]), expected)
+    # one flat list is every image's, as before
+    assert_detections(owl.runtime(images, candidate_labels=PER_IMAGE[2]), owl.oracle(images, candidate_labels=PER_IMAGE[2]))
+
+
+def test_images_with_their_own_labels_batch_as_alone(owl, built_images):
+    """Images of several label sets in one call run in batches of one label set each: what each gives alone."""
+    images = built_images[:8]
+    labels = [list(PER_IMAGE[i % 2]) for i in range(len(images))]
+    alone = [owl.runtime(image, candidate_labels=each) for image, each in zip(images, labels)]
+    for batch_size in (1, 3, 32):
+        runtime = rt.Runtime(owl.onnx, batch_size=batch_size)
+        assert runtime(images, candidate_labels=labels) == alone
+        assert runtime([{"image": i, "candidate_labels": each} for i, each in zip(images, labels)]) == alone
+
+
+def test_bad_input_forms(owl, built_images):
+    images, labels = built_images[:2], [["a cat"], ["a dog"]]
+    with pytest.raises(rt.InvalidInputError) as info:
+        owl.runtime(images, candidate_labels=[["a cat"], ["a dog"], ["the sea"]])
+    assert str(info.value) == ("got 2 images but 3 candidate label lists; give one list per image, or one list for every "
+                               "image")
+    with pytest.raises(ValueError, match="Got 2 images but 3 candidate label lists"):
+        owl.oracle(images, candidate_labels=[["a cat"], ["a dog"], ["the sea"]])
+    dicts = [{"image": image, "candidate_labels": each} for image, each in zip(images, labels)]
+    with pytest.raises(rt.InvalidInputError, match="candidate_labels given both in the input dicts and as an option"):
+        owl.runtime(dicts, candidate_labels=["a cat"])
+    with pytest.raises(rt.InvalidInputError) as info:
+        owl.runtime([dicts[0], images[1]])
+    assert str(info.value) == ("zero-shot-object-detection takes a list of images or a list of {'image', "
+                               "'candidate_labels'} dicts, not both in one list")
+    with pytest.raises(rt.InvalidInputError) as info:
+        owl.runtime({"image": images[0], "labels": ["a cat"]})
+    assert str(info.value) == ("zero-shot-object-detection takes an input dict as {'image': ..., 'candidate_labels': "
+                               "[...]}; got the keys ['image', 'labels']")
+    for bad in ([], [1], None, [["a cat"]]):
+        with pytest.raises(rt.InvalidInputError, match="zero-shot-object-detection needs candidate_labels"):
+            owl.runtime({"image": images[0], "candidate_labels": bad})
+    with pytest.raises(rt.InvalidInputError, match="zero-shot-object-detection needs candidate_labels"):
+        owl.runtime(images, candidate_labels=[["a cat"], []])
 
 
 def test_a_batch_is_each_alone(owl, built_images):

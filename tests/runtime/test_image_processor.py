@@ -115,11 +115,38 @@ def assert_pixels(ours: np.ndarray, expected: np.ndarray) -> None:
 
 def test_class_defaults_match_transformers():
     for name, entry in rt._IMAGE_PROCESSORS.items():
+        if name == "ImageProcessor":  # transformers.js's base class: test_transformers_js_base_class
+            continue
         cls = reference_class(name.removesuffix("ImageProcessor"))
         for key, value in {**rt._IMAGE_DEFAULTS, **entry}.items():
             expected = getattr(cls, key, None)
             expected = list(expected) if isinstance(expected, tuple) else expected
             assert value == expected, (name, key, value, expected)
+
+
+def test_transformers_js_base_class():
+    """transformers.js's ImageProcessor (ImageFeatureExtractor, which RMBG's configs name) reads resample ?? 2,
+    do_rescale ?? true, rescale_factor ?? 1/255 and the rest as given (src/base/image_processors_utils.js); it
+    processes as transformers' PIL processors do with the same settings (ViT's here, bit-equal)."""
+    from transformers import ViTImageProcessorPil
+
+    config = {"feature_extractor_type": "ImageFeatureExtractor", "size": {"width": 24, "height": 16}, "do_normalize": True,
+              "image_mean": [0.5, 0.5, 0.5], "image_std": [1, 1, 1]}
+    ours = rt.load_image_processor({rt.KEY_IMAGE_PROCESSOR_CONFIG: config})
+    assert ours.name == "ImageProcessor" and ours.output_size == (16, 24)
+    assert (ours.resample, ours.do_rescale, ours.rescale_factor, ours.do_center_crop) == (2, True, 1 / 255, False)
+    reference_processor = ViTImageProcessorPil(size={"height": 16, "width": 24}, image_mean=[0.5] * 3, image_std=[1] * 3)
+    for i, (w, h, mode) in enumerate([(64, 48, "RGB"), (7, 90, "L"), (30, 20, "RGBA")]):
+        image = rt.load_image(synthetic(w, h, mode, seed=i))
+        assert np.array_equal(ours.process(image), reference(reference_processor, image))
+    with pytest.raises(rt.ProcessorReconstructionError, match="size is None"):
+        rt.load_image_processor({rt.KEY_IMAGE_PROCESSOR_CONFIG: {"feature_extractor_type": "ImageFeatureExtractor"}})
+    for extra, asked in (({"size_divisibility": 32}, "size_divisibility"), ({"do_thumbnail": True}, "do_thumbnail"),
+                         ({"size": {"shortest_edge": 512}}, "size {'shortest_edge': 512}")):
+        with pytest.raises(rt.ProcessorReconstructionError) as info:
+            rt.load_image_processor({rt.KEY_IMAGE_PROCESSOR_CONFIG: {**config, **extra}})
+        assert str(info.value) == (f"hf_image_processor_config (transformers.js's ImageFeatureExtractor) asks for {asked}; "
+                                   "this runtime rebuilds its resize to one {height, width}, rescale and normalize only")
 
 
 def test_model_types_match_transformers():

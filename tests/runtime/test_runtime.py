@@ -59,11 +59,13 @@ def test_unknown_and_missing_task(bert_embedded, bert_classifier, tmp_path):
     with pytest.raises(rt.TaskDetectionError) as info:
         rt.Runtime(bert_embedded, task="table-question-answering")
     assert str(info.value) == ("task 'table-question-answering' is not supported by this runtime; supported: "
-                               "audio-classification, automatic-speech-recognition, depth-estimation, feature-extraction, "
-                               "fill-mask, image-classification, image-feature-extraction, image-segmentation, image-to-image, "
-                               "object-detection, question-answering, summarization, text-classification, text-generation, text2text-generation, "
-                               "token-classification, translation, zero-shot-classification, zero-shot-image-classification, "
-                               "zero-shot-object-detection (translation_XX_to_YY too)")
+                               "audio-classification, automatic-speech-recognition, background-removal, depth-estimation, "
+                               "document-question-answering, feature-extraction, fill-mask, image-classification, "
+                               "image-feature-extraction, image-segmentation, image-to-image, image-to-text, object-detection, "
+                               "question-answering, summarization, text-classification, text-generation, text-to-audio, "
+                               "text2text-generation, token-classification, translation, zero-shot-audio-classification, "
+                               "zero-shot-classification, zero-shot-image-classification, zero-shot-object-detection "
+                               "(translation_XX_to_YY too)")
     from authoring import embed
 
     from authoring.discovery import discover

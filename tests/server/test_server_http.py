@@ -300,9 +300,9 @@ def test_wrong_types(targets, name, field, value, param):
 
 
 CHAT_REFUSALS = [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),  # its chat template reads no tools
+    ({"tool_choice": "required"}, "tool_choice"),  # no tools to choose from
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"logprobs": True}, "logprobs"),
     ({"stream": True, "n": 2}, "n"),
 ]
