@@ -56,6 +56,18 @@ def cli(*inputs):
     return json.loads(done.stdout)
 """
 
+# What the image kinds share: a red PNG file and a blue array, and the task the metadata must name.
+IMAGES = PRELUDE + """
+from PIL import Image
+Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
+blue = numpy.zeros((40, 50, 3), numpy.uint8)
+blue[..., 2] = 255
+
+def expect_task(name):
+    task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
+    assert task == name, f"hf_pipeline_task is {task!r}"
+"""
+
 VENDORED_CHECKS = {
     "text": PRELUDE + """
 task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
@@ -77,26 +89,16 @@ assert server.wait(30) == 0, server.stderr.read()
 assert served == [out[0]], served
 print(f"  text server: {served[0]['label']} from {url}/v1/pipeline, stopped by SIGTERM")
 """,
-    "image": PRELUDE + """
-from PIL import Image
-task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
-assert task == "image-classification", f"hf_pipeline_task is {task!r}"
-Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
-blue = numpy.zeros((40, 50, 3), numpy.uint8)
-blue[..., 2] = 255
+    "image": IMAGES + """
+expect_task("image-classification")
 out = onnxmeta_runtime.Runtime(model)(["red.png", blue], top_k=1)
 assert [r[0]["label"] for r in out] == ["RED", "BLUE"], out
 line = cli("red.png")
 assert line[0]["label"] == "RED", line
 print(f"  image api: {[r[0]['label'] for r in out]}; cli: {line[0]['label']}")
 """,
-    "detection": PRELUDE + """
-from PIL import Image
-task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
-assert task == "object-detection", f"hf_pipeline_task is {task!r}"
-Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
-blue = numpy.zeros((40, 50, 3), numpy.uint8)
-blue[..., 2] = 255
+    "detection": IMAGES + """
+expect_task("object-detection")
 box = {"xmin": 12, "ymin": 10, "xmax": 37, "ymax": 30}  # the centre half of a 50 x 40 image
 out = onnxmeta_runtime.Runtime(model)(["red.png", blue], threshold=0.5)
 assert [[(d["label"], d["box"]) for d in r] for r in out] == [[("RED", box)], [("BLUE", box)]], out
@@ -104,13 +106,8 @@ line = cli("red.png")
 assert [(d["label"], d["box"]) for d in line] == [("RED", box)], line
 print(f"  detection api: {[[d['label'] for d in r] for r in out]} at {box}; cli: {line[0]['label']}")
 """,
-    "zero-shot-detection": PRELUDE + """
-from PIL import Image
-task = onnxmeta_runtime.read_metadata(model).get("hf_pipeline_task")
-assert task == "zero-shot-object-detection", f"hf_pipeline_task is {task!r}"
-Image.new("RGB", (50, 40), (255, 0, 0)).save("red.png")
-blue = numpy.zeros((40, 50, 3), numpy.uint8)
-blue[..., 2] = 255
+    "zero-shot-detection": IMAGES + """
+expect_task("zero-shot-object-detection")
 box = {"xmin": 12, "ymin": 10, "xmax": 37, "ymax": 30}
 runtime = onnxmeta_runtime.Runtime(model)
 out = runtime(["red.png", blue], candidate_labels=["red", "blue"])

@@ -71,6 +71,14 @@ def exif_rotated_jpeg(path: Path, orientation: int, size: tuple[int, int] = (60,
     return path
 
 
+def image_set(root: Path, sizes: Sequence[tuple[int, int, str]]) -> list[Any]:
+    """Real photos (paths) when present, synthetic images of the (width, height, mode) sizes, an EXIF-rotated JPEG."""
+    items: list[Any] = [str(p) for p in photo_paths()]
+    items += [synthetic(w, h, mode, seed=i) for i, (w, h, mode) in enumerate(sizes)]
+    items.append(str(exif_rotated_jpeg(root / "rotated.jpg", 6, size=(70, 45))))
+    return items
+
+
 def export_vision_onnx(model: Any, path: Path, input_names: Sequence[str], outputs: Sequence[str], image_size: int) -> Path:
     """torch.onnx.export of a vision (or CLIP) model: dynamic batch (and text) axes; model left in eval mode."""
     import torch

@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import ROOT
-from image_helpers import exif_rotated_jpeg, json_lines_answer, photo_paths, png_bytes, synthetic
+from image_helpers import json_lines_answer, png_bytes, synthetic, image_set
 from matting_models import FAMILIES, export_matting_onnx, tiny_matting
 from runtime_under_test import rt
 
@@ -74,13 +74,9 @@ def matting(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Real photos (paths) when present, synthetic images of several sizes and modes, an EXIF-rotated JPEG."""
-    root = tmp_path_factory.mktemp("images")
-    items: list = [str(p) for p in photo_paths()]
-    items += [synthetic(w, h, mode, seed=i) for i, (w, h, mode) in enumerate(
-        [(64, 48, "RGB"), (33, 97, "RGB"), (40, 40, "L"), (120, 40, "RGBA"), (35, 33, "P"), (48, 64, "CMYK"),
-         (301, 199, "RGB"), (1, 1, "RGB"), (3, 120, "LA"), (32, 32, "RGB"), (16, 16, "RGB")])]
-    items.append(str(exif_rotated_jpeg(root / "rotated.jpg", 6, size=(70, 45))))
-    return items
+    return image_set(tmp_path_factory.mktemp("images"), [
+        (64, 48, "RGB"), (33, 97, "RGB"), (40, 40, "L"), (120, 40, "RGBA"), (35, 33, "P"), (48, 64, "CMYK"),
+        (301, 199, "RGB"), (1, 1, "RGB"), (3, 120, "LA"), (32, 32, "RGB"), (16, 16, "RGB")])
 
 
 # --- the oracle: transformers.js's algorithm ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 import pytest
-from image_helpers import exif_rotated_jpeg, json_lines_answer, photo_paths, synthetic
+from image_helpers import json_lines_answer, synthetic, image_set
 from runtime_under_test import rt
 from segmentation_models import LABELS, export_segmentation_onnx, tiny_segformer, tiny_upernet
 
@@ -65,13 +65,9 @@ def seg(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Real photos (paths) when present, synthetic images of several sizes and modes, an EXIF-rotated JPEG."""
-    root = tmp_path_factory.mktemp("images")
-    items: list = [str(p) for p in photo_paths()]
-    items += [synthetic(w, h, mode, seed=i) for i, (w, h, mode) in enumerate(
-        [(64, 48, "RGB"), (33, 97, "RGB"), (40, 40, "L"), (120, 40, "RGBA"), (35, 33, "P"), (48, 64, "CMYK"),
-         (301, 199, "RGB"), (1, 1, "RGB"), (3, 120, "LA")])]
-    items.append(str(exif_rotated_jpeg(root / "rotated.jpg", 6, size=(70, 45))))
-    return items
+    return image_set(tmp_path_factory.mktemp("images"), [
+        (64, 48, "RGB"), (33, 97, "RGB"), (40, 40, "L"), (120, 40, "RGBA"), (35, 33, "P"), (48, 64, "CMYK"),
+        (301, 199, "RGB"), (1, 1, "RGB"), (3, 120, "LA")])
 
 
 def _torch_scores(built, image):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import tool_models
 from runtime_under_test import rt
-from tool_models import ADD, TOOLS, WEATHER
+from tool_models import ADD, BOUNDED, TOOLS, WEATHER
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -32,17 +32,6 @@ HISTORY = [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
     {"role": "tool", "content": "22 degrees and sunny"},
     {"role": "user", "content": "And in Berlin?"},
-]
-# tools whose calls a random model finishes within a few dozen tokens (bounded strings and integers)
-BOUNDED = [
-    {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
-                                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"]}}},
-    {"type": "function", "function": {"name": "add", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
-                                         "b": {"type": "integer", "minimum": 0, "maximum": 99}},
-        "required": ["a", "b"]}}},
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 import tool_models
-from tool_models import TOOLS
+from tool_models import BOUNDED, TOOLS
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -22,17 +22,6 @@ PERSON = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 10}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
     "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3}}, "required": ["name", "age"],
     "additionalProperties": False}
-# bounded arguments: a random model's calls end within a few dozen tokens
-BOUNDED = [
-    {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
-                                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"]}}},
-    {"type": "function", "function": {"name": "add", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
-                                         "b": {"type": "integer", "minimum": 0, "maximum": 99}},
-        "required": ["a", "b"]}}},
-]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in BOUNDED}
 
 
