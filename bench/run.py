@@ -28,6 +28,12 @@ printing its table (in-process and whole-process figures, each labelled) and wri
     streaming chat tokens/s vs Runtime.stream, cold start to /health
 14. text to speech (VITS, tiny and MMS-TTS-sized): real-time factor vs    bench_tts.py
     transformers' text-to-audio pipeline, whole process with a WAV
+15. vision tasks per photo (segmentation, super-resolution vs Optimum;     bench_vision.py
+    detection, depth vs PyTorch): whole process, in process, numpy share
+16. constrained generation: schema compile time, masking per token on a   bench_constraints.py
+    49k vocabulary, against the same generation unconstrained
+17. image captioning (ViT-base + GPT-2 small): ms per photo vs Optimum's   bench_image_to_text.py
+    ORTModelForVision2Seq in 4.57's pipeline, whole process, in process
 
 Builds the models it needs offline on first use (cached under ~/.cache/onnxmeta/bench/; the T5 export takes a few
 minutes the first time); about 10 minutes on 2 cores. Prints each part, then one table of ratios and targets; writes
@@ -60,6 +66,9 @@ MODALITIES = {
     "quantize": "bench_quantize.py",
     "serve": "bench_serve.py",
     "tts": "bench_tts.py",
+    "vision": "bench_vision.py",
+    "constraints": "bench_constraints.py",
+    "image-to-text": "bench_image_to_text.py",
 }
 
 
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    parser.add_argument("--all", action="store_true", help="also every modality part (8-13)")
+    parser.add_argument("--all", action="store_true", help="also every modality part (8-17)")
     parser.add_argument("--parts", nargs="+", choices=list(MODALITIES), default=[],
                         help="modality parts to run after 1-7")
     parser.add_argument("--only-parts", action="store_true", help="skip 1-7")
