@@ -69,6 +69,9 @@ _TORCH_TASKS: dict[str, tuple[str, dict[str, dict[int, str]]]] = {
     "zero-shot-classification": ("AutoModelForSequenceClassification", {"logits": _BATCH}),
     "token-classification": ("AutoModelForTokenClassification", {"logits": _TOKENS}),
     "question-answering": ("AutoModelForQuestionAnswering", {"start_logits": _TOKENS, "end_logits": _TOKENS}),
+    # LayoutLM (v1) on the caller's words: bbox (batch, sequence, 4) beside the tokens; Donut goes through Optimum
+    "document-question-answering": ("AutoModelForDocumentQuestionAnswering", {"start_logits": _TOKENS,
+                                                                               "end_logits": _TOKENS}),
     "fill-mask": ("AutoModelForMaskedLM", {"logits": _TOKENS}),
     "feature-extraction": ("AutoModel", {"last_hidden_state": _TOKENS}),
     "text-generation": ("AutoModelForCausalLM", {"logits": _TOKENS}),
@@ -348,7 +351,10 @@ def _processor(metadata: Mapping[str, Any], kind: str, task: str) -> Any:
 
 def _check_processors(task: str, metadata: Mapping[str, Any]) -> None:
     """Before the slow export: the processors the runtime builds for task (its declared PROCESSORS kinds) are there."""
-    for kind in getattr(rt.TASKS.get(task), "processors", ()):
+    task_class = rt.TASKS.get(task)
+    if task_class is not None:  # the class that runs this model's kind (document QA: Donut's, or LayoutLM's)
+        task_class = task_class.variant(metadata)
+    for kind in getattr(task_class, "processors", ()):
         if kind != "tokenizer":  # discovery fails on a folder whose tokenizer it cannot read
             _processor(metadata, kind, task)
 
@@ -407,6 +413,9 @@ def _dummy_inputs(task: str, metadata: Mapping[str, Any], parameters: Sequence[s
             fill = 0 if name == "token_type_ids" else 1
             inputs[name] = torch.full((rows, 7), fill, dtype=torch.long)
             axes[name] = {0: "texts", 1: "sequence"} if clip else _TOKENS
+    if task == "document-question-answering" and "bbox" in parameters:  # LayoutLM: a box (x0, y0, x1, y1) per token
+        inputs["bbox"] = torch.tensor([10, 20, 30, 40], dtype=torch.long).expand(2, 7, 4).contiguous()
+        axes["bbox"] = _TOKENS
     return inputs, axes
 
 
@@ -696,6 +705,9 @@ def choose_exporter(requested: str, task: str, config: Mapping[str, Any]) -> str
                                           f"that a seed fills (Optimum's graph draws it inside); not with --exporter "
                                           f"{requested}")
         _check_torch_task(task, config)
+        return "torch"
+    if task == "document-question-answering" and config.get("model_type") == "layoutlm" and requested == "auto":
+        _check_torch_task(task, config)  # Optimum has no LayoutLM document QA: torch.onnx with bbox
         return "torch"
     if task == "zero-shot-audio-classification" and requested == "auto":  # Optimum has no such task: the whole
         _check_torch_task(task, config)  # ClapModel (both towers, logits_per_audio) is one torch.onnx graph

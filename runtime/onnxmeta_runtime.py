@@ -6399,6 +6399,8 @@ class _AnswerSearch:
     QuestionAnsweringPipeline finds them: token spans scored start x end probability, equal answers from
     several windows adding up, the numpy calls of its decode_spans so that ties fall the same way."""
 
+    inclusive: ClassVar[bool] = False  # whether top_k candidates over as many scores sort them all (argsort)
+
     def __init__(self, context: str, question_first: bool, cls_id: int | None, options: Mapping[str, Any]) -> None:
         self.context, self.question_first, self.cls_id = context, question_first, cls_id
         self.top_k, self.max_answer_len = options["top_k"], options["max_answer_len"]
@@ -6410,6 +6412,18 @@ class _AnswerSearch:
 
     def add(self, window: Any, start: np.ndarray, end: np.ndarray) -> None:
         """One window's candidate answers, from its (1, n) start and end logits."""
+        for s, e, score in self.spans(window, start, end):
+            first, last = self._chars(window, int(s), int(e))
+            text = self.context[first:last]
+            same = next((a for a in self.answers if a["answer"].lower() == text.lower()), None)
+            if same is not None:
+                same["score"] += score.item()
+            else:
+                self.answers.append({"score": score.item(), "start": first, "end": last, "answer": text})
+
+    def spans(self, window: Any, start: np.ndarray, end: np.ndarray) -> list[tuple[Any, Any, Any]]:
+        """One window's best (start token, end token, score) spans, as transformers' select_starts_ends: logits
+        masked to the context (and [CLS]), softmaxed, the no-answer score kept with handle_impossible_answer."""
         # p_mask: 1 where no answer may be (question, special tokens) except the [CLS] tokens
         p_mask = [int(s != 1) if self.question_first else 0 for s in window.sequence_ids]
         for i, token_id in enumerate(window.ids):
@@ -6426,14 +6440,7 @@ class _AnswerSearch:
         if self.impossible:
             self.min_null_score = min(self.min_null_score, (start[0, 0] * end[0, 0]).item())
         start[0, 0] = end[0, 0] = 0.0
-        for s, e, score in zip(*self._spans(start, end, desired)):
-            first, last = self._chars(window, int(s), int(e))
-            text = self.context[first:last]
-            same = next((a for a in self.answers if a["answer"].lower() == text.lower()), None)
-            if same is not None:
-                same["score"] += score.item()
-            else:
-                self.answers.append({"score": score.item(), "start": first, "end": last, "answer": text})
+        return list(zip(*self._spans(start, end, desired)))
 
     def _spans(self, start: np.ndarray, end: np.ndarray, desired: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The best (start, end) token spans, end >= start, at most max_answer_len tokens, with their scores."""
@@ -6442,7 +6449,7 @@ class _AnswerSearch:
         scores_flat = candidates.flatten()
         if self.candidates == 1:
             idx_sort = np.array([np.argmax(scores_flat)])
-        elif len(scores_flat) < self.candidates:
+        elif len(scores_flat) < self.candidates + self.inclusive:  # 4.57's QA pipeline: <; document QA's: <=
             idx_sort = np.argsort(-scores_flat)
         else:
             idx = np.argpartition(-scores_flat, self.candidates)[0:self.candidates]
@@ -8947,8 +8954,9 @@ class _ImageToText(_Generating):
 # --- Document question answering ----------------------------------------------------------------------
 # transformers 5.25's DocumentQuestionAnsweringPipeline over Donut (a VisionEncoderDecoderModel: DonutSwin encoder,
 # MBart decoder; OCR-free) in one file: the image processed by Donut's image processor, the decoder started from the
-# task prompt, the answer read from the decoded sequence as the pipeline reads it. LayoutLM-style models answer by
-# picking OCR words (pytesseract, or the caller's word_boxes): not supported.
+# task prompt, the answer read from the decoded sequence as the pipeline reads it. LayoutLM (v1) picks the answer among
+# the caller's word_boxes (extractive, with the question-answering room's span search); reading words from the image
+# (pytesseract OCR) and LayoutLMv2/v3 (image features) are not supported.
 
 _DOCVQA_PROMPT = "<s_docvqa><s_question>{}</s_question><s_answer>"
 _DOCVQA_TAGS = ("<s_docvqa>", "<s_question>", "</s_question>", "<s_answer>")
@@ -8999,8 +9007,8 @@ class _DocumentQuestionAnswering(_Generating):
             raise TaskDetectionError(
                 f"document-question-answering runs Donut (a vision-encoder-decoder with a donut-swin encoder), not "
                 f"{kind if encoder_type is None else f'{kind} with a {encoder_type} encoder'}: LayoutLM-style models "
-                "pick the answer among OCR words, which needs pytesseract (Tesseract OCR) or the caller's word_boxes, "
-                "and are not supported by this runtime")
+                "pick the answer among OCR words: LayoutLM (v1) runs with the caller's word_boxes, while LayoutLMv2/v3 "
+                "need image features (and pytesseract OCR without word_boxes) and are not supported by this runtime")
         self.processor = _image_processor(ctx)
         self.tokenizer = _text_tokenizer(ctx, self.name).with_truncation("longest_first", window=_VERY_LARGE_MAX_LENGTH)
         missing = [tag for tag in _DOCVQA_TAGS if self.tokenizer.backend.token_to_id(tag) is None]
@@ -9022,8 +9030,8 @@ class _DocumentQuestionAnswering(_Generating):
         """(image, question) pairs: runtime(image, question), image=/question= by name, or {"image", "question"}
         dicts (one, or a list)."""
         if "word_boxes" in kwargs:
-            raise InvalidInputError("word_boxes are for LayoutLM-style models, which this runtime does not run; Donut "
-                                    "reads the image itself: pass runtime(image, question)")
+            raise InvalidInputError("word_boxes are for LayoutLM models; Donut reads the image itself: pass "
+                                    "runtime(image, question)")
         given = list(args)
         for position, key in enumerate(("image", "question")):
             if key in kwargs and len(given) == position:
@@ -9069,6 +9077,175 @@ class _DocumentQuestionAnswering(_Generating):
     def postprocess(self, batch: _Questions, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
         return [[{"answer": _donut_answer(self.decode([*prompt, *sequences[0]]), self.drop)}]
                 for prompt, sequences in zip(batch.prompts, outputs)]
+
+    @classmethod
+    def variant(cls, metadata: Mapping[str, Any]) -> type[_Task]:
+        """The pipeline's model types: LayoutLM (v1, with the caller's word_boxes) or Donut; others are refused."""
+        config = metadata.get(KEY_MODEL_CONFIG) or {}
+        return _LayoutLMQuestionAnswering if config.get("model_type") == "layoutlm" else cls
+
+
+class _WordAnswerSearch(_AnswerSearch):
+    """The answers to one question over the windows of its words, as transformers 5.25's
+    DocumentQuestionAnsweringPipeline.postprocess_extractive_qa: the spans of select_starts_ends (top_k of each
+    window) read as the words they cover, joined by spaces; windows' answers not merged."""
+
+    inclusive = True
+
+    def __init__(self, words: Sequence[str], cls_id: int | None, options: Mapping[str, Any]) -> None:
+        super().__init__("", True, cls_id, {**options, "align_to_words": False})
+        self.words = words
+
+    def add(self, window: Any, start: np.ndarray, end: np.ndarray) -> None:
+        for s, e, score in self.spans(window, start, end):
+            first, last = window.word_ids[int(s)], window.word_ids[int(e)]
+            if first is not None and last is not None:
+                self.answers.append({"score": float(score), "answer": " ".join(self.words[first:last + 1]),
+                                     "start": first, "end": last})
+
+    def best(self) -> list[dict[str, Any]]:
+        answers = self.answers + ([{"score": self.min_null_score, "answer": "", "start": 0, "end": 0}]
+                                  if self.impossible else [])
+        return sorted(answers, key=lambda a: float(a["score"]), reverse=True)[:self.top_k]
+
+
+class _Pages(NamedTuple):
+    """Questions on words tokenized: each item's words and boxes, and its windows (encoding, bbox rows)."""
+
+    words: list[list[str]]
+    windows: list[list[tuple[Any, list[list[int]]]]]
+
+
+class _LayoutLMQuestionAnswering(_Task):
+    """document-question-answering with LayoutLM (v1) on the caller's words, as transformers 5.25's
+    DocumentQuestionAnsweringPipeline given word_boxes: ``runtime(image, question, word_boxes=[(word, [x0, y0, x1,
+    y1]), ...])`` (the image may be None; LayoutLM does not read it) or dicts with "word_boxes"; gives
+    ``[{"score", "answer", "start", "end"}]`` (start, end: word indexes), top_k of them. The question's words and the
+    document's are tokenized as a pair (is_split_into_words), cut into max_seq_len windows overlapping doc_stride
+    tokens; each token's box is its word's, [1000] * 4 for [SEP], zeros for the rest."""
+
+    name = "document-question-answering"
+    processors = ("tokenizer",)
+    example = "image, question, word_boxes=..."
+    options = (
+        _Option("top_k", _integer(1), 1),
+        _Option("max_seq_len", _integer(1), lambda task, _: task.tokenizer.max_length),
+        _Option("doc_stride", _integer(0), lambda task, options: min(options["max_seq_len"] // 2, 256)),
+        _Option("max_answer_len", _integer(1), 15),
+        _Option("max_question_len", _integer(1), 64),  # accepted as transformers does; the window decides
+        _Option("handle_impossible_answer", _flag, False),
+    )
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.tokenizer = _text_tokenizer(ctx, self.name)
+        if self.tokenizer.padding_side != "right":
+            raise ProcessorReconstructionError("document question answering only supports tokenizers whose padding "
+                                               f"side is 'right', not {self.tokenizer.padding_side!r}")
+        self.session = ctx.session()
+        outputs = (_Reads("start_logits", axes="(batch, sequence)"), _Reads("end_logits", axes="(batch, sequence)"))
+        self.dtypes = _check_ports(self.session, (*_TOKEN_INPUTS, _Reads("bbox", _INT_DTYPES)), outputs,
+                                   what=f"{self.name} with LayoutLM")
+        self.cls_id = self.tokenizer.token_id("cls_token")
+        self.sep_id = self.tokenizer.token_id("sep_token")
+        self.box_limit = _config_int(ctx.config, "max_2d_position_embeddings") or 1024
+
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], bool]:
+        """{"image", "question", "word_boxes"} items: runtime(image, question, word_boxes=...), the same by name, or
+        dicts (one, or a list)."""
+        given = list(args)
+        for position, key in enumerate(("image", "question")):
+            if key in kwargs and len(given) == position:
+                given.append(kwargs.pop(key))
+        word_boxes = kwargs.pop("word_boxes", None)
+        items: list[Any]
+        if len(given) == 2 and isinstance(given[1], str):
+            items, single = [{"image": given[0], "question": given[1], "word_boxes": word_boxes}], True
+        elif len(given) == 1 and isinstance(given[0], (dict, list)) and word_boxes is None:
+            single = isinstance(given[0], dict)
+            items = [given[0]] if single else list(given[0])
+        else:
+            raise InvalidInputError(f"{self.name} takes runtime(image, question, word_boxes=[(word, [x0, y0, x1, y1]), "
+                                    "...]) or a list of {'image': ..., 'question': ..., 'word_boxes': ...} dicts")
+        checked = []
+        for position, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].split():
+                raise InvalidInputError(f"item {position} is {item!r}; each needs a question (a non-empty string)")
+            checked.append((item["question"], *self._word_boxes(item)))
+        return checked, single
+
+    def _word_boxes(self, item: Mapping[str, Any]) -> tuple[list[str], list[list[int]]]:
+        """The item's words and boxes, checked; its image, if any, loaded as the pipeline does (and not used)."""
+        word_boxes = item.get("word_boxes")
+        if word_boxes is None:
+            raise InvalidInputError(
+                "LayoutLM answers among the document's words: pass word_boxes=[(word, [x0, y0, x1, y1]), ...] (boxes "
+                "normalized to 0-1000); reading them from the image needs OCR (pytesseract, Tesseract), which this "
+                "runtime does not run")
+        if item.get("image") is not None:
+            load_image(item["image"])
+        hint = ("word_boxes must be a list of (word, [x0, y0, x1, y1]) pairs, a word a string and a box four integers "
+                f"from 0 to {self.box_limit - 1}")
+        if not isinstance(word_boxes, (list, tuple)) or not word_boxes:
+            raise InvalidInputError(f"{hint}; got {word_boxes!r}")
+        words, boxes = [], []
+        for pair in word_boxes:
+            box = pair[1] if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
+            if (box is None or not isinstance(pair[0], str) or not isinstance(box, (list, tuple)) or len(box) != 4
+                    or not all(_is_int(v) and 0 <= v < self.box_limit for v in box)):
+                raise InvalidInputError(f"{hint}; got {pair!r}")
+            words.append(pair[0])
+            boxes.append([int(v) for v in box])
+        return words, boxes
+
+    @classmethod
+    def cli_inputs(cls, values: Sequence[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        raise InvalidInputError("document-question-answering with LayoutLM needs word_boxes, which the command line "
+                                "does not take; call the runtime from Python")
+
+    def preprocess(self, items: list[Any], options: Mapping[str, Any]) -> _Pages:
+        max_seq_len, doc_stride = options["max_seq_len"], options["doc_stride"]
+        tokenizer = self.tokenizer.with_truncation("only_second", window=max_seq_len, stride=doc_stride)
+        try:
+            encodings = tokenizer.encode([(q.split(), words) for q, words, _ in items], is_pretokenized=True)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{exc}; a question must leave room for the words in max_seq_len ({max_seq_len}) "
+                                    "tokens: shorten the question or raise max_seq_len") from None
+        windows = []
+        for (_, _, boxes), encoding in zip(items, encodings):
+            group = []
+            for window in (encoding, *encoding.overflowing):
+                bbox = [boxes[word] if sequence == 1 else [1000] * 4 if token == self.sep_id else [0] * 4
+                        for token, sequence, word in zip(window.ids, window.sequence_ids, window.word_ids)]
+                group.append((window, bbox))
+            windows.append(group)
+        return _Pages([words for _, words, _ in items], windows)
+
+    def forward(self, batch: _Pages, options: Mapping[str, Any]) -> list[list[np.ndarray]]:
+        windows = [w for group in batch.windows for w in group]
+
+        def run(chunk: list[int]) -> list[list[np.ndarray]]:
+            feed = self.tokenizer.pad([windows[i][0] for i in chunk], self.dtypes, side="right")
+            width = feed["input_ids"].shape[1]
+            bbox = np.zeros((len(chunk), width, 4), dtype=self.dtypes["bbox"])
+            for row, i in enumerate(chunk):
+                bbox[row, :len(windows[i][1])] = windows[i][1]
+            feed["bbox"] = bbox
+            start, end = self.session.run(["start_logits", "end_logits"], feed)
+            return [[start[row, :len(windows[i][1])], end[row, :len(windows[i][1])]] for row, i in enumerate(chunk)]
+
+        return _batched([len(w[1]) for w in windows], self.ctx.batch_size, run)
+
+    def postprocess(self, batch: _Pages, outputs: list[list[np.ndarray]], options: Mapping[str, Any]) -> list[Any]:
+        rows = iter(outputs)
+        results = []
+        for words, group in zip(batch.words, batch.windows):
+            search = _WordAnswerSearch(words, self.cls_id, options)
+            for window, _ in group:
+                start, end = (np.asarray(r, dtype=np.float32)[None] for r in next(rows))
+                search.add(window, start, end)
+            results.append(search.best())
+        return results
 
 
 # --- Audio tasks --------------------------------------------------------------------------------------
@@ -10058,18 +10235,32 @@ _VITS_PORTS = (_Reads("input_ids", _INT_DTYPES), _Reads("attention_mask", _INT_D
 _VITS_NOISE_FRAMES = 12  # prior noise frames drawn per token before the first run (MMS-TTS speaks 2 to 8 a token)
 
 
-def _wav_bytes(audio: np.ndarray, sampling_rate: int) -> Callable[[str], None]:
-    """A writer of a mono 16-bit PCM WAV file of audio (floats in [-1, 1], clipped), with the standard library."""
+def _pcm16(audio: np.ndarray) -> bytes:
+    """Mono 16-bit little-endian PCM of audio (floats in [-1, 1], clipped)."""
+    return bytes(np.round(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32767).astype("<i2").tobytes())
+
+
+def _wav_data(audio: np.ndarray, sampling_rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file of audio, made with the standard library."""
+    import io
     import wave
 
-    pcm = np.round(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sampling_rate)
+        out.writeframes(_pcm16(audio))
+    return buffer.getvalue()
+
+
+def _wav_bytes(audio: np.ndarray, sampling_rate: int) -> Callable[[str], None]:
+    """A writer of audio as a WAV file (_wav_data) at a path."""
+    data = _wav_data(audio, sampling_rate)
 
     def save(path: str) -> None:
-        with open(path, "wb") as file, wave.open(file, "wb") as out:  # open() first: wave leaks a half-made writer
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(sampling_rate)
-            out.writeframes(pcm)
+        with open(path, "wb") as file:
+            file.write(data)
 
     return save
 
@@ -10082,6 +10273,7 @@ class _TextToAudio(_Task):
 
     name = "text-to-audio"
     processors = ("tokenizer",)
+    endpoints = ("/v1/audio/speech",)
     incremental = True
     options = (
         _Option("noise_scale", _number(0.0), lambda task, _: task.defaults["noise_scale"]),
@@ -10915,6 +11107,7 @@ class Server:
             "/v1/embeddings": ("POST", self._embeddings),
             "/v1/audio/transcriptions": ("POST", lambda request: self._audio(request, False)),
             "/v1/audio/translations": ("POST", lambda request: self._audio(request, True)),
+            "/v1/audio/speech": ("POST", self._speech),
             "/v1/rerank": ("POST", self._rerank), "/rerank": ("POST", self._rerank), "/v1/pipeline": ("POST", self._pipeline),
         }
         self.served = [*self.task.served(), "/v1/pipeline"]
@@ -11529,6 +11722,35 @@ class Server:
         return self.batcher(key, ((inputs,), parameters), len(inputs) if isinstance(inputs, list) else 1)
 
     # audio
+
+    def _speech(self, request: _Request) -> Any:
+        """OpenAI's text to speech: the model's voice (a VITS file has one: `voice` is taken and not used), `speed` as
+        VITS's speaking rate times the model's, a WAV file or raw 16-bit PCM at the model's sampling rate."""
+        body = self._body(request, "/v1/audio/speech")
+        task = self.task
+        assert isinstance(task, _TextToAudio)
+        text = body.get("input", (str,), required=True)
+        body.get("voice", (str, dict))
+        form = body.get("response_format", (str,), "wav")
+        speed = body.get("speed", (int, float), 1.0, low=0.25, high=4.0)
+        body.unsupported("instructions", "a VITS model speaks in its one voice and manner")
+        body.unsupported("stream_format", "the audio comes whole, not as server-sent events", allowed="audio")
+        body.done()
+        if form not in ("wav", "pcm"):
+            raise _ApiError(400, f"'response_format' must be 'wav' or 'pcm' (16-bit little-endian mono at the model's "
+                                 f"sampling rate); {form!r} needs an encoder the standard library lacks",
+                            param="response_format")
+        if not text.strip():
+            raise _ApiError(400, "'input' must be text to speak", param="input")
+        try:
+            with self.slots:
+                result = self.runtime(text, speaking_rate=speed * task.defaults["speaking_rate"])
+        except InvalidInputError as exc:
+            raise _ApiError(400, str(exc), param="input") from None
+        audio, rate = result["audio"].reshape(-1), int(result["sampling_rate"])
+        if form == "pcm":
+            return _Reply(_pcm16(audio), f"audio/pcm; rate={rate}")
+        return _Reply(_wav_data(audio, rate), "audio/wav")
 
     def _audio(self, request: _Request, translate: bool) -> Any:
         self._need("/v1/audio/translations" if translate else "/v1/audio/transcriptions")

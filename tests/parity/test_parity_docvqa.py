@@ -138,7 +138,7 @@ def test_refusals(donuts, docvqa, tmp_path):
     document = donuts["documents"][0]
     with pytest.raises(rt.InvalidInputError):
         docvqa(b"not an image", "what is the date?")
-    with pytest.raises(rt.InvalidInputError, match="word_boxes are for LayoutLM-style models"):
+    with pytest.raises(rt.InvalidInputError, match="word_boxes are for LayoutLM models"):
         docvqa(document, "what is the date?", word_boxes=[("total", [0, 0, 10, 10])])
     with pytest.raises(rt.InvalidInputError, match="each needs an image and a question"):
         docvqa([{"image": document}])
@@ -147,9 +147,9 @@ def test_refusals(donuts, docvqa, tmp_path):
                                                     "<s_docvqa>, <s_question>, </s_question>, <s_answer>"):
         rt.Runtime(donuts["donut-cord"]["model"], task="document-question-answering")
     assert rt.read_metadata(donuts["donut-cord"]["model"])[rt.KEY_PIPELINE_TASK] == "image-to-text"
-    # LayoutLM-style models need OCR words: the same file told it is a LayoutLM
+    # LayoutLMv2/v3 need image features: the same file told it is a LayoutLMv3 (LayoutLM v1: test_parity_layoutlm_docqa)
     metadata = dict(rt.read_metadata(donuts["donut"]["model"]))
-    metadata[rt.KEY_MODEL_CONFIG] = {"model_type": "layoutlm", "architectures": ["LayoutLMForQuestionAnswering"]}
+    metadata[rt.KEY_MODEL_CONFIG] = {"model_type": "layoutlmv3", "architectures": ["LayoutLMv3ForQuestionAnswering"]}
     embed(donuts["donut"]["model"], metadata, tmp_path / "layoutlm.onnx")
-    with pytest.raises(rt.TaskDetectionError, match=r"needs pytesseract \(Tesseract OCR\) or the caller's word_boxes"):
+    with pytest.raises(rt.TaskDetectionError, match=r"LayoutLMv2/v3 need image features \(and pytesseract OCR"):
         rt.Runtime(tmp_path / "layoutlm.onnx", task="document-question-answering")

@@ -38,6 +38,7 @@ multilabel_model = _model("multilabel_model", lambda root: server_models.classif
 qa_model = _model("qa_model", server_models.question_answering, "question-answering (extractive).")
 vit_model = _model("vit_model", server_models.image_classifier, "image-classification (a tiny ViT).")
 ctc_model = _model("ctc_model", server_models.ctc, "automatic-speech-recognition with CTC (a tiny wav2vec2).")
+tts_model = _model("tts_model", server_models.text_to_speech, "text-to-audio (a tiny VITS, its noise scales at 0).")
 whisper_model = _model("whisper_model", server_models.whisper, "automatic-speech-recognition with a multilingual Whisper.")
 
 

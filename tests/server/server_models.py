@@ -117,6 +117,19 @@ def whisper(root: Path) -> Path:
 # Signals, images and audio files as clients send them
 # ------------------------------------------------------------------------------------------------------
 
+def text_to_speech(root: Path) -> Path:
+    """A tiny random VitsModel (text-to-audio), exported by `onnxmeta export` (the noise scales at 0: one waveform a text)."""
+    from tts_models import tiny_vits
+
+    from authoring.export import export
+
+    tiny_vits(root / "hf")
+    out = root / "tts" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export(root / "hf", out)
+    return out
+
+
 def wav_bytes(samples: Any, rate: int = 16000) -> bytes:
     """A mono 16-bit PCM WAV file of float samples in [-1, 1], written by the standard library."""
     import io
