@@ -54,6 +54,34 @@ def contender_command(contender: str, code: str) -> tuple[list[str], dict[str, s
     return [sys.executable, "-c", code], {**env, "PYTHONPATH": str(ROOT / "runtime")}
 
 
+# The end of an in-process script: given `ours` (a Runtime), `contenders` (name -> a call over the inputs, "onnxmeta"
+# among them) and `passes`, it wraps the runtime task's preprocess / forward / postprocess to split our time, warms
+# every contender up, times interleaved passes and prints {"seconds", "outputs", "split"} as JSON.
+IN_PROCESS_TIMING = """
+steps = {"preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
+for step in steps:
+    def timed(*args, _original=getattr(ours._task, step), _step=step, **kwargs):
+        start = time.perf_counter()
+        try:
+            return _original(*args, **kwargs)
+        finally:
+            steps[_step] += time.perf_counter() - start
+    setattr(ours._task, step, timed)
+for fn in contenders.values():
+    fn()  # warm-up on the inputs themselves
+seconds, outputs, split = {n: [] for n in contenders}, {}, []
+for _ in range(passes):
+    for name, fn in contenders.items():
+        before = dict(steps)
+        start = time.perf_counter()
+        outputs[name] = fn()
+        seconds[name].append(time.perf_counter() - start)
+        if name == "onnxmeta":
+            split.append({k: steps[k] - before[k] for k in steps})
+print(json.dumps({"seconds": seconds, "outputs": outputs, "split": split}))
+"""
+
+
 class Timed:
     """Adds up the time spent inside onnxruntime's run calls (``methods``) of the sessions given, in ``seconds``."""
 

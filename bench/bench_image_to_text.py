@@ -170,30 +170,9 @@ one_file, optimum, passes, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), s
 import onnxmeta_runtime as rt
 """ + PEER_SETUP + """
 ours = rt.Runtime(one_file, batch_size=1)
-steps = {"preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
-for step in steps:
-    def timed(*args, _original=getattr(ours._task, step), _step=step, **kwargs):
-        start = time.perf_counter()
-        try:
-            return _original(*args, **kwargs)
-        finally:
-            steps[_step] += time.perf_counter() - start
-    setattr(ours._task, step, timed)
 contenders = {"onnxmeta": lambda: [ours(f, generate_kwargs=GENERATE)[0]["generated_text"] for f in files],
               "optimum": lambda: [peer(f, generate_kwargs=GENERATE)[0]["generated_text"] for f in files]}
-for fn in contenders.values():
-    fn()  # warm-up on the photos themselves
-seconds, captions, split = {n: [] for n in contenders}, {}, []
-for _ in range(passes):
-    for name, fn in contenders.items():
-        before = dict(steps)
-        start = time.perf_counter()
-        captions[name] = fn()
-        seconds[name].append(time.perf_counter() - start)
-        if name == "onnxmeta":
-            split.append({k: steps[k] - before[k] for k in steps})
-print(json.dumps({"seconds": seconds, "captions": captions, "split": split}))
-"""
+""" + bench_cli.IN_PROCESS_TIMING
 
 
 def _model(contender: str) -> Path:
@@ -254,7 +233,7 @@ def run(repeats: int, count: int = 4) -> dict[str, Any]:
     shares = {k: v / total for k, v in split.items()}
     ratios = {"whole_process": whole["seconds"]["optimum"] / whole["seconds"]["onnxmeta"],
               "in_process": per_image["optimum"] / per_image["onnxmeta"]}
-    agreement = {"in_process": _same(inner["captions"]["onnxmeta"], inner["captions"]["optimum"]),
+    agreement = {"in_process": _same(inner["outputs"]["onnxmeta"], inner["outputs"]["optimum"]),
                  "whole_process": _same(whole["captions"]["onnxmeta"], whole["captions"]["optimum"])}
     print(f"{'':<28}{'onnxmeta':>10}{'optimum':>10}{'speed-up':>10}")
     print(f"{'whole process, s (median)':<28}{whole['seconds']['onnxmeta']:>10.2f}{whole['seconds']['optimum']:>10.2f}"
@@ -264,7 +243,7 @@ def run(repeats: int, count: int = 4) -> dict[str, Any]:
     print(f"\nour in-process split: decode + preprocessing {shares['preprocess']:.0%} / generation "
           f"{shares['forward']:.0%} / decoding the tokens {shares['postprocess']:.0%}")
     print(f"captions: {agreement['in_process']} in process, {agreement['whole_process']} in the whole processes")
-    for name, caption in zip(sizes, inner["captions"]["onnxmeta"]):
+    for name, caption in zip(sizes, inner["outputs"]["onnxmeta"]):
         print(f"  {name}: {caption!r}")
     return {"model": {"one_file": str(ONE_FILE), "optimum": str(OPTIMUM), "tokenizer": tokenizer,
                       "one_file_bytes": ONE_FILE.stat().st_size, "optimum_files": optimum_sizes, "new_tokens": NEW_TOKENS},

@@ -182,30 +182,9 @@ task, folder, passes, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.ar
 import onnxmeta_runtime as rt
 """ + SUMMARY + "@PEER_SETUP@" + """
 ours = rt.Runtime(folder + "/model.onnx", batch_size=1)
-steps = {"preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
-for step in steps:
-    def timed(*args, _original=getattr(ours._task, step), _step=step, **kwargs):
-        start = time.perf_counter()
-        try:
-            return _original(*args, **kwargs)
-        finally:
-            steps[_step] += time.perf_counter() - start
-    setattr(ours._task, step, timed)
 contenders = {"onnxmeta": lambda: [summary(task, ours(f, **OPTIONS.get(task, {}))) for f in files],
                "peer": lambda: [summary(task, peer(f, **OPTIONS.get(task, {}))) for f in files]}
-for fn in contenders.values():
-    fn()  # warm-up on the photos themselves
-seconds, outputs, split = {n: [] for n in contenders}, {}, []
-for _ in range(passes):
-    for name, fn in contenders.items():
-        before = dict(steps)
-        start = time.perf_counter()
-        outputs[name] = fn()
-        seconds[name].append(time.perf_counter() - start)
-        if name == "onnxmeta":
-            split.append({k: steps[k] - before[k] for k in steps})
-print(json.dumps({"seconds": seconds, "outputs": outputs, "split": split}))
-"""
+""" + bench_cli.IN_PROCESS_TIMING
 
 
 def _command(peer_env: str, code: str) -> tuple[list[str], dict[str, str]]:
